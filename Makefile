@@ -1,0 +1,44 @@
+# The two commands: `make run` and `make test`. Everything else is a step of them.
+SHELL := /bin/bash
+PY := .venv/bin/python
+CHECKED := engine ledger sharding
+
+.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench clean
+
+run: venv stack migrate demo          ## set up everything and serve on 127.0.0.1:8080 (Ctrl-C stops)
+	ENGINE_ENV=dev $(PY) -m engine serve
+
+test: venv stack migrate lint pytest  ## set up everything and run every check and test
+
+up: venv stack migrate demo           ## start the stack and the engine in the background
+	ENGINE_ENV=dev ops/engine.sh start
+
+down:                                 ## stop everything the project started
+	-ops/engine.sh stop
+	ops/stack.sh down
+
+venv:
+	ops/bootstrap.sh
+
+stack:
+	ops/stack.sh up
+
+migrate: venv stack
+	$(PY) -m engine migrate
+
+demo: migrate
+	@true
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy --strict $(CHECKED)
+
+pytest: venv stack migrate
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: venv stack migrate
+	$(PY) -m loadtest.bench_schedule
+
+clean: down
+	rm -rf .run

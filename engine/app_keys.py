@@ -1,0 +1,17 @@
+"""Typed application storage: every `web.AppKey` of the engine, in one place."""
+
+from __future__ import annotations
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from engine.settings import Settings
+from sharding.ids import IdGenerator
+from sharding.pools import ShardPools
+
+SETTINGS = web.AppKey("settings", Settings)
+SHARD_POOLS = web.AppKey("shard_pools", ShardPools)
+CONTROL_POOL = web.AppKey("control_pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+IDS = web.AppKey("ids", IdGenerator)

@@ -1,0 +1,81 @@
+"""Operations endpoints (no channel auth): `/healthz` and `/readyz`.
+
+`/readyz` probes every physical shard, the control database and Redis
+concurrently, each within `PROBE_TIMEOUT_S`, and answers 200 only if all are
+up; the body lists each with its state, so an SRE sees which one is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from engine import app_keys
+
+PROBE_TIMEOUT_S = 1.0
+
+_encoder = msgspec.json.Encoder()
+
+
+class Probe(msgspec.Struct, frozen=True):
+    name: str
+    kind: str
+    state: str  # "up" | "down"
+    latency_ms: int
+    error: str | None = None
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    ready: bool
+    components: list[Probe]
+
+
+async def _probe(name: str, kind: str, check: Awaitable[object]) -> Probe:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check, timeout=PROBE_TIMEOUT_S)
+    except (TimeoutError, OSError, asyncpg.PostgresError, ConnectionError) as exc:
+        error = type(exc).__name__
+        return Probe(name, kind, "down", int((time.perf_counter() - started) * 1000), error)
+    except Exception as exc:  # a probe never fails the endpoint: report and go on
+        return Probe(
+            name, kind, "down", int((time.perf_counter() - started) * 1000), type(exc).__name__
+        )
+    return Probe(name, kind, "up", int((time.perf_counter() - started) * 1000))
+
+
+async def _pg_select_one(pool: asyncpg.Pool) -> object:
+    async with pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+        return await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
+
+
+async def readiness(app: web.Application) -> Readiness:
+    pools = app[app_keys.SHARD_POOLS]
+    checks = [_probe("control", "postgres", _pg_select_one(app[app_keys.CONTROL_POOL]))]
+    checks += [_probe(name, "shard", _pg_select_one(pool)) for name, pool in pools.by_name.items()]
+    checks.append(_probe("redis", "redis", app[app_keys.REDIS].ping()))
+    probes = list(await asyncio.gather(*checks))
+    return Readiness(all(p.state == "up" for p in probes), probes)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    result = await readiness(request.app)
+    return web.Response(
+        body=_encoder.encode(result),
+        status=200 if result.ready else 503,
+        content_type="application/json",
+    )
+
+
+def setup_ops_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,150 @@
+"""Every setting of the engine, with its default, in one place.
+
+Precedence: defaults (the local stack of `ops/stack.sh`) < the TOML file named
+by `ENGINE_CONFIG` < environment variables. Unknown keys in the file are
+refused, so a typo cannot silently fall back to a default.
+
+    ENGINE_ENV            dev | test | prod           (dev: demo data, settable clock)
+    ENGINE_HTTP_HOST      127.0.0.1
+    ENGINE_HTTP_PORT      8080
+    ENGINE_WORKERS        2                           prefork worker processes
+    ENGINE_CONTROL_DSN    postgresql://postgres@127.0.0.1:55431/control
+    ENGINE_SHARD_DSNS     name=dsn,name=dsn,...       physical shards, in map order
+    ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
+    ENGINE_LOG_LEVEL      INFO
+
+A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
+logical shards explicitly, and `[pool]` limits.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from sharding.pools import PoolLimits
+from sharding.shard_map import PhysicalShard, ShardMap, ShardRange
+
+Env = Literal["dev", "test", "prod"]
+
+_PG_0 = "postgresql://postgres@127.0.0.1:55431"
+_PG_1 = "postgresql://postgres@127.0.0.1:55432"
+
+
+def _default_shards() -> list[PhysicalShard]:
+    return [
+        PhysicalShard("shard_0", f"{_PG_0}/shard_0"),
+        PhysicalShard("shard_1", f"{_PG_0}/shard_1"),
+        PhysicalShard("shard_2", f"{_PG_1}/shard_2"),
+        PhysicalShard("shard_3", f"{_PG_1}/shard_3"),
+    ]
+
+
+class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    body_max_bytes: int = 64 * 1024
+    shutdown_timeout_s: float = 15.0
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ValueError("http.workers must be 1..64")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("http.port must be 0..65535")
+
+
+class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "redis://127.0.0.1:56379/0"
+    connections_max: int = 50
+    timeout_s: float = 0.5
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    env: Env = "dev"
+    log_level: str = "INFO"
+    control_dsn: str = f"{_PG_0}/control"
+    shards: list[PhysicalShard] = msgspec.field(default_factory=_default_shards)
+    shard_ranges: list[ShardRange] = msgspec.field(default_factory=list)
+    pool: PoolLimits = msgspec.field(default_factory=PoolLimits)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+
+    def shard_map(self) -> ShardMap:
+        return ShardMap(tuple(self.shards), tuple(self.shard_ranges))
+
+
+class SettingsError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+def _parse_shard_dsns(text: str) -> list[dict[str, str]]:
+    shards = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, dsn = item.partition("=")
+        if not sep or not name or not dsn:
+            raise SettingsError(f"ENGINE_SHARD_DSNS item {item!r} is not name=dsn")
+        shards.append({"name": name, "dsn": dsn})
+    return shards
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
+    raw: dict[str, object] = {}
+    http: dict[str, object] = {}
+    simple = {
+        "ENGINE_ENV": "env",
+        "ENGINE_LOG_LEVEL": "log_level",
+        "ENGINE_CONTROL_DSN": "control_dsn",
+    }
+    for var, key in simple.items():
+        if var in environ:
+            raw[key] = environ[var]
+    if "ENGINE_SHARD_DSNS" in environ:
+        raw["shards"] = _parse_shard_dsns(environ["ENGINE_SHARD_DSNS"])
+    if "ENGINE_REDIS_URL" in environ:
+        raw["redis"] = {"url": environ["ENGINE_REDIS_URL"]}
+    for var, key in (
+        ("ENGINE_HTTP_HOST", "host"),
+        ("ENGINE_HTTP_PORT", "port"),
+        ("ENGINE_WORKERS", "workers"),
+    ):
+        if var in environ:
+            http[key] = environ[var] if key == "host" else int(environ[var])
+    if http:
+        raw["http"] = http
+    return raw
+
+
+def _merge(base: dict[str, object], top: Mapping[str, object]) -> dict[str, object]:
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, dict):
+            merged[key] = _merge(below, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    config_path = environ.get("ENGINE_CONFIG")
+    if config_path:
+        try:
+            raw = tomllib.loads(Path(config_path).read_text("utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"ENGINE_CONFIG {config_path}: {exc}") from exc
+    try:
+        raw = _merge(raw, _env_overrides(environ))
+        settings = msgspec.convert(raw, Settings)
+        settings.shard_map()  # refuse a map that is not a partition now, not on first use
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from exc
+    return settings

@@ -1,0 +1,167 @@
+"""The ledger's SQL: posting inside the caller's transaction, balances, trial balance.
+
+`post()` writes a whole posting in one round trip: the transaction row, its
+legs, and the running totals of every account it touches (upserted, so a
+loan's accounts come into being with its first posting). Accounts are locked
+in (code, owner_id) order, so two postings never deadlock on them.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+import msgspec
+
+from ledger.chart import CHART, INTERNAL_STRIPES, Code, is_internal
+from ledger.postings import Posting, check_legs
+
+_POST_SQL = """
+WITH txn AS (
+    INSERT INTO ledger_txn (txn_id, customer_id, kind, ref_id, business_date)
+    VALUES ($1, $2, $3, $4, $5)
+), legs AS (
+    INSERT INTO ledger_leg (txn_id, leg_no, code, owner_id, customer_id, amount_fen)
+    SELECT $1, l.n, l.code, l.owner_id, l.customer_id, l.amount_fen
+    FROM unnest($6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+         WITH ORDINALITY AS l(code, owner_id, customer_id, amount_fen, n)
+)
+INSERT INTO ledger_account AS a (code, owner_id, customer_id, debit_total_fen, credit_total_fen)
+SELECT l.code, l.owner_id, min(l.customer_id),
+       sum(greatest(l.amount_fen, 0)), sum(greatest(-l.amount_fen, 0))
+FROM unnest($6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
+     AS l(code, owner_id, customer_id, amount_fen)
+GROUP BY l.code, l.owner_id
+ORDER BY l.code, l.owner_id
+ON CONFLICT (code, owner_id) DO UPDATE
+SET debit_total_fen = a.debit_total_fen + excluded.debit_total_fen,
+    credit_total_fen = a.credit_total_fen + excluded.credit_total_fen
+"""
+
+
+class AccountBalance(msgspec.Struct, frozen=True):
+    code: str
+    owner_id: int | None
+    debit_total_fen: int
+    credit_total_fen: int
+
+    @property
+    def balance_fen(self) -> int:
+        """Debit balance (debits minus credits); negative for credit-normal accounts."""
+        return self.debit_total_fen - self.credit_total_fen
+
+
+class TrialBalance(msgspec.Struct, frozen=True):
+    """Debits and credits of one shard, by account totals and, if deep, by legs."""
+
+    debit_total_fen: int
+    credit_total_fen: int
+    legs_sum_fen: int | None = None
+    accounts_differing_from_legs: int | None = None
+
+    @property
+    def imbalance_fen(self) -> int:
+        return self.debit_total_fen - self.credit_total_fen
+
+    @property
+    def balanced(self) -> bool:
+        return (
+            self.imbalance_fen == 0
+            and self.legs_sum_fen in (None, 0)
+            and self.accounts_differing_from_legs in (None, 0)
+        )
+
+
+async def ensure_chart(conn: asyncpg.Connection) -> None:
+    """Make the chart and the internal accounts' stripes exist (idempotent)."""
+    await conn.executemany(
+        """INSERT INTO ledger_chart (code, name_zh, kind, scope) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (code) DO UPDATE SET name_zh = excluded.name_zh""",
+        [(str(s.code), s.name_zh, s.kind.value, s.scope.value) for s in CHART.values()],
+    )
+    await conn.execute(
+        """INSERT INTO ledger_account (code, owner_id)
+           SELECT code, stripe FROM unnest($1::text[]) AS code, generate_series(0, $2 - 1) AS stripe
+           ON CONFLICT DO NOTHING""",
+        [str(code) for code in Code if is_internal(code)],
+        INTERNAL_STRIPES,
+    )
+
+
+def posting_args(posting: Posting) -> tuple[object, ...]:
+    """The bind arguments of `_POST_SQL` for one posting (also used by bulk seeding)."""
+    check_legs(posting.legs)
+    stripe = posting.stripe()
+    codes: list[str] = []
+    owners: list[int] = []
+    customers: list[int | None] = []
+    amounts: list[int] = []
+    for leg in posting.legs:
+        codes.append(str(leg.code))
+        if leg.owner_id is None:
+            owners.append(stripe)
+            customers.append(None)
+        else:
+            owners.append(leg.owner_id)
+            customers.append(posting.customer_id)
+        amounts.append(leg.amount_fen)
+    return (
+        posting.txn_id,
+        posting.customer_id,
+        posting.kind,
+        posting.ref_id,
+        posting.business_date,
+        codes,
+        owners,
+        customers,
+        amounts,
+    )
+
+
+async def post(conn: asyncpg.Connection, posting: Posting) -> None:
+    """Write `posting` inside the caller's open transaction (asserted)."""
+    assert conn.is_in_transaction(), "a posting is written inside the business transaction"
+    await conn.execute(_POST_SQL, *posting_args(posting))
+
+
+async def account_balance(
+    conn: asyncpg.Connection, code: Code, owner_id: int | None
+) -> AccountBalance:
+    """One loan account, or the sum of an internal account's stripes (owner_id None)."""
+    if owner_id is None:
+        assert is_internal(code), code
+        row = await conn.fetchrow(
+            """SELECT coalesce(sum(debit_total_fen), 0)::bigint AS d,
+                      coalesce(sum(credit_total_fen), 0)::bigint AS c
+               FROM ledger_account WHERE code = $1""",
+            str(code),
+        )
+    else:
+        row = await conn.fetchrow(
+            """SELECT debit_total_fen AS d, credit_total_fen AS c
+               FROM ledger_account WHERE code = $1 AND owner_id = $2""",
+            str(code),
+            owner_id,
+        )
+    if row is None:
+        return AccountBalance(str(code), owner_id, 0, 0)
+    return AccountBalance(str(code), owner_id, int(row["d"]), int(row["c"]))
+
+
+async def trial_balance(conn: asyncpg.Connection, *, deep: bool = False) -> TrialBalance:
+    """Totals over every account; `deep` also re-adds every leg (a full scan)."""
+    row = await conn.fetchrow(
+        """SELECT coalesce(sum(debit_total_fen), 0)::bigint AS d,
+                  coalesce(sum(credit_total_fen), 0)::bigint AS c FROM ledger_account"""
+    )
+    assert row is not None
+    if not deep:
+        return TrialBalance(int(row["d"]), int(row["c"]))
+    legs_sum = await conn.fetchval("SELECT coalesce(sum(amount_fen), 0)::bigint FROM ledger_leg")
+    differing = await conn.fetchval(
+        """SELECT count(*) FROM ledger_account a
+           LEFT JOIN (SELECT code, owner_id,
+                             sum(greatest(amount_fen, 0)) AS d, sum(greatest(-amount_fen, 0)) AS c
+                      FROM ledger_leg GROUP BY code, owner_id) l
+             USING (code, owner_id)
+           WHERE a.debit_total_fen <> coalesce(l.d, 0) OR a.credit_total_fen <> coalesce(l.c, 0)"""
+    )
+    return TrialBalance(int(row["d"]), int(row["c"]), int(legs_sum), int(differing))

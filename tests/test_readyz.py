@@ -1,0 +1,75 @@
+"""`/healthz` and `/readyz` of a real engine; a stopped shard server shows as down
+while the others stay up, and the engine recovers when it returns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from tests.conftest import ROOT, EngineProcess
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _states(body: Any) -> dict[str, str]:
+    return {c["name"]: c["state"] for c in body["components"]}
+
+
+def _wait_for(url: str, predicate: Any, timeout_s: float = 20.0) -> tuple[int, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = _get(url)
+        if predicate(status, body) or time.monotonic() > deadline:
+            return status, body
+        time.sleep(0.2)
+
+
+def test_healthz_and_readyz(engine: EngineProcess) -> None:
+    assert _get(f"{engine.base_url}/healthz") == (200, {"status": "ok"})
+    status, body = _get(f"{engine.base_url}/readyz")
+    assert status == 200
+    assert body["ready"] is True
+    assert _states(body) == {
+        "control": "up",
+        "shard_0": "up",
+        "shard_1": "up",
+        "shard_2": "up",
+        "shard_3": "up",
+        "redis": "up",
+    }
+
+
+def test_unknown_route_is_a_problem_document(engine: EngineProcess) -> None:
+    status, body = _get(f"{engine.base_url}/no/such/route")
+    assert status == 404
+    assert body["code"] == "NOT_FOUND"
+    assert body["request_id"]
+
+
+def test_stopped_shard_is_down_and_recovers(engine: EngineProcess) -> None:
+    url = f"{engine.base_url}/readyz"
+    subprocess.run([ROOT / "ops" / "stack.sh", "stop-pg", "1"], check=True)
+    try:
+        status, body = _wait_for(url, lambda s, b: s == 503)
+        assert status == 503
+        states = _states(body)
+        assert states["shard_2"] == "down"
+        assert states["shard_3"] == "down"
+        assert (
+            states["shard_0"] == states["shard_1"] == states["control"] == states["redis"] == "up"
+        )
+    finally:
+        subprocess.run([ROOT / "ops" / "stack.sh", "start-pg", "1"], check=True)
+    status, body = _wait_for(url, lambda s, b: s == 200)
+    assert status == 200, body
+    assert set(_states(body).values()) == {"up"}

@@ -1,0 +1,81 @@
+"""Configuration: defaults, TOML file, environment, and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_local_stack() -> None:
+    settings = load_settings({})
+    assert [s.name for s in settings.shards] == ["shard_0", "shard_1", "shard_2", "shard_3"]
+    assert settings.http.port == 8080
+    assert settings.redis.url == "redis://127.0.0.1:56379/0"
+    assert settings.shard_map().physical_for(4095).name == "shard_3"
+
+
+def test_toml_then_environment(tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        """
+env = "prod"
+control_dsn = "postgresql://app@db-control/control"
+shards = [{name = "a", dsn = "postgresql://app@db-a/a"}, {name = "b", dsn = "postgresql://app@db-b/b"}]
+shard_ranges = [{first = 0, last = 99, shard = "a"}, {first = 100, last = 4095, shard = "b"}]
+[http]
+port = 9000
+workers = 8
+[pool]
+size_max = 50
+""",
+        "utf-8",
+    )
+    settings = load_settings({"ENGINE_CONFIG": str(config), "ENGINE_HTTP_PORT": "9100"})
+    assert settings.env == "prod"
+    assert settings.http.port == 9100  # the environment wins over the file
+    assert settings.http.workers == 8
+    assert settings.pool.size_max == 50
+    assert settings.shard_map().physical_for(99).name == "a"
+    assert settings.shard_map().physical_for(100).name == "b"
+
+
+def test_shard_dsns_from_environment() -> None:
+    settings = load_settings({"ENGINE_SHARD_DSNS": "x=postgresql://h/x, y=postgresql://h/y"})
+    assert [(s.name, s.dsn) for s in settings.shards] == [
+        ("x", "postgresql://h/x"),
+        ("y", "postgresql://h/y"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"ENGINE_SHARD_DSNS": "nodsn"}, "not name=dsn"),
+        ({"ENGINE_ENV": "staging"}, "invalid configuration"),
+        ({"ENGINE_WORKERS": "0"}, "workers"),
+    ],
+)
+def test_bad_configuration_is_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ)
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text("[http]\nprot = 1\n", "utf-8")
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings({"ENGINE_CONFIG": str(config)})
+
+
+def test_overlapping_ranges_are_refused(tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        'shard_ranges = [{first = 0, last = 4095, shard = "shard_0"},'
+        ' {first = 1, last = 1, shard = "shard_1"}]\n',
+        "utf-8",
+    )
+    with pytest.raises(SettingsError, match="twice"):
+        load_settings({"ENGINE_CONFIG": str(config)})
