@@ -9,6 +9,7 @@ run: venv stack migrate demo          ## set up everything and serve on 127.0.0.
 	ENGINE_ENV=dev $(PY) -m engine serve
 
 test: venv stack migrate lint pytest  ## set up everything and run every check and test
+	@echo "make test: all checks passed"
 
 up: venv stack migrate demo           ## start the stack and the engine in the background
 	ENGINE_ENV=dev ops/engine.sh start
@@ -27,7 +28,7 @@ migrate: venv stack
 	$(PY) -m engine migrate
 
 demo: migrate
-	@true
+	ENGINE_ENV=dev $(PY) -m engine demo load
 
 lint: venv
 	.venv/bin/ruff check .
@@ -35,7 +36,8 @@ lint: venv
 	.venv/bin/mypy --strict $(CHECKED)
 
 pytest: venv stack migrate
-	$(PY) -m pytest -q -p no:cacheprovider
+	ENGINE_ENV=test $(PY) -m engine demo load
+	ENGINE_ENV=test $(PY) -m pytest -q -p no:cacheprovider
 
 bench: venv stack migrate
 	$(PY) -m loadtest.bench_schedule

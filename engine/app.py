@@ -5,14 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from engine import app_keys, resources
+from engine.auth import auth_middleware
 from engine.middlewares import request_middleware
 from engine.routes_ops import setup_ops_routes
+from engine.routes_v1 import setup_v1_routes
 from engine.settings import Settings
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[request_middleware],
+        middlewares=[request_middleware, auth_middleware],
         client_max_size=settings.http.body_max_bytes,
     )
     app[app_keys.SETTINGS] = settings
@@ -20,9 +22,12 @@ def create_app(settings: Settings) -> web.Application:
         [
             resources.control_pool_ctx,
             resources.id_lease_ctx,
+            resources.reference_ctx,
             resources.shard_pools_ctx,
             resources.redis_ctx,
+            resources.services_ctx,
         ]
     )
     setup_ops_routes(app)
+    setup_v1_routes(app)
     return app

@@ -6,6 +6,9 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from engine.pii import PiiCipher
+from engine.reference import ReferenceCache
+from engine.services.context import Services
 from engine.settings import Settings
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
@@ -15,3 +18,6 @@ SHARD_POOLS = web.AppKey("shard_pools", ShardPools)
 CONTROL_POOL = web.AppKey("control_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", aioredis.Redis)
 IDS = web.AppKey("ids", IdGenerator)
+PII = web.AppKey("pii", PiiCipher)
+REFERENCE = web.AppKey("reference", ReferenceCache)
+SERVICES = web.AppKey("services", Services)

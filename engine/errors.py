@@ -25,7 +25,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     code: str
     detail: str
     request_id: str = ""
-    errors: list[dict[str, str]] | None = None
+    customer_id: str | None = None  # CUSTOMER_EXISTS: the existing customer
 
 
 class ApiError(Exception):
@@ -54,6 +54,7 @@ class ApiError(Exception):
             code=self.code,
             detail=self.detail,
             request_id=request_id,
+            customer_id=self.extra.get("customer_id"),
         )
 
 

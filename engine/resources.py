@@ -1,11 +1,14 @@
 """Start-up and clean-up of every long-lived resource, as aiohttp cleanup contexts.
 
-Order: control pool -> ID worker lease -> shard pools -> Redis. Each is
+Order: control pool -> ID worker lease -> reference data -> shard pools ->
+Redis -> services. Each is
 closed in reverse order, and only if it started (aiohttp's cleanup_ctx rule).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 
@@ -13,6 +16,9 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine import app_keys
+from engine.pii import PiiCipher
+from engine.reference import ReferenceCache
+from engine.services.context import Services
 from sharding.ids import IdGenerator
 from sharding.pools import PoolLimits, ShardPools, create_pool
 from sharding.worker_lease import WorkerLease
@@ -62,3 +68,29 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[app_keys.REDIS] = client
     yield
     await client.aclose()
+
+
+async def reference_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[app_keys.SETTINGS]
+    crypto = settings.crypto
+    cipher = PiiCipher.from_config(crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key)
+    app[app_keys.PII] = cipher
+    cache = ReferenceCache(app[app_keys.CONTROL_POOL], cipher, settings.reference_refresh_s)
+    await cache.load()
+    app[app_keys.REFERENCE] = cache
+    task = asyncio.create_task(cache.refresh_forever(), name="reference-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[app_keys.SERVICES] = Services(
+        pools=app[app_keys.SHARD_POOLS],
+        ids=app[app_keys.IDS],
+        cipher=app[app_keys.PII],
+        reference=app[app_keys.REFERENCE],
+        redis=app[app_keys.REDIS],
+    )
+    yield

@@ -12,6 +12,9 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_SHARD_DSNS     name=dsn,name=dsn,...       physical shards, in map order
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
     ENGINE_LOG_LEVEL      INFO
+    ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version (dev/test: fixed keys)
+    ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
+    ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
 logical shards explicitly, and `[pool]` limits.
@@ -66,6 +69,28 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: float = 0.5
 
 
+# Fixed keys for the local stack and tests only; `prod` refuses to start with them.
+DEV_PII_KEYS = {"1": "ZGV2LW9ubHktcGlpLWtleS12MS0wMTIzNDU2Nzg5YWI="}
+DEV_PII_INDEX_KEY = "ZGV2LW9ubHktaW5kZXgta2V5LTAxMjM0NTY3ODlhYmM="
+
+
+class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pii_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    pii_key_version: int = 0
+    pii_index_key: str = ""
+
+    def resolved(self, env: str) -> CryptoSettings:
+        """The keys to use; dev and test fall back to the fixed dev keys."""
+        if self.pii_keys and self.pii_index_key:
+            version = self.pii_key_version or max(int(v) for v in self.pii_keys)
+            return CryptoSettings(self.pii_keys, version, self.pii_index_key)
+        if env == "prod":
+            raise ValueError(
+                "crypto.pii_keys and crypto.pii_index_key are required when env = prod"
+            )
+        return CryptoSettings(DEV_PII_KEYS, 1, DEV_PII_INDEX_KEY)
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Env = "dev"
     log_level: str = "INFO"
@@ -75,6 +100,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pool: PoolLimits = msgspec.field(default_factory=PoolLimits)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    crypto: CryptoSettings = msgspec.field(default_factory=CryptoSettings)
+    reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
         return ShardMap(tuple(self.shards), tuple(self.shard_ranges))
@@ -107,6 +134,16 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
             raw[key] = environ[var]
     if "ENGINE_SHARD_DSNS" in environ:
         raw["shards"] = _parse_shard_dsns(environ["ENGINE_SHARD_DSNS"])
+    crypto: dict[str, object] = {}
+    if "ENGINE_PII_KEYS" in environ:
+        pairs = [item.partition(":") for item in environ["ENGINE_PII_KEYS"].split(",") if item]
+        crypto["pii_keys"] = {version.strip(): key.strip() for version, _, key in pairs}
+    if "ENGINE_PII_KEY_VERSION" in environ:
+        crypto["pii_key_version"] = int(environ["ENGINE_PII_KEY_VERSION"])
+    if "ENGINE_PII_INDEX_KEY" in environ:
+        crypto["pii_index_key"] = environ["ENGINE_PII_INDEX_KEY"]
+    if crypto:
+        raw["crypto"] = crypto
     if "ENGINE_REDIS_URL" in environ:
         raw["redis"] = {"url": environ["ENGINE_REDIS_URL"]}
     for var, key in (
@@ -145,6 +182,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = _merge(raw, _env_overrides(environ))
         settings = msgspec.convert(raw, Settings)
         settings.shard_map()  # refuse a map that is not a partition now, not on first use
+        settings = msgspec.structs.replace(settings, crypto=settings.crypto.resolved(settings.env))
     except (msgspec.ValidationError, ValueError) as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
     return settings

@@ -14,4 +14,8 @@ COMMANDS: dict[str, str] = {
     "serve": "engine.cli.serve",
     "ledger": "engine.cli.ledger",
     "schedule": "engine.cli.schedule",
+    "channels": "engine.cli.channels",
+    "demo": "engine.cli.demo",
+    "clock": "engine.cli.clock",
+    "call": "engine.cli.call",
 }

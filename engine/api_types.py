@@ -1,0 +1,223 @@
+"""The wire types of the channel API (`/v1/`), one msgspec Struct per body.
+
+Requests forbid unknown fields and carry their constraints (`Meta`); amounts
+and rates stay strings here and are parsed into fen and Decimal by
+`ledger.money` in the services, so that "5000.0" or 5000 are refused with a
+precise code. IDs are strings of digits: 64-bit integers do not survive
+JavaScript. The OpenAPI document is generated from these types.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+IdStr = Annotated[
+    str, Meta(pattern=r"^[1-9][0-9]{0,18}$", description="64-bit ID as a string of digits")
+]
+AmountStr = Annotated[str, Meta(pattern=r"^[0-9]+\.[0-9]{2}$", examples=["5000.00"])]
+RateStr = Annotated[
+    str, Meta(max_length=12, description="annual rate in percent", examples=["4.35"])
+]
+Code = Annotated[str, Meta(min_length=1, max_length=48)]
+Method = Literal[
+    "equal_installment",
+    "equal_principal",
+    "interest_only",
+    "bullet",
+    "grace_then_equal_installment",
+]
+PrepayRule = Literal["reduce_nearest", "reduce_amount", "reduce_term"]
+Reason = Annotated[str, Meta(min_length=1, max_length=200)]
+Months = Annotated[int, Meta(ge=1, le=600)]
+
+
+class _Request(msgspec.Struct, forbid_unknown_fields=True):
+    """Base of request bodies: unknown fields are refused (400 UNKNOWN_FIELD)."""
+
+
+class CustomerCreate(_Request):
+    tenant_id: Code
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    id_number: Annotated[str, Meta(min_length=1, max_length=32)]
+    phone: Annotated[str, Meta(min_length=1, max_length=20)]
+    bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class CustomerView(msgspec.Struct):
+    customer_id: str
+    tenant_id: str
+    name_masked: str
+    id_number_masked: str
+    phone_masked: str
+    bank_card_masked: str
+    created_at: dt.datetime
+
+
+class CreditLineCreate(_Request):
+    customer_id: IdStr
+    product_code: Code
+    limit: AmountStr
+    annual_rate_pct: RateStr
+    repayment_methods: Annotated[list[Method], Meta(min_length=1, max_length=5)]
+    max_term_months: Months
+    expires_on: dt.date
+
+
+class CreditLineView(msgspec.Struct):
+    credit_line_id: str
+    customer_id: str
+    tenant_id: str
+    product_code: str
+    limit: str
+    used: str
+    available: str
+    status: str
+    status_reason: str | None
+    annual_rate_pct: str
+    repayment_methods: list[str]
+    max_term_months: int
+    expires_on: dt.date
+
+
+class StatusChange(_Request):
+    reason: Reason
+
+
+class DrawdownCreate(_Request):
+    credit_line_id: IdStr
+    amount: AmountStr
+    term_months: Months
+    repayment_method: Method
+    disburse_to: Annotated[str, Meta(min_length=1, max_length=32)]
+    grace_months: Annotated[int, Meta(ge=0, le=599)] = 0
+
+
+class InstallmentView(msgspec.Struct):
+    seq: int
+    due_date: dt.date
+    principal: str
+    interest: str
+    total: str
+    principal_paid: str
+    interest_paid: str
+    penalty_unpaid: str
+    penalty_paid: str
+    status: Literal["paid", "overdue", "due", "pending"]
+
+
+class PlanSummary(msgspec.Struct):
+    installments: int
+    first_due_date: dt.date
+    first_payment: str
+    maturity_date: dt.date
+    total_interest: str
+    total_repayment: str
+
+
+class DrawdownView(msgspec.Struct):
+    loan_id: str
+    receipt_no: str
+    status: str
+    credit_line_id: str
+    customer_id: str
+    principal: str
+    annual_rate_pct: str
+    repayment_method: str
+    term_months: int
+    grace_months: int
+    start_date: dt.date
+    disburse_to_masked: str
+    plan: PlanSummary
+
+
+class NextDue(msgspec.Struct):
+    due_date: dt.date
+    amount: str
+
+
+class LoanView(msgspec.Struct):
+    loan_id: str
+    receipt_no: str
+    customer_id: str
+    credit_line_id: str
+    product_code: str
+    status: str
+    principal: str
+    outstanding_principal: str
+    annual_rate_pct: str
+    repayment_method: str
+    term_months: int
+    start_date: dt.date
+    maturity_date: dt.date
+    days_past_due: int
+    classification: str
+    next_due: NextDue | None
+    disburse_to_masked: str
+    requested_at: dt.datetime
+    disbursed_at: dt.datetime | None
+
+
+class ScheduleView(msgspec.Struct):
+    loan_id: str
+    plan_version: int
+    installments: list[InstallmentView]
+
+
+class LoanList(msgspec.Struct):
+    customer_id: str
+    loans: list[LoanView]
+
+
+class PayoffQuoteView(msgspec.Struct):
+    loan_id: str
+    on: dt.date
+    principal: str
+    interest: str
+    overdue_principal: str
+    overdue_interest: str
+    penalty: str
+    total: str
+
+
+class RepaymentItemCreate(_Request):
+    loan_id: IdStr
+    mode: Literal["due", "prepay", "payoff"]
+    amount: AmountStr | None = None
+    prepay_rule: PrepayRule | None = None
+
+
+class RepaymentCreate(_Request):
+    customer_id: IdStr
+    items: Annotated[list[RepaymentItemCreate], Meta(min_length=1, max_length=20)]
+    debit_from: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class Allocation(msgspec.Struct):
+    penalty: str
+    interest: str
+    principal: str
+
+
+class RepaymentItemView(msgspec.Struct):
+    loan_id: str
+    mode: str
+    prepay_rule: str | None
+    amount: str
+    allocation: Allocation
+    loan_status: str
+    outstanding_principal: str
+    plan: list[InstallmentView]
+
+
+class RepaymentView(msgspec.Struct):
+    repayment_id: str
+    customer_id: str
+    status: str
+    total: str
+    business_date: dt.date
+    debit_from_masked: str
+    items: list[RepaymentItemView]

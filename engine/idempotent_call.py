@@ -1,0 +1,82 @@
+"""Running one money-moving POST exactly once per (channel, Idempotency-Key).
+
+    claim in Redis ─► shard transaction: durable record? replay : work + store record ─► commit
+                  ─► cache the response in Redis
+
+A twin that raced us to the shard fails on the record's primary key, or with
+a business refusal computed after our commit; in both cases the durable record
+now exists and is replayed instead. See `engine.idempotency` for the states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from engine import idempotency
+from engine.auth import BODY, CHANNEL
+from engine.errors import ApiError
+from engine.idempotency import Claim, StoredResponse
+from engine.services.context import Services
+from engine.shard_access import in_transaction, read
+from engine.wire import encode, json_response
+
+Work = Callable[[asyncpg.Connection], Awaitable[tuple[msgspec.Struct, int]]]
+REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
+
+
+class _Replay(Exception):
+    def __init__(self, stored: StoredResponse) -> None:
+        super().__init__("replay")
+        self.stored = stored
+
+
+def _replay(stored: StoredResponse) -> web.Response:
+    return json_response(stored.body, stored.status, REPLAYED_HEADERS)
+
+
+async def run_once(
+    request: web.Request, svc: Services, logical_shard: int, work: Work, status: int = 201
+) -> web.Response:
+    key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
+    channel = request[CHANNEL]
+    claim = Claim(
+        channel.channel_id,
+        key,
+        idempotency.request_digest(request.method, request.path, request[BODY]),
+    )
+    cached = await idempotency.claim(svc.redis, claim)
+    if cached is not None:
+        return _replay(cached)
+
+    async def transaction(conn: asyncpg.Connection) -> StoredResponse:
+        stored = await idempotency.find_durable(conn, claim)
+        if stored is not None:
+            raise _Replay(stored)
+        view, customer_id = await work(conn)
+        response = StoredResponse(status, encode(view))
+        await idempotency.store_durable(conn, claim, customer_id, response)
+        return response
+
+    try:
+        response = await in_transaction(svc.pools, logical_shard, transaction)
+    except _Replay as replay:
+        await idempotency.finish(svc.redis, claim, replay.stored)
+        return _replay(replay.stored)
+    except (ApiError, asyncpg.UniqueViolationError) as exc:
+        stored = await read(
+            svc.pools, logical_shard, lambda conn: idempotency.find_durable(conn, claim)
+        )
+        if stored is not None:
+            await idempotency.finish(svc.redis, claim, stored)
+            return _replay(stored)
+        await idempotency.release(svc.redis, claim)
+        raise exc from None
+    except BaseException:
+        await idempotency.release(svc.redis, claim)
+        raise
+    await idempotency.finish(svc.redis, claim, response)
+    return json_response(response.body, response.status)

@@ -1,0 +1,181 @@
+"""The channel API `/v1/`: thin handlers that decode, route to a shard, call a
+service, and encode. Authentication runs before them (`engine.auth`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+
+from engine import app_keys
+from engine.api_types import (
+    CreditLineCreate,
+    CreditLineView,
+    CustomerCreate,
+    CustomerView,
+    DrawdownCreate,
+    DrawdownView,
+    RepaymentCreate,
+    RepaymentView,
+    StatusChange,
+)
+from engine.auth import BODY, CHANNEL
+from engine.errors import BadRequest
+from engine.idempotent_call import run_once
+from engine.services import credit_lines, customers, drawdowns, loans, repayments
+from engine.services.context import Services, parse_id
+from engine.shard_access import in_transaction, read
+from engine.wire import decode, encode, json_response
+from sharding.ids import shard_of_id
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[app_keys.SERVICES]
+
+
+async def create_customer(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    body = decode(request[BODY], CustomerCreate)
+    new = customers.NewCustomer(svc, channel, body)
+
+    async def work(conn: asyncpg.Connection) -> tuple[CustomerView, int]:
+        view = await customers.insert_customer(svc, conn, new)
+        return view, int(view.customer_id)
+
+    return await run_once(request, svc, new.logical_shard, work)
+
+
+async def create_credit_line(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    body = decode(request[BODY], CreditLineCreate)
+    customer_id = int(body.customer_id)
+
+    async def work(conn: asyncpg.Connection) -> tuple[CreditLineView, int]:
+        return await credit_lines.grant_line(svc, conn, channel, body), customer_id
+
+    return await run_once(request, svc, shard_of_id(customer_id), work)
+
+
+async def get_credit_line(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    line_id = parse_id(request.match_info["line_id"], "credit_line")
+    row = await read(
+        svc.pools, shard_of_id(line_id), lambda c: credit_lines.fetch_line(c, channel, line_id)
+    )
+    return json_response(encode(credit_lines.line_view(row)))
+
+
+def _status_handler(status: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        svc, channel = _svc(request), request[CHANNEL]
+        line_id = parse_id(request.match_info["line_id"], "credit_line")
+        body = decode(request[BODY], StatusChange)
+        view = await in_transaction(
+            svc.pools,
+            shard_of_id(line_id),
+            lambda c: credit_lines.set_line_status(c, channel, line_id, status, body.reason),
+        )
+        return json_response(encode(view))
+
+    return handler
+
+
+async def create_drawdown(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    body = decode(request[BODY], DrawdownCreate)
+    line_id = int(body.credit_line_id)
+
+    async def work(conn: asyncpg.Connection) -> tuple[DrawdownView, int]:
+        return await drawdowns.draw_down(svc, conn, channel, body)
+
+    return await run_once(request, svc, shard_of_id(line_id), work)
+
+
+async def get_loan(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    loan_id = parse_id(request.match_info["loan_id"], "loan")
+    today = svc.business_date
+    view = await read(
+        svc.pools, shard_of_id(loan_id), lambda c: loans.get_loan(c, channel, loan_id, today)
+    )
+    return json_response(encode(view))
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    loan_id = parse_id(request.match_info["loan_id"], "loan")
+    today = svc.business_date
+    view = await read(
+        svc.pools, shard_of_id(loan_id), lambda c: loans.get_schedule(c, channel, loan_id, today)
+    )
+    return json_response(encode(view))
+
+
+async def get_customer_loans(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    customer_id = parse_id(request.match_info["customer_id"], "customer")
+    today = svc.business_date
+    view = await read(
+        svc.pools,
+        shard_of_id(customer_id),
+        lambda c: loans.customer_loans(c, channel, customer_id, today),
+    )
+    return json_response(encode(view))
+
+
+async def get_payoff_quote(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    loan_id = parse_id(request.match_info["loan_id"], "loan")
+    today = svc.business_date
+    on_text = request.query.get("on")
+    try:
+        on = dt.date.fromisoformat(on_text) if on_text else today
+    except ValueError as exc:
+        raise BadRequest("DATE_INVALID", "on must be a date YYYY-MM-DD") from exc
+    view = await read(
+        svc.pools,
+        shard_of_id(loan_id),
+        lambda c: loans.quote_payoff(c, channel, loan_id, on, today),
+    )
+    return json_response(encode(view))
+
+
+async def create_repayment(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    body = decode(request[BODY], RepaymentCreate)
+    customer_id = int(body.customer_id)
+
+    async def work(conn: asyncpg.Connection) -> tuple[RepaymentView, int]:
+        return await repayments.repay(svc, conn, channel, body), customer_id
+
+    return await run_once(request, svc, shard_of_id(customer_id), work)
+
+
+async def get_repayment(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    repayment_id = parse_id(request.match_info["repayment_id"], "repayment")
+    today = svc.business_date
+    view = await read(
+        svc.pools,
+        shard_of_id(repayment_id),
+        lambda c: repayments.get_repayment(c, channel, repayment_id, today),
+    )
+    return json_response(encode(view))
+
+
+def setup_v1_routes(app: web.Application) -> None:
+    add = app.router.add_route
+    add("POST", "/v1/customers", create_customer)
+    add("GET", "/v1/customers/{customer_id}/loans", get_customer_loans)
+    add("POST", "/v1/credit-lines", create_credit_line)
+    add("GET", "/v1/credit-lines/{line_id}", get_credit_line)
+    add("POST", "/v1/credit-lines/{line_id}/freeze", _status_handler("frozen"))
+    add("POST", "/v1/credit-lines/{line_id}/unfreeze", _status_handler("active"))
+    add("POST", "/v1/drawdowns", create_drawdown)
+    add("GET", "/v1/loans/{loan_id}", get_loan)
+    add("GET", "/v1/loans/{loan_id}/schedule", get_schedule)
+    add("GET", "/v1/loans/{loan_id}/payoff-quote", get_payoff_quote)
+    add("POST", "/v1/repayments", create_repayment)
+    add("GET", "/v1/repayments/{repayment_id}", get_repayment)

@@ -1,0 +1,125 @@
+"""Credit lines: granted within the product's bounds, read, frozen and unfrozen.
+
+Origination will grant lines through `grant_line` as well, so the product's
+checks live here once.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from engine.api_types import CreditLineCreate, CreditLineView
+from engine.errors import BadRequest, NotFound, Unprocessable
+from engine.reference import Channel, Product
+from engine.services.context import Services
+from engine.services.customers import lock_customer
+from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount, parse_rate_pct
+from sharding.ids import shard_of_id
+
+_LINE_COLUMNS = """credit_line_id, customer_id, tenant_id, product_code, limit_fen, used_fen,
+    annual_rate_pct, repayment_methods, max_term_months, expires_on, status, status_reason"""
+
+
+def line_view(row: asyncpg.Record) -> CreditLineView:
+    return CreditLineView(
+        credit_line_id=str(row["credit_line_id"]),
+        customer_id=str(row["customer_id"]),
+        tenant_id=row["tenant_id"],
+        product_code=row["product_code"],
+        limit=format_fen(row["limit_fen"]),
+        used=format_fen(row["used_fen"]),
+        available=format_fen(row["limit_fen"] - row["used_fen"]),
+        status=row["status"],
+        status_reason=row["status_reason"],
+        annual_rate_pct=format_rate_pct(row["annual_rate_pct"]),
+        repayment_methods=list(row["repayment_methods"]),
+        max_term_months=row["max_term_months"],
+        expires_on=row["expires_on"],
+    )
+
+
+def _check_against_product(
+    svc: Services, product: Product, body: CreditLineCreate
+) -> tuple[int, object]:
+    try:
+        limit_fen = parse_amount(body.limit)
+        rate = parse_rate_pct(body.annual_rate_pct)
+    except MoneyFormatError as exc:
+        raise BadRequest(exc.code, exc.detail) from exc
+    if limit_fen > product.line_limit_max_fen:
+        raise Unprocessable(
+            "LIMIT_ABOVE_PRODUCT_MAX",
+            f"product {product.product_code} allows lines up to {format_fen(product.line_limit_max_fen)}",
+        )
+    if not product.annual_rate_pct_min <= rate <= product.annual_rate_pct_max:
+        raise Unprocessable(
+            "RATE_OUTSIDE_PRODUCT_BAND",
+            f"annual_rate_pct must be within {product.annual_rate_pct_min}..{product.annual_rate_pct_max}",
+        )
+    unknown = sorted(set(body.repayment_methods) - set(product.repayment_methods))
+    if unknown:
+        raise Unprocessable("METHOD_NOT_ALLOWED", f"product does not offer {', '.join(unknown)}")
+    if not product.term_months_min <= body.max_term_months <= product.term_months_max:
+        raise Unprocessable(
+            "TERM_OUTSIDE_PRODUCT",
+            f"max_term_months must be within {product.term_months_min}..{product.term_months_max}",
+        )
+    if body.expires_on <= svc.business_date:
+        raise Unprocessable("EXPIRY_INVALID", "expires_on must be after the business date")
+    return limit_fen, rate
+
+
+async def grant_line(
+    svc: Services, conn: asyncpg.Connection, channel: Channel, body: CreditLineCreate
+) -> CreditLineView:
+    customer_id = int(body.customer_id)
+    product = svc.product_for(channel, body.product_code)
+    if product is None:
+        raise Unprocessable("PRODUCT_UNKNOWN", f"no product {body.product_code!r} for this tenant")
+    limit_fen, rate = _check_against_product(svc, product, body)
+    await lock_customer(conn, channel, customer_id)
+    line_id = svc.ids.next_id(shard_of_id(customer_id))
+    row = await conn.fetchrow(
+        f"""INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code, limit_fen,
+                annual_rate_pct, repayment_methods, max_term_months, expires_on)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            RETURNING {_LINE_COLUMNS}""",
+        line_id,
+        customer_id,
+        channel.tenant_id,
+        product.product_code,
+        limit_fen,
+        rate,
+        sorted(set(body.repayment_methods)),
+        body.max_term_months,
+        body.expires_on,
+    )
+    assert row is not None
+    return line_view(row)
+
+
+async def fetch_line(
+    conn: asyncpg.Connection, channel: Channel, line_id: int, *, lock: bool = False
+) -> asyncpg.Record:
+    """The line of this channel's tenant (locked if asked), or 404 as if it did not exist."""
+    sql = f"SELECT {_LINE_COLUMNS} FROM credit_line WHERE credit_line_id = $1"
+    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), line_id)
+    if row is None or row["tenant_id"] != channel.tenant_id:
+        raise NotFound("CREDIT_LINE_NOT_FOUND", f"no credit line {line_id}")
+    return row
+
+
+async def set_line_status(
+    conn: asyncpg.Connection, channel: Channel, line_id: int, status: str, reason: str
+) -> CreditLineView:
+    assert status in ("active", "frozen"), status
+    await fetch_line(conn, channel, line_id, lock=True)
+    row = await conn.fetchrow(
+        f"""UPDATE credit_line SET status = $2, status_reason = $3, updated_at = now()
+            WHERE credit_line_id = $1 RETURNING {_LINE_COLUMNS}""",
+        line_id,
+        status,
+        reason,
+    )
+    assert row is not None
+    return line_view(row)

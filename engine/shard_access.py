@@ -1,0 +1,73 @@
+"""Running work on a customer's shard: bounded waits, clear failure, safe retries.
+
+Connection failures become `ShardUnavailableError` (503 SHARD_UNAVAILABLE, only
+for that shard's customers). Serialization failures and deadlocks are retried
+at most `RETRIES_MAX` times, the whole transaction each time; nothing else is
+retried here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import asyncpg
+
+from sharding.pools import ShardPools, ShardUnavailableError
+
+T = TypeVar("T")
+
+RETRIES_MAX = 3
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+
+
+@asynccontextmanager
+async def shard_connection(
+    pools: ShardPools, logical_shard: int
+) -> AsyncIterator[asyncpg.Connection]:
+    shard = pools.physical_for(logical_shard)
+    pool = pools.pool(shard.name)
+    try:
+        conn = await pool.acquire(timeout=pools.limits.acquire_timeout_s)
+    except (*_UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
+        raise ShardUnavailableError(shard.name, exc) from exc
+    try:
+        yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
+    except (*_UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
+        raise ShardUnavailableError(shard.name, exc) from exc
+    finally:
+        await asyncio.shield(pool.release(conn))
+
+
+async def in_transaction(
+    pools: ShardPools,
+    logical_shard: int,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    """Run `work` in one shard transaction (READ COMMITTED), retrying only what is safe."""
+    for attempt in range(RETRIES_MAX + 1):
+        try:
+            async with shard_connection(pools, logical_shard) as conn, conn.transaction():
+                return await work(conn)
+        except _RETRYABLE:
+            if attempt == RETRIES_MAX:
+                raise
+            await asyncio.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def read(
+    pools: ShardPools,
+    logical_shard: int,
+    work: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
+    async with shard_connection(pools, logical_shard) as conn:
+        return await work(conn)
