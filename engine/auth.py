@@ -68,7 +68,7 @@ async def authenticate(request: web.Request) -> Channel:
         raise Unauthorized(
             "AUTH_TIMESTAMP_SKEW", f"X-Timestamp must be unix seconds within ±{CLOCK_SKEW_S_MAX} s"
         )
-    if not NONCE_RE.match(nonce):
+    if not NONCE_RE.fullmatch(nonce):
         raise Unauthorized(
             "AUTH_NONCE_INVALID", "X-Nonce must be 16-64 characters of [A-Za-z0-9_-]"
         )

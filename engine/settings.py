@@ -12,6 +12,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_SHARD_DSNS     name=dsn,name=dsn,...       physical shards, in map order
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
     ENGINE_LOG_LEVEL      INFO
+    ENGINE_REFERENCE_REFRESH_S  2.0                   how often cached reference data reloads
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version (dev/test: fixed keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
@@ -30,6 +31,7 @@ from typing import Literal
 
 import msgspec
 
+from engine.pii import DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64, DEV_KEYS_B64
 from sharding.pools import PoolLimits
 from sharding.shard_map import PhysicalShard, ShardMap, ShardRange
 
@@ -69,10 +71,6 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: float = 0.5
 
 
-# Fixed keys for the local stack and tests only; `prod` refuses to start with them.
-DEV_PII_KEYS = {"1": "ZGV2LW9ubHktcGlpLWtleS12MS0wMTIzNDU2Nzg5YWI="}
-DEV_PII_INDEX_KEY = "ZGV2LW9ubHktaW5kZXgta2V5LTAxMjM0NTY3ODlhYmM="
-
 
 class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pii_keys: dict[str, str] = msgspec.field(default_factory=dict)
@@ -88,7 +86,8 @@ class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(
                 "crypto.pii_keys and crypto.pii_index_key are required when env = prod"
             )
-        return CryptoSettings(DEV_PII_KEYS, 1, DEV_PII_INDEX_KEY)
+        # The published dev keys: the local stack and tests only; prod refuses them above.
+        return CryptoSettings(dict(DEV_KEYS_B64), DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64)
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -144,6 +143,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         crypto["pii_index_key"] = environ["ENGINE_PII_INDEX_KEY"]
     if crypto:
         raw["crypto"] = crypto
+    if "ENGINE_REFERENCE_REFRESH_S" in environ:
+        raw["reference_refresh_s"] = float(environ["ENGINE_REFERENCE_REFRESH_S"])
     if "ENGINE_REDIS_URL" in environ:
         raw["redis"] = {"url": environ["ENGINE_REDIS_URL"]}
     for var, key in (

@@ -68,6 +68,7 @@ class EngineProcess:
                 "ENGINE_ENV": "test",
                 "ENGINE_HTTP_PORT": str(self.port),
                 "ENGINE_WORKERS": str(workers),
+                "ENGINE_REFERENCE_REFRESH_S": "0.2",
             }
         )
         env.update(extra_env or {})
