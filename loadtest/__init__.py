@@ -1,0 +1,1 @@
+"""What drives the engine from outside: load tests and benchmarks."""
