@@ -1,7 +1,8 @@
 """Channel authentication for every `/v1/` call, exactly as API.md states it.
 
     X-Channel-Id, X-Timestamp, X-Nonce, X-Signature
-    X-Signature = hex(HMAC-SHA256(secret, METHOD\\nPATH_AND_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA256(body))))
+    X-Signature = hex(HMAC-SHA256(secret,
+                  METHOD\\nPATH_AND_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA256(body))))
 
 Checks, in order, each with its own 401 code: headers present
 (AUTH_HEADERS_MISSING), channel known (AUTH_UNKNOWN_CHANNEL) and active

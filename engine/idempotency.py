@@ -1,8 +1,8 @@
 """Idempotency of every POST that moves money or creates a resource.
 
-    Redis (fast path)                         shard (durable, same transaction as the money)
-    idem:{channel}:{key} = F|sha256           idempotency_record(channel_id, idem_key, request_sha256,
-                         = D|sha256|status|body                      status_code, response_body)
+    Redis (fast path)                        shard (durable, same transaction as the money)
+    idem:{channel}:{key} = F|sha256          idempotency_record(channel_id, idem_key,
+                         = D|sha256|status|body   request_sha256, status_code, response_body)
 
 1. `claim()` sets the in-flight marker (SET NX, short TTL). If a marker is
    there: same request in flight -> 409 IDEMPOTENCY_IN_FLIGHT; finished ->
@@ -34,7 +34,10 @@ from engine.errors import BadRequest, Conflict, Unprocessable
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_TTL_S = 60
+# Longer than any request can run (pool acquire 2 s + statement time-outs), short
+# enough that a retry after a crash is not kept waiting long. The shard, not
+# this marker, is what prevents a second movement.
+IN_FLIGHT_TTL_S = 15
 DONE_TTL_S = 24 * 3600
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from engine import idempotency
 from engine.auth import BODY, CHANNEL
-from engine.errors import ApiError
+from engine.errors import ApiError, Conflict
 from engine.idempotency import Claim, StoredResponse
 from engine.services.context import Services
 from engine.shard_access import in_transaction, read
@@ -48,7 +48,17 @@ async def run_once(
         key,
         idempotency.request_digest(request.method, request.path, request[BODY]),
     )
-    cached = await idempotency.claim(svc.redis, claim)
+    try:
+        cached = await idempotency.claim(svc.redis, claim)
+    except Conflict:
+        # In flight, or its process died after committing and before caching the
+        # answer: the shard knows which.
+        stored = await read(
+            svc.pools, logical_shard, lambda conn: idempotency.find_durable(conn, claim)
+        )
+        if stored is None:
+            raise
+        cached = stored
     if cached is not None:
         return _replay(cached)
 

@@ -53,7 +53,7 @@ class JsonFormatter(logging.Formatter):
         }
         context = REQUEST_CONTEXT.get()
         if context:
-            entry.update(context)
+            entry.update({key: _scrub(value) for key, value in context.items()})
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = _scrub(value)

@@ -44,7 +44,9 @@ def problem_response(problem: Problem, headers: dict[str, str] | None = None) ->
 
 def _request_id(request: web.Request) -> str:
     sent = request.headers.get("X-Request-Id", "")
-    return sent if _REQUEST_ID_RE.match(sent) else secrets.token_hex(8)
+    # token_urlsafe, not hex: a hex id can hold a long run of digits, which the
+    # log scrubber would take for a card number and mask.
+    return sent if _REQUEST_ID_RE.match(sent) else secrets.token_urlsafe(12)
 
 
 @web.middleware

@@ -13,7 +13,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
     ENGINE_LOG_LEVEL      INFO
     ENGINE_REFERENCE_REFRESH_S  2.0                   how often cached reference data reloads
-    ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version (dev/test: fixed keys)
+    ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
+                                                      (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
 
@@ -69,7 +70,6 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:56379/0"
     connections_max: int = 50
     timeout_s: float = 0.5
-
 
 
 class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -12,11 +12,13 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from engine.settings import Settings, load_settings
+from tests.api_client import ApiClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +118,29 @@ def engine() -> Iterator[EngineProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=300)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def api(engine: EngineProcess, http: aiohttp.ClientSession) -> ApiClient:
+    return ApiClient(http, engine.base_url)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ) | {"ENGINE_ENV": "test"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -30,6 +30,9 @@ port = 9000
 workers = 8
 [pool]
 size_max = 50
+[crypto]
+pii_keys = {"1" = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "2" = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA="}
+pii_index_key = "aW5kZXgta2V5LTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU="
 """,
         "utf-8",
     )
@@ -40,6 +43,12 @@ size_max = 50
     assert settings.pool.size_max == 50
     assert settings.shard_map().physical_for(99).name == "a"
     assert settings.shard_map().physical_for(100).name == "b"
+    assert settings.crypto.pii_key_version == 2  # the newest key encrypts
+
+
+def test_prod_refuses_to_run_on_dev_keys() -> None:
+    with pytest.raises(SettingsError, match="pii_keys"):
+        load_settings({"ENGINE_ENV": "prod"})
 
 
 def test_shard_dsns_from_environment() -> None:

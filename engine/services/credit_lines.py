@@ -49,12 +49,14 @@ def _check_against_product(
     if limit_fen > product.line_limit_max_fen:
         raise Unprocessable(
             "LIMIT_ABOVE_PRODUCT_MAX",
-            f"product {product.product_code} allows lines up to {format_fen(product.line_limit_max_fen)}",
+            f"product {product.product_code} allows lines up to "
+            f"{format_fen(product.line_limit_max_fen)}",
         )
     if not product.annual_rate_pct_min <= rate <= product.annual_rate_pct_max:
         raise Unprocessable(
             "RATE_OUTSIDE_PRODUCT_BAND",
-            f"annual_rate_pct must be within {product.annual_rate_pct_min}..{product.annual_rate_pct_max}",
+            "annual_rate_pct must be within "
+            f"{product.annual_rate_pct_min}..{product.annual_rate_pct_max}",
         )
     unknown = sorted(set(body.repayment_methods) - set(product.repayment_methods))
     if unknown:
@@ -80,8 +82,8 @@ async def grant_line(
     await lock_customer(conn, channel, customer_id)
     line_id = svc.ids.next_id(shard_of_id(customer_id))
     row = await conn.fetchrow(
-        f"""INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code, limit_fen,
-                annual_rate_pct, repayment_methods, max_term_months, expires_on)
+        f"""INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code,
+                limit_fen, annual_rate_pct, repayment_methods, max_term_months, expires_on)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
             RETURNING {_LINE_COLUMNS}""",
         line_id,

@@ -15,8 +15,10 @@ overdraft even if the code were wrong (guarantee 2).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import asyncpg
+import msgspec
 
 from engine.api_types import DrawdownCreate, DrawdownView, PlanSummary
 from engine.errors import BadRequest, Unprocessable
@@ -79,14 +81,16 @@ async def _check_customer_cap(
     await lock_customer(conn, channel, customer_id, lock=True)
     outstanding = await conn.fetchval(
         """SELECT coalesce(sum(outstanding_principal_fen), 0)::bigint FROM loan
-           WHERE customer_id = $1 AND customer_cap_group = $2 AND status IN ('disbursing', 'disbursed')""",
+           WHERE customer_id = $1 AND customer_cap_group = $2
+             AND status IN ('disbursing', 'disbursed')""",
         customer_id,
         product.customer_cap_group,
     )
     if outstanding + amount_fen > product.customer_outstanding_max_fen:
         raise Unprocessable(
             "CUSTOMER_CAP_EXCEEDED",
-            f"the customer's outstanding principal under {product.customer_cap_group} may not exceed "
+            f"the customer's outstanding principal under {product.customer_cap_group} "
+            "may not exceed "
             f"{format_fen(product.customer_outstanding_max_fen)}",
         )
 
@@ -110,6 +114,24 @@ def plan_summary(plan: Plan) -> PlanSummary:
         total_interest=format_fen(plan.total_interest_fen),
         total_repayment=format_fen(plan.total_fen),
     )
+
+
+class Draft(msgspec.Struct, frozen=True):
+    """A checked drawdown, ready to write: everything the inserts and postings need."""
+
+    channel: Channel
+    product: Product
+    line: dict[str, Any]
+    body: DrawdownCreate
+    plan: Plan
+    loan_id: int
+    receipt_no: str
+    card: str
+    today: dt.date
+
+    @property
+    def customer_id(self) -> int:
+        return int(self.line["customer_id"])
 
 
 async def draw_down(
@@ -139,111 +161,111 @@ async def draw_down(
         )
     except ScheduleError as exc:
         raise Unprocessable(exc.code, exc.detail) from exc
-    shard = shard_of_id(customer_id)
-    loan_id = svc.ids.next_id(shard)
-    receipt_no = f"JJ{today:%Y%m%d}{loan_id:019d}"
-    await _insert_loan(svc, conn, channel, line, product, body, plan, loan_id, receipt_no, card)
-    await _book(svc, conn, shard, customer_id, loan_id, amount_fen, today)
-    view = DrawdownView(
-        loan_id=str(loan_id),
-        receipt_no=receipt_no,
+    loan_id = svc.ids.next_id(shard_of_id(customer_id))
+    draft = Draft(
+        channel,
+        product,
+        dict(line),
+        body,
+        plan,
+        loan_id,
+        f"JJ{today:%Y%m%d}{loan_id:019d}",
+        card,
+        today,
+    )
+    await _insert_loan(svc, conn, draft)
+    await _book(svc, conn, draft)
+    return _view(draft), customer_id
+
+
+def _view(draft: Draft) -> DrawdownView:
+    line = draft.line
+    return DrawdownView(
+        loan_id=str(draft.loan_id),
+        receipt_no=draft.receipt_no,
         status="disbursed",
         credit_line_id=str(line["credit_line_id"]),
-        customer_id=str(customer_id),
-        principal=format_fen(amount_fen),
+        customer_id=str(draft.customer_id),
+        principal=format_fen(draft.plan.principal_fen),
         annual_rate_pct=format_rate_pct(line["annual_rate_pct"]),
-        repayment_method=body.repayment_method,
-        term_months=body.term_months,
-        grace_months=body.grace_months,
-        start_date=today,
-        disburse_to_masked=mask_bank_card(card),
-        plan=plan_summary(plan),
+        repayment_method=draft.body.repayment_method,
+        term_months=draft.body.term_months,
+        grace_months=draft.body.grace_months,
+        start_date=draft.today,
+        disburse_to_masked=mask_bank_card(draft.card),
+        plan=plan_summary(draft.plan),
     )
-    return view, customer_id
 
 
-async def _insert_loan(
-    svc: Services,
-    conn: asyncpg.Connection,
-    channel: Channel,
-    line: asyncpg.Record,
-    product: Product,
-    body: DrawdownCreate,
-    plan: Plan,
-    loan_id: int,
-    receipt_no: str,
-    card: str,
-) -> None:
-    customer_id = line["customer_id"]
+async def _insert_loan(svc: Services, conn: asyncpg.Connection, draft: Draft) -> None:
+    line, plan = draft.line, draft.plan
     await conn.execute(
-        """INSERT INTO loan (loan_id, customer_id, credit_line_id, tenant_id, channel_id, product_code,
-               customer_cap_group, receipt_no, principal_fen, outstanding_principal_fen,
+        """INSERT INTO loan (loan_id, customer_id, credit_line_id, tenant_id, channel_id,
+               product_code, customer_cap_group, receipt_no, principal_fen,
+               outstanding_principal_fen,
                annual_rate_pct, penalty_multiplier, repayment_method, term_months, grace_months,
                start_date, maturity_date, status, disburse_to_ciphertext, disburse_to_masked,
                payment_fen, requested_at, disbursed_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16,
                    'disbursed', $17, $18, $19, now(), now())""",
-        loan_id,
-        customer_id,
+        draft.loan_id,
+        draft.customer_id,
         line["credit_line_id"],
-        channel.tenant_id,
-        channel.channel_id,
-        product.product_code,
-        product.customer_cap_group,
-        receipt_no,
+        draft.channel.tenant_id,
+        draft.channel.channel_id,
+        draft.product.product_code,
+        draft.product.customer_cap_group,
+        draft.receipt_no,
         plan.principal_fen,
         line["annual_rate_pct"],
-        product.penalty_multiplier,
-        body.repayment_method,
-        body.term_months,
-        body.grace_months,
+        draft.product.penalty_multiplier,
+        draft.body.repayment_method,
+        draft.body.term_months,
+        draft.body.grace_months,
         plan.terms.start,
         plan.installments[-1].due_date,
-        svc.cipher.encrypt(card, context=BANK_CARD),
-        mask_bank_card(card),
+        svc.cipher.encrypt(draft.card, context=BANK_CARD),
+        mask_bank_card(draft.card),
         plan.payment_fen,
     )
     state = fresh_state(plan)
     await conn.execute(
-        INSERT_INSTALLMENTS_SQL, loan_id, customer_id, *installment_arrays(state, ())
+        INSERT_INSTALLMENTS_SQL, draft.loan_id, draft.customer_id, *installment_arrays(state, ())
     )
     await conn.execute(
-        "UPDATE credit_line SET used_fen = used_fen + $2, updated_at = now() WHERE credit_line_id = $1",
+        """UPDATE credit_line SET used_fen = used_fen + $2, updated_at = now()
+           WHERE credit_line_id = $1""",
         line["credit_line_id"],
         plan.principal_fen,
     )
 
 
-async def _book(
-    svc: Services,
-    conn: asyncpg.Connection,
-    shard: int,
-    customer_id: int,
-    loan_id: int,
-    amount_fen: int,
-    today: dt.date,
-) -> None:
-    booked = Posting(
-        txn_id=svc.ids.next_id(shard),
-        customer_id=customer_id,
-        kind="drawdown",
-        ref_id=loan_id,
-        business_date=today,
-        legs=(
-            Leg(Code.LOAN_PRINCIPAL, loan_id, amount_fen),
+async def _book(svc: Services, conn: asyncpg.Connection, draft: Draft) -> None:
+    shard, amount_fen = shard_of_id(draft.customer_id), draft.plan.principal_fen
+
+    def posting(kind: str, debit: Leg, credit: Leg) -> Posting:
+        return Posting(
+            txn_id=svc.ids.next_id(shard),
+            customer_id=draft.customer_id,
+            kind=kind,
+            ref_id=draft.loan_id,
+            business_date=draft.today,
+            legs=(debit, credit),
+        )
+
+    await post(
+        conn,
+        posting(
+            "drawdown",
+            Leg(Code.LOAN_PRINCIPAL, draft.loan_id, amount_fen),
             Leg(Code.DISBURSEMENT_CLEARING, None, -amount_fen),
         ),
     )
-    paid_out = Posting(
-        txn_id=svc.ids.next_id(shard),
-        customer_id=customer_id,
-        kind="disbursement",
-        ref_id=loan_id,
-        business_date=today,
-        legs=(
+    await post(
+        conn,
+        posting(
+            "disbursement",
             Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
             Leg(Code.CORE_SETTLEMENT, None, -amount_fen),
         ),
     )
-    await post(conn, booked)
-    await post(conn, paid_out)

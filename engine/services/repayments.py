@@ -71,8 +71,11 @@ def _apply(loan: StoredLoan, item: RepaymentItemCreate, today: dt.date) -> ItemR
     amount_fen = _amount(item)
     rule: str | None = None
     if item.mode == "due":
+        due_fen = allocation.due_total_fen(state, today)
+        if due_fen == 0:
+            raise Unprocessable("NOTHING_DUE", f"nothing is due on loan {item.loan_id}")
         result = allocation.allocate_due(
-            state, today, amount_fen or allocation.due_total_fen(state, today)
+            state, today, due_fen if amount_fen is None else amount_fen
         )
     elif item.mode == "prepay":
         if amount_fen is None:
@@ -123,9 +126,18 @@ async def repay(
     repayment_id = svc.ids.next_id(shard_of_id(customer_id))
     await _store(conn, results, today)
     total_fen = sum(r.result.total_fen for r in results)
-    await _post(svc, conn, customer_id, repayment_id, results, today)
+    await _post(
+        svc, conn, customer_id=customer_id, repayment_id=repayment_id, results=results, today=today
+    )
     await _record(
-        conn, channel, customer_id, repayment_id, total_fen, mask_bank_card(card), results, today
+        conn,
+        channel=channel,
+        customer_id=customer_id,
+        repayment_id=repayment_id,
+        total_fen=total_fen,
+        card_masked=mask_bank_card(card),
+        results=results,
+        today=today,
     )
     order = {loan_id: n for n, loan_id in enumerate(loan_ids)}
     results.sort(key=lambda r: order[r.loan.row.loan_id])
@@ -178,7 +190,8 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult], today: dt.
         )
     for line_id in sorted(line_principal):
         await conn.execute(
-            "UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now() WHERE credit_line_id = $1",
+            """UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now()
+               WHERE credit_line_id = $1""",
             line_id,
             line_principal[line_id],
         )
@@ -187,6 +200,7 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult], today: dt.
 async def _post(
     svc: Services,
     conn: asyncpg.Connection,
+    *,
     customer_id: int,
     repayment_id: int,
     results: list[ItemResult],
@@ -218,6 +232,7 @@ async def _post(
 
 async def _record(
     conn: asyncpg.Connection,
+    *,
     channel: Channel,
     customer_id: int,
     repayment_id: int,
@@ -227,8 +242,8 @@ async def _record(
     today: dt.date,
 ) -> None:
     await conn.execute(
-        """INSERT INTO repayment (repayment_id, customer_id, tenant_id, channel_id, status, total_fen,
-               debit_from_masked, business_date)
+        """INSERT INTO repayment (repayment_id, customer_id, tenant_id, channel_id, status,
+               total_fen, debit_from_masked, business_date)
            VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, $7)""",
         repayment_id,
         customer_id,
@@ -239,8 +254,8 @@ async def _record(
         today,
     )
     await conn.executemany(
-        """INSERT INTO repayment_item (repayment_id, loan_id, customer_id, mode, prepay_rule, amount_fen,
-               penalty_fen, interest_fen, principal_fen)
+        """INSERT INTO repayment_item (repayment_id, loan_id, customer_id, mode, prepay_rule,
+               amount_fen, penalty_fen, interest_fen, principal_fen)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         [
             (
