@@ -1,4 +1,4 @@
-"""Operations endpoints (no channel auth): `/healthz` and `/readyz`.
+"""Operations endpoints (no channel auth): `/healthz`, `/readyz`, `/openapi.json`.
 
 `/readyz` probes every physical shard, the control database and Redis
 concurrently, each within `PROBE_TIMEOUT_S`, and answers 200 only if all are
@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from engine import app_keys
+from engine.openapi import build_openapi
 
 PROBE_TIMEOUT_S = 1.0
 
@@ -77,5 +78,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def setup_ops_routes(app: web.Application) -> None:
+    openapi_body = build_openapi()  # made once; the types do not change at run time
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=openapi_body, content_type="application/json")
+
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
