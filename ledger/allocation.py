@@ -7,9 +7,11 @@
     5. current principal
 
 The state must have its overdue charges booked through the day first
-(`ledger.overdue.accrue_overdue`), so that the penalty bucket is complete.
-A payment never reaches an installment that is not yet due: paying ahead is a
-prepayment (`ledger.prepayment`).
+(`ledger.overdue.accrue_overdue`), so that the penalty bucket is complete:
+penalty accrues on what is unpaid *now*, so principal paid before its charges
+are booked would never bear the days it was late. Both functions refuse such a
+state (CHARGES_NOT_BOOKED). A payment never reaches an installment that is not
+yet due: paying ahead is a prepayment (`ledger.prepayment`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from datetime import date
 import msgspec
 
 from ledger.overdue import InstallmentStatus, LoanState
-from ledger.prepayment import PayoffQuote, first_future_index
-from ledger.schedule import Installment
+from ledger.prepayment import PayoffQuote, first_future_index, payoff_quote
+from ledger.schedule import Installment, check_plan
 
 
 class AllocationError(ValueError):
@@ -43,6 +45,7 @@ class Allocation(msgspec.Struct, frozen=True):
 
     @property
     def total_fen(self) -> int:
+        """The whole payment."""
         return self.penalty_fen + self.interest_fen + self.principal_fen
 
 
@@ -58,10 +61,26 @@ def due_total_fen(state: LoanState, on: date) -> int:
     return total
 
 
+def _check_booked(state: LoanState, on: date) -> None:
+    # Every overdue installment that still bears charges has them booked through `on`
+    # exactly; nothing is booked past `on` (that would charge days not yet run).
+    for item, status in zip(state.plan.installments, state.statuses, strict=True):
+        through = status.accrued_through
+        unpaid = item.total_fen - status.principal_paid_fen - status.interest_paid_fen
+        if (item.due_date < on and unpaid and through != on) or (
+            through is not None and through > on
+        ):
+            raise AllocationError(
+                "CHARGES_NOT_BOOKED",
+                f"installment {item.seq}: overdue charges must be booked through {on} first",
+            )
+
+
 def allocate_due(state: LoanState, on: date, amount_fen: int) -> Allocation:
     """Apply `amount_fen` to what is due on `on`, by the waterfall; see the module docstring."""
     if isinstance(amount_fen, bool) or not isinstance(amount_fen, int) or amount_fen <= 0:
         raise AllocationError("AMOUNT_INVALID", "the payment must be a positive amount of fen")
+    _check_booked(state, on)
     due_fen = due_total_fen(state, on)
     if due_fen == 0:
         raise AllocationError("NOTHING_DUE", "nothing is due on this loan")
@@ -116,10 +135,17 @@ def _take(
 def settle_payoff(state: LoanState, on: date, quote: PayoffQuote) -> Allocation:
     """The state after paying `quote` (from `payoff_quote(state, on)`) in full on `on`.
 
-    Installments due on or before `on` are settled as they stand; the ones not
-    yet due are replaced by one installment due on `on` holding the principal
-    not yet due and its accrued interest, paid. The plan then ends at zero.
+    Installments due on or before `on` are settled as they stand. The ones not
+    yet due are replaced by the first of them (its seq and due date), holding
+    the principal not yet due and its interest accrued to `on`, paid. Its due
+    date is not `on`: on a due date or on the drawdown day that would repeat
+    the previous date, and due dates must strictly increase. The plan ends at
+    zero and keeps every invariant of `check_plan`.
     """
+    _check_booked(state, on)
+    # With nothing left to accrue the multiplier does not matter: the default will do.
+    if quote != payoff_quote(state, on):
+        raise AllocationError("QUOTE_MISMATCH", "the quote is not this loan's payoff on this day")
     plan = state.plan
     index = first_future_index(plan, on)
     kept = plan.installments[:index]
@@ -129,13 +155,15 @@ def settle_payoff(state: LoanState, on: date, quote: PayoffQuote) -> Allocation:
     ]
     penalty_paid = [s.penalty_unpaid_fen + s.compound_unpaid_fen for s in state.statuses[:index]]
     installments = list(kept)
-    if quote.principal_fen or quote.interest_fen:
-        installments.append(Installment(index + 1, on, quote.principal_fen, quote.interest_fen, 0))
+    if quote.principal_fen:  # no interest accrues without principal
+        first = plan.installments[index]
+        installments.append(
+            Installment(first.seq, first.due_date, quote.principal_fen, quote.interest_fen, 0)
+        )
         settled.append(InstallmentStatus(quote.principal_fen, quote.interest_fen))
         penalty_paid.append(0)
-    new_plan = msgspec.structs.replace(
-        plan, installments=tuple(installments), prepaid_fen=plan.prepaid_fen
-    )
+    new_plan = msgspec.structs.replace(plan, installments=tuple(installments))
+    check_plan(new_plan)
     assert sum(penalty_paid) == quote.penalty_fen + quote.compound_fen
     return Allocation(
         penalty_fen=quote.penalty_fen + quote.compound_fen,

@@ -144,3 +144,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         text=True,
         check=False,
     )
+
+
+async def stack_command(*args: str) -> None:
+    """`ops/stack.sh ARGS` without blocking the event loop; fails the test if it fails."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(str(ROOT / "ops" / "stack.sh"), *args)
+    assert await proc.wait() == 0, args

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
 
 from engine.settings import Settings
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient
-from tests.conftest import ROOT
+from tests.conftest import stack_command
 
 SERVER_1_SHARDS = {"shard_2", "shard_3"}
 
@@ -22,7 +21,7 @@ async def test_down_shard_fails_only_its_customers(api: ApiClient, settings: Set
         name = shard_map.physical_for(shard_of_id(int(customer_id))).name
         on_server[1 if name in SERVER_1_SHARDS else 0] = customer_id
     lines = {n: await api.line(on_server[n]) for n in (0, 1)}
-    subprocess.run([ROOT / "ops" / "stack.sh", "stop-pg", "1"], check=True)
+    await stack_command("stop-pg", "1")
     try:
         started = time.monotonic()
         down = await api.drawdown(lines[1])
@@ -34,7 +33,7 @@ async def test_down_shard_fails_only_its_customers(api: ApiClient, settings: Set
         assert up.status == 201, up
         assert (await api.get(f"/v1/customers/{on_server[1]}/loans")).status == 503
     finally:
-        subprocess.run([ROOT / "ops" / "stack.sh", "start-pg", "1"], check=True)
+        await stack_command("start-pg", "1")
     for _ in range(50):
         again = await api.drawdown(lines[1])
         if again.status == 201:
