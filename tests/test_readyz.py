@@ -79,9 +79,12 @@ def test_openapi_document_lists_every_route(engine: EngineProcess) -> None:
     status, doc = _get(f"{engine.base_url}/openapi.json")
     assert status == 200
     assert doc["openapi"] == "3.1.0"
-    assert {"/v1/customers", "/v1/drawdowns", "/v1/repayments", "/v1/loans/{loan_id}/payoff-quote"} <= set(
-        doc["paths"]
-    )
+    assert {
+        "/v1/customers",
+        "/v1/drawdowns",
+        "/v1/repayments",
+        "/v1/loans/{loan_id}/payoff-quote",
+    } <= set(doc["paths"])
     drawdown = doc["components"]["schemas"]["DrawdownCreate"]
     assert drawdown["additionalProperties"] is False  # unknown fields are refused
     assert set(drawdown["required"]) >= {"credit_line_id", "amount", "term_months", "disburse_to"}
