@@ -159,6 +159,7 @@ class LoanView(msgspec.Struct):
     disburse_to_masked: str
     requested_at: dt.datetime
     disbursed_at: dt.datetime | None
+    failure_reason: str | None = None
 
 
 class ScheduleView(msgspec.Struct):
@@ -221,3 +222,4 @@ class RepaymentView(msgspec.Struct):
     business_date: dt.date
     debit_from_masked: str
     items: list[RepaymentItemView]
+    failure_reason: str | None = None

@@ -26,6 +26,7 @@ def create_app(settings: Settings) -> web.Application:
             resources.shard_pools_ctx,
             resources.redis_ctx,
             resources.services_ctx,
+            resources.external_ctx,
         ]
     )
     setup_ops_routes(app)

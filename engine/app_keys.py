@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
+from engine.relay import Relay
 from engine.services.context import Services
 from engine.settings import Settings
 from sharding.ids import IdGenerator
@@ -21,3 +23,5 @@ IDS = web.AppKey("ids", IdGenerator)
 PII = web.AppKey("pii", PiiCipher)
 REFERENCE = web.AppKey("reference", ReferenceCache)
 SERVICES = web.AppKey("services", Services)
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+INLINE_RELAY = web.AppKey("inline_relay", Relay)

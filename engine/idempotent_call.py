@@ -25,6 +25,7 @@ from engine.shard_access import in_transaction, read
 from engine.wire import encode, json_response
 
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[msgspec.Struct, int]]]
+After = Callable[[], Awaitable[bytes | None]]
 REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
 
 
@@ -39,8 +40,18 @@ def _replay(stored: StoredResponse) -> web.Response:
 
 
 async def run_once(
-    request: web.Request, svc: Services, logical_shard: int, work: Work, status: int = 201
+    request: web.Request,
+    svc: Services,
+    logical_shard: int,
+    work: Work,
+    *,
+    status: int = 201,
+    after: After | None = None,
 ) -> web.Response:
+    """Run `work` once per key; `after`, if given, runs after the commit (a second
+    phase) and returns the final body, or None when the outcome is not final yet —
+    then Redis keeps nothing and a retry reads the durable record, which the
+    second phase updates when it completes."""
     key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
     channel = request[CHANNEL]
     claim = Claim(
@@ -88,5 +99,11 @@ async def run_once(
     except BaseException:
         await idempotency.release(svc.redis, claim)
         raise
+    if after is not None:
+        final_body = await after()
+        if final_body is None:
+            await idempotency.release(svc.redis, claim)
+            return json_response(response.body, response.status)
+        response = StoredResponse(response.status, final_body)
     await idempotency.finish(svc.redis, claim, response)
     return json_response(response.body, response.status)

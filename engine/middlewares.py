@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from engine.errors import ApiError, PayloadTooLarge, Problem
 from engine.logs import REQUEST_CONTEXT
-from sharding.pools import ShardUnavailableError
+from sharding.pools import ShardBusyError, ShardUnavailableError
 
 log = logging.getLogger("engine.http")
 
@@ -84,18 +84,23 @@ async def _handle(request: web.Request, handler: Handler, request_id: str) -> we
         return await handler(request)
     except ApiError as exc:
         return problem_response(exc.problem(request_id), exc.headers)
-    except ShardUnavailableError:
-        return problem_response(
-            Problem(
-                type="https://errors.lending-engine.example/shard-unavailable",
-                title="Service unavailable",
-                status=503,
-                code="SHARD_UNAVAILABLE",
-                detail="the data store of this customer is unavailable; retry later",
-                request_id=request_id,
-            ),
-            {"Retry-After": "5"},
+    except ShardUnavailableError as exc:
+        busy = isinstance(exc, ShardBusyError)
+        code = "SHARD_BUSY" if busy else "SHARD_UNAVAILABLE"
+        detail = (
+            "the data store of this customer is overloaded; retry shortly"
+            if busy
+            else "the data store of this customer is unavailable; retry later"
         )
+        problem = Problem(
+            type=f"https://errors.lending-engine.example/{code.lower().replace('_', '-')}",
+            title="Service unavailable",
+            status=503,
+            code=code,
+            detail=detail,
+            request_id=request_id,
+        )
+        return problem_response(problem, {"Retry-After": "1" if busy else "5"})
     except web.HTTPRequestEntityTooLarge:
         too_large = PayloadTooLarge("PAYLOAD_TOO_LARGE", "the request body is larger than allowed")
         return problem_response(too_large.problem(request_id))

@@ -55,6 +55,11 @@ class ReferenceData(msgspec.Struct, frozen=True):
     channels: dict[str, Channel]
     products: dict[str, Product]
     business_date: dt.date
+    sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+
+    def sms_template(self, tenant_id: str, kind: str) -> str:
+        """The tenant's own template, else the province-wide one (tenant '*')."""
+        return self.sms_templates.get((tenant_id, kind)) or self.sms_templates[("*", kind)]
 
 
 async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData:
@@ -65,6 +70,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         )
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
+        templates = await conn.fetch("SELECT tenant_id, kind, body FROM sms_template")
     return ReferenceData(
         tenants=frozenset(row["tenant_id"] for row in tenants),
         channels={
@@ -78,6 +84,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         },
         products={row["product_code"]: _product(row) for row in products},
         business_date=business_date,
+        sms_templates={(row["tenant_id"], row["kind"]): row["body"] for row in templates},
     )
 
 

@@ -12,12 +12,16 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 
+import aiohttp
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine import app_keys
+from engine.adapters.core_bank import CoreBankClient
+from engine.adapters.sms import SmsClient
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
+from engine.relay import Relay
 from engine.services.context import Services
 from sharding.ids import IdGenerator
 from sharding.pools import PoolLimits, ShardPools, create_pool
@@ -94,3 +98,23 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         redis=app[app_keys.REDIS],
     )
     yield
+
+
+async def external_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One HTTP client for systems we do not own, and the relay's code for inline use."""
+    external = app[app_keys.SETTINGS].external
+    connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
+    session = aiohttp.ClientSession(connector=connector)
+    app[app_keys.HTTP_CLIENT] = session
+    svc = app[app_keys.SERVICES]
+    app[app_keys.INLINE_RELAY] = Relay(
+        pools=svc.pools,
+        ids=svc.ids,
+        cipher=svc.cipher,
+        reference=svc.reference,
+        core=CoreBankClient(session, external.core_url, external.inline_debit_wait_s),
+        sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
+        settings=external,
+    )
+    yield
+    await session.close()

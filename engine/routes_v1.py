@@ -24,6 +24,7 @@ from engine.api_types import (
 from engine.auth import BODY, CHANNEL
 from engine.errors import BadRequest
 from engine.idempotent_call import run_once
+from engine.inline_debit import debit_inline
 from engine.services import credit_lines, customers, drawdowns, loans, repayments
 from engine.services.context import Services, parse_id
 from engine.shard_access import in_transaction, read
@@ -146,11 +147,26 @@ async def create_repayment(request: web.Request) -> web.Response:
     svc, channel = _svc(request), request[CHANNEL]
     body = decode(request[BODY], RepaymentCreate)
     customer_id = int(body.customer_id)
+    key = request.headers.get("Idempotency-Key", "")
+    created: list[int] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[RepaymentView, int]:
-        return await repayments.repay(svc, conn, channel, body), customer_id
+        view = await repayments.repay(svc, conn, channel, body, key)
+        created.append(int(view.repayment_id))
+        return view, customer_id
 
-    return await run_once(request, svc, shard_of_id(customer_id), work)
+    async def debit() -> bytes | None:
+        external = request.app[app_keys.SETTINGS].external
+        return await debit_inline(
+            svc,
+            request.app[app_keys.INLINE_RELAY],
+            lease_s=external.relay_lease_s,
+            tenant_id=channel.tenant_id,
+            customer_id=customer_id,
+            repayment_id=created[0],
+        )
+
+    return await run_once(request, svc, shard_of_id(customer_id), work, after=debit)
 
 
 async def get_repayment(request: web.Request) -> web.Response:
@@ -160,7 +176,7 @@ async def get_repayment(request: web.Request) -> web.Response:
     view = await read(
         svc.pools,
         shard_of_id(repayment_id),
-        lambda c: repayments.get_repayment(c, channel, repayment_id, today),
+        lambda c: repayments.repayment_view(c, channel.tenant_id, repayment_id, today),
     )
     return json_response(encode(view))
 

@@ -13,6 +13,9 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
     ENGINE_LOG_LEVEL      INFO
     ENGINE_REFERENCE_REFRESH_S  2.0                   how often cached reference data reloads
+    ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
+    ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
+    ENGINE_RELAY_LEASE_S, ENGINE_RELAY_METRICS_PORT   see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
                                                       (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
@@ -90,6 +93,35 @@ class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return CryptoSettings(dict(DEV_KEYS_B64), DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64)
 
 
+class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Systems we do not own, and how the relay treats them."""
+
+    core_url: str = "http://127.0.0.1:18601"
+    core_timeout_s: float = 5.0
+    sms_url: str = "http://127.0.0.1:18602"
+    sms_timeout_s: float = 3.0
+    # A repayment waits this long for core's debit before answering `processing`.
+    inline_debit_wait_s: float = 3.0
+    relay_batch_max: int = 50
+    relay_concurrency: int = 32
+    relay_lease_s: float = 30.0
+    relay_idle_poll_s: float = 0.1
+    relay_backoff_max_s: float = 10.0
+    sms_attempts_max: int = 5
+    # Core answering "no such transaction" this long after we sent it means it
+    # never will: the movement failed. Must exceed core's own processing time.
+    not_found_final_s: float = 120.0
+    relay_metrics_port: int = 9101
+
+    def __post_init__(self) -> None:
+        if min(self.core_timeout_s, self.sms_timeout_s, self.inline_debit_wait_s) <= 0:
+            raise ValueError("external time-outs must be positive")
+        if not 1 <= self.relay_concurrency <= 256 or not 1 <= self.relay_batch_max <= 1000:
+            raise ValueError("relay_concurrency must be 1..256 and relay_batch_max 1..1000")
+        if self.relay_lease_s <= self.core_timeout_s:
+            raise ValueError("relay_lease_s must exceed core_timeout_s")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Env = "dev"
     log_level: str = "INFO"
@@ -100,6 +132,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     crypto: CryptoSettings = msgspec.field(default_factory=CryptoSettings)
+    external: ExternalSettings = msgspec.field(default_factory=ExternalSettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
@@ -143,6 +176,25 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         crypto["pii_index_key"] = environ["ENGINE_PII_INDEX_KEY"]
     if crypto:
         raw["crypto"] = crypto
+    external: dict[str, object] = {}
+    for var, key in (
+        ("ENGINE_CORE_URL", "core_url"),
+        ("ENGINE_SMS_URL", "sms_url"),
+    ):
+        if var in environ:
+            external[key] = environ[var]
+    for var, key in (
+        ("ENGINE_CORE_TIMEOUT_S", "core_timeout_s"),
+        ("ENGINE_INLINE_DEBIT_WAIT_S", "inline_debit_wait_s"),
+        ("ENGINE_NOT_FOUND_FINAL_S", "not_found_final_s"),
+        ("ENGINE_RELAY_LEASE_S", "relay_lease_s"),
+    ):
+        if var in environ:
+            external[key] = float(environ[var])
+    if "ENGINE_RELAY_METRICS_PORT" in environ:
+        external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
+    if external:
+        raw["external"] = external
     if "ENGINE_REFERENCE_REFRESH_S" in environ:
         raw["reference_refresh_s"] = float(environ["ENGINE_REFERENCE_REFRESH_S"])
     if "ENGINE_REDIS_URL" in environ:

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from sharding.pools import ShardPools, ShardUnavailableError
+from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 
 T = TypeVar("T")
 
@@ -37,6 +37,8 @@ async def shard_connection(
     pool = pools.pool(shard.name)
     try:
         conn = await pool.acquire(timeout=pools.limits.acquire_timeout_s)
+    except TimeoutError as exc:  # the pool is exhausted, or connecting hangs
+        raise ShardBusyError(shard.name, exc) from exc
     except (*_UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
         raise ShardUnavailableError(shard.name, exc) from exc
     try:
@@ -71,3 +73,10 @@ async def read(
 ) -> T:
     async with shard_connection(pools, logical_shard) as conn:
         return await work(conn)
+
+
+@asynccontextmanager
+async def acquire(pool: asyncpg.Pool, timeout_s: float = 5.0) -> AsyncIterator[asyncpg.Connection]:
+    """A pool connection typed as a Connection (the proxy behaves as one), bounded wait."""
+    async with pool.acquire(timeout=timeout_s) as conn:
+        yield conn  # type: ignore[misc]

@@ -27,7 +27,7 @@ class PoolLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     size_min: int = 2
     size_max: int = 20
     connect_timeout_s: float = 2.0
-    acquire_timeout_s: float = 2.0
+    acquire_timeout_s: float = 5.0
     command_timeout_s: float = 10.0
     statement_cache_size: int = 256
 
@@ -45,6 +45,10 @@ class ShardUnavailableError(RuntimeError):
         super().__init__(f"shard {shard} is unavailable")
         self.shard = shard
         self.cause = cause
+
+
+class ShardBusyError(ShardUnavailableError):
+    """Every connection of the shard's pool stayed busy for the whole acquire time-out."""
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

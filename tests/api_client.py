@@ -144,3 +144,25 @@ class ApiClient:
             "disburse_to": new_bank_card(),
         } | fields
         return await self.post("/v1/drawdowns", body, key=key)
+
+    async def wait_for_loan(
+        self, loan_id: str, status: str = "disbursed", timeout_s: float = 20.0
+    ) -> Any:
+        """Poll GET /v1/loans/{id} until it reaches `status` (as a channel would)."""
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            loan = (await self.get(f"/v1/loans/{loan_id}")).json
+            if loan["status"] == status or time.monotonic() > deadline:
+                assert loan["status"] == status, loan
+                return loan
+            await asyncio.sleep(0.05)
+
+    async def disbursed_loan(self, line_id: str, amount: str = "1000.00", **fields: Any) -> Any:
+        """Draw down and wait until core has paid the card; returns the drawdown answer."""
+        reply = await self.drawdown(line_id, amount, **fields)
+        assert reply.status == 201, reply
+        await self.wait_for_loan(reply.json["loan_id"])
+        return reply.json

@@ -56,48 +56,49 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EngineProcess:
-    """A real `python -m engine serve` on a free port, for tests over HTTP."""
+class ServiceProcess:
+    """A real process of ours (`python -m MODULE ARGS`) on a free port, logging to .run/log."""
 
-    def __init__(self, workers: int = 2, extra_env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = ROOT / ".run" / "log" / f"test-engine-{self.port}.log"
+    def __init__(
+        self, name: str, module: str, args: list[str], env: dict[str, str], port: int
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = ROOT / ".run" / "log" / f"test-{name}-{port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(
-            {
-                "ENGINE_ENV": "test",
-                "ENGINE_HTTP_PORT": str(self.port),
-                "ENGINE_WORKERS": str(workers),
-                "ENGINE_REFERENCE_REFRESH_S": "0.2",
-            }
-        )
-        env.update(extra_env or {})
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.env = dict(os.environ) | env
+        self._argv = [sys.executable, "-m", module, *args]
+        self.proc = self._spawn()
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        log = self.log_path.open("ab")
+        try:
+            return subprocess.Popen(
+                self._argv,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
         import urllib.request
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"engine exited: see {self.log_path}")
+                raise RuntimeError(f"{self.name} exited: see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as resp:
+                with urllib.request.urlopen(f"{self.base_url}{path}", timeout=1) as resp:
                     if resp.status == 200:
                         return
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError(f"engine not ready in {timeout_s}s: see {self.log_path}")
+        raise RuntimeError(f"{self.name} not ready in {timeout_s}s: see {self.log_path}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -107,12 +108,100 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
                 self.proc.wait(timeout=10)
-        self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no clean-up runs."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.proc = self._spawn()
+
+
+class Fakes:
+    """The fake core banking and SMS gateway of loadtest/fakes, on free ports."""
+
+    def __init__(self, directory: Path) -> None:
+        core_port, sms_port = free_port(), free_port()
+        self.core = ServiceProcess(
+            "fake-core",
+            "loadtest.fakes.core_bank",
+            [],
+            {
+                "FAKE_CORE_PORT": str(core_port),
+                "FAKE_CORE_RECORD_FILE": str(directory / "core.jsonl"),
+                "FAKE_CORE_LATENCY_MS": "5",
+                "FAKE_CORE_TIMEOUT_HANG_S": "2",
+            },
+            core_port,
+        )
+        self.sms = ServiceProcess(
+            "fake-sms",
+            "loadtest.fakes.sms_gateway",
+            [],
+            {"FAKE_SMS_PORT": str(sms_port), "FAKE_SMS_RECORD_FILE": str(directory / "sms.jsonl")},
+            sms_port,
+        )
+        self.core.wait_ready()
+        self.sms.wait_ready()
+
+    def engine_env(self) -> dict[str, str]:
+        """How the engine and the relay reach the fakes, with test-sized time-outs."""
+        return {
+            "ENGINE_CORE_URL": self.core.base_url,
+            "ENGINE_SMS_URL": self.sms.base_url,
+            "ENGINE_CORE_TIMEOUT_S": "1",
+            "ENGINE_INLINE_DEBIT_WAIT_S": "1",
+            "ENGINE_RELAY_LEASE_S": "4",
+            "ENGINE_NOT_FOUND_FINAL_S": "3",
+        }
+
+    def stop(self) -> None:
+        self.core.stop()
+        self.sms.stop()
+
+
+class EngineProcess(ServiceProcess):
+    """A real `python -m engine serve` (and, unless told not to, a relay) for tests over HTTP."""
+
+    def __init__(self, fakes: Fakes, workers: int = 2, extra_env: dict[str, str] | None = None,
+                 relay: bool = True) -> None:  # fmt: skip
+        port = free_port()
+        env = (
+            {
+                "ENGINE_ENV": "test",
+                "ENGINE_HTTP_PORT": str(port),
+                "ENGINE_WORKERS": str(workers),
+                "ENGINE_REFERENCE_REFRESH_S": "0.2",
+                "ENGINE_RELAY_METRICS_PORT": str(free_port()),
+            }
+            | fakes.engine_env()
+            | (extra_env or {})
+        )
+        super().__init__("engine", "engine", ["serve"], env, port)
+        self.fakes = fakes
+        self.relay = ServiceProcess("relay", "engine", ["relay"], env, port) if relay else None
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+        super().stop()
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[EngineProcess]:
-    proc = EngineProcess()
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fakes]:
+    started = Fakes(tmp_path_factory.mktemp("fakes"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture(scope="session")
+def engine(fakes: Fakes) -> Iterator[EngineProcess]:
+    proc = EngineProcess(fakes)
     try:
         proc.wait_ready()
         yield proc

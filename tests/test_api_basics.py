@@ -58,7 +58,8 @@ async def test_drawdown_books_loan_plan_and_line(api: ApiClient) -> None:
     reply = await api.drawdown(line_id, "12000.00", term_months=12)
     assert reply.status == 201, reply
     loan = reply.json
-    assert loan["status"] == "disbursed"
+    assert loan["status"] == "disbursing"  # the relay pays the card through core banking
+    await api.wait_for_loan(loan["loan_id"])
     assert loan["receipt_no"].startswith("JJ")
     assert loan["plan"]["installments"] == 12
     line = await api.get(f"/v1/credit-lines/{line_id}")
@@ -87,7 +88,7 @@ async def test_freeze_and_unfreeze(api: ApiClient) -> None:
 
 async def test_payoff_quote(api: ApiClient) -> None:
     line_id = await api.line(await api.customer())
-    loan = (await api.drawdown(line_id, "10000.00")).json
+    loan = await api.disbursed_loan(line_id, "10000.00")
     quote = await api.get(f"/v1/loans/{loan['loan_id']}/payoff-quote?on={loan['start_date']}")
     assert quote.status == 200, quote
     assert quote.json["total"] == "10000.00"  # paid off on the day it was drawn: no interest

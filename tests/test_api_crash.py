@@ -19,14 +19,14 @@ from engine.settings import Settings
 from ledger.store import trial_balance
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient, Reply
-from tests.conftest import EngineProcess
+from tests.conftest import EngineProcess, Fakes
 
 BURST = 80
 
 
 @pytest.fixture
-def own_engine() -> Iterator[EngineProcess]:
-    proc = EngineProcess(workers=2)
+def own_engine(fakes: Fakes) -> Iterator[EngineProcess]:
+    proc = EngineProcess(fakes, workers=2, relay=False)
     try:
         proc.wait_ready()
         yield proc

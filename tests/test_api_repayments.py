@@ -43,9 +43,7 @@ async def _loan(
 ) -> tuple[str, dict[str, Any]]:
     customer_id = await api.customer()
     line_id = await api.line(customer_id, limit="100000.00")
-    reply = await api.drawdown(line_id, amount, **fields)
-    assert reply.status == 201, reply
-    return customer_id, reply.json
+    return customer_id, await api.disbursed_loan(line_id, amount, **fields)
 
 
 async def _repay(api: ApiClient, customer_id: str, *items: dict[str, Any]) -> Any:
@@ -134,7 +132,7 @@ async def test_prepayment_rules_match_the_calculator(
 async def test_combined_repayment_is_all_or_nothing(api: ApiClient) -> None:
     customer_id = await api.customer()
     line_id = await api.line(customer_id)
-    loans = [(await api.drawdown(line_id, "5000.00")).json["loan_id"] for _ in range(2)]
+    loans = [(await api.disbursed_loan(line_id, "5000.00"))["loan_id"] for _ in range(2)]
     bad = await _repay(
         api,
         customer_id,

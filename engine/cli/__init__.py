@@ -18,4 +18,6 @@ COMMANDS: dict[str, str] = {
     "demo": "engine.cli.demo",
     "clock": "engine.cli.clock",
     "call": "engine.cli.call",
+    "relay": "engine.cli.relay",
+    "reconcile": "engine.cli.reconcile",
 }

@@ -4,8 +4,11 @@
       ─► check status, expiry, method, term, bullet rule, available, cap
       ─► plan (ledger.schedule) ─► insert loan + installments ─► line.used += amount
       ─► post: Dr loan_principal / Cr disbursement_clearing   (the loan is booked)
-      ─► post: Dr disbursement_clearing / Cr core_settlement   (paid out; until the
-         two-phase flow through core banking lands, the payment is taken as done)
+      ─► outbox: pay the card through core banking            (status `disbursing`)
+
+The relay carries the payment out and applies core's answer
+(`engine.services.disbursement`): `disbursed`, or `failed` with the booking
+reversed and the line restored.
 
 Locks are taken line first, then customer, by every path that takes both, so
 two drawdowns never deadlock. The database's CHECK (used <= limit) refuses an
@@ -23,6 +26,7 @@ import msgspec
 from engine.api_types import DrawdownCreate, DrawdownView, PlanSummary
 from engine.errors import BadRequest, Unprocessable
 from engine.identity import IdentityError, mask_bank_card, parse_bank_card
+from engine.outbox import enqueue
 from engine.reference import Channel, Product
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
@@ -183,7 +187,7 @@ def _view(draft: Draft) -> DrawdownView:
     return DrawdownView(
         loan_id=str(draft.loan_id),
         receipt_no=draft.receipt_no,
-        status="disbursed",
+        status="disbursing",
         credit_line_id=str(line["credit_line_id"]),
         customer_id=str(draft.customer_id),
         principal=format_fen(draft.plan.principal_fen),
@@ -207,7 +211,7 @@ async def _insert_loan(svc: Services, conn: asyncpg.Connection, draft: Draft) ->
                start_date, maturity_date, status, disburse_to_ciphertext, disburse_to_masked,
                payment_fen, requested_at, disbursed_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16,
-                   'disbursed', $17, $18, $19, now(), now())""",
+                   'disbursing', $17, $18, $19, now(), NULL)""",
         draft.loan_id,
         draft.customer_id,
         line["credit_line_id"],
@@ -242,30 +246,25 @@ async def _insert_loan(svc: Services, conn: asyncpg.Connection, draft: Draft) ->
 
 async def _book(svc: Services, conn: asyncpg.Connection, draft: Draft) -> None:
     shard, amount_fen = shard_of_id(draft.customer_id), draft.plan.principal_fen
-
-    def posting(kind: str, debit: Leg, credit: Leg) -> Posting:
-        return Posting(
-            txn_id=svc.ids.next_id(shard),
-            customer_id=draft.customer_id,
-            kind=kind,
-            ref_id=draft.loan_id,
-            business_date=draft.today,
-            legs=(debit, credit),
-        )
-
-    await post(
-        conn,
-        posting(
-            "drawdown",
-            Leg(Code.LOAN_PRINCIPAL, draft.loan_id, amount_fen),
-            Leg(Code.DISBURSEMENT_CLEARING, None, -amount_fen),
-        ),
+    legs = (
+        Leg(Code.LOAN_PRINCIPAL, draft.loan_id, amount_fen),
+        Leg(Code.DISBURSEMENT_CLEARING, None, -amount_fen),
     )
-    await post(
-        conn,
-        posting(
-            "disbursement",
-            Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
-            Leg(Code.CORE_SETTLEMENT, None, -amount_fen),
-        ),
+    posting = Posting(
+        svc.ids.next_id(shard), draft.customer_id, "drawdown", draft.loan_id, draft.today, legs
     )
+    await post(conn, posting)
+    await enqueue(
+        conn,
+        outbox_id=svc.ids.next_id(shard),
+        customer_id=draft.customer_id,
+        kind="disburse",
+        ref_id=draft.loan_id,
+        amount_fen=amount_fen,
+        payload={"reference": disbursement_reference(draft.loan_id)},
+    )
+
+
+def disbursement_reference(loan_id: int) -> str:
+    """Our reference of the payment at core: unique per loan, never reused."""
+    return f"D{loan_id}"

@@ -24,7 +24,7 @@ LOAN_COLUMNS = """loan_id, customer_id, credit_line_id, tenant_id, channel_id, p
     customer_cap_group, receipt_no, principal_fen, outstanding_principal_fen, annual_rate_pct,
     penalty_multiplier, repayment_method, term_months, grace_months, start_date, maturity_date,
     status, disburse_to_masked, payment_fen, prepaid_fen, plan_version, requested_at,
-    disbursed_at, settled_at"""
+    disbursed_at, settled_at, pending_repayment_id, failure_reason"""
 
 
 class LoanRow(msgspec.Struct, frozen=True):
@@ -53,6 +53,8 @@ class LoanRow(msgspec.Struct, frozen=True):
     requested_at: dt.datetime
     disbursed_at: dt.datetime | None
     settled_at: dt.datetime | None
+    pending_repayment_id: int | None
+    failure_reason: str | None
 
 
 class StoredLoan(msgspec.Struct, frozen=True):

@@ -94,6 +94,7 @@ def loan_view(loan: StoredLoan, today: dt.date) -> LoanView:
         disburse_to_masked=row.disburse_to_masked,
         requested_at=row.requested_at,
         disbursed_at=row.disbursed_at,
+        failure_reason=row.failure_reason,
     )
 
 

@@ -1,18 +1,24 @@
 """Repayments (还款): one request, one or several loans of one customer (合并扣款),
-all or nothing, in one shard transaction.
+all or nothing, booked only after core banking debited the card.
 
-    lock the loans in loan-ID order ─► per item, on the business date:
-        book overdue charges through today (ledger.overdue.accrue_overdue), then
-        due     ─► waterfall over what is due (ledger.allocation.allocate_due)
-        prepay  ─► interest on the prepaid principal, then the plan rule (ledger.prepayment)
-        payoff  ─► the payoff quote, settled in full (ledger.allocation.settle_payoff)
-    ─► rewrite each plan ─► loan outstanding and status ─► line.used -= principal (revolving)
-    ─► one posting: Dr core_settlement / Cr loan_principal, interest_income, penalty_income
-    ─► repayment and repayment_item rows
+    phase A (the request's transaction)
+        lock the loans in loan-ID order; refuse a loan with a repayment in progress
+        per item, on the business date: book overdue charges through the day
+        (ledger.overdue.accrue_overdue), then
+            due     ─► waterfall over what is due      (ledger.allocation.allocate_due)
+            prepay  ─► interest on the prepaid principal, then the plan rule (ledger.prepayment)
+            payoff  ─► the payoff quote, settled in full (ledger.allocation.settle_payoff)
+        ─► repayment `processing` with the fixed cash per loan ─► outbox: debit the card
+    debit  (inline within `inline_debit_wait_s`, else by the relay; unclear: inquiry)
+    phase B (`complete_repayment`, one transaction, only from `processing`)
+        succeeded ─► the same allocation again on phase A's date (the loans were held)
+                     ─► plans, loans, lines (revolving), one posting
+                        Dr core_settlement / Cr loan_principal, interest_income, penalty_income
+                     ─► `succeeded`, one merged SMS
+        failed    ─► `failed` with core's reason; nothing booked
 
 Loans are locked in ascending ID order and their lines after them, so two
-combined repayments never deadlock. Until collection through core banking
-lands, the card debit is taken as done.
+repayments never deadlock.
 """
 
 from __future__ import annotations
@@ -31,11 +37,14 @@ from engine.api_types import (
 )
 from engine.errors import BadRequest, NotFound, Unprocessable
 from engine.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.reference import Channel
+from engine.outbox import Claimed, enqueue, finish
+from engine.reference import Channel, ReferenceData
 from engine.services.context import Services
-from engine.services.customers import lock_customer
+from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import StoredLoan, fetch_loan, rewrite_plan
 from engine.services.loans import installment_views
+from engine.services.notify import queue_sms
+from engine.wire import encode
 from ledger import allocation
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, parse_amount
@@ -44,111 +53,246 @@ from ledger.postings import Leg, Posting
 from ledger.prepayment import PrepaymentRule, payoff_quote, prepay, principal_for_cash_fen
 from ledger.schedule import ScheduleError
 from ledger.store import post
-from sharding.ids import shard_of_id
+from sharding.ids import IdGenerator, shard_of_id
+
+
+class Item(msgspec.Struct, frozen=True):
+    """One loan of a repayment, with the cash fixed in phase A."""
+
+    loan_id: int
+    mode: str
+    prepay_rule: str | None
+    amount_fen: int
+    penalty_fen: int = 0
+    interest_fen: int = 0
+    principal_fen: int = 0
 
 
 class ItemResult(msgspec.Struct, frozen=True):
-    item: RepaymentItemCreate
+    item: Item
     loan: StoredLoan
     result: allocation.Allocation
-    prepay_rule: str | None
 
 
-def _amount(item: RepaymentItemCreate) -> int | None:
+def debit_reference(repayment_id: int) -> str:
+    """Our reference of the debit at core: unique per repayment, never reused."""
+    return f"R{repayment_id}"
+
+
+def _cash(item: RepaymentItemCreate) -> int | None:
     if item.amount is None:
         return None
     try:
         return parse_amount(item.amount)
     except MoneyFormatError as exc:
-        raise BadRequest(exc.code, f"{item.loan_id}: {exc.detail}") from exc
+        raise BadRequest(exc.code, f"loan {item.loan_id}: {exc.detail}") from exc
 
 
-def _apply(loan: StoredLoan, item: RepaymentItemCreate, today: dt.date) -> ItemResult:
-    if loan.row.status != "disbursed":
-        raise Unprocessable("LOAN_NOT_ACTIVE", f"loan {loan.row.loan_id} is {loan.row.status}")
+def _apply(loan: StoredLoan, item: Item, cash_fen: int | None, day: dt.date) -> ItemResult:
+    """The allocation of one item on `day` (phase A sizes it, phase B books it)."""
     multiplier = loan.row.penalty_multiplier
-    state = accrue_overdue(loan.state, today, multiplier)
-    amount_fen = _amount(item)
-    rule: str | None = None
+    state = accrue_overdue(loan.state, day, multiplier)
     if item.mode == "due":
-        due_fen = allocation.due_total_fen(state, today)
+        due_fen = allocation.due_total_fen(state, day)
         if due_fen == 0:
             raise Unprocessable("NOTHING_DUE", f"nothing is due on loan {item.loan_id}")
-        result = allocation.allocate_due(
-            state, today, due_fen if amount_fen is None else amount_fen
-        )
+        result = allocation.allocate_due(state, day, due_fen if cash_fen is None else cash_fen)
     elif item.mode == "prepay":
-        if amount_fen is None:
-            raise BadRequest("AMOUNT_REQUIRED", f"{item.loan_id}: a prepayment needs an amount")
+        if cash_fen is None:
+            raise BadRequest(
+                "AMOUNT_REQUIRED", f"loan {item.loan_id}: a prepayment needs an amount"
+            )
         rule = item.prepay_rule or PrepaymentRule.REDUCE_NEAREST
-        principal_fen = principal_for_cash_fen(state, today, amount_fen)
-        done = prepay(state, today, principal_fen, rule)
+        done = prepay(state, day, principal_for_cash_fen(state, day, cash_fen), rule)
         result = allocation.Allocation(0, done.interest_fen, done.principal_fen, done.state, ())
     else:
-        quote = payoff_quote(state, today, multiplier)
-        if amount_fen is not None and amount_fen != quote.total_fen:
+        quote = payoff_quote(state, day, multiplier)
+        if cash_fen is not None and cash_fen != quote.total_fen:
             raise Unprocessable(
                 "PAYOFF_AMOUNT_MISMATCH",
-                f"{item.loan_id}: the payoff today is {format_fen(quote.total_fen)}",
+                f"loan {item.loan_id}: the payoff on {day} is {format_fen(quote.total_fen)}",
             )
-        result = allocation.settle_payoff(state, today, quote)
-    if item.mode != "prepay" and item.prepay_rule is not None:
-        raise BadRequest("PREPAY_RULE_NOT_APPLICABLE", "prepay_rule is only for mode prepay")
-    return ItemResult(item, msgspec.structs.replace(loan, state=state), result, rule)
+        result = allocation.settle_payoff(state, day, quote)
+    loan = msgspec.structs.replace(loan, state=state)
+    return ItemResult(msgspec.structs.replace(item, amount_fen=result.total_fen), loan, result)
 
 
-def _evaluate(loan: StoredLoan, item: RepaymentItemCreate, today: dt.date) -> ItemResult:
+def _evaluate(loan: StoredLoan, item: Item, cash_fen: int | None, day: dt.date) -> ItemResult:
+    if loan.row.status != "disbursed":
+        raise Unprocessable("LOAN_NOT_ACTIVE", f"loan {item.loan_id} is {loan.row.status}")
     try:
-        return _apply(loan, item, today)
+        return _apply(loan, item, cash_fen, day)
     except (allocation.AllocationError, ScheduleError) as exc:
         raise Unprocessable(exc.code, f"loan {item.loan_id}: {exc.detail}") from exc
 
 
+async def _locked_loans(
+    conn: asyncpg.Connection, channel_tenant: Channel, customer_id: int, loan_ids: list[int]
+) -> dict[int, StoredLoan]:
+    loans = {}
+    for loan_id in sorted(loan_ids):
+        loan = await fetch_loan(conn, channel_tenant, loan_id, lock=True)
+        if loan.row.customer_id != customer_id:
+            raise NotFound("LOAN_NOT_FOUND", f"no loan {loan_id} of this customer")
+        loans[loan_id] = loan
+    return loans
+
+
 async def repay(
-    svc: Services, conn: asyncpg.Connection, channel: Channel, body: RepaymentCreate
+    svc: Services, conn: asyncpg.Connection, channel: Channel, body: RepaymentCreate, key: str
 ) -> RepaymentView:
+    """Phase A: check and size every item, hold the loans, queue the debit."""
     customer_id = int(body.customer_id)
     try:
         card = parse_bank_card(body.debit_from)
     except IdentityError as exc:
         raise BadRequest(exc.code, exc.detail) from exc
+    for wanted in body.items:
+        if wanted.mode != "prepay" and wanted.prepay_rule is not None:
+            raise BadRequest("PREPAY_RULE_NOT_APPLICABLE", "prepay_rule is only for mode prepay")
     loan_ids = [int(item.loan_id) for item in body.items]
     if len(set(loan_ids)) != len(loan_ids):
         raise BadRequest("LOAN_REPEATED", "each loan may appear once in a repayment")
     await lock_customer(conn, channel, customer_id)
     today = svc.business_date
+    loans = await _locked_loans(conn, channel, customer_id, loan_ids)
+    busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
+    if busy:
+        raise Unprocessable(
+            "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
+        )
     results = []
-    for item in sorted(body.items, key=lambda i: int(i.loan_id)):
-        loan = await fetch_loan(conn, channel, int(item.loan_id), lock=True)
-        if loan.row.customer_id != customer_id:
-            raise NotFound("LOAN_NOT_FOUND", f"no loan {item.loan_id} of this customer")
-        results.append(_evaluate(loan, item, today))
+    for request_item in body.items:
+        item = Item(int(request_item.loan_id), request_item.mode, request_item.prepay_rule, 0)
+        results.append(_evaluate(loans[item.loan_id], item, _cash(request_item), today))
+    items = [_sized(r) for r in results]
     repayment_id = svc.ids.next_id(shard_of_id(customer_id))
-    await _store(conn, results, today)
-    total_fen = sum(r.result.total_fen for r in results)
-    await _post(
-        svc, conn, customer_id=customer_id, repayment_id=repayment_id, results=results, today=today
+    total_fen = sum(item.amount_fen for item in items)
+    await conn.execute(
+        """INSERT INTO repayment (repayment_id, customer_id, tenant_id, channel_id, status,
+               total_fen, debit_from_masked, debit_from_ciphertext, business_date,
+               request_items, channel_key)
+           VALUES ($1, $2, $3, $4, 'processing', $5, $6, $7, $8, $9::jsonb, $10)""",
+        repayment_id,
+        customer_id,
+        channel.tenant_id,
+        channel.channel_id,
+        total_fen,
+        mask_bank_card(card),
+        svc.cipher.encrypt(card, context=BANK_CARD),
+        today,
+        msgspec.json.encode(items).decode(),
+        key,
     )
-    await _record(
+    await conn.execute(
+        "UPDATE loan SET pending_repayment_id = $2 WHERE loan_id = ANY($1::bigint[])",
+        loan_ids,
+        repayment_id,
+    )
+    await enqueue(
         conn,
-        channel=channel,
+        outbox_id=svc.ids.next_id(shard_of_id(customer_id)),
         customer_id=customer_id,
-        repayment_id=repayment_id,
-        total_fen=total_fen,
-        card_masked=mask_bank_card(card),
-        results=results,
-        today=today,
+        kind="debit",
+        ref_id=repayment_id,
+        amount_fen=total_fen,
+        payload={"reference": debit_reference(repayment_id)},
     )
-    order = {loan_id: n for n, loan_id in enumerate(loan_ids)}
-    results.sort(key=lambda r: order[r.loan.row.loan_id])
-    return RepaymentView(
-        repayment_id=str(repayment_id),
-        customer_id=str(customer_id),
-        status="succeeded",
-        total=format_fen(total_fen),
-        business_date=today,
-        debit_from_masked=mask_bank_card(card),
-        items=[_item_view(r, today) for r in results],
+    return await repayment_view(conn, channel.tenant_id, repayment_id, today)
+
+
+def _sized(r: ItemResult) -> Item:
+    return msgspec.structs.replace(
+        r.item,
+        penalty_fen=r.result.penalty_fen,
+        interest_fen=r.result.interest_fen,
+        principal_fen=r.result.principal_fen,
+    )
+
+
+async def complete_repayment(
+    conn: asyncpg.Connection,
+    ids: IdGenerator,
+    reference: ReferenceData,
+    claimed: Claimed,
+    *,
+    succeeded: bool,
+    outcome: str,
+) -> None:
+    """Phase B: apply core's definite answer to the debit, once."""
+    assert conn.is_in_transaction()
+    row = await conn.fetchrow(
+        "SELECT * FROM repayment WHERE repayment_id = $1 FOR UPDATE", claimed.ref_id
+    )
+    assert row is not None, claimed
+    if row["status"] != "processing":
+        await finish(
+            conn, claimed.outbox_id, "done" if row["status"] == "succeeded" else "failed", outcome
+        )
+        return
+    items = msgspec.json.decode(row["request_items"], type=list[Item])
+    if succeeded:
+        await _book(conn, ids, reference, row, items)
+    else:
+        await conn.execute(
+            """UPDATE repayment SET status = 'failed', failure_reason = $2, completed_at = now()
+               WHERE repayment_id = $1""",
+            row["repayment_id"],
+            outcome,
+        )
+    await conn.execute(
+        "UPDATE loan SET pending_repayment_id = NULL WHERE loan_id = ANY($1::bigint[])",
+        [item.loan_id for item in items],
+    )
+    view = await repayment_view(
+        conn, row["tenant_id"], row["repayment_id"], reference.business_date
+    )
+    await conn.execute(
+        """UPDATE idempotency_record SET response_body = $3
+           WHERE channel_id = $1 AND idem_key = $2""",
+        row["channel_id"],
+        row["channel_key"],
+        encode(view),
+    )
+    await finish(conn, claimed.outbox_id, "done" if succeeded else "failed", outcome)
+
+
+async def _book(
+    conn: asyncpg.Connection,
+    ids: IdGenerator,
+    reference: ReferenceData,
+    row: asyncpg.Record,
+    items: list[Item],
+) -> None:
+    day: dt.date = row["business_date"]
+    tenant = Channel(
+        channel_id=row["channel_id"], tenant_id=row["tenant_id"], secret="", active=True
+    )
+    loans = await _locked_loans(conn, tenant, row["customer_id"], [item.loan_id for item in items])
+    results = [_evaluate(loans[item.loan_id], item, item.amount_fen, day) for item in items]
+    for before, after in zip(items, results, strict=True):
+        # The loans were held since phase A: the same cash splits the same way.
+        assert _sized(after) == before, (before, after)
+    await _store(conn, results)
+    await _post(conn, ids, row, results)
+    await _record_items(conn, row, results)
+    await conn.execute(
+        "UPDATE repayment SET status = 'succeeded', completed_at = now() WHERE repayment_id = $1",
+        row["repayment_id"],
+    )
+    await queue_sms(
+        conn,
+        ids,
+        reference,
+        tenant_id=row["tenant_id"],
+        customer_id=row["customer_id"],
+        ref_id=row["repayment_id"],
+        kind="repayment",
+        fields={
+            "amount": format_fen(row["total_fen"]),
+            "card_last4": row["debit_from_masked"][-4:],
+            "receipt_nos": "、".join(loans[item.loan_id].row.receipt_no for item in items),
+        },
     )
 
 
@@ -160,17 +304,19 @@ def _settled(result: allocation.Allocation) -> bool:
     )
 
 
-async def _store(conn: asyncpg.Connection, results: list[ItemResult], today: dt.date) -> None:
+def _penalty_paid(r: ItemResult) -> tuple[int, ...]:
+    previous, added = r.loan.penalty_paid_fen, r.result.penalty_paid_by_installment
+    return tuple(
+        (previous[i] if i < len(previous) else 0) + (added[i] if i < len(added) else 0)
+        for i in range(len(r.result.state.plan.installments))
+    )
+
+
+async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> None:
     line_principal: dict[int, int] = {}
     for r in results:
         row = r.loan.row
-        previous = r.loan.penalty_paid_fen
-        added = r.result.penalty_paid_by_installment
-        penalty_paid = tuple(
-            (previous[i] if i < len(previous) else 0) + (added[i] if i < len(added) else 0)
-            for i in range(len(r.result.state.plan.installments))
-        )
-        await rewrite_plan(conn, row, r.result.state, penalty_paid)
+        await rewrite_plan(conn, row, r.result.state, _penalty_paid(r))
         settled = _settled(r.result)
         await conn.execute(
             """UPDATE loan SET outstanding_principal_fen = outstanding_principal_fen - $2,
@@ -198,13 +344,7 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult], today: dt.
 
 
 async def _post(
-    svc: Services,
-    conn: asyncpg.Connection,
-    *,
-    customer_id: int,
-    repayment_id: int,
-    results: list[ItemResult],
-    today: dt.date,
+    conn: asyncpg.Connection, ids: IdGenerator, row: asyncpg.Record, results: list[ItemResult]
 ) -> None:
     legs: list[Leg] = []
     interest_fen = penalty_fen = 0
@@ -218,52 +358,36 @@ async def _post(
     if penalty_fen:
         legs.append(Leg(Code.PENALTY_INCOME, None, -penalty_fen))
     total_fen = -sum(leg.amount_fen for leg in legs)
+    assert total_fen == row["total_fen"], (total_fen, row["total_fen"])
     legs.insert(0, Leg(Code.CORE_SETTLEMENT, None, total_fen))
-    posting = Posting(
-        txn_id=svc.ids.next_id(shard_of_id(customer_id)),
-        customer_id=customer_id,
-        kind="repayment",
-        ref_id=repayment_id,
-        business_date=today,
-        legs=tuple(legs),
+    customer_id = row["customer_id"]
+    await post(
+        conn,
+        Posting(
+            txn_id=ids.next_id(shard_of_id(customer_id)),
+            customer_id=customer_id,
+            kind="repayment",
+            ref_id=row["repayment_id"],
+            business_date=row["business_date"],
+            legs=tuple(legs),
+        ),
     )
-    await post(conn, posting)
 
 
-async def _record(
-    conn: asyncpg.Connection,
-    *,
-    channel: Channel,
-    customer_id: int,
-    repayment_id: int,
-    total_fen: int,
-    card_masked: str,
-    results: list[ItemResult],
-    today: dt.date,
+async def _record_items(
+    conn: asyncpg.Connection, row: asyncpg.Record, results: list[ItemResult]
 ) -> None:
-    await conn.execute(
-        """INSERT INTO repayment (repayment_id, customer_id, tenant_id, channel_id, status,
-               total_fen, debit_from_masked, business_date)
-           VALUES ($1, $2, $3, $4, 'succeeded', $5, $6, $7)""",
-        repayment_id,
-        customer_id,
-        channel.tenant_id,
-        channel.channel_id,
-        total_fen,
-        card_masked,
-        today,
-    )
     await conn.executemany(
         """INSERT INTO repayment_item (repayment_id, loan_id, customer_id, mode, prepay_rule,
                amount_fen, penalty_fen, interest_fen, principal_fen)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
         [
             (
-                repayment_id,
-                r.loan.row.loan_id,
-                customer_id,
+                row["repayment_id"],
+                r.item.loan_id,
+                row["customer_id"],
                 r.item.mode,
-                r.prepay_rule,
+                r.item.prepay_rule if r.item.mode == "prepay" else None,
                 r.result.total_fen,
                 r.result.penalty_fen,
                 r.result.interest_fen,
@@ -274,65 +398,19 @@ async def _record(
     )
 
 
-def _item_view(r: ItemResult, today: dt.date) -> RepaymentItemView:
-    settled = _settled(r.result)
-    penalty_paid = r.result.penalty_paid_by_installment
-    previous = r.loan.penalty_paid_fen
-    new_loan = StoredLoan(
-        row=r.loan.row,
-        state=r.result.state,
-        penalty_paid_fen=tuple(
-            (previous[i] if i < len(previous) else 0)
-            + (penalty_paid[i] if i < len(penalty_paid) else 0)
-            for i in range(len(r.result.state.plan.installments))
-        ),
-    )
-    return RepaymentItemView(
-        loan_id=str(r.loan.row.loan_id),
-        mode=r.item.mode,
-        prepay_rule=r.prepay_rule,
-        amount=format_fen(r.result.total_fen),
-        allocation=Allocation(
-            penalty=format_fen(r.result.penalty_fen),
-            interest=format_fen(r.result.interest_fen),
-            principal=format_fen(r.result.principal_fen),
-        ),
-        loan_status="settled" if settled else r.loan.row.status,
-        outstanding_principal=format_fen(
-            r.loan.row.outstanding_principal_fen - r.result.principal_fen
-        ),
-        plan=installment_views(new_loan, today),
-    )
-
-
-async def get_repayment(
-    conn: asyncpg.Connection, channel: Channel, repayment_id: int, today: dt.date
+async def repayment_view(
+    conn: asyncpg.Connection, tenant_id: str, repayment_id: int, today: dt.date
 ) -> RepaymentView:
+    """The repayment as the API shows it: each loan's allocation and its plan now."""
     row = await conn.fetchrow("SELECT * FROM repayment WHERE repayment_id = $1", repayment_id)
-    if row is None or row["tenant_id"] != channel.tenant_id:
+    if row is None or row["tenant_id"] != tenant_id:
         raise NotFound("REPAYMENT_NOT_FOUND", f"no repayment {repayment_id}")
-    items = await conn.fetch(
-        "SELECT * FROM repayment_item WHERE repayment_id = $1 ORDER BY loan_id", repayment_id
-    )
+    items = msgspec.json.decode(row["request_items"], type=list[Item])
+    tenant = Channel(channel_id=row["channel_id"], tenant_id=tenant_id, secret="", active=True)
     views = []
     for item in items:
-        loan = await fetch_loan(conn, channel, item["loan_id"])
-        views.append(
-            RepaymentItemView(
-                loan_id=str(item["loan_id"]),
-                mode=item["mode"],
-                prepay_rule=item["prepay_rule"],
-                amount=format_fen(item["amount_fen"]),
-                allocation=Allocation(
-                    penalty=format_fen(item["penalty_fen"]),
-                    interest=format_fen(item["interest_fen"]),
-                    principal=format_fen(item["principal_fen"]),
-                ),
-                loan_status=loan.row.status,
-                outstanding_principal=format_fen(loan.row.outstanding_principal_fen),
-                plan=installment_views(loan, today),
-            )
-        )
+        loan = await fetch_loan(conn, tenant, item.loan_id)
+        views.append(_item_view(item, loan, today))
     return RepaymentView(
         repayment_id=str(repayment_id),
         customer_id=str(row["customer_id"]),
@@ -341,4 +419,24 @@ async def get_repayment(
         business_date=row["business_date"],
         debit_from_masked=row["debit_from_masked"],
         items=views,
+        failure_reason=row["failure_reason"],
+    )
+
+
+def _item_view(item: Item, loan: StoredLoan, today: dt.date) -> RepaymentItemView:
+    return RepaymentItemView(
+        loan_id=str(item.loan_id),
+        mode=item.mode,
+        prepay_rule=(item.prepay_rule or PrepaymentRule.REDUCE_NEAREST)
+        if item.mode == "prepay"
+        else None,
+        amount=format_fen(item.amount_fen),
+        allocation=Allocation(
+            penalty=format_fen(item.penalty_fen),
+            interest=format_fen(item.interest_fen),
+            principal=format_fen(item.principal_fen),
+        ),
+        loan_status=loan.row.status,
+        outstanding_principal=format_fen(loan.row.outstanding_principal_fen),
+        plan=installment_views(loan, today),
     )

@@ -1,0 +1,26 @@
+"""`python -m engine relay`: drain the outboxes of every shard (see `engine.relay`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "relay", help="carry out outbox instructions (core banking, SMS)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from engine.logs import setup_logging
+    from engine.relay_main import run_relay
+    from engine.settings import load_settings
+
+    settings = load_settings()
+    setup_logging(settings.log_level)
+    uvloop.run(run_relay(settings))
+    return 0

@@ -1,0 +1,146 @@
+"""The outbox: instructions to external systems, written with the business change.
+
+`enqueue` runs inside the caller's transaction. The relay `claim`s ready rows
+(FOR UPDATE SKIP LOCKED, so several relays share the work), each under a lease;
+a row whose lease ran out while `sending` — its relay died mid-call — comes
+back as needing an inquiry, never a second send. See the state drawing in
+ledger/migrations/0003_outbox.sql.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import msgspec
+
+_CLAIM_SQL = """
+WITH ready AS (
+    SELECT outbox_id, state AS prior_state FROM outbox
+    WHERE state IN ('pending', 'sending', 'unknown') AND next_attempt_at <= now()
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE outbox o
+SET state = CASE WHEN ready.prior_state = 'pending' THEN 'sending' ELSE 'unknown' END,
+    lease_until = now() + make_interval(secs => $2),
+    attempts = o.attempts + 1,
+    -- Only the latest send can have reached the other side: a row goes back to
+    -- pending only when its send surely did not leave.
+    last_sent_at = CASE WHEN ready.prior_state = 'pending' THEN now() ELSE o.last_sent_at END
+FROM ready
+WHERE o.outbox_id = ready.outbox_id
+RETURNING o.outbox_id, o.customer_id, o.kind, o.ref_id, o.amount_fen, o.payload, o.attempts,
+          o.last_sent_at, o.created_at, ready.prior_state
+"""
+
+_CLAIM_ONE_SQL = """
+UPDATE outbox SET state = 'sending', lease_until = now() + make_interval(secs => $3),
+    attempts = attempts + 1, last_sent_at = now()
+WHERE ref_id = $1 AND kind = $2 AND state = 'pending'
+RETURNING outbox_id, customer_id, kind, ref_id, amount_fen, payload, attempts, last_sent_at,
+          created_at, 'pending' AS prior_state
+"""
+
+
+class Claimed(msgspec.Struct, frozen=True):
+    outbox_id: int
+    customer_id: int
+    kind: str
+    ref_id: int
+    amount_fen: int | None
+    payload: dict[str, Any]
+    attempts: int
+    last_sent_at: dt.datetime | None
+    created_at: dt.datetime
+    prior_state: str
+
+    @property
+    def needs_inquiry(self) -> bool:
+        """A money movement that may already have reached core: ask, never resend."""
+        return self.kind != "sms" and self.prior_state != "pending"
+
+
+def _claimed(row: asyncpg.Record) -> Claimed:
+    values = dict(row)
+    payload = values["payload"]
+    values["payload"] = (
+        msgspec.json.decode(payload) if isinstance(payload, (str, bytes)) else payload
+    )
+    return Claimed(**values)
+
+
+async def enqueue(
+    conn: asyncpg.Connection,
+    *,
+    outbox_id: int,
+    customer_id: int,
+    kind: str,
+    ref_id: int,
+    amount_fen: int | None = None,
+    payload: dict[str, Any] | None = None,
+) -> None:
+    assert conn.is_in_transaction(), "an instruction is written with its business change"
+    await conn.execute(
+        """INSERT INTO outbox (outbox_id, customer_id, kind, ref_id, amount_fen, payload)
+           VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
+        outbox_id,
+        customer_id,
+        kind,
+        ref_id,
+        amount_fen,
+        msgspec.json.encode(payload or {}).decode(),
+    )
+
+
+async def claim(conn: asyncpg.Connection, batch_max: int, lease_s: float) -> list[Claimed]:
+    return [_claimed(row) for row in await conn.fetch(_CLAIM_SQL, batch_max, lease_s)]
+
+
+async def claim_one(
+    conn: asyncpg.Connection, ref_id: int, kind: str, lease_s: float
+) -> Claimed | None:
+    """Claim the pending row of one business change (a repayment's inline debit);
+    None if a relay took it first."""
+    row = await conn.fetchrow(_CLAIM_ONE_SQL, ref_id, kind, lease_s)
+    return None if row is None else _claimed(row)
+
+
+async def finish(conn: asyncpg.Connection, outbox_id: int, state: str, outcome: str) -> None:
+    assert state in ("done", "failed"), state
+    await conn.execute(
+        """UPDATE outbox SET state = $2, outcome = $3, done_at = now(), lease_until = NULL
+           WHERE outbox_id = $1""",
+        outbox_id,
+        state,
+        outcome,
+    )
+
+
+async def defer(
+    conn: asyncpg.Connection, outbox_id: int, state: str, delay_s: float, error: str | None
+) -> None:
+    """Try again later: `pending` (it never reached the other side) or `unknown` (ask first)."""
+    assert state in ("pending", "unknown"), state
+    await conn.execute(
+        """UPDATE outbox SET state = $2, lease_until = NULL, last_error = $4,
+               next_attempt_at = now() + make_interval(secs => $3)
+           WHERE outbox_id = $1""",
+        outbox_id,
+        state,
+        delay_s,
+        error,
+    )
+
+
+async def pending_stats(conn: asyncpg.Connection) -> list[tuple[str, int, float]]:
+    """(kind, rows not finished, age in seconds of the oldest) for the SRE gauges."""
+    rows = await conn.fetch(
+        """SELECT kind, count(*) AS n,
+                  coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
+           FROM outbox WHERE state IN ('pending', 'sending', 'unknown') GROUP BY kind"""
+    )
+    return [(row["kind"], int(row["n"]), float(row["age"])) for row in rows]

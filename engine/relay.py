@@ -1,0 +1,211 @@
+"""`python -m engine relay`: carries out the outboxes of every shard.
+
+    per physical shard:  claim ≤ batch (SKIP LOCKED, leased) ─► at most `relay_concurrency`
+                         calls in flight ─► apply the answer in one shard transaction
+
+    money (disburse, debit)   first time: send.  Afterwards (time-out, unclear answer,
+                              a relay that died mid-call): inquire, never send again.
+                              "Not found" long after the send means it never happened.
+    sms                       send; retried a few times; never affects money.
+
+Several relays may run at once; a claimed row is leased, and every answer is
+applied under the business row's lock from the state it expects, so a late
+duplicate answer changes nothing. Waits are bounded: every call has a
+time-out, every retry a capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from engine import outbox
+from engine.adapters.core_bank import CoreBank, CoreResult, Outcome
+from engine.adapters.sms import SmsGateway
+from engine.outbox import Claimed
+from engine.pii import PiiCipher
+from engine.reference import ReferenceCache
+from engine.services.disbursement import complete_disbursement
+from engine.services.repayments import complete_repayment
+from engine.settings import ExternalSettings
+from engine.shard_access import acquire
+from sharding.ids import IdGenerator
+from sharding.pools import ShardPools
+
+log = logging.getLogger("engine.relay")
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+LatencyObserver = Callable[[float], None]
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        pools: ShardPools,
+        ids: IdGenerator,
+        cipher: PiiCipher,
+        reference: ReferenceCache,
+        core: CoreBank,
+        sms: SmsGateway,
+        settings: ExternalSettings,
+        on_disbursed: LatencyObserver | None = None,
+    ) -> None:
+        self._pools = pools
+        self._ids = ids
+        self._cipher = cipher
+        self._reference = reference
+        self._core = core
+        self._sms = sms
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.relay_concurrency)
+        self._on_disbursed = on_disbursed or (lambda _seconds: None)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(self._drain(name, stop) for name in self._pools.by_name))
+
+    async def _drain(self, shard: str, stop: asyncio.Event) -> None:
+        pool = self._pools.pool(shard)
+        while not stop.is_set():
+            try:
+                async with acquire(pool, self._pools.limits.acquire_timeout_s) as conn:
+                    rows = await outbox.claim(
+                        conn, self._settings.relay_batch_max, self._settings.relay_lease_s
+                    )
+            except _DB_ERRORS as exc:
+                log.warning(
+                    "outbox claim failed", extra={"shard": shard, "error": type(exc).__name__}
+                )
+                await _sleep_or_stop(stop, self._settings.relay_backoff_max_s)
+                continue
+            if not rows:
+                await _sleep_or_stop(stop, self._settings.relay_idle_poll_s)
+                continue
+            await asyncio.gather(*(self._one(shard, row) for row in rows))
+
+    async def _one(self, shard: str, row: Claimed) -> None:
+        async with self._slots:
+            try:
+                await self.process(shard, row)
+            except Exception:  # the lease runs out and the row is inquired again: log, go on
+                log.exception(
+                    "outbox row failed", extra={"outbox_id": row.outbox_id, "kind": row.kind}
+                )
+
+    async def process(self, shard: str, row: Claimed) -> None:
+        if row.kind == "sms":
+            await self._send_sms(shard, row)
+            return
+        reference = str(row.payload["reference"])
+        if row.needs_inquiry:
+            result = await self._core.inquire(reference)
+        else:
+            card = await self._card(shard, row)
+            move = self._core.pay if row.kind == "disburse" else self._core.debit
+            result = await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
+        await self.apply(shard, row, result)
+
+    async def apply(self, shard: str, row: Claimed, result: CoreResult) -> None:
+        """Turn core's answer into the business change, or a later retry (never a resend)."""
+        outcome = result.outcome
+        if outcome is Outcome.NOT_FOUND:
+            if row.last_sent_at is not None and await self._sent_long_ago(shard, row):
+                outcome, result = (
+                    Outcome.FAILED,
+                    CoreResult(Outcome.FAILED, reason="CORE_NO_RECORD"),
+                )
+            else:
+                outcome = Outcome.UNKNOWN
+        if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+            succeeded = outcome is Outcome.SUCCEEDED
+            text = (result.core_txn_id or "") if succeeded else (result.reason or "FAILED")
+            await self._in_transaction(
+                shard, lambda conn: self._complete(conn, row, succeeded, text)
+            )
+            return
+        state = "pending" if outcome is Outcome.NOT_SENT else "unknown"
+        delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
+        await self._in_transaction(
+            shard, lambda conn: outbox.defer(conn, row.outbox_id, state, delay_s, result.reason)
+        )
+
+    async def _complete(
+        self, conn: asyncpg.Connection, row: Claimed, succeeded: bool, outcome: str
+    ) -> None:
+        data = self._reference.data
+        if row.kind == "disburse":
+            latency_s = await complete_disbursement(
+                conn, self._ids, data, row, succeeded=succeeded, outcome=outcome
+            )
+            if latency_s is not None:
+                self._on_disbursed(latency_s)
+        else:
+            await complete_repayment(
+                conn, self._ids, data, row, succeeded=succeeded, outcome=outcome
+            )
+
+    async def _sent_long_ago(self, shard: str, row: Claimed) -> bool:
+        async with acquire(self._pools.pool(shard)) as conn:
+            age_s = await conn.fetchval(
+                "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", row.last_sent_at
+            )
+        return float(age_s) > self._settings.not_found_final_s
+
+    async def _card(self, shard: str, row: Claimed) -> str:
+        sql = (
+            "SELECT disburse_to_ciphertext FROM loan WHERE loan_id = $1"
+            if row.kind == "disburse"
+            else "SELECT debit_from_ciphertext FROM repayment WHERE repayment_id = $1"
+        )
+        async with acquire(self._pools.pool(shard)) as conn:
+            blob = await conn.fetchval(sql, row.ref_id)
+        return self._cipher.decrypt(bytes(blob), context="bank_card")
+
+    async def _send_sms(self, shard: str, row: Claimed) -> None:
+        async with acquire(self._pools.pool(shard)) as conn:
+            blob = await conn.fetchval(
+                "SELECT phone_ciphertext FROM customer WHERE customer_id = $1", row.customer_id
+            )
+        phone = self._cipher.decrypt(bytes(blob), context="phone")
+        sent = await self._sms.send(f"S{row.outbox_id}", phone, str(row.payload["text"]))
+        if sent or row.attempts >= self._settings.sms_attempts_max:
+            state = "done" if sent else "failed"
+            await self._in_transaction(
+                shard,
+                lambda conn: outbox.finish(
+                    conn, row.outbox_id, state, "sent" if sent else "gave up"
+                ),
+            )
+            return
+        delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
+        await self._in_transaction(
+            shard,
+            lambda conn: outbox.defer(conn, row.outbox_id, "pending", delay_s, "gateway refused"),
+        )
+
+    async def _in_transaction(
+        self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[object]]
+    ) -> None:
+        async with acquire(self._pools.pool(shard)) as conn, conn.transaction():
+            await work(conn)
+
+
+def _amount(row: Claimed) -> int:
+    assert row.amount_fen is not None and row.amount_fen > 0, row
+    return row.amount_fen
+
+
+def _backoff_s(attempts: int, cap_s: float) -> float:
+    """Capped exponential backoff with jitter, so many rows do not retry in step."""
+    base: float = min(cap_s, 0.2 * 2.0 ** min(attempts, 10))
+    return base * (0.5 + random.random() / 2)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)

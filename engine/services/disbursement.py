@@ -1,0 +1,109 @@
+"""The second phase of a drawdown: core banking's answer to "pay this card".
+
+    disbursing ──core: succeeded──► disbursed   Dr disbursement_clearing / Cr core_settlement,
+                                                SMS queued, latency recorded
+               ──core: failed─────► failed      Dr disbursement_clearing / Cr loan_principal
+                                                (the booking reversed), line restored
+
+Applied under the loan's row lock and only from `disbursing`, so an answer that
+arrives twice (a relay and an inquiry) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+
+from engine.outbox import Claimed, finish
+from engine.reference import ReferenceData
+from engine.services.notify import queue_sms
+from ledger.chart import Code
+from ledger.money import format_fen
+from ledger.postings import Leg, Posting
+from ledger.store import post
+from sharding.ids import IdGenerator, shard_of_id
+
+
+async def complete_disbursement(
+    conn: asyncpg.Connection,
+    ids: IdGenerator,
+    reference: ReferenceData,
+    claimed: Claimed,
+    *,
+    succeeded: bool,
+    outcome: str,
+) -> float | None:
+    """Apply core's definite answer; returns request-to-disbursed seconds when paid."""
+    assert conn.is_in_transaction()
+    loan = await conn.fetchrow(
+        """SELECT loan_id, customer_id, credit_line_id, tenant_id, channel_id, principal_fen,
+                  status, receipt_no, disburse_to_masked, requested_at
+           FROM loan WHERE loan_id = $1 FOR UPDATE""",
+        claimed.ref_id,
+    )
+    assert loan is not None, claimed
+    if loan["status"] != "disbursing":
+        await finish(
+            conn, claimed.outbox_id, "done" if loan["status"] != "failed" else "failed", outcome
+        )
+        return None
+    today = reference.business_date
+    amount_fen = loan["principal_fen"]
+    customer_id = loan["customer_id"]
+    shard = shard_of_id(customer_id)
+    if succeeded:
+        disbursed_at = await conn.fetchval(
+            """UPDATE loan SET status = 'disbursed', disbursed_at = now(), updated_at = now()
+               WHERE loan_id = $1 RETURNING disbursed_at""",
+            loan["loan_id"],
+        )
+        legs = (
+            Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
+            Leg(Code.CORE_SETTLEMENT, None, -amount_fen),
+        )
+        await post(
+            conn,
+            Posting(ids.next_id(shard), customer_id, "disbursement", loan["loan_id"], today, legs),
+        )
+        await queue_sms(
+            conn,
+            ids,
+            reference,
+            tenant_id=loan["tenant_id"],
+            customer_id=customer_id,
+            ref_id=loan["loan_id"],
+            kind="drawdown",
+            fields={
+                "channel": loan["channel_id"],
+                "amount": format_fen(amount_fen),
+                "card_last4": loan["disburse_to_masked"][-4:],
+                "receipt_no": loan["receipt_no"],
+            },
+        )
+        await finish(conn, claimed.outbox_id, "done", outcome)
+        latency: dt.timedelta = disbursed_at - loan["requested_at"]
+        return latency.total_seconds()
+    await conn.execute(
+        """UPDATE loan SET status = 'failed', failure_reason = $2, outstanding_principal_fen = 0,
+               updated_at = now()
+           WHERE loan_id = $1""",
+        loan["loan_id"],
+        outcome,
+    )
+    legs = (
+        Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
+        Leg(Code.LOAN_PRINCIPAL, loan["loan_id"], -amount_fen),
+    )
+    await post(
+        conn,
+        Posting(ids.next_id(shard), customer_id, "drawdown_void", loan["loan_id"], today, legs),
+    )
+    await conn.execute(
+        """UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now()
+           WHERE credit_line_id = $1""",
+        loan["credit_line_id"],
+        amount_fen,
+    )
+    await finish(conn, claimed.outbox_id, "failed", outcome)
+    return None
