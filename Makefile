@@ -6,15 +6,18 @@ CHECKED := engine ledger sharding
 .PHONY: run test up down venv stack migrate demo lint typecheck pytest bench clean
 
 run: venv stack migrate demo          ## set up everything and serve on 127.0.0.1:8080 (Ctrl-C stops)
+	ENGINE_ENV=dev ops/engine.sh start fake-core fake-sms relay
 	ENGINE_ENV=dev $(PY) -m engine serve
 
 test: venv stack migrate lint pytest  ## set up everything and run every check and test
 	@echo "make test: all checks passed"
 
-up: venv stack migrate demo           ## start the stack and the engine in the background
+up: venv stack migrate demo           ## start the stack, fakes, engine, relay, Prometheus in the background
 	ENGINE_ENV=dev ops/engine.sh start
+	ops/prometheus.sh up
 
 down:                                 ## stop everything the project started
+	-ops/prometheus.sh down
 	-ops/engine.sh stop
 	ops/stack.sh down
 

@@ -1,40 +1,67 @@
 #!/usr/bin/env bash
-# Run the engine (and later the relay and fakes) in the background for `make up`.
-#   ops/engine.sh start | stop | status
-# start returns once /readyz answers 200 (or fails after READY_TIMEOUT_S).
+# The project's own processes in the background, for `make up` / `make down`:
+#   fake-core, fake-sms (loadtest/fakes), engine (HTTP API), relay (outbox).
+#
+#   ops/engine.sh start [NAME...] | stop [NAME...] | status
+#
+# start returns once each is ready (the engine: /readyz is 200) or fails after
+# READY_TIMEOUT_S; every process runs in its own process group, so stop leaves
+# nothing behind. Knobs of the fakes pass through (FAKE_CORE_LATENCY_MS, ...).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 run_dir=${STACK_RUN_DIR:-$here/.run}
-pid_file=$run_dir/engine.pid
+py=$here/.venv/bin/python
 port=${ENGINE_HTTP_PORT:-8080}
 host=${ENGINE_HTTP_HOST:-127.0.0.1}
 ready_timeout_s=${READY_TIMEOUT_S:-60}
+all=(fake-core fake-sms engine relay)
 
-running() { [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
+command_of() {
+  case "$1" in
+    fake-core) echo "$py -m loadtest.fakes.core_bank" ;;
+    fake-sms) echo "$py -m loadtest.fakes.sms_gateway" ;;
+    engine) echo "$py -m engine serve" ;;
+    relay) echo "$py -m engine relay" ;;
+    *) echo "engine.sh: unknown process $1" >&2; exit 2 ;;
+  esac
+}
 
-start() {
-  mkdir -p "$run_dir/log"
-  if ! running; then
-    # setsid: the engine and its workers form their own process group, so stop
-    # can signal all of them and nothing is left behind.
-    setsid "$here/.venv/bin/python" -m engine serve >>"$run_dir/log/engine.log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+ready_url() {
+  case "$1" in
+    fake-core) echo "http://127.0.0.1:${FAKE_CORE_PORT:-18601}/healthz" ;;
+    fake-sms) echo "http://127.0.0.1:${FAKE_SMS_PORT:-18602}/healthz" ;;
+    engine) echo "http://$host:$port/readyz" ;;
+    relay) echo "http://127.0.0.1:${ENGINE_RELAY_METRICS_PORT:-9101}/metrics" ;;
+  esac
+}
+
+pid_file() { echo "$run_dir/$1.pid"; }
+running() { [[ -f "$(pid_file "$1")" ]] && kill -0 "$(cat "$(pid_file "$1")")" 2>/dev/null; }
+
+start_one() {
+  local name=$1 log="$run_dir/log/$1.log"
+  if ! running "$name"; then
+    # setsid: its own process group, so stop can signal it and all its children.
+    # shellcheck disable=SC2046
+    setsid $(command_of "$name") >>"$log" 2>&1 </dev/null &
+    echo $! >"$(pid_file "$name")"
   fi
-  local i
+  local i url; url=$(ready_url "$name")
   for i in $(seq 1 $((ready_timeout_s * 5))); do
-    if curl -fsS "http://$host:$port/readyz" >/dev/null 2>&1; then
-      echo "engine: ready on http://$host:$port (log: $run_dir/log/engine.log)" >&2; return 0
+    if curl -fsS "$url" >/dev/null 2>&1; then
+      echo "engine.sh: $name ready (log: $log)" >&2; return 0
     fi
-    running || { echo "engine: exited during start-up; see $run_dir/log/engine.log" >&2; tail -n 20 "$run_dir/log/engine.log" >&2; return 1; }
+    running "$name" || { echo "engine.sh: $name exited during start-up; see $log" >&2; tail -n 20 "$log" >&2; return 1; }
     sleep 0.2
   done
-  echo "engine: not ready after ${ready_timeout_s}s; see $run_dir/log/engine.log" >&2
+  echo "engine.sh: $name not ready after ${ready_timeout_s}s; see $log" >&2
   return 1
 }
 
-stop() {
-  running || { rm -f "$pid_file"; return 0; }
-  local pid; pid=$(cat "$pid_file")
+stop_one() {
+  local name=$1 pid
+  running "$name" || { rm -f "$(pid_file "$name")"; return 0; }
+  pid=$(cat "$(pid_file "$name")")
   kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
   local i
   for i in $(seq 1 150); do
@@ -42,13 +69,16 @@ stop() {
     sleep 0.2
   done
   kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$pid_file"
-  echo "engine: stopped" >&2
+  rm -f "$(pid_file "$name")"
+  echo "engine.sh: $name stopped" >&2
 }
 
-case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) if running; then echo "engine up (pid $(cat "$pid_file"))"; else echo "engine down"; exit 1; fi ;;
-  *) echo "usage: ops/engine.sh start|stop|status" >&2; exit 2 ;;
+action=${1:-}; shift || true
+names=("$@"); [[ ${#names[@]} -gt 0 ]] || names=("${all[@]}")
+mkdir -p "$run_dir/log"
+case "$action" in
+  start) for n in "${names[@]}"; do start_one "$n"; done ;;
+  stop) for ((i=${#names[@]}-1; i>=0; i--)); do stop_one "${names[$i]}"; done ;;
+  status) for n in "${names[@]}"; do if running "$n"; then echo "$n up"; else echo "$n down"; fi; done ;;
+  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms engine relay]" >&2; exit 2 ;;
 esac

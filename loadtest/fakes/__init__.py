@@ -1,0 +1,162 @@
+"""Fakes of the systems we do not own, each its own aiohttp process on its own port.
+
+    engine relay --HTTP--> fake core bank    :18601  python -m loadtest.fakes.core_bank
+                 --HTTP--> fake SMS gateway  :18602  python -m loadtest.fakes.sms_gateway
+    tests -------HTTP--> GET /fake/records, POST /fake/knobs, GET /metrics
+
+They talk HTTP only and import nothing from `engine/`. Each keeps a durable
+record of what it did (JSON lines, fsync'd per record, reloaded at start-up),
+so that a test can hold it against our ledger.
+
+This module holds the pieces both fakes share:
+
+    Journal[T]        append-only JSON-lines file of msgspec Structs
+    error_middleware  BadRequest / msgspec errors -> 400 {"error", "detail"}
+    read_json         request body -> Struct, bounded in size and time
+    json_response     Struct -> application/json
+    metrics_handler   GET /metrics from the fake's registry
+    run               serve an app until SIGINT/SIGTERM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+BODY_MAX_BYTES = 64 * 1024
+BODY_READ_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 1.0  # hanging "time-outs" are not waited for: their record is written
+
+T = TypeVar("T", bound=msgspec.Struct)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_log = logging.getLogger("loadtest.fakes")
+_encoder = msgspec.json.Encoder()
+
+
+class BadRequest(Exception):
+    """A request the fake refuses with 400; nothing was recorded."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+
+
+class Journal(Generic[T]):
+    """An append-only JSON-lines file: one Struct per line, fsync'd before `append` returns.
+
+    `load` runs once at start-up; a torn last line (a crash mid-write, so never
+    acknowledged) is cut off, any other unreadable line stops the fake.
+    """
+
+    def __init__(self, path: Path, record_type: type[T]) -> None:
+        self.path = path
+        self._decoder = msgspec.json.Decoder(record_type)
+        self._lock = asyncio.Lock()
+        self._fd: int | None = None
+
+    def load(self) -> list[T]:
+        assert self._fd is None, "load once, before the first append"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        if created:
+            _fsync_directory(self.path.parent)
+        data = self.path.read_bytes()
+        complete_bytes = data.rfind(b"\n") + 1
+        if complete_bytes < len(data):
+            _log.warning(
+                "%s: cutting a torn last line of %d bytes", self.path, len(data) - complete_bytes
+            )
+            os.ftruncate(self._fd, complete_bytes)
+            os.fsync(self._fd)
+        lines = data[:complete_bytes].splitlines()
+        return [self._decoder.decode(line) for line in lines if line.strip()]
+
+    async def append(self, record: T) -> None:
+        line = _encoder.encode(record) + b"\n"
+        async with self._lock:
+            await asyncio.to_thread(self._write, line)
+
+    def _write(self, line: bytes) -> None:
+        assert self._fd is not None, "load() opens the journal"
+        view = memoryview(line)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def read_json(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode the body into a Struct (unknown fields and bad types are a BadRequest)."""
+    async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+        body = await request.read()
+    return decoder.decode(body)
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encoder.encode(body), status=status, content_type="application/json")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where a refused request becomes a 400 with a JSON body."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return json_response({"error": exc.error, "detail": exc.detail}, status=400)
+    except msgspec.ValidationError as exc:
+        return json_response({"error": "invalid_field", "detail": str(exc)}, status=400)
+    except msgspec.DecodeError as exc:
+        return json_response({"error": "invalid_json", "detail": str(exc)}, status=400)
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    async def metrics(_request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return metrics
+
+
+async def healthz(_request: web.Request) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+def run(app: web.Application, host: str, port: int, name: str) -> None:
+    """Serve until SIGINT/SIGTERM; no access log (the record and /metrics say enough)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _log.info("%s listening on http://%s:%d", name, host, port)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        handler_cancellation=False,
+    )

@@ -1,0 +1,478 @@
+"""Fake core banking: pays to cards (disbursements) and debits cards (repayments).
+
+    python -m loadtest.fakes.core_bank        FAKE_CORE_HOST:FAKE_CORE_PORT (127.0.0.1:18601)
+
+    POST /core/v1/payments   {"reference", "card", "amount": "1234.56", "memo"?}
+    POST /core/v1/debits          -> 200 {"reference", "status": "succeeded"|"failed",
+                                          "core_txn_id", "reason"?}
+                                     400 {"error", "detail"}   refused, nothing recorded
+                                     409 {"error": "reference_conflict", ...}
+                                         (reference known with another kind/amount/card)
+    GET  /core/v1/transactions/{reference}
+                                  -> 200 {"reference", "kind", "status", "amount",
+                                          "core_txn_id", "booked_at", "reason"?}
+                                     200 {"reference", "kind", "status": "processing", "amount"}
+                                         (received, outcome not decided yet: ask again)
+                                     404 {"status": "not_found", "reference"}   never received
+                                     503 {"status": "unavailable"}   FAKE_CORE_INQUIRY_FAIL_RATIO
+    GET  /core/v1/statements/{YYYY-MM-DD}   text/csv, Asia/Shanghai booking date:
+           reference,kind,status,amount,card_last4,core_txn_id,booked_at
+    GET  /fake/records   GET|POST /fake/knobs   GET /healthz   GET /metrics
+
+Life of a new reference (a repeated one waits for and returns the first outcome):
+
+    arrive --latency_ms--> draw u in [0,1)
+        u < fail_ratio                   failed (CARD_FROZEN, INSUFFICIENT_FUNDS, ...)
+        u < fail_ratio + timeout_ratio   "time-out": half the time booked succeeded,
+                                         half the time failed (TIMEOUT_NOT_BOOKED);
+                                         the answer is then withheld timeout_hang_s
+        otherwise                        succeeded
+    --> appended to the record (fsync) --> answered
+
+The outcome is recorded before any hang, so an inquiry after the caller's
+time-out always tells the final truth. A reference is decided once: at most one
+record per reference, so money moves at most once per reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import enum
+import io
+import os
+import random
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from loadtest.fakes import (
+    BODY_MAX_BYTES,
+    BadRequest,
+    Journal,
+    error_middleware,
+    healthz,
+    json_response,
+    metrics_handler,
+    read_json,
+    run,
+)
+from loadtest.fakes.knobs import (
+    Knobs,
+    KnobsError,
+    KnobsUpdate,
+    apply_update,
+    env_path,
+    env_port,
+    env_seed,
+    env_text,
+    knobs_from_env,
+)
+
+ENV_PREFIX = "FAKE_CORE"
+DEFAULT_KNOBS = Knobs(latency_ms=20, timeout_hang_s=30.0)
+SUPPORTED_KNOBS = frozenset(
+    {"latency_ms", "fail_ratio", "timeout_ratio", "timeout_hang_s", "inquiry_fail_ratio"}
+)
+SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
+DUPLICATE_WAIT_S_MAX = 60.0  # a repeat waits at most this long for the first to be decided
+STATEMENT_HEADER = ("reference", "kind", "status", "amount", "card_last4", "core_txn_id")
+STATEMENT_COLUMNS = (*STATEMENT_HEADER, "booked_at")
+
+REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+CARD_PATTERN = r"^[0-9]{12,19}$"
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]{0,12})\.[0-9]{2}$"
+_reference_re = re.compile(REFERENCE_PATTERN)
+_date_re = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+Kind = Literal["payment", "debit"]
+KINDS: tuple[Kind, ...] = ("payment", "debit")
+FAILURE_REASONS: dict[Kind, tuple[str, ...]] = {
+    "payment": ("CARD_FROZEN", "ACCOUNT_CLOSED", "CARD_NOT_FOUND"),
+    "debit": ("INSUFFICIENT_FUNDS", "CARD_FROZEN"),
+}
+TIMEOUT_NOT_BOOKED = "TIMEOUT_NOT_BOOKED"
+
+
+class TransferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /core/v1/payments and /core/v1/debits."""
+
+    reference: Annotated[str, msgspec.Meta(pattern=REFERENCE_PATTERN)]
+    card: Annotated[str, msgspec.Meta(pattern=CARD_PATTERN)]
+    amount: Annotated[str, msgspec.Meta(pattern=AMOUNT_PATTERN)]
+    memo: Annotated[str, msgspec.Meta(max_length=140)] = ""
+
+
+class TransferResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    reference: str
+    status: Literal["succeeded", "failed"]
+    core_txn_id: str
+    reason: str | None = None
+
+
+class InquiryResponse(msgspec.Struct, frozen=True, omit_defaults=True):
+    reference: str
+    kind: Kind
+    status: Literal["succeeded", "failed", "processing"]
+    amount: str
+    core_txn_id: str | None = None
+    booked_at: str | None = None
+    reason: str | None = None
+
+
+class CoreRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One line of the fake's ledger (records.jsonl) and of GET /fake/records."""
+
+    reference: str
+    kind: Kind
+    status: Literal["succeeded", "failed"]
+    amount: str
+    amount_fen: int
+    card_last4: str
+    core_txn_id: str
+    booked_at: str  # ISO 8601, +08:00
+    reason: str | None = None
+    timed_out: bool = False  # the caller's answer was withheld for timeout_hang_s
+    memo: str = ""
+
+
+class Order(msgspec.Struct, frozen=True):
+    """A validated transfer request; the card is kept only as its last four digits."""
+
+    reference: str
+    kind: Kind
+    amount: str
+    amount_fen: int
+    card_last4: str
+    memo: str
+
+
+class Decision(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMEOUT_BOOKED = "timeout_booked"
+    TIMEOUT_NOT_BOOKED = "timeout_not_booked"
+
+
+class CoreConfig(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    record_path: Path
+    knobs: Knobs
+    seed: int | None
+
+
+class ReferenceConflict(Exception):
+    """A known reference sent again with another kind, amount or card."""
+
+
+class FirstAttemptLost(Exception):
+    """A repeat waited for the first attempt, which ended without an outcome (shutdown)."""
+
+
+def config_from_env(environ: Mapping[str, str]) -> CoreConfig:
+    return CoreConfig(
+        host=env_text(environ, "FAKE_CORE_HOST", "127.0.0.1"),
+        port=env_port(environ, "FAKE_CORE_PORT", 18601),
+        record_path=env_path(environ, "FAKE_CORE_RECORD_FILE", ".run/fake-core/records.jsonl"),
+        knobs=knobs_from_env(ENV_PREFIX, DEFAULT_KNOBS, SUPPORTED_KNOBS, environ),
+        seed=env_seed(environ, "FAKE_CORE_SEED"),
+    )
+
+
+def decide(knobs: Knobs, draw_outcome: float, draw_booked: float) -> Decision:
+    """Pure: the outcome of a new reference from two uniform draws in [0, 1)."""
+    assert 0.0 <= draw_outcome < 1.0 and 0.0 <= draw_booked < 1.0
+    if draw_outcome < knobs.fail_ratio:
+        return Decision.FAILED
+    if draw_outcome < knobs.fail_ratio + knobs.timeout_ratio:
+        return Decision.TIMEOUT_BOOKED if draw_booked < 0.5 else Decision.TIMEOUT_NOT_BOOKED
+    return Decision.SUCCEEDED
+
+
+def parse_order(kind: Kind, body: TransferRequest) -> Order:
+    integer, _, fraction = body.amount.partition(".")
+    amount_fen = int(integer) * 100 + int(fraction)
+    if amount_fen <= 0:
+        raise BadRequest("invalid_amount", "amount must be greater than zero")
+    return Order(body.reference, kind, body.amount, amount_fen, body.card[-4:], body.memo)
+
+
+def statement_csv(records: list[CoreRecord], day: dt.date) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(STATEMENT_COLUMNS)
+    prefix = day.isoformat()
+    for record in records:
+        if record.booked_at.startswith(prefix):
+            writer.writerow(
+                [*(getattr(record, name) for name in STATEMENT_HEADER), record.booked_at]
+            )
+    return out.getvalue()
+
+
+class CoreMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "fake_core_requests_total",
+            "Requests to the fake core by endpoint and outcome.",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.paid_amount_fen = Counter(
+            "fake_core_paid_amount_fen_total",
+            "Money the fake core moved (succeeded records), in fen.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in KINDS:
+            self.paid_amount_fen.labels(kind)  # both series exist from the start, at zero
+
+
+class CoreBook:
+    """The fake's state: every record by reference, in booking order, and the in-flight ones."""
+
+    def __init__(
+        self, journal: Journal[CoreRecord], knobs: Knobs, seed: int | None, metrics: CoreMetrics
+    ) -> None:
+        self.knobs = knobs
+        self.metrics = metrics
+        self._journal = journal
+        self._rng = random.Random(seed)
+        self.records: list[CoreRecord] = journal.load()
+        self._by_reference = {record.reference: record for record in self.records}
+        assert len(self._by_reference) == len(self.records), "one record per reference"
+        self._in_flight: dict[str, asyncio.Future[CoreRecord]] = {}
+        self._orders_in_flight: dict[str, Order] = {}
+        self._txn_seq = max((int(r.core_txn_id[2:]) for r in self.records), default=0)
+
+    def lookup(self, reference: str) -> CoreRecord | Order | None:
+        """The record, or the order still being decided, or None when never received."""
+        record = self._by_reference.get(reference)
+        return record if record is not None else self._orders_in_flight.get(reference)
+
+    async def transfer(self, order: Order) -> tuple[CoreRecord, Decision | None]:
+        """The outcome for this reference; Decision is None for a repeat."""
+        if order.reference in self._by_reference or order.reference in self._in_flight:
+            return await self._repeat(order), None
+        knobs = self.knobs
+        future: asyncio.Future[CoreRecord] = asyncio.get_running_loop().create_future()
+        self._in_flight[order.reference] = future
+        self._orders_in_flight[order.reference] = order
+        try:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+            decision = decide(knobs, self._rng.random(), self._rng.random())
+            record = self._book(order, decision)
+            await self._journal.append(record)
+            self.records.append(record)
+            self._by_reference[record.reference] = record
+            future.set_result(record)
+        finally:
+            del self._in_flight[order.reference]
+            del self._orders_in_flight[order.reference]
+            if not future.done():
+                future.cancel()
+        if record.status == "succeeded":
+            self.metrics.paid_amount_fen.labels(record.kind).inc(record.amount_fen)
+        return record, decision
+
+    async def _repeat(self, order: Order) -> CoreRecord:
+        """The first outcome; a repeat of a transfer still in flight waits for it."""
+        future = self._in_flight.get(order.reference)
+        await asyncio.sleep(self.knobs.latency_ms / 1000)
+        record = self._by_reference.get(order.reference)
+        if record is None:
+            assert future is not None, "a reference is recorded or in flight"
+            await asyncio.wait([future], timeout=DUPLICATE_WAIT_S_MAX)
+            if not future.done() or future.cancelled():
+                raise FirstAttemptLost(order.reference)
+            record = future.result()
+        if (record.kind, record.amount_fen, record.card_last4) != (
+            order.kind,
+            order.amount_fen,
+            order.card_last4,
+        ):
+            raise ReferenceConflict(order.reference)
+        return record
+
+    def _book(self, order: Order, decision: Decision) -> CoreRecord:
+        self._txn_seq += 1
+        succeeded = decision in (Decision.SUCCEEDED, Decision.TIMEOUT_BOOKED)
+        reason: str | None = None
+        if decision is Decision.FAILED:
+            reason = self._rng.choice(FAILURE_REASONS[order.kind])
+        elif decision is Decision.TIMEOUT_NOT_BOOKED:
+            reason = TIMEOUT_NOT_BOOKED
+        return CoreRecord(
+            reference=order.reference,
+            kind=order.kind,
+            status="succeeded" if succeeded else "failed",
+            amount=order.amount,
+            amount_fen=order.amount_fen,
+            card_last4=order.card_last4,
+            core_txn_id=f"CT{self._txn_seq:010d}",
+            booked_at=dt.datetime.now(SHANGHAI).isoformat(timespec="milliseconds"),
+            reason=reason,
+            timed_out=decision in (Decision.TIMEOUT_BOOKED, Decision.TIMEOUT_NOT_BOOKED),
+            memo=order.memo,
+        )
+
+    def inquiry_fails(self) -> bool:
+        """Drawn only when the ratio is set, so inquiries never shift a seeded run's outcomes."""
+        ratio = self.knobs.inquiry_fail_ratio
+        return ratio > 0 and self._rng.random() < ratio
+
+
+CONFIG = web.AppKey("config", CoreConfig)
+BOOK = web.AppKey("book", CoreBook)
+METRICS = web.AppKey("metrics", CoreMetrics)
+
+_transfer_decoder = msgspec.json.Decoder(TransferRequest)
+_knobs_decoder = msgspec.json.Decoder(KnobsUpdate)
+
+
+async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
+    book = request.app[BOOK]
+    endpoint = f"{kind}s"
+    try:
+        order = parse_order(kind, await read_json(request, _transfer_decoder))
+    except (BadRequest, msgspec.MsgspecError):
+        book.metrics.requests.labels(endpoint, "bad_request").inc()
+        raise
+    knobs = book.knobs  # as at arrival: the hang below is the one this request drew
+    try:
+        record, decision = await book.transfer(order)
+    except ReferenceConflict:
+        book.metrics.requests.labels(endpoint, "conflict").inc()
+        detail = "reference already used with another kind, amount or card"
+        return json_response(
+            {"error": "reference_conflict", "reference": order.reference, "detail": detail}, 409
+        )
+    except FirstAttemptLost:
+        book.metrics.requests.labels(endpoint, "unavailable").inc()
+        return json_response({"status": "unavailable"}, 503)
+    outcome = "duplicate" if decision is None else decision.value
+    book.metrics.requests.labels(endpoint, outcome).inc()
+    if decision in (Decision.TIMEOUT_BOOKED, Decision.TIMEOUT_NOT_BOOKED):
+        await asyncio.sleep(knobs.timeout_hang_s)
+    answer = TransferResponse(record.reference, record.status, record.core_txn_id, record.reason)
+    return json_response(answer)
+
+
+async def payments(request: web.Request) -> web.StreamResponse:
+    return await _transfer(request, "payment")
+
+
+async def debits(request: web.Request) -> web.StreamResponse:
+    return await _transfer(request, "debit")
+
+
+def _inquiry_answer(found: CoreRecord | Order) -> InquiryResponse:
+    if isinstance(found, Order):
+        return InquiryResponse(found.reference, found.kind, "processing", found.amount)
+    return InquiryResponse(
+        found.reference,
+        found.kind,
+        found.status,
+        found.amount,
+        found.core_txn_id,
+        found.booked_at,
+        found.reason,
+    )
+
+
+async def transaction(request: web.Request) -> web.StreamResponse:
+    book = request.app[BOOK]
+    reference = request.match_info["reference"]
+    if _reference_re.match(reference) is None:
+        book.metrics.requests.labels("inquiry", "bad_request").inc()
+        raise BadRequest("invalid_reference", f"reference must match {REFERENCE_PATTERN}")
+    await asyncio.sleep(book.knobs.latency_ms / 1000)
+    if book.inquiry_fails():
+        book.metrics.requests.labels("inquiry", "unavailable").inc()
+        return json_response({"status": "unavailable"}, 503)
+    found = book.lookup(reference)
+    if found is None:
+        book.metrics.requests.labels("inquiry", "not_found").inc()
+        return json_response({"status": "not_found", "reference": reference}, 404)
+    answer = _inquiry_answer(found)
+    book.metrics.requests.labels("inquiry", answer.status).inc()
+    return json_response(answer)
+
+
+async def statement(request: web.Request) -> web.StreamResponse:
+    book = request.app[BOOK]
+    text = request.match_info["day"]
+    try:
+        day = dt.date.fromisoformat(text) if _date_re.match(text) else None
+    except ValueError:
+        day = None
+    if day is None:
+        book.metrics.requests.labels("statement", "bad_request").inc()
+        raise BadRequest("invalid_date", "the statement date must be YYYY-MM-DD")
+    await asyncio.sleep(book.knobs.latency_ms / 1000)
+    book.metrics.requests.labels("statement", "ok").inc()
+    return web.Response(text=statement_csv(book.records, day), content_type="text/csv")
+
+
+async def fake_records(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[BOOK].records)
+
+
+async def get_knobs(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[BOOK].knobs)
+
+
+async def post_knobs(request: web.Request) -> web.StreamResponse:
+    book = request.app[BOOK]
+    update = await read_json(request, _knobs_decoder)
+    try:
+        book.knobs = apply_update(book.knobs, update, SUPPORTED_KNOBS)
+    except KnobsError as exc:
+        raise BadRequest("invalid_knobs", str(exc)) from exc
+    return json_response(book.knobs)
+
+
+async def _book_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    journal = Journal(config.record_path, CoreRecord)
+    app[BOOK] = CoreBook(journal, config.knobs, config.seed, app[METRICS])
+    yield
+    await journal.close()
+
+
+def create_app(config: CoreConfig, registry: CollectorRegistry) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=BODY_MAX_BYTES)
+    app[CONFIG] = config
+    app[METRICS] = CoreMetrics(registry)
+    app.cleanup_ctx.append(_book_ctx)
+    app.router.add_post("/core/v1/payments", payments)
+    app.router.add_post("/core/v1/debits", debits)
+    app.router.add_get("/core/v1/transactions/{reference}", transaction)
+    app.router.add_get("/core/v1/statements/{day}", statement)
+    app.router.add_get("/fake/records", fake_records)
+    app.router.add_get("/fake/knobs", get_knobs)
+    app.router.add_post("/fake/knobs", post_knobs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+def main() -> None:
+    try:
+        config = config_from_env(os.environ)
+    except KnobsError as exc:
+        print(f"fake core bank: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    run(create_app(config, REGISTRY), config.host, config.port, "fake core bank")
+
+
+if __name__ == "__main__":
+    main()

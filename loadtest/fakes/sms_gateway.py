@@ -1,0 +1,254 @@
+"""Fake SMS gateway: accepts text messages for mobile phones, each at most once per reference.
+
+    python -m loadtest.fakes.sms_gateway      FAKE_SMS_HOST:FAKE_SMS_PORT (127.0.0.1:18602)
+
+    POST /sms/v1/send  {"reference", "phone": 11 digits, "text": 1..500 chars}
+        -> 200 {"reference", "message_id", "status": "accepted"}
+           503 {"status": "failed"}        by FAKE_SMS_FAIL_RATIO: nothing sent, nothing
+                                           recorded; resend with the same reference
+           400 {"error", "detail"}         refused, nothing recorded
+    GET  /fake/messages   GET|POST /fake/knobs   GET /healthz   GET /metrics
+
+    arrive --latency_ms--> draw u in [0,1) --u < fail_ratio--> 503
+                                          --otherwise-------> record (fsync) --> 200 accepted
+
+A reference already accepted gets the first answer again (same message_id) and
+is not sent again; a repeat that arrives while the first is being decided waits
+for it. The record keeps the phone masked (138****5678) and the full text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import random
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from loadtest.fakes import (
+    BODY_MAX_BYTES,
+    Journal,
+    error_middleware,
+    healthz,
+    json_response,
+    metrics_handler,
+    read_json,
+    run,
+)
+from loadtest.fakes.knobs import (
+    Knobs,
+    KnobsError,
+    KnobsUpdate,
+    apply_update,
+    env_path,
+    env_port,
+    env_seed,
+    env_text,
+    knobs_from_env,
+)
+
+ENV_PREFIX = "FAKE_SMS"
+DEFAULT_KNOBS = Knobs(latency_ms=10)
+SUPPORTED_KNOBS = frozenset({"latency_ms", "fail_ratio"})
+SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+DUPLICATE_WAIT_S_MAX = 60.0
+TEXT_CHARS_MAX = 500
+
+REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+PHONE_PATTERN = r"^[0-9]{11}$"
+
+
+class SendRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /sms/v1/send."""
+
+    reference: Annotated[str, msgspec.Meta(pattern=REFERENCE_PATTERN)]
+    phone: Annotated[str, msgspec.Meta(pattern=PHONE_PATTERN)]
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=TEXT_CHARS_MAX)]
+
+
+class SendResponse(msgspec.Struct, frozen=True):
+    reference: str
+    message_id: str
+    status: Literal["accepted"] = "accepted"
+
+
+class SmsRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One line of messages.jsonl and of GET /fake/messages: one accepted message."""
+
+    reference: str
+    message_id: str
+    phone_masked: str
+    text: str
+    accepted_at: str  # ISO 8601, +08:00
+
+
+class SmsConfig(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+    record_path: Path
+    knobs: Knobs
+    seed: int | None
+
+
+def config_from_env(environ: Mapping[str, str]) -> SmsConfig:
+    return SmsConfig(
+        host=env_text(environ, "FAKE_SMS_HOST", "127.0.0.1"),
+        port=env_port(environ, "FAKE_SMS_PORT", 18602),
+        record_path=env_path(environ, "FAKE_SMS_RECORD_FILE", ".run/fake-sms/messages.jsonl"),
+        knobs=knobs_from_env(ENV_PREFIX, DEFAULT_KNOBS, SUPPORTED_KNOBS, environ),
+        seed=env_seed(environ, "FAKE_SMS_SEED"),
+    )
+
+
+def mask_phone(phone: str) -> str:
+    assert len(phone) == 11 and phone.isdigit()
+    return f"{phone[:3]}****{phone[-4:]}"
+
+
+class SmsMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.messages = Counter(
+            "fake_sms_messages_total",
+            "Send requests to the fake SMS gateway by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+
+
+class Outbox:
+    """Accepted messages by reference, in order, and the sends still being decided."""
+
+    def __init__(self, journal: Journal[SmsRecord], knobs: Knobs, seed: int | None) -> None:
+        self.knobs = knobs
+        self._journal = journal
+        self._rng = random.Random(seed)
+        self.messages: list[SmsRecord] = journal.load()
+        self._by_reference = {message.reference: message for message in self.messages}
+        assert len(self._by_reference) == len(self.messages), "one message per reference"
+        self._in_flight: dict[str, asyncio.Future[SmsRecord | None]] = {}
+        self._message_seq = max((int(m.message_id[2:]) for m in self.messages), default=0)
+
+    async def send(self, body: SendRequest) -> tuple[SmsRecord | None, bool]:
+        """(the accepted message or None when the gateway failed, whether it is a repeat)."""
+        if body.reference in self._by_reference or body.reference in self._in_flight:
+            return await self._repeat(body.reference), True
+        knobs = self.knobs
+        future: asyncio.Future[SmsRecord | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[body.reference] = future
+        try:
+            await asyncio.sleep(knobs.latency_ms / 1000)
+            message = None if self._rng.random() < knobs.fail_ratio else self._accept(body)
+            if message is not None:
+                await self._journal.append(message)
+                self.messages.append(message)
+                self._by_reference[message.reference] = message
+            future.set_result(message)
+        finally:
+            del self._in_flight[body.reference]
+            if not future.done():
+                future.cancel()
+        return message, False
+
+    async def _repeat(self, reference: str) -> SmsRecord | None:
+        """The first answer; a repeat of a send still in flight shares its fate."""
+        future = self._in_flight.get(reference)
+        await asyncio.sleep(self.knobs.latency_ms / 1000)
+        message = self._by_reference.get(reference)
+        if message is not None:
+            return message
+        assert future is not None, "a reference is accepted or in flight"
+        await asyncio.wait([future], timeout=DUPLICATE_WAIT_S_MAX)
+        return future.result() if future.done() and not future.cancelled() else None
+
+    def _accept(self, body: SendRequest) -> SmsRecord:
+        self._message_seq += 1
+        return SmsRecord(
+            reference=body.reference,
+            message_id=f"SM{self._message_seq:010d}",
+            phone_masked=mask_phone(body.phone),
+            text=body.text,
+            accepted_at=dt.datetime.now(SHANGHAI).isoformat(timespec="milliseconds"),
+        )
+
+
+CONFIG = web.AppKey("config", SmsConfig)
+OUTBOX = web.AppKey("outbox", Outbox)
+METRICS = web.AppKey("metrics", SmsMetrics)
+
+_send_decoder = msgspec.json.Decoder(SendRequest)
+_knobs_decoder = msgspec.json.Decoder(KnobsUpdate)
+
+
+async def send(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        body = await read_json(request, _send_decoder)
+    except msgspec.MsgspecError:
+        metrics.messages.labels("bad_request").inc()
+        raise
+    message, repeat = await request.app[OUTBOX].send(body)
+    if message is None:
+        metrics.messages.labels("failed").inc()
+        return json_response({"status": "failed"}, 503)
+    metrics.messages.labels("duplicate" if repeat else "accepted").inc()
+    return json_response(SendResponse(message.reference, message.message_id))
+
+
+async def fake_messages(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[OUTBOX].messages)
+
+
+async def get_knobs(request: web.Request) -> web.StreamResponse:
+    return json_response(request.app[OUTBOX].knobs)
+
+
+async def post_knobs(request: web.Request) -> web.StreamResponse:
+    outbox = request.app[OUTBOX]
+    update = await read_json(request, _knobs_decoder)
+    try:
+        outbox.knobs = apply_update(outbox.knobs, update, SUPPORTED_KNOBS)
+    except KnobsError as exc:
+        return json_response({"error": "invalid_knobs", "detail": str(exc)}, 400)
+    return json_response(outbox.knobs)
+
+
+async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    journal = Journal(config.record_path, SmsRecord)
+    app[OUTBOX] = Outbox(journal, config.knobs, config.seed)
+    yield
+    await journal.close()
+
+
+def create_app(config: SmsConfig, registry: CollectorRegistry) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=BODY_MAX_BYTES)
+    app[CONFIG] = config
+    app[METRICS] = SmsMetrics(registry)
+    app.cleanup_ctx.append(_outbox_ctx)
+    app.router.add_post("/sms/v1/send", send)
+    app.router.add_get("/fake/messages", fake_messages)
+    app.router.add_get("/fake/knobs", get_knobs)
+    app.router.add_post("/fake/knobs", post_knobs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+def main() -> None:
+    try:
+        config = config_from_env(os.environ)
+    except KnobsError as exc:
+        print(f"fake SMS gateway: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    run(create_app(config, REGISTRY), config.host, config.port, "fake SMS gateway")
+
+
+if __name__ == "__main__":
+    main()
