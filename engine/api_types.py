@@ -124,6 +124,7 @@ class DrawdownView(msgspec.Struct):
     status: str
     credit_line_id: str
     customer_id: str
+    product_code: str
     principal: str
     annual_rate_pct: str
     repayment_method: str

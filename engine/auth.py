@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
 
-from engine import app_keys
+from engine import app_keys, metrics
 from engine.errors import Unauthorized
 from engine.reference import Channel
 from engine.signing import NONCE_RE, verify
@@ -44,6 +44,7 @@ async def _nonce_is_fresh(client: aioredis.Redis, channel_id: str, nonce: str) -
     try:
         stored = await client.set(f"nonce:{channel_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)
     except (RedisError, OSError) as exc:
+        metrics.REDIS_ERRORS.inc()
         log.warning("nonce not checked: redis unavailable", extra={"error": type(exc).__name__})
         return True
     return bool(stored)

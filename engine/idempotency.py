@@ -30,6 +30,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from engine import metrics
 from engine.errors import BadRequest, Conflict, Unprocessable
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ async def claim(client: aioredis.Redis, claim_: Claim) -> StoredResponse | None:
             return None
         value = await client.get(claim_.redis_key)
     except (RedisError, OSError) as exc:
+        metrics.REDIS_ERRORS.inc()
         log.warning("idempotency fast path unavailable", extra={"error": type(exc).__name__})
         return None
     if value is None:  # expired between the two calls: the durable record decides
@@ -122,6 +124,7 @@ async def finish(client: aioredis.Redis, claim_: Claim, response: StoredResponse
     try:
         await client.set(claim_.redis_key, value, ex=DONE_TTL_S)
     except (RedisError, OSError) as exc:
+        metrics.REDIS_ERRORS.inc()
         log.warning("idempotency response not cached", extra={"error": type(exc).__name__})
 
 
@@ -129,6 +132,7 @@ async def release(client: aioredis.Redis, claim_: Claim) -> None:
     try:
         await client.delete(claim_.redis_key)
     except (RedisError, OSError) as exc:
+        metrics.REDIS_ERRORS.inc()
         log.warning("idempotency marker not released", extra={"error": type(exc).__name__})
 
 

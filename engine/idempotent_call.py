@@ -16,9 +16,9 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from engine import idempotency
+from engine import idempotency, metrics
 from engine.auth import BODY, CHANNEL
-from engine.errors import ApiError, Conflict
+from engine.errors import ApiError, Conflict, Unprocessable
 from engine.idempotency import Claim, StoredResponse
 from engine.services.context import Services
 from engine.shard_access import in_transaction, read
@@ -36,6 +36,7 @@ class _Replay(Exception):
 
 
 def _replay(stored: StoredResponse) -> web.Response:
+    metrics.IDEMPOTENCY_REPLAYS.inc()
     return json_response(stored.body, stored.status, REPLAYED_HEADERS)
 
 
@@ -61,6 +62,9 @@ async def run_once(
     )
     try:
         cached = await idempotency.claim(svc.redis, claim)
+    except Unprocessable:
+        metrics.IDEMPOTENCY_CONFLICTS.inc()
+        raise
     except Conflict:
         # In flight, or its process died after committing and before caching the
         # answer: the shard knows which.
@@ -68,6 +72,7 @@ async def run_once(
             svc.pools, logical_shard, lambda conn: idempotency.find_durable(conn, claim)
         )
         if stored is None:
+            metrics.IDEMPOTENCY_CONFLICTS.inc()
             raise
         cached = stored
     if cached is not None:

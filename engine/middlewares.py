@@ -15,6 +15,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from engine import metrics
 from engine.errors import ApiError, PayloadTooLarge, Problem
 from engine.logs import REQUEST_CONTEXT
 from sharding.pools import ShardBusyError, ShardUnavailableError
@@ -65,11 +66,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await _handle(request, handler, request_id)
         response.headers["X-Request-Id"] = request_id
+        elapsed_s = time.perf_counter() - started
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+        metrics.HTTP_DURATION.labels(route, request.method).observe(elapsed_s)
         log.info(
             "request",
             extra={
                 "status": response.status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed_s * 1000, 2),
                 "channel": request.get("channel_id", ""),
                 "tenant": request.get("tenant_id", ""),
             },

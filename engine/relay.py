@@ -56,7 +56,7 @@ class Relay:
         settings: ExternalSettings,
         on_disbursed: LatencyObserver | None = None,
     ) -> None:
-        self._pools = pools
+        self.pools = pools
         self._ids = ids
         self._cipher = cipher
         self._reference = reference
@@ -67,13 +67,13 @@ class Relay:
         self._on_disbursed = on_disbursed or (lambda _seconds: None)
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(self._drain(name, stop) for name in self._pools.by_name))
+        await asyncio.gather(*(self._drain(name, stop) for name in self.pools.by_name))
 
     async def _drain(self, shard: str, stop: asyncio.Event) -> None:
-        pool = self._pools.pool(shard)
+        pool = self.pools.pool(shard)
         while not stop.is_set():
             try:
-                async with acquire(pool, self._pools.limits.acquire_timeout_s) as conn:
+                async with acquire(pool, self.pools.limits.acquire_timeout_s) as conn:
                     rows = await outbox.claim(
                         conn, self._settings.relay_batch_max, self._settings.relay_lease_s
                     )
@@ -150,7 +150,7 @@ class Relay:
             )
 
     async def _sent_long_ago(self, shard: str, row: Claimed) -> bool:
-        async with acquire(self._pools.pool(shard)) as conn:
+        async with acquire(self.pools.pool(shard)) as conn:
             age_s = await conn.fetchval(
                 "SELECT extract(epoch FROM now() - $1::timestamptz)::float8", row.last_sent_at
             )
@@ -162,12 +162,12 @@ class Relay:
             if row.kind == "disburse"
             else "SELECT debit_from_ciphertext FROM repayment WHERE repayment_id = $1"
         )
-        async with acquire(self._pools.pool(shard)) as conn:
+        async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(sql, row.ref_id)
         return self._cipher.decrypt(bytes(blob), context="bank_card")
 
     async def _send_sms(self, shard: str, row: Claimed) -> None:
-        async with acquire(self._pools.pool(shard)) as conn:
+        async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(
                 "SELECT phone_ciphertext FROM customer WHERE customer_id = $1", row.customer_id
             )
@@ -191,7 +191,7 @@ class Relay:
     async def _in_transaction(
         self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[object]]
     ) -> None:
-        async with acquire(self._pools.pool(shard)) as conn, conn.transaction():
+        async with acquire(self.pools.pool(shard)) as conn, conn.transaction():
             await work(conn)
 
 

@@ -16,9 +16,13 @@ import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from engine import metrics
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
+from engine.monitoring import watch_books, watch_shards
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
 from engine.relay import LatencyObserver, Relay
@@ -72,12 +76,41 @@ async def relay_resources(
         await control.close()
 
 
-async def run_relay(settings: Settings, on_disbursed: LatencyObserver | None = None) -> None:
+async def _metrics_site(port: int) -> web.AppRunner:
+    """`/metrics` and `/healthz` of the relay, on loopback."""
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def run_relay(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with relay_resources(settings, on_disbursed) as relay:
-        log.info("relay running", extra={"shards": len(settings.shards)})
-        await relay.run(stop)
+    runner = await _metrics_site(settings.external.relay_metrics_port)
+    try:
+        async with relay_resources(settings, metrics.DISBURSEMENT_LATENCY.observe) as relay:
+            watchers = [
+                asyncio.create_task(watch_books(relay.pools), name="book-watch"),
+                asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),
+            ]
+            log.info("relay running", extra={"shards": len(settings.shards)})
+            await relay.run(stop)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+    finally:
+        await runner.cleanup()
     log.info("relay stopped")

@@ -19,6 +19,7 @@ from aiohttp import web
 from engine import app_keys
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
+from engine.monitoring import watch_shards
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
 from engine.relay import Relay
@@ -55,7 +56,11 @@ async def shard_pools_ctx(app: web.Application) -> AsyncIterator[None]:
     pools = ShardPools(settings.shard_map(), settings.pool, application_name())
     app[app_keys.SHARD_POOLS] = pools
     await pools.open()
+    watcher = asyncio.create_task(watch_shards(pools), name="shard-watch")
     yield
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await pools.close()
 
 

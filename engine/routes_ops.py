@@ -14,8 +14,9 @@ from collections.abc import Awaitable
 import asyncpg
 import msgspec
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine import app_keys
+from engine import app_keys, metrics
 from engine.openapi import build_openapi
 
 PROBE_TIMEOUT_S = 1.0
@@ -86,3 +87,9 @@ def setup_ops_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics_endpoint)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

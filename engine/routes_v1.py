@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import Counter
 
-from engine import app_keys
+from engine import app_keys, metrics
 from engine.api_types import (
     CreditLineCreate,
     CreditLineView,
@@ -22,13 +23,15 @@ from engine.api_types import (
     StatusChange,
 )
 from engine.auth import BODY, CHANNEL
-from engine.errors import BadRequest
+from engine.errors import ApiError, BadRequest
 from engine.idempotent_call import run_once
 from engine.inline_debit import debit_inline
+from engine.reference import Channel
 from engine.services import credit_lines, customers, drawdowns, loans, repayments
 from engine.services.context import Services, parse_id
 from engine.shard_access import in_transaction, read
 from engine.wire import decode, encode, json_response
+from ledger.money import parse_amount
 from sharding.ids import shard_of_id
 
 
@@ -87,11 +90,48 @@ async def create_drawdown(request: web.Request) -> web.Response:
     svc, channel = _svc(request), request[CHANNEL]
     body = decode(request[BODY], DrawdownCreate)
     line_id = int(body.credit_line_id)
+    booked: list[DrawdownView] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[DrawdownView, int]:
-        return await drawdowns.draw_down(svc, conn, channel, body)
+        view, customer_id = await drawdowns.draw_down(svc, conn, channel, body)
+        booked.append(view)
+        return view, customer_id
 
-    return await run_once(request, svc, shard_of_id(line_id), work)
+    response = await _counted(
+        metrics.DRAWDOWNS,
+        channel,
+        lambda: booked[-1].product_code if booked else "n/a",
+        run_once(request, svc, shard_of_id(line_id), work),
+    )
+    if booked and REPLAYED not in response.headers:
+        labels = (channel.tenant_id, channel.channel_id, booked[-1].product_code)
+        metrics.DRAWDOWN_AMOUNT.labels(*labels).inc(parse_amount(booked[-1].principal))
+    return response
+
+
+REPLAYED = "Idempotent-Replayed"
+
+
+async def _counted(
+    counter: Counter,
+    channel: Channel,
+    third_label: Callable[[], str],
+    call: Awaitable[web.Response],
+) -> web.Response:
+    """Count a money request as accepted, refused (4xx) or error, by tenant and channel;
+    a replayed answer is not a new request and is not counted here."""
+    try:
+        response = await call
+    except ApiError as exc:
+        outcome = "refused" if exc.status < 500 else "error"
+        counter.labels(channel.tenant_id, channel.channel_id, third_label(), outcome).inc()
+        raise
+    except Exception:
+        counter.labels(channel.tenant_id, channel.channel_id, third_label(), "error").inc()
+        raise
+    if REPLAYED not in response.headers:
+        counter.labels(channel.tenant_id, channel.channel_id, third_label(), "accepted").inc()
+    return response
 
 
 async def get_loan(request: web.Request) -> web.Response:
@@ -166,7 +206,14 @@ async def create_repayment(request: web.Request) -> web.Response:
             repayment_id=created[0],
         )
 
-    return await run_once(request, svc, shard_of_id(customer_id), work, after=debit)
+    modes = {item.mode for item in body.items}
+    mode = modes.pop() if len(modes) == 1 else "combined"
+    return await _counted(
+        metrics.REPAYMENTS,
+        channel,
+        lambda: mode,
+        run_once(request, svc, shard_of_id(customer_id), work, after=debit),
+    )
 
 
 async def get_repayment(request: web.Request) -> web.Response:

@@ -118,6 +118,10 @@ class _Master:
                 time.sleep(0.1)
                 continue
             self.workers.discard(pid)
+            if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
             if not self.stopping and not self._restart(pid, status):
                 return 1
         return 0

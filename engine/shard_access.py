@@ -9,12 +9,14 @@ retried here.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
 
+from engine import metrics
 from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 
 T = TypeVar("T")
@@ -55,7 +57,9 @@ async def in_transaction(
     work: Callable[[asyncpg.Connection], Awaitable[T]],
 ) -> T:
     """Run `work` in one shard transaction (READ COMMITTED), retrying only what is safe."""
+    shard = pools.physical_for(logical_shard).name
     for attempt in range(RETRIES_MAX + 1):
+        started = time.perf_counter()
         try:
             async with shard_connection(pools, logical_shard) as conn, conn.transaction():
                 return await work(conn)
@@ -63,6 +67,8 @@ async def in_transaction(
             if attempt == RETRIES_MAX:
                 raise
             await asyncio.sleep(0.005 * (attempt + 1))
+        finally:
+            metrics.SHARD_QUERY.labels(shard).observe(time.perf_counter() - started)
     raise AssertionError("unreachable")
 
 
@@ -71,8 +77,14 @@ async def read(
     logical_shard: int,
     work: Callable[[asyncpg.Connection], Awaitable[T]],
 ) -> T:
-    async with shard_connection(pools, logical_shard) as conn:
-        return await work(conn)
+    started = time.perf_counter()
+    try:
+        async with shard_connection(pools, logical_shard) as conn:
+            return await work(conn)
+    finally:
+        metrics.SHARD_QUERY.labels(pools.physical_for(logical_shard).name).observe(
+            time.perf_counter() - started
+        )
 
 
 @asynccontextmanager

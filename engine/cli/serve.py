@@ -13,10 +13,23 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+def _metrics_dir(port: int) -> None:
+    """Prometheus multiprocess mode: a fresh directory per engine, set before any import."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    directory = Path(os.environ.get("STACK_RUN_DIR", ".run")) / "metrics" / f"engine-{port}"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+
+
 def run(args: argparse.Namespace) -> int:
     import msgspec
 
-    from engine.serve import serve
     from engine.settings import load_settings
 
     settings = load_settings()
@@ -25,4 +38,7 @@ def run(args: argparse.Namespace) -> int:
         http = msgspec.structs.replace(http, port=args.port)
     if args.workers is not None:
         http = msgspec.structs.replace(http, workers=args.workers)
+    _metrics_dir(http.port)
+    from engine.serve import serve
+
     return serve(msgspec.structs.replace(settings, http=http))

@@ -190,6 +190,7 @@ def _view(draft: Draft) -> DrawdownView:
         status="disbursing",
         credit_line_id=str(line["credit_line_id"]),
         customer_id=str(draft.customer_id),
+        product_code=draft.product.product_code,
         principal=format_fen(draft.plan.principal_fen),
         annual_rate_pct=format_rate_pct(line["annual_rate_pct"]),
         repayment_method=draft.body.repayment_method,
