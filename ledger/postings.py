@@ -58,7 +58,10 @@ class Posting(msgspec.Struct, frozen=True):
         check_legs(self.legs)
 
     def stripe(self) -> int:
-        return self.txn_id % INTERNAL_STRIPES
+        """The internal accounts' stripe of this posting. A multiplicative hash of the
+        whole ID: its low bits alone (worker and sequence) would crowd a few stripes."""
+        mixed = (self.txn_id * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        return (mixed >> 32) % INTERNAL_STRIPES
 
 
 def check_legs(legs: tuple[Leg, ...]) -> None:
