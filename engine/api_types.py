@@ -224,3 +224,77 @@ class RepaymentView(msgspec.Struct):
     debit_from_masked: str
     items: list[RepaymentItemView]
     failure_reason: str | None = None
+
+
+# --- Origination -------------------------------------------------------------
+
+
+class Applicant(_Request):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    id_number: Annotated[str, Meta(min_length=1, max_length=32)]
+    phone: Annotated[str, Meta(min_length=1, max_length=20)]
+    bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class Consent(_Request):
+    credit_report: bool
+    terms_version: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class ApplicationCreate(_Request):
+    tenant_id: Code
+    product_code: Code
+    channel_serial: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+    applicant: Applicant
+    requested_amount: AmountStr
+    requested_term_months: Months
+    repayment_method: Method
+    consent: Consent
+    # References to documents (ID card images) kept by the channel: never the images.
+    attachments: Annotated[list[Annotated[str, Meta(max_length=128)]], Meta(max_length=10)] = []
+
+
+class DecisionView(msgspec.Struct):
+    limit: str | None
+    annual_rate_pct: str | None
+    repayment_methods: list[str]
+    max_term_months: int | None
+    reasons: list[str]
+    rule_set_version: str | None
+
+
+class Step(msgspec.Struct):
+    step: str
+    at: dt.datetime
+
+
+class ApplicationView(msgspec.Struct):
+    application_id: str
+    status: Literal["received", "pending_bureau", "pending_review", "approved", "refused"]
+    channel_serial: str
+    product_code: str
+    decision: DecisionView | None
+    customer_id: str | None
+    credit_line_id: str | None
+    contract_id: str | None
+    steps: list[Step]
+
+
+class ReviewQueue(msgspec.Struct):
+    applications: list[ApplicationView]
+
+
+class ReviewAction(_Request):
+    reason: Reason
+
+
+class ContractSign(_Request):
+    confirmed: bool
+    otp: Annotated[str, Meta(pattern=r"^[0-9]{6}$")]
+
+
+class ContractSigned(msgspec.Struct):
+    contract_id: str
+    signed_at: dt.datetime
+    document_sha256: str
+    evidence_seq: int

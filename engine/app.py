@@ -8,6 +8,7 @@ from engine import app_keys, resources
 from engine.auth import auth_middleware
 from engine.middlewares import request_middleware
 from engine.routes_ops import setup_ops_routes
+from engine.routes_origination import setup_origination_routes
 from engine.routes_v1 import setup_v1_routes
 from engine.settings import Settings
 
@@ -31,4 +32,5 @@ def create_app(settings: Settings) -> web.Application:
     )
     setup_ops_routes(app)
     setup_v1_routes(app)
+    setup_origination_routes(app)
     return app

@@ -7,10 +7,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from engine.adapters.bureau import BureauClient
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
 from engine.relay import Relay
 from engine.services.context import Services
+from engine.services.origination import Origination
 from engine.settings import Settings
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
@@ -25,3 +27,5 @@ REFERENCE = web.AppKey("reference", ReferenceCache)
 SERVICES = web.AppKey("services", Services)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 INLINE_RELAY = web.AppKey("inline_relay", Relay)
+ORIGINATION = web.AppKey("origination", Origination)
+BUREAU = web.AppKey("bureau", BureauClient)

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from engine import app_keys, metrics
 from engine.errors import Unauthorized
+from engine.operator_auth import authenticate_operator, is_operator_path
 from engine.reference import Channel
 from engine.signing import NONCE_RE, verify
 
@@ -86,7 +87,10 @@ async def authenticate(request: web.Request) -> Channel:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/"):
+    if is_operator_path(request.path):
+        authenticate_operator(request)
+        request[BODY] = await request.read()
+    elif request.path.startswith("/v1/"):
         channel = await authenticate(request)
         request[CHANNEL] = channel
         request[BODY] = await request.read()

@@ -10,6 +10,7 @@ now exists and is replayed instead. See `engine.idempotency` for the states.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -23,6 +24,8 @@ from engine.idempotency import Claim, StoredResponse
 from engine.services.context import Services
 from engine.shard_access import in_transaction, read
 from engine.wire import encode, json_response
+
+log = logging.getLogger(__name__)
 
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[msgspec.Struct, int]]]
 After = Callable[[], Awaitable[bytes | None]]
@@ -105,7 +108,11 @@ async def run_once(
         await idempotency.release(svc.redis, claim)
         raise
     if after is not None:
-        final_body = await after()
+        try:
+            final_body = await after()
+        except Exception:  # phase one is committed and durable: answer it, finish later
+            log.exception("second phase failed; the committed answer stands")
+            final_body = None
         if final_body is None:
             await idempotency.release(svc.redis, claim)
             return json_response(response.body, response.status)

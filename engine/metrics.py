@@ -51,6 +51,16 @@ DISBURSEMENT_LATENCY = Histogram(
     "From the drawdown request to core's confirmed payment.",
     buckets=DISBURSEMENT_BUCKETS_S,
 )
+JOURNEY = Histogram(
+    "journey_seconds",
+    "From the application to the money on the card (customer's own signing time included).",
+    buckets=DISBURSEMENT_BUCKETS_S,
+)
+RULE_SET_DECISIONS = Counter(
+    "origination_decisions_total",
+    "Decisions by product, rule-set version and outcome (gray release).",
+    ["product", "rule_set_version", "outcome"],
+)
 IDEMPOTENCY_REPLAYS = Counter("idempotency_replays_total", "Stored answers replayed.")
 IDEMPOTENCY_CONFLICTS = Counter(
     "idempotency_conflicts_total",
@@ -60,27 +70,35 @@ OUTBOX_PENDING = Gauge(
     "outbox_pending", "Outbox rows not yet done, by kind.", ["kind"], multiprocess_mode="livemax"
 )
 OUTBOX_OLDEST_AGE = Gauge(
-    "outbox_oldest_age_seconds", "Age of the oldest unfinished outbox row.", ["kind"],
+    "outbox_oldest_age_seconds",
+    "Age of the oldest unfinished outbox row.",
+    ["kind"],
     multiprocess_mode="livemax",
-)  # fmt: skip
+)
 SHARD_POOL = Gauge(
-    "shard_pool_connections", "Connections of each shard pool.", ["shard", "state"],
+    "shard_pool_connections",
+    "Connections of each shard pool.",
+    ["shard", "state"],
     multiprocess_mode="livesum",
-)  # fmt: skip
+)
 SHARD_UP = Gauge(
     "shard_up", "1 if the shard answered its last probe.", ["shard"], multiprocess_mode="livemin"
 )
 SHARD_QUERY = Histogram(
-    "shard_query_duration_seconds", "Time of one unit of shard work (a transaction or a read).",
-    ["shard"], buckets=QUERY_BUCKETS_S,
-)  # fmt: skip
+    "shard_query_duration_seconds",
+    "Time of one unit of shard work (a transaction or a read).",
+    ["shard"],
+    buckets=QUERY_BUCKETS_S,
+)
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Redis calls that failed (the request went on without it)."
 )
 LEDGER_IMBALANCE = Gauge(
-    "ledger_imbalance_fen", "Debits minus credits of the shard's book (0: balanced).", ["shard"],
+    "ledger_imbalance_fen",
+    "Debits minus credits of the shard's book (0: balanced).",
+    ["shard"],
     multiprocess_mode="livemax",
-)  # fmt: skip
+)
 
 
 def render() -> bytes:

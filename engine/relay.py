@@ -5,7 +5,8 @@
 
     money (disburse, debit)   first time: send.  Afterwards (time-out, unclear answer,
                               a relay that died mid-call): inquire, never send again.
-                              "Not found" long after the send means it never happened.
+                              "Not found" long after the send means it never arrived:
+                              then it goes out, same reference, as its first delivery.
     sms                       send; retried a few times; never affects money.
 
 Several relays may run at once; a claimed row is leased, and every answer is
@@ -40,7 +41,8 @@ from sharding.pools import ShardPools
 log = logging.getLogger("engine.relay")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
-LatencyObserver = Callable[[float], None]
+# Extra kinds of outbox rows (e.g. "bureau") handled by another module's step.
+KindHandler = Callable[[str, Claimed], Awaitable[object]]
 
 
 class Relay:
@@ -54,7 +56,7 @@ class Relay:
         core: CoreBank,
         sms: SmsGateway,
         settings: ExternalSettings,
-        on_disbursed: LatencyObserver | None = None,
+        handlers: dict[str, KindHandler] | None = None,
     ) -> None:
         self.pools = pools
         self._ids = ids
@@ -64,7 +66,7 @@ class Relay:
         self._sms = sms
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.relay_concurrency)
-        self._on_disbursed = on_disbursed or (lambda _seconds: None)
+        self.handlers = dict(handlers or {})
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(self._drain(name, stop) for name in self.pools.by_name))
@@ -101,6 +103,9 @@ class Relay:
         if row.kind == "sms":
             await self._send_sms(shard, row)
             return
+        if row.kind in self.handlers:
+            await self.handlers[row.kind](shard, row)
+            return
         reference = str(row.payload["reference"])
         if row.needs_inquiry:
             result = await self._core.inquire(reference)
@@ -114,11 +119,11 @@ class Relay:
         """Turn core's answer into the business change, or a later retry (never a resend)."""
         outcome = result.outcome
         if outcome is Outcome.NOT_FOUND:
-            if row.last_sent_at is not None and await self._sent_long_ago(shard, row):
-                outcome, result = (
-                    Outcome.FAILED,
-                    CoreResult(Outcome.FAILED, reason="CORE_NO_RECORD"),
-                )
+            # Core has no record. Long after our last send that proves the send never
+            # arrived (nothing can still be on its way), so delivering it now is the
+            # first delivery, not a second; before that, ask again later.
+            if row.last_sent_at is None or await self._sent_long_ago(shard, row):
+                outcome = Outcome.NOT_SENT
             else:
                 outcome = Outcome.UNKNOWN
         if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
@@ -139,11 +144,9 @@ class Relay:
     ) -> None:
         data = self._reference.data
         if row.kind == "disburse":
-            latency_s = await complete_disbursement(
+            await complete_disbursement(
                 conn, self._ids, data, row, succeeded=succeeded, outcome=outcome
             )
-            if latency_s is not None:
-                self._on_disbursed(latency_s)
         else:
             await complete_repayment(
                 conn, self._ids, data, row, succeeded=succeeded, outcome=outcome

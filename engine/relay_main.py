@@ -16,17 +16,23 @@ import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
+import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine import metrics
+from engine.adapters.bureau import BureauClient
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
 from engine.monitoring import watch_books, watch_shards
+from engine.origination_setup import build_origination
+from engine.outbox import Claimed
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
-from engine.relay import LatencyObserver, Relay
+from engine.relay import Relay
 from engine.resources import CONTROL_POOL_LIMITS
+from engine.services.bureau_step import run_bureau_step
+from engine.services.context import Services
 from engine.settings import Settings
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools, create_pool
@@ -36,9 +42,7 @@ log = logging.getLogger("engine.relay")
 
 
 @contextlib.asynccontextmanager
-async def relay_resources(
-    settings: Settings, on_disbursed: LatencyObserver | None = None
-) -> AsyncIterator[Relay]:
+async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
     control = await create_pool(settings.control_dsn, CONTROL_POOL_LIMITS, "relay")
     lease = WorkerLease(control)
     pools = ShardPools(settings.shard_map(), settings.pool, "relay")
@@ -55,16 +59,29 @@ async def relay_resources(
         refresher = asyncio.create_task(reference.refresh_forever(), name="reference-refresh")
         await pools.open()
         external = settings.external
-        yield Relay(
+        ids = IdGenerator(lease.worker, lease.valid)
+        relay = Relay(
             pools=pools,
-            ids=IdGenerator(lease.worker, lease.valid),
+            ids=ids,
             cipher=cipher,
             reference=reference,
             core=CoreBankClient(session, external.core_url, external.core_timeout_s),
             sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
             settings=external,
-            on_disbursed=on_disbursed,
         )
+        # The bureau step of applications decides with the same services as the API;
+        # the Redis client is there for the type only: the relay never touches Redis.
+        svc = Services(pools, ids, cipher, reference, aioredis.Redis.from_url(settings.redis.url))
+        origination = build_origination(settings.origination)
+        bureau = BureauClient(
+            session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
+        )
+
+        async def bureau_step(shard: str, row: Claimed) -> bool:
+            return await run_bureau_step(svc, origination, bureau, shard, row)
+
+        relay.handlers["bureau"] = bureau_step
+        yield relay
     finally:
         if refresher is not None:
             refresher.cancel()
@@ -101,7 +118,7 @@ async def run_relay(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = await _metrics_site(settings.external.relay_metrics_port)
     try:
-        async with relay_resources(settings, metrics.DISBURSEMENT_LATENCY.observe) as relay:
+        async with relay_resources(settings) as relay:
             watchers = [
                 asyncio.create_task(watch_books(relay.pools), name="book-watch"),
                 asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),

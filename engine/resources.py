@@ -17,9 +17,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine import app_keys
+from engine.adapters.bureau import BureauClient
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
 from engine.monitoring import watch_shards
+from engine.origination_setup import build_origination
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
 from engine.relay import Relay
@@ -112,6 +114,11 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=connector)
     app[app_keys.HTTP_CLIENT] = session
     svc = app[app_keys.SERVICES]
+    settings = app[app_keys.SETTINGS]
+    app[app_keys.ORIGINATION] = build_origination(settings.origination)
+    app[app_keys.BUREAU] = BureauClient(
+        session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
+    )
     app[app_keys.INLINE_RELAY] = Relay(
         pools=svc.pools,
         ids=svc.ids,

@@ -122,6 +122,31 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("relay_lease_s must exceed core_timeout_s")
 
 
+# sha256("demo-operator"): the local stack's operator token; prod must set its own.
+DEV_OPERATOR_TOKEN_SHA256 = "9437e87fae95c03d3778f2575bb18ce30e647e51d86a8c37963364e1fc4f374e"  # noqa: S105 - a published hash
+
+
+class OriginationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bureau_url: str = "http://127.0.0.1:18603"
+    bureau_timeout_s: float = 5.0
+    # A parsed bureau report is reused for this long instead of querying again.
+    bureau_report_valid_days: int = 30
+    rulesets_dir: str = ""  # default: engine/rulesets
+    # Gray release: this share of applications uses the candidate rule set, if any.
+    candidate_percent: int = 10
+    # The local stack releases demo-credit's rule set v2 to 10 % of applications.
+    candidate_versions: dict[str, str] = msgspec.field(
+        default_factory=lambda: {"demo-credit": "v2"}
+    )
+    current_versions: dict[str, str] = msgspec.field(default_factory=dict)
+    # Operators (review queue) authenticate with a token; only its SHA-256 is configured.
+    operator_token_sha256: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.candidate_percent <= 100:
+            raise ValueError("origination.candidate_percent must be 0..100")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Env = "dev"
     log_level: str = "INFO"
@@ -133,6 +158,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     crypto: CryptoSettings = msgspec.field(default_factory=CryptoSettings)
     external: ExternalSettings = msgspec.field(default_factory=ExternalSettings)
+    origination: OriginationSettings = msgspec.field(default_factory=OriginationSettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
@@ -195,6 +221,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
     if external:
         raw["external"] = external
+    origination: dict[str, object] = {}
+    if "ENGINE_BUREAU_URL" in environ:
+        origination["bureau_url"] = environ["ENGINE_BUREAU_URL"]
+    if "ENGINE_BUREAU_TIMEOUT_S" in environ:
+        origination["bureau_timeout_s"] = float(environ["ENGINE_BUREAU_TIMEOUT_S"])
+    if "ENGINE_CANDIDATE_PERCENT" in environ:
+        origination["candidate_percent"] = int(environ["ENGINE_CANDIDATE_PERCENT"])
+    if origination:
+        raw["origination"] = origination
     if "ENGINE_REFERENCE_REFRESH_S" in environ:
         raw["reference_refresh_s"] = float(environ["ENGINE_REFERENCE_REFRESH_S"])
     if "ENGINE_REDIS_URL" in environ:
@@ -236,6 +271,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         settings = msgspec.convert(raw, Settings)
         settings.shard_map()  # refuse a map that is not a partition now, not on first use
         settings = msgspec.structs.replace(settings, crypto=settings.crypto.resolved(settings.env))
+        if not settings.origination.operator_token_sha256 and settings.env != "prod":
+            origination = msgspec.structs.replace(
+                settings.origination, operator_token_sha256=[DEV_OPERATOR_TOKEN_SHA256]
+            )
+            settings = msgspec.structs.replace(settings, origination=origination)
     except (msgspec.ValidationError, ValueError) as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
     return settings

@@ -14,12 +14,13 @@ py=$here/.venv/bin/python
 port=${ENGINE_HTTP_PORT:-8080}
 host=${ENGINE_HTTP_HOST:-127.0.0.1}
 ready_timeout_s=${READY_TIMEOUT_S:-60}
-all=(fake-core fake-sms engine relay)
+all=(fake-core fake-sms fake-bureau engine relay)
 
 command_of() {
   case "$1" in
     fake-core) echo "$py -m loadtest.fakes.core_bank" ;;
     fake-sms) echo "$py -m loadtest.fakes.sms_gateway" ;;
+    fake-bureau) echo "$py -m loadtest.fakes.credit_bureau" ;;
     engine) echo "$py -m engine serve" ;;
     relay) echo "$py -m engine relay" ;;
     *) echo "engine.sh: unknown process $1" >&2; exit 2 ;;
@@ -30,6 +31,7 @@ ready_url() {
   case "$1" in
     fake-core) echo "http://127.0.0.1:${FAKE_CORE_PORT:-18601}/healthz" ;;
     fake-sms) echo "http://127.0.0.1:${FAKE_SMS_PORT:-18602}/healthz" ;;
+    fake-bureau) echo "http://127.0.0.1:${FAKE_BUREAU_PORT:-18603}/healthz" ;;
     engine) echo "http://$host:$port/readyz" ;;
     relay) echo "http://127.0.0.1:${ENGINE_RELAY_METRICS_PORT:-9101}/metrics" ;;
   esac
@@ -80,5 +82,5 @@ case "$action" in
   start) for n in "${names[@]}"; do start_one "$n"; done ;;
   stop) for ((i=${#names[@]}-1; i>=0; i--)); do stop_one "${names[$i]}"; done ;;
   status) for n in "${names[@]}"; do if running "$n"; then echo "$n up"; else echo "$n down"; fi; done ;;
-  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms engine relay]" >&2; exit 2 ;;
+  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms fake-bureau engine relay]" >&2; exit 2 ;;
 esac

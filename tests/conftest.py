@@ -144,14 +144,30 @@ class Fakes:
             {"FAKE_SMS_PORT": str(sms_port), "FAKE_SMS_RECORD_FILE": str(directory / "sms.jsonl")},
             sms_port,
         )
+        bureau_port = free_port()
+        self.bureau = ServiceProcess(
+            "fake-bureau",
+            "loadtest.fakes.credit_bureau",
+            [],
+            {
+                "FAKE_BUREAU_PORT": str(bureau_port),
+                "FAKE_BUREAU_RECORD_FILE": str(directory / "bureau.jsonl"),
+                "FAKE_BUREAU_LATENCY_MS": "5",
+                "FAKE_BUREAU_TIMEOUT_HANG_S": "2",
+            },
+            bureau_port,
+        )
         self.core.wait_ready()
         self.sms.wait_ready()
+        self.bureau.wait_ready()
 
     def engine_env(self) -> dict[str, str]:
         """How the engine and the relay reach the fakes, with test-sized time-outs."""
         return {
             "ENGINE_CORE_URL": self.core.base_url,
             "ENGINE_SMS_URL": self.sms.base_url,
+            "ENGINE_BUREAU_URL": self.bureau.base_url,
+            "ENGINE_BUREAU_TIMEOUT_S": "1",
             "ENGINE_CORE_TIMEOUT_S": "1",
             "ENGINE_INLINE_DEBIT_WAIT_S": "1",
             "ENGINE_RELAY_LEASE_S": "4",
@@ -161,6 +177,7 @@ class Fakes:
     def stop(self) -> None:
         self.core.stop()
         self.sms.stop()
+        self.bureau.stop()
 
 
 class EngineProcess(ServiceProcess):

@@ -4,6 +4,7 @@ workers; a stopped shard shows in its gauges."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import aiohttp
@@ -49,7 +50,7 @@ async def test_business_and_http_metrics_add_up_across_workers(
     assert all(r.status == 201 for r in replies)
     refused = await api.drawdown(line_id, "99999.00")
     assert refused.status == 422
-    replayed_key = "metrics-replay-key"
+    replayed_key = "metrics-" + secrets.token_hex(8)
     await api.drawdown(line_id, "10.00", key=replayed_key, disburse_to="6222021234567890128")
     await api.drawdown(line_id, "10.00", key=replayed_key, disburse_to="6222021234567890128")
     for reply in replies:

@@ -20,4 +20,7 @@ COMMANDS: dict[str, str] = {
     "call": "engine.cli.call",
     "relay": "engine.cli.relay",
     "reconcile": "engine.cli.reconcile",
+    "whitelist": "engine.cli.lists",
+    "blacklist": "engine.cli.lists",
+    "evidence": "engine.cli.evidence",
 }

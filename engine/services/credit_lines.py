@@ -17,7 +17,8 @@ from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_am
 from sharding.ids import shard_of_id
 
 _LINE_COLUMNS = """credit_line_id, customer_id, tenant_id, product_code, limit_fen, used_fen,
-    annual_rate_pct, repayment_methods, max_term_months, expires_on, status, status_reason"""
+    annual_rate_pct, repayment_methods, max_term_months, expires_on, status, status_reason,
+    application_id, contract_signed_at"""
 
 
 def line_view(row: asyncpg.Record) -> CreditLineView:

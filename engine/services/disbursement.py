@@ -12,9 +12,11 @@ arrives twice (a relay and an inquiry) changes nothing the second time.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import asyncpg
 
+from engine import metrics
 from engine.outbox import Claimed, finish
 from engine.reference import ReferenceData
 from engine.services.notify import queue_sms
@@ -82,7 +84,9 @@ async def complete_disbursement(
             },
         )
         await finish(conn, claimed.outbox_id, "done", outcome)
+        await _journey_done(conn, loan["credit_line_id"], disbursed_at)
         latency: dt.timedelta = disbursed_at - loan["requested_at"]
+        metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
         return latency.total_seconds()
     await conn.execute(
         """UPDATE loan SET status = 'failed', failure_reason = $2, outstanding_principal_fen = 0,
@@ -107,3 +111,23 @@ async def complete_disbursement(
     )
     await finish(conn, claimed.outbox_id, "failed", outcome)
     return None
+
+
+async def _journey_done(
+    conn: asyncpg.Connection, credit_line_id: int, disbursed_at: dt.datetime
+) -> None:
+    """The first loan of a line granted through an application ends its journey."""
+    row = await conn.fetchrow(
+        """SELECT a.application_id, a.created_at, a.steps FROM credit_line l
+           JOIN application a USING (application_id) WHERE l.credit_line_id = $1""",
+        credit_line_id,
+    )
+    if row is None or any(step["step"] == "disbursed" for step in json.loads(row["steps"])):
+        return
+    steps = [*json.loads(row["steps"]), {"step": "disbursed", "at": disbursed_at.isoformat()}]
+    await conn.execute(
+        "UPDATE application SET steps = $2::jsonb WHERE application_id = $1",
+        row["application_id"],
+        json.dumps(steps),
+    )
+    metrics.JOURNEY.observe((disbursed_at - row["created_at"]).total_seconds())

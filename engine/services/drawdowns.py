@@ -44,6 +44,11 @@ from sharding.ids import shard_of_id
 def _check_request(
     product: Product, line: asyncpg.Record, body: DrawdownCreate, today: dt.date
 ) -> None:
+    if line["application_id"] is not None and line["contract_signed_at"] is None:
+        raise Unprocessable(
+            "CONTRACT_NOT_SIGNED",
+            "the loan contract of this line is not signed yet (POST /v1/contracts/{id}/sign)",
+        )
     if line["status"] != "active":
         raise Unprocessable(
             "CREDIT_LINE_FROZEN", f"the credit line is frozen: {line['status_reason']}"

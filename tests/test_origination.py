@@ -1,0 +1,244 @@
+"""Origination end to end against the fakes: white list to money on the card,
+refusals with reasons, the review queue, bureau reuse and time-outs, and the
+evidence chain catching a changed document or entry."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from engine.settings import Settings
+from sharding.ids import shard_of_id
+from tests.api_client import ApiClient, new_bank_card, new_id_number, new_phone
+from tests.conftest import EngineProcess, run_cli
+
+OPERATOR = {"X-Operator-Token": "demo-operator"}
+
+
+def _application(id_number: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "tenant_id": "demo",
+        "product_code": "demo-credit",
+        "channel_serial": "WX" + secrets.token_hex(8),
+        "applicant": {
+            "name": "钱七",
+            "id_number": id_number,
+            "phone": new_phone(),
+            "bank_card": new_bank_card(),
+        },
+        "requested_amount": "30000.00",
+        "requested_term_months": 12,
+        "repayment_method": "equal_installment",
+        "consent": {"credit_report": True, "terms_version": "2026-01"},
+    } | fields
+
+
+def _born(year: int) -> str:
+    return new_id_number(dt.date(year, 1, 1) + dt.timedelta(days=secrets.randbelow(360)))
+
+
+async def _bureau_queries(
+    http: aiohttp.ClientSession, engine: EngineProcess
+) -> list[dict[str, Any]]:
+    async with http.get(f"{engine.fakes.bureau.base_url}/fake/queries") as resp:
+        result: list[dict[str, Any]] = await resp.json()
+        return result
+
+
+async def test_white_listed_customer_from_application_to_money(
+    api: ApiClient, tmp_path: Path, engine: EngineProcess
+) -> None:
+    id_number = _born(1985)
+    csv = tmp_path / "white.csv"
+    csv.write_text(
+        "tenant_id,id_number,limit,annual_rate_pct,repayment_methods,max_term_months\n"
+        f"demo,{id_number},80000.00,5.40,equal_installment|equal_principal,24\n",
+        "utf-8",
+    )
+    done = run_cli("whitelist", "import", str(csv), env=engine.env)
+    assert done.returncode == 0, done.stderr
+    reply = await api.post("/v1/applications", _application(id_number))
+    assert reply.status == 201, reply
+    app = reply.json
+    assert app["status"] == "approved", app
+    decision = app["decision"]
+    # The personalized rate of the white list; the limit capped at what was asked for.
+    assert (decision["limit"], decision["annual_rate_pct"]) == ("30000.00", "5.40")
+    assert set(decision["repayment_methods"]) <= {"equal_installment", "equal_principal"}
+    assert decision["rule_set_version"] in ("v1", "v2")
+    line_id, contract_id = app["credit_line_id"], app["contract_id"]
+    early = await api.drawdown(line_id, "10000.00")
+    assert (early.status, early.json["code"]) == (422, "CONTRACT_NOT_SIGNED")
+    signed = await api.post(
+        f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
+    )
+    assert signed.status == 200, signed
+    assert len(signed.json["document_sha256"]) == 64 and signed.json["evidence_seq"] >= 1
+    again = await api.post(
+        f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
+    )
+    assert again.json == signed.json  # signing twice changes nothing
+    await api.disbursed_loan(line_id, "10000.00")
+    view = (await api.get(f"/v1/applications/{app['application_id']}")).json
+    steps = [step["step"] for step in view["steps"]]
+    assert steps[:2] == ["received", "identity_verified"]
+    assert {"bureau", "decided", "contract_signed", "disbursed"} <= set(steps)
+
+
+@pytest.mark.parametrize(
+    ("year", "reason"),
+    [(1950, "BUREAU_CURRENT_OVERDUE"), (1951, "MULTI_LENDING"), (1952, "BUREAU_QUERIES_3M")],
+)
+async def test_refused_with_reasons(api: ApiClient, year: int, reason: str) -> None:
+    reply = await api.post("/v1/applications", _application(_born(year)))
+    assert reply.status == 201, reply
+    assert reply.json["status"] == "refused"
+    assert reason in reply.json["decision"]["reasons"]
+    assert reply.json["credit_line_id"] is None
+
+
+async def test_under_age_and_blacklisted_are_refused_not_queued(
+    api: ApiClient, tmp_path: Path, engine: EngineProcess
+) -> None:
+    young = new_id_number(dt.date.today() - dt.timedelta(days=365 * 17))
+    reply = await api.post("/v1/applications", _application(young))
+    assert (
+        reply.json["status"] == "refused" and "AGE_OUT_OF_BAND" in reply.json["decision"]["reasons"]
+    )
+    listed = _born(1980)
+    csv = tmp_path / "black.csv"
+    csv.write_text(f"tenant_id,id_number,reason\n*,{listed},fraud case 2026-17\n", "utf-8")
+    assert run_cli("blacklist", "import", str(csv), env=engine.env).returncode == 0
+    blocked = await api.post("/v1/applications", _application(listed))
+    assert (
+        blocked.json["status"] == "refused" and "BLACKLISTED" in blocked.json["decision"]["reasons"]
+    )
+    queue = await api.get("/v1/review-queue", headers=OPERATOR, sign=False)
+    queued = {a["application_id"] for a in queue.json["applications"]}
+    assert (
+        reply.json["application_id"] not in queued and blocked.json["application_id"] not in queued
+    )
+
+
+async def test_pre_approved_goes_to_review_then_operator_approves(api: ApiClient) -> None:
+    reply = await api.post("/v1/applications", _application(_born(1990)))
+    assert reply.json["status"] == "pending_review", reply
+    application_id = reply.json["application_id"]
+    refused = await api.get("/v1/review-queue", sign=False)
+    assert (refused.status, refused.json["code"]) == (401, "AUTH_OPERATOR_REQUIRED")
+    queue = await api.get("/v1/review-queue", headers=OPERATOR, sign=False)
+    assert application_id in {a["application_id"] for a in queue.json["applications"]}
+    approved = await api.post(
+        f"/v1/applications/{application_id}/approve",
+        {"reason": "met in person"},
+        headers=OPERATOR,
+        sign=False,
+    )
+    assert approved.status == 200, approved
+    assert approved.json["status"] == "approved" and approved.json["contract_id"]
+    twice = await api.post(
+        f"/v1/applications/{application_id}/reject",
+        {"reason": "changed mind"},
+        headers=OPERATOR,
+        sign=False,
+    )
+    assert (twice.status, twice.json["code"]) == (422, "NOT_IN_REVIEW")
+
+
+async def test_bureau_report_reused_within_its_window(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    id_number = _born(1991)
+    before = len(await _bureau_queries(http, engine))
+    first = await api.post("/v1/applications", _application(id_number))
+    second = await api.post("/v1/applications", _application(id_number))
+    assert first.status == second.status == 201
+    assert len(await _bureau_queries(http, engine)) - before == 1
+
+
+async def test_bureau_timeout_leaves_it_pending_then_decides(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    knobs = f"{engine.fakes.bureau.base_url}/fake/knobs"
+    async with http.post(knobs, json={"timeout_ratio": 1.0, "timeout_hang_s": 2}) as resp:
+        assert resp.status == 200
+    try:
+        reply = await api.post("/v1/applications", _application(_born(1950)))
+        assert reply.json["status"] == "pending_bureau", reply
+        assert reply.json["decision"] is None  # never a decision without the rules
+    finally:
+        async with http.post(knobs, json={"timeout_ratio": 0.0}) as resp:
+            assert resp.status == 200
+    application_id = reply.json["application_id"]
+    deadline = time.monotonic() + 30
+    while (view := (await api.get(f"/v1/applications/{application_id}")).json)[
+        "status"
+    ] == "pending_bureau":
+        assert time.monotonic() < deadline, view
+        await asyncio.sleep(0.3)
+    assert view["status"] == "refused" and "BUREAU_CURRENT_OVERDUE" in view["decision"]["reasons"]
+
+
+async def test_evidence_chain_detects_changed_document_and_entry(
+    api: ApiClient, settings: Settings, engine: EngineProcess, tmp_path: Path
+) -> None:
+    id_number = _born(1986)
+    csv = tmp_path / "white.csv"
+    csv.write_text(
+        "tenant_id,id_number,limit,annual_rate_pct,repayment_methods,max_term_months\n"
+        f"demo,{id_number},20000.00,6.00,equal_installment,12\n",
+        "utf-8",
+    )
+    assert run_cli("whitelist", "import", str(csv), env=engine.env).returncode == 0
+    app = (await api.post("/v1/applications", _application(id_number))).json
+    contract_id = int(app["contract_id"])
+    await api.post(f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "654321"})
+    assert run_cli("evidence", "verify", env=engine.env).returncode == 0
+    shard = settings.shard_map().physical_for(shard_of_id(contract_id))
+    conn = await asyncpg.connect(shard.dsn)
+    try:
+        original = await conn.fetchval(
+            "SELECT document FROM contract WHERE contract_id = $1 AND kind = 'loan_contract'",
+            contract_id,
+        )
+        await conn.execute(
+            "UPDATE contract SET document = document || ' ' WHERE contract_id = $1 AND kind = 'loan_contract'",
+            contract_id,
+        )
+        changed = run_cli("evidence", "verify", env=engine.env)
+        assert changed.returncode == 1 and "document changed" in changed.stdout
+        await conn.execute(
+            "UPDATE contract SET document = $2 WHERE contract_id = $1 AND kind = 'loan_contract'",
+            contract_id,
+            original,
+        )
+        # A forged entry: only a superuser bypassing the append-only trigger can write one.
+        seq = await conn.fetchval(
+            "SELECT evidence_seq FROM contract WHERE contract_id = $1 AND kind = 'loan_contract'",
+            contract_id,
+        )
+        await conn.execute("ALTER TABLE evidence_entry DISABLE TRIGGER evidence_append_only")
+        try:
+            saved = await conn.fetchval("SELECT signed_at FROM evidence_entry WHERE seq = $1", seq)
+            await conn.execute(
+                "UPDATE evidence_entry SET signed_at = signed_at - interval '1 day' WHERE seq = $1",
+                seq,
+            )
+            forged = run_cli("evidence", "verify", env=engine.env)
+            assert forged.returncode == 1, forged.stdout
+            await conn.execute(
+                "UPDATE evidence_entry SET signed_at = $2 WHERE seq = $1", seq, saved
+            )
+        finally:
+            await conn.execute("ALTER TABLE evidence_entry ENABLE TRIGGER evidence_append_only")
+    finally:
+        await conn.close()
+    assert run_cli("evidence", "verify", env=engine.env).returncode == 0
