@@ -3,10 +3,10 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 CHECKED := engine ledger sharding
 
-.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench clean
+.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench load seed clean
 
 run: venv stack migrate demo          ## set up everything and serve on 127.0.0.1:8080 (Ctrl-C stops)
-	ENGINE_ENV=dev ops/engine.sh start fake-core fake-sms relay
+	ENGINE_ENV=dev ops/engine.sh start fake-core fake-sms fake-bureau relay
 	ENGINE_ENV=dev $(PY) -m engine serve
 
 test: venv stack migrate lint pytest  ## set up everything and run every check and test
@@ -42,8 +42,18 @@ pytest: venv stack migrate
 	ENGINE_ENV=test $(PY) -m engine demo load
 	ENGINE_ENV=test $(PY) -m pytest -q -p no:cacheprovider
 
-bench: venv stack migrate
+bench: seed                           ## pgbench baseline, drawdown and repayment throughput, the calculator
 	$(PY) -m loadtest.bench_schedule
+	$(PY) -m loadtest.bench_api --append
+
+seed: up                              ## seed customers and loans for load runs (CUSTOMERS=, LOANS=)
+	$(PY) -m loadtest seed --customers $${CUSTOMERS:-20000} --loans-per-customer $${LOANS:-4}
+
+load: seed                            ## Locust against the local stack with the SLO gate
+	mkdir -p .run/loadtest
+	.venv/bin/locust -f loadtest/locustfile.py --headless -u $${USERS:-40} -r $${SPAWN:-10} \
+	    -t $${DURATION:-60s} --host http://127.0.0.1:8080 \
+	    --csv .run/loadtest/run --html .run/loadtest/report.html
 
 clean: down
 	rm -rf .run

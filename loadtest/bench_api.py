@@ -1,0 +1,449 @@
+"""The engine's API against this machine's PostgreSQL, in one run, all processes together.
+
+    .venv/bin/python -m loadtest.bench_api [--concurrency 32] [--seconds 20] [--append]
+
+    1. pgbench TPC-B on the stack's own PostgreSQL (server 0): a `pgbench` database,
+       scale 10, 8 clients, 2 threads, 30 s                          -> the baseline tps
+    2. drawdowns at saturation: a closed loop of `--concurrency` requests in
+       flight, each a new Idempotency-Key, spread over the seeded lines so that
+       no two in flight share a line (line locks would serialize them)  -> drawdowns/s
+    3. drawdowns at half that rate, open loop (sent on a fixed schedule; latency
+       counted from the scheduled moment, so a slow engine cannot slow the
+       client down and hide its own queueing)                        -> p50, p99
+    4. repayments at saturation: the closed loop again, each a prepayment of
+       1.00 on a seeded loan                                         -> repayments/s
+
+Prints a markdown table with the ratios to the pgbench baseline and the issue's
+targets (drawdowns/s >= 0.25 x tps; p99 at half saturation <= 100 ms); with
+`--append`, appends it to BENCHMARKS.md with the machine, versions and command.
+Needs the engine serving (`make up`, or ENGINE_HTTP_PORT) and seeded customers
+(`python -m loadtest seed`; LOADTEST_SEEDED names the file). The client is one
+asyncio process (uvloop, aiohttp, one connection per request in flight):
+Locust would take the CPU for itself. It imports no engine code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+
+from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
+from loadtest.seed import control_dsn_from_env, shards_from_env
+from loadtest.signing import auth_headers
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+CHANNEL_ID: Final = "demo"
+CHANNEL_SECRET: Final = "demo-secret"  # the local stack's published demo secret (API.md)
+DRAWDOWN_AMOUNT: Final = "100.00"
+PREPAY_AMOUNT: Final = "1.00"
+REQUEST_TIMEOUT_S: Final = 10.0
+IN_FLIGHT_MAX: Final = 1024  # the open loop never holds more requests than this
+TARGET_DRAWDOWN_RATIO: Final = 0.25
+TARGET_P99_MS: Final = 100.0
+PGBENCH_DATABASE: Final = "pgbench"
+SEEDED_READ_MAX: Final = 200_000
+
+Maker = Callable[[int, int], tuple[str, bytes]]  # (worker, n) -> (path, body)
+
+
+@dataclass
+class Tally:
+    """Outcomes of one loop: latencies of the successes, counts of the rest."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    refused: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    late: int = 0
+    window_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def per_s(self) -> float:
+        return self.ok / self.window_s if self.window_s else 0.0
+
+    def percentile_ms(self, fraction: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered)))) - 1  # nearest rank
+        return ordered[rank] * 1000
+
+    def problems(self) -> str:
+        parts = [f"{n} x {code}" for code, n in sorted(self.refused.items())]
+        if self.errors:
+            parts.append(f"{self.errors} errors")
+        if self.late:
+            parts.append(f"{self.late} not sent (in-flight cap)")
+        return ", ".join(parts) or "none"
+
+
+class Client:
+    """Signs and posts; one aiohttp session, keep-alive connections."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+        self._key = 0
+        self._run = os.urandom(6).hex()
+
+    async def post(self, path: str, body: bytes, tally: Tally | None, sent_s: float) -> None:
+        """One POST; its outcome goes to `tally` (None: warm-up, not counted)."""
+        self._key += 1
+        headers = auth_headers(CHANNEL_ID, CHANNEL_SECRET, "POST", path, body)
+        headers["Content-Type"] = "application/json"
+        headers["Idempotency-Key"] = f"bench-{self._run}-{self._key}"
+        try:
+            async with self.session.post(
+                self.base_url + path, data=body, headers=headers, timeout=self._timeout
+            ) as response:
+                payload = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError):
+            if tally is not None:
+                tally.errors += 1
+            return
+        if tally is None:
+            return
+        if status == 201:
+            tally.latencies_s.append(time.perf_counter() - sent_s)
+        elif status == 422:
+            code = str(json.loads(payload).get("code"))
+            tally.refused[code] = tally.refused.get(code, 0) + 1
+        else:
+            tally.errors += 1
+
+
+async def closed_loop(
+    client: Client, make: Maker, concurrency: int, seconds: float, warmup_s: float
+) -> Tally:
+    """`concurrency` requests always in flight; counts those started after the warm-up."""
+    tally = Tally()
+    began = time.perf_counter()
+    measure_from = began + warmup_s
+    end = measure_from + seconds
+
+    async def worker(w: int) -> None:
+        n = 0
+        while (now := time.perf_counter()) < end:
+            path, body = make(w, n)
+            n += 1
+            await client.post(path, body, tally if now >= measure_from else None, now)
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    tally.window_s = time.perf_counter() - measure_from
+    return tally
+
+
+async def open_loop(client: Client, make: Maker, rate_per_s: float, seconds: float) -> Tally:
+    """Requests sent on a fixed schedule of `rate_per_s`; latency from the scheduled moment."""
+    assert rate_per_s > 0
+    tally = Tally()
+    tasks: set[asyncio.Task[None]] = set()
+    start = time.perf_counter() + 0.05
+    count = int(rate_per_s * seconds)
+    for n in range(count):
+        due = start + n / rate_per_s
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if len(tasks) >= IN_FLIGHT_MAX:
+            tally.late += 1
+            continue
+        path, body = make(0, n)
+        task = asyncio.create_task(client.post(path, body, tally, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    tally.window_s = seconds
+    return tally
+
+
+def drawdown_maker(customers: list[SeededCustomer], concurrency: int) -> Maker:
+    """Worker w's n-th drawdown goes to line (w + n * concurrency) mod lines."""
+    bodies = [
+        json.dumps(
+            {
+                "credit_line_id": c.credit_line_id,
+                "amount": DRAWDOWN_AMOUNT,
+                "term_months": 12,
+                "repayment_method": "equal_installment",
+                "disburse_to": c.bank_card,
+            }
+        ).encode()
+        for c in customers
+    ]
+
+    def make(worker: int, n: int) -> tuple[str, bytes]:
+        return "/v1/drawdowns", bodies[(worker + n * concurrency) % len(bodies)]
+
+    return make
+
+
+def repayment_maker(customers: list[SeededCustomer], concurrency: int) -> Maker:
+    """Worker w's n-th repayment prepays 1.00 of a loan of customer (w + n * concurrency)."""
+
+    def make(worker: int, n: int) -> tuple[str, bytes]:
+        customer = customers[(worker + n * concurrency) % len(customers)]
+        loan_id = customer.loan_ids[n % len(customer.loan_ids)]
+        body = {
+            "customer_id": customer.customer_id,
+            "items": [{"loan_id": loan_id, "mode": "prepay", "amount": PREPAY_AMOUNT}],
+            "debit_from": customer.bank_card,
+        }
+        return "/v1/repayments", json.dumps(body).encode()
+
+    return make
+
+
+# --- pgbench --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PgbenchSetup:
+    host: str
+    port: int
+    scale: int
+    clients: int
+    threads: int
+    seconds: int
+
+    def command(self) -> list[str]:
+        return [
+            _pgbench_binary(), "-h", self.host, "-p", str(self.port), "-U", "postgres",
+            "-c", str(self.clients), "-j", str(self.threads), "-T", str(self.seconds),
+            PGBENCH_DATABASE,
+        ]  # fmt: skip
+
+
+def _pgbench_binary() -> str:
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pgbench"))
+    if not candidates:
+        raise SystemExit("bench: pgbench not found (Debian package postgresql-client)")
+    return str(candidates[-1])
+
+
+async def _ensure_database(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", "pgbench")
+        if not exists:
+            await conn.execute(f"CREATE DATABASE {PGBENCH_DATABASE}")
+    finally:
+        await conn.close()
+
+
+def run_pgbench(setup: PgbenchSetup) -> float:
+    """Initializes the pgbench database (scale `setup.scale`) and returns the TPC-B tps."""
+    base = [_pgbench_binary(), "-h", setup.host, "-p", str(setup.port), "-U", "postgres"]
+    subprocess.run(
+        [*base, "-i", "-q", "-s", str(setup.scale), PGBENCH_DATABASE],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    done = subprocess.run(
+        setup.command(), check=True, capture_output=True, text=True, timeout=setup.seconds + 120
+    )
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", done.stdout)
+    if match is None:
+        raise SystemExit(f"bench: cannot read tps from pgbench:\n{done.stdout}")
+    return float(match.group(1))
+
+
+# --- The run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Results:
+    tps: float
+    drawdowns: Tally
+    half: Tally
+    half_rate_per_s: float
+    repayments: Tally
+    loans_estimate: int
+
+
+async def _loans_estimate() -> int:
+    """Loans in all shards, from the planner's statistics (cheap, approximate)."""
+    total = 0
+    for shard in shards_from_env(os.environ):
+        conn = await asyncpg.connect(shard.dsn, timeout=10)
+        try:
+            total += int(
+                await conn.fetchval(
+                    "SELECT greatest(reltuples, 0) FROM pg_class WHERE relname = 'loan'"
+                )
+                or 0
+            )
+        finally:
+            await conn.close()
+    return total
+
+
+async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> Results:
+    connector = aiohttp.TCPConnector(limit=max(args.concurrency, 64), force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        client = Client(session, args.base_url)
+        say(f"drawdowns at saturation: {args.concurrency} in flight, {args.seconds} s")
+        draw = drawdown_maker(customers, args.concurrency)
+        saturated = await closed_loop(client, draw, args.concurrency, args.seconds, args.warmup_s)
+        half_rate = max(saturated.per_s / 2, 1.0)
+        say(f"{saturated.per_s:.0f}/s; now open loop at {half_rate:.0f}/s, {args.seconds} s")
+        half = await open_loop(client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds)
+        say(f"p99 {half.percentile_ms(0.99):.1f} ms; now repayments at saturation")
+        pay = repayment_maker(customers, args.concurrency)
+        repaid = await closed_loop(client, pay, args.concurrency, args.seconds, args.warmup_s)
+    return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate())
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _ratio(value: float, tps: float) -> str:
+    return f"{value / tps:.2f}" if tps else "-"
+
+
+def table(results: Results, args: argparse.Namespace) -> str:
+    tps, draw, half, repay = results.tps, results.drawdowns, results.half, results.repayments
+    p99 = half.percentile_ms(0.99)
+    draw_ok = tps and draw.per_s >= TARGET_DRAWDOWN_RATIO * tps
+    rows = [
+        "| measure | value | ratio to pgbench tps | target | problems |",
+        "|---|---:|---:|---|---|",
+        f"| pgbench TPC-B tps (scale {args.pgbench_scale}, {args.pgbench_clients} clients, "
+        f"{args.pgbench_seconds} s) | {tps:,.0f} | 1.00 | baseline | |",
+        f"| drawdowns/s at saturation ({args.concurrency} in flight) | {draw.per_s:,.0f} | "
+        f"{_ratio(draw.per_s, tps)} | >= {TARGET_DRAWDOWN_RATIO} "
+        f"{'met' if draw_ok else 'MISSED'} | {draw.problems()} |",
+        f"| drawdown p50 at half saturation ({results.half_rate_per_s:,.0f}/s open loop) | "
+        f"{half.percentile_ms(0.5):.1f} ms | | | {half.problems()} |",
+        f"| drawdown p99 at half saturation | {p99:.1f} ms | | <= {TARGET_P99_MS:.0f} ms "
+        f"{'met' if p99 <= TARGET_P99_MS else 'MISSED'} | |",
+        f"| drawdown p99 at saturation (closed loop) | {draw.percentile_ms(0.99):.1f} ms | | | |",
+        f"| repayments/s at saturation (prepay {PREPAY_AMOUNT}, {args.concurrency} in flight) | "
+        f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | | {repay.problems()} |",
+    ]
+    return "\n".join(rows)
+
+
+def _versions(control_dsn: str) -> str:
+    async def server_version() -> str:
+        conn = await asyncpg.connect(control_dsn, timeout=10)
+        try:
+            return str(await conn.fetchval("SHOW server_version"))
+        finally:
+            await conn.close()
+
+    pg = asyncio.run(server_version())
+    redis = subprocess.run(
+        ["redis-server", "--version"], check=False, capture_output=True, text=True
+    ).stdout
+    redis_version = re.search(r"v=([0-9.]+)", redis)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout.strip()
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, PostgreSQL {pg}, "
+        f"Redis {redis_version.group(1) if redis_version else '?'}, commit {commit or '?'}"
+    )
+
+
+def append_to_benchmarks(text: str, args: argparse.Namespace, control_dsn: str) -> None:
+    command = "python -m loadtest.bench_api " + " ".join(sys.argv[1:])
+    section = (
+        f"\n## Channel API ({dt.date.today().isoformat()}"
+        f"{', ' + args.label if args.label else ''})\n\n"
+        f"`{command.strip()}`; {_versions(control_dsn)}.\n\n{text}\n"
+    )
+    with (ROOT / "BENCHMARKS.md").open("a", encoding="utf-8") as handle:
+        handle.write(section)
+
+
+def _parser() -> argparse.ArgumentParser:
+    port = os.environ.get("ENGINE_HTTP_PORT") or "8080"
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_api", description=__doc__)
+    parser.add_argument("--base-url", default=f"http://127.0.0.1:{port}")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="each API measurement")
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--pgbench-scale", type=int, default=10)
+    parser.add_argument("--pgbench-clients", type=int, default=8)
+    parser.add_argument("--pgbench-seconds", type=int, default=30)
+    parser.add_argument("--pgbench-tps", type=float, help="skip pgbench, use this baseline")
+    parser.add_argument("--label", default="", help="a note for the section, e.g. '1M seeded'")
+    parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not 1 <= args.concurrency <= 512 or not 1 <= args.seconds <= 600:
+        raise SystemExit("bench: --concurrency must be 1..512 and --seconds 1..600")
+    customers = read_seeded(seeded_file_path(), SEEDED_READ_MAX)
+    if len(customers) < args.concurrency * 4:
+        raise SystemExit(f"bench: {len(customers)} seeded customers; seed at least 4 per request")
+    control_dsn = control_dsn_from_env(os.environ)
+    tps = args.pgbench_tps
+    if tps is None:
+        server = urlsplit(control_dsn)
+        setup = PgbenchSetup(
+            server.hostname or "127.0.0.1",
+            server.port or 5432,
+            args.pgbench_scale,
+            args.pgbench_clients,
+            2,
+            args.pgbench_seconds,
+        )
+        say(" ".join(setup.command()))
+        asyncio.run(_ensure_database(control_dsn))
+        tps = run_pgbench(setup)
+    try:
+        import uvloop
+
+        results = uvloop.run(run_api(args, customers))
+    except ImportError:
+        results = asyncio.run(run_api(args, customers))
+    results = dataclasses.replace(results, tps=tps)
+    text = table(results, args)
+    text += f"\n\nLoans in the shards: about {results.loans_estimate:,}; "
+    text += f"seeded customers used: {len(customers):,}."
+    print(text)
+    if args.append:
+        append_to_benchmarks(text, args, control_dsn)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

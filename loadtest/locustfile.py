@@ -1,0 +1,340 @@
+"""Locust load test of the channel API: signed channel users, a journey user, shapes, SLO gate.
+
+    .venv/bin/locust -f loadtest/locustfile.py --headless -u 50 -r 10 -t 2m \\
+        --host http://127.0.0.1:8080 --csv .run/loadtest/run --html .run/loadtest/report.html
+
+    ChannelUser (weight 9)   one seeded customer each; weighted tasks:
+        drawdown 4 · loan 4 · schedule 2 · due repayment 2 · prepayment 2 ·
+        combined repayment 1 · customer's loans 1
+    JourneyUser (weight 1)   drawdown ─► GET /v1/loans/{id}, backing off from
+                             LOADTEST_POLL_FIRST_S to LOADTEST_POLL_MAX_S, until
+                             `disbursed` (or `failed`, or LOADTEST_JOURNEY_TIMEOUT_S) ─►
+                             one request event of type JOURNEY with the whole time
+
+Customers, lines, cards and loans come from the seeded file (`python -m loadtest
+seed` writes it; LOADTEST_SEEDED names another), never from the measured phase.
+Every request is signed as API.md says (`loadtest.signing`) and every POST has a
+new Idempotency-Key. A response counts as a success only if it is one of the
+outcomes the task expects: a `due` repayment of a loan with nothing due is
+answered 422 NOTHING_DUE, which is right, so it is a success; any other
+answer is a failure.
+
+Shapes (LOADTEST_SHAPE): unset, the -u/-r/-t options drive the run; `step`
+(StepLoad: LOADTEST_STEP_USERS more users every LOADTEST_STEP_S, up to
+LOADTEST_STEP_COUNT steps); `spike` (SpikeLoad: a base load, a spike of
+LOADTEST_SPIKE_USERS for LOADTEST_SPIKE_S, the base again).
+
+SLO gate, when Locust quits (exit code 1 if any gate fails): drawdown p99 above
+LOADTEST_SLO_DRAWDOWN_P99_MS (200), failure ratio above LOADTEST_SLO_FAILURE_RATIO
+(0.001), any journey above LOADTEST_SLO_JOURNEY_MAX_S (30). LOADTEST_SLO_GATES
+picks the gates (default `failures,drawdown_p99,journey`; the smoke test gates
+on `failures` only).
+
+Locust users are gevent greenlets: this file imports no asyncio code, and of the
+project only `loadtest.signing` and `loadtest.client_data` (standard library).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+from locust import FastHttpUser, LoadTestShape, between, events, task
+from locust.env import Environment
+from locust.runners import WorkerRunner
+
+from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
+from loadtest.signing import auth_headers
+
+log = logging.getLogger("loadtest")
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name) or default)
+
+
+CHANNEL_ID: Final = os.environ.get("LOADTEST_CHANNEL_ID") or "demo"
+# The local stack's published demo secret (API.md), not a secret.
+CHANNEL_SECRET: Final = os.environ.get("LOADTEST_CHANNEL_SECRET") or "demo-secret"
+SEEDED_MAX: Final = _env_int("LOADTEST_SEEDED_MAX", 200_000)
+DRAWDOWN_AMOUNT: Final = os.environ.get("LOADTEST_DRAWDOWN_AMOUNT") or "100.00"
+PREPAY_AMOUNT: Final = os.environ.get("LOADTEST_PREPAY_AMOUNT") or "10.00"
+# Polls back off from POLL_FIRST_S, doubling, to POLL_MAX_S: precise for a fast
+# journey, light on the engine for a slow one.
+POLL_FIRST_S: Final = _env_float("LOADTEST_POLL_FIRST_S", 0.05)
+POLL_MAX_S: Final = _env_float("LOADTEST_POLL_MAX_S", 1.0)
+JOURNEY_TIMEOUT_S: Final = _env_float("LOADTEST_JOURNEY_TIMEOUT_S", 60.0)
+DRAWN_LOANS_KEPT_MAX: Final = 20  # loans a user drew in this run, kept for repayments
+
+SLO_DRAWDOWN_P99_MS: Final = _env_float("LOADTEST_SLO_DRAWDOWN_P99_MS", 200.0)
+SLO_FAILURE_RATIO: Final = _env_float("LOADTEST_SLO_FAILURE_RATIO", 0.001)
+SLO_JOURNEY_MAX_S: Final = _env_float("LOADTEST_SLO_JOURNEY_MAX_S", 30.0)
+SLO_GATES: Final = frozenset(
+    (os.environ.get("LOADTEST_SLO_GATES") or "failures,drawdown_p99,journey").split(",")
+)
+
+DRAWDOWN_NAME: Final = "/v1/drawdowns"
+JOURNEY_TYPE: Final = "JOURNEY"
+JOURNEY_NAME: Final = "drawdown to disbursed"
+TERMS_MONTHS: Final = (3, 6, 12)
+
+# Business refusals a task expects under this load (answered 422 with these codes).
+DRAWDOWN_REFUSALS: Final = frozenset({"CREDIT_LINE_EXCEEDED"})
+REPAYMENT_REFUSALS: Final = frozenset(
+    {
+        "NOTHING_DUE",
+        "NOTHING_TO_PREPAY",
+        "LOAN_NOT_ACTIVE",
+        "ARREARS_FIRST",
+        "PREPAYMENT_NOT_PARTIAL",
+        "RULE_NOT_APPLICABLE",
+        "REPAYMENT_IN_PROGRESS",
+    }
+)
+
+_customers: list[SeededCustomer] = []
+
+
+@events.init.add_listener
+def _load_seeded(environment: Environment, **_kwargs: Any) -> None:
+    """Read the seeded customers once per process, before any user starts."""
+    if _customers:
+        return
+    _customers.extend(read_seeded(seeded_file_path(), SEEDED_MAX))
+    log.info("loadtest: %d seeded customers from %s", len(_customers), seeded_file_path())
+
+
+class _SignedUser(FastHttpUser):
+    """A channel system: signs every request, judges every answer."""
+
+    abstract = True
+    wait_time = between(0.2, 1.0)
+
+    def on_start(self) -> None:
+        assert _customers, "no seeded customers loaded"
+        self.customer = random.choice(_customers)
+        self.drawn: list[str] = []
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        name: str,
+        ok: Iterable[int] = (200,),
+        refusals: frozenset[str] = frozenset(),
+    ) -> dict[str, Any] | None:
+        """One signed request; the decoded body if it is an expected outcome, else None."""
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        headers.update(auth_headers(CHANNEL_ID, CHANNEL_SECRET, method, path, data))
+        if method == "POST":
+            headers["Idempotency-Key"] = secrets.token_urlsafe(18)
+        with self.client.request(
+            method, path, data=data, headers=headers, name=name, catch_response=True
+        ) as response:
+            reply = _decode(response.content)
+            if response.status_code in ok:
+                response.success()
+                return reply
+            code = reply.get("code") if reply else None
+            if response.status_code == 422 and code in refusals:
+                response.success()
+                return reply
+            response.failure(f"{response.status_code} {code or (response.content or b'')[:120]!r}")
+            return None
+
+    def drawdown(self) -> str | None:
+        body = {
+            "credit_line_id": self.customer.credit_line_id,
+            "amount": DRAWDOWN_AMOUNT,
+            "term_months": random.choice(TERMS_MONTHS),
+            "repayment_method": "equal_installment",
+            "disburse_to": self.customer.bank_card,
+        }
+        reply = self.call(
+            "POST", DRAWDOWN_NAME, body, name=DRAWDOWN_NAME, ok=(201,), refusals=DRAWDOWN_REFUSALS
+        )
+        loan_id = reply.get("loan_id") if reply else None
+        if isinstance(loan_id, str):
+            self.drawn = [*self.drawn[-(DRAWN_LOANS_KEPT_MAX - 1) :], loan_id]
+            return loan_id
+        return None
+
+    def loans(self) -> tuple[str, ...]:
+        return self.customer.loan_ids + tuple(self.drawn)
+
+
+def _decode(content: bytes | None) -> dict[str, Any] | None:
+    if not content:
+        return None
+    try:
+        value = json.loads(content)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ChannelUser(_SignedUser):
+    """The channel's everyday traffic on one seeded customer."""
+
+    weight = 9
+
+    @task(4)
+    def draw_down(self) -> None:
+        self.drawdown()
+
+    @task(4)
+    def get_loan(self) -> None:
+        loan_id = random.choice(self.loans())
+        self.call("GET", f"/v1/loans/{loan_id}", name="/v1/loans/{id}")
+
+    @task(2)
+    def get_schedule(self) -> None:
+        loan_id = random.choice(self.loans())
+        self.call("GET", f"/v1/loans/{loan_id}/schedule", name="/v1/loans/{id}/schedule")
+
+    @task(1)
+    def get_customer_loans(self) -> None:
+        path = f"/v1/customers/{self.customer.customer_id}/loans"
+        self.call("GET", path, name="/v1/customers/{id}/loans")
+
+    @task(2)
+    def repay_due(self) -> None:
+        item = {"loan_id": random.choice(self.customer.loan_ids), "mode": "due"}
+        self._repay([item], "/v1/repayments [due]")
+
+    @task(2)
+    def prepay(self) -> None:
+        item = {"loan_id": random.choice(self.loans()), "mode": "prepay", "amount": PREPAY_AMOUNT}
+        self._repay([item], "/v1/repayments [prepay]")
+
+    @task(1)
+    def repay_combined(self) -> None:
+        loans = self.loans()
+        if len(loans) < 2:
+            return
+        items = [
+            {"loan_id": loan_id, "mode": "prepay", "amount": PREPAY_AMOUNT}
+            for loan_id in random.sample(loans, 2)
+        ]
+        self._repay(items, "/v1/repayments [combined]")
+
+    def _repay(self, items: list[dict[str, str]], name: str) -> None:
+        body = {
+            "customer_id": self.customer.customer_id,
+            "items": items,
+            "debit_from": self.customer.bank_card,
+        }
+        self.call("POST", "/v1/repayments", body, name=name, ok=(201,), refusals=REPAYMENT_REFUSALS)
+
+
+class JourneyUser(_SignedUser):
+    """Drawdown to `disbursed`, timed as one JOURNEY request."""
+
+    weight = 1
+
+    @task
+    def journey(self) -> None:
+        started = time.perf_counter()
+        loan_id = self.drawdown()
+        if loan_id is None:
+            return  # the drawdown itself is already counted (refusal or failure)
+        error = self._wait_disbursed(loan_id, started)
+        events.request.fire(
+            request_type=JOURNEY_TYPE,
+            name=JOURNEY_NAME,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
+
+    def _wait_disbursed(self, loan_id: str, started: float) -> Exception | None:
+        """Polls the loan; None once disbursed, else what went wrong."""
+        delay_s = POLL_FIRST_S
+        while True:
+            reply = self.call("GET", f"/v1/loans/{loan_id}", name="/v1/loans/{id} [poll]")
+            status = reply.get("status") if reply else None
+            if status == "disbursed":
+                return None
+            if status == "failed" or reply is None:
+                return RuntimeError(f"journey ended {status or 'without an answer'}")
+            if time.perf_counter() - started > JOURNEY_TIMEOUT_S:
+                return TimeoutError(f"not disbursed after {JOURNEY_TIMEOUT_S} s")
+            time.sleep(delay_s)  # gevent-patched: yields to other users
+            delay_s = min(delay_s * 2, POLL_MAX_S)
+
+
+class StepLoad(LoadTestShape):
+    """LOADTEST_STEP_USERS more users every LOADTEST_STEP_S, LOADTEST_STEP_COUNT steps."""
+
+    abstract = os.environ.get("LOADTEST_SHAPE") != "step"
+    step_users = _env_int("LOADTEST_STEP_USERS", 10)
+    step_s = _env_float("LOADTEST_STEP_S", 30.0)
+    step_count = _env_int("LOADTEST_STEP_COUNT", 6)
+
+    def tick(self) -> tuple[int, float] | None:
+        run_time_s = self.get_run_time()
+        step = int(run_time_s // self.step_s) + 1
+        if step > self.step_count:
+            return None
+        return step * self.step_users, float(self.step_users)
+
+
+class SpikeLoad(LoadTestShape):
+    """LOADTEST_BASE_USERS, then LOADTEST_SPIKE_USERS for LOADTEST_SPIKE_S, then the base again."""
+
+    abstract = os.environ.get("LOADTEST_SHAPE") != "spike"
+    base_users = _env_int("LOADTEST_BASE_USERS", 10)
+    spike_users = _env_int("LOADTEST_SPIKE_USERS", 100)
+    before_s = _env_float("LOADTEST_BEFORE_SPIKE_S", 30.0)
+    spike_s = _env_float("LOADTEST_SPIKE_S", 20.0)
+    after_s = _env_float("LOADTEST_AFTER_SPIKE_S", 40.0)
+
+    def tick(self) -> tuple[int, float] | None:
+        run_time_s = self.get_run_time()
+        if run_time_s < self.before_s:
+            return self.base_users, float(self.base_users)
+        if run_time_s < self.before_s + self.spike_s:
+            return self.spike_users, float(self.spike_users)  # all at once: a spike
+        if run_time_s < self.before_s + self.spike_s + self.after_s:
+            return self.base_users, float(self.spike_users)
+        return None
+
+
+@events.quitting.add_listener
+def _slo_gate(environment: Environment, **_kwargs: Any) -> None:
+    """Sets the exit code: 1 if any selected SLO gate fails, else 0."""
+    if isinstance(environment.runner, WorkerRunner):
+        return  # the master judges the aggregated stats
+    stats = environment.stats
+    broken: list[str] = []
+    if "failures" in SLO_GATES and stats.total.fail_ratio > SLO_FAILURE_RATIO:
+        broken.append(f"failure ratio {stats.total.fail_ratio:.4%} > {SLO_FAILURE_RATIO:.4%}")
+    drawdowns = stats.entries.get((DRAWDOWN_NAME, "POST"))
+    if "drawdown_p99" in SLO_GATES and drawdowns is not None and drawdowns.num_requests:
+        p99_ms = drawdowns.get_response_time_percentile(0.99)
+        if p99_ms > SLO_DRAWDOWN_P99_MS:
+            broken.append(f"drawdown p99 {p99_ms:.0f} ms > {SLO_DRAWDOWN_P99_MS:.0f} ms")
+    journeys = stats.entries.get((JOURNEY_NAME, JOURNEY_TYPE))
+    if "journey" in SLO_GATES and journeys is not None and journeys.num_requests:
+        max_s = journeys.max_response_time / 1000
+        if max_s > SLO_JOURNEY_MAX_S:
+            broken.append(f"slowest journey {max_s:.1f} s > {SLO_JOURNEY_MAX_S:.0f} s")
+    for reason in broken:
+        log.error("SLO gate failed: %s", reason)
+    if not broken:
+        log.info("SLO gates passed: %s", ", ".join(sorted(SLO_GATES)))
+    environment.process_exit_code = 1 if broken else 0
