@@ -7,7 +7,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from engine.adapters.bureau import BureauClient
+from engine.adapters.bureau import BureauClient, FourFactorClient
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
 from engine.relay import Relay
@@ -29,3 +29,4 @@ HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 INLINE_RELAY = web.AppKey("inline_relay", Relay)
 ORIGINATION = web.AppKey("origination", Origination)
 BUREAU = web.AppKey("bureau", BureauClient)
+VERIFIER = web.AppKey("verifier", FourFactorClient)

@@ -34,7 +34,7 @@ from engine.reference import ReferenceCache
 from engine.services.disbursement import complete_disbursement
 from engine.services.repayments import complete_repayment
 from engine.settings import ExternalSettings
-from engine.shard_access import acquire
+from engine.shard_access import RETRIES_MAX, acquire
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
 
@@ -83,6 +83,11 @@ class Relay:
                 log.warning(
                     "outbox claim failed", extra={"shard": shard, "error": type(exc).__name__}
                 )
+                await _sleep_or_stop(stop, self._settings.relay_backoff_max_s)
+                continue
+            except Exception:  # the loop must outlive anything: a dead relay moves no money
+                log.exception("outbox claim failed unexpectedly", extra={"shard": shard})
+                await pool.expire_connections()  # a connection in a bad state is not reused
                 await _sleep_or_stop(stop, self._settings.relay_backoff_max_s)
                 continue
             if not rows:
@@ -194,8 +199,15 @@ class Relay:
     async def _in_transaction(
         self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[object]]
     ) -> None:
-        async with acquire(self.pools.pool(shard)) as conn, conn.transaction():
-            await work(conn)
+        for attempt in range(RETRIES_MAX + 1):
+            try:
+                async with acquire(self.pools.pool(shard)) as conn, conn.transaction():
+                    await work(conn)
+                return
+            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
+                if attempt == RETRIES_MAX:
+                    raise
+                await asyncio.sleep(0.01 * (attempt + 1))
 
 
 def _amount(row: Claimed) -> int:

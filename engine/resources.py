@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine import app_keys
-from engine.adapters.bureau import BureauClient
+from engine.adapters.bureau import BureauClient, FourFactorClient
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
 from engine.monitoring import watch_shards
@@ -117,6 +117,10 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[app_keys.SETTINGS]
     app[app_keys.ORIGINATION] = build_origination(settings.origination)
     app[app_keys.BUREAU] = BureauClient(
+        session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
+    )
+    # Four-factor verification: the fake bureau serves it on the local stack.
+    app[app_keys.VERIFIER] = FourFactorClient(
         session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
     )
     app[app_keys.INLINE_RELAY] = Relay(

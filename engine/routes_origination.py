@@ -37,7 +37,8 @@ def _svc(request: web.Request) -> Services:
 async def create_application(request: web.Request) -> web.Response:
     svc, channel = _svc(request), request[CHANNEL]
     ctx = request.app[app_keys.ORIGINATION]
-    checked = origination.check_request(svc, channel, decode(request[BODY], ApplicationCreate))
+    body = decode(request[BODY], ApplicationCreate)
+    checked = await origination.check_request(svc, request.app[app_keys.VERIFIER], channel, body)
     created: list[ApplicationView] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[ApplicationView, int]:

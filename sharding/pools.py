@@ -51,12 +51,6 @@ class ShardBusyError(ShardUnavailableError):
     """Every connection of the shard's pool stayed busy for the whole acquire time-out."""
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Release without asyncpg's default reset (UNLISTEN, RESET ALL, ...): four extra
-    statements per release, and RESET ALL would undo the session's time zone. Our
-    code holds no session state past a release: no LISTEN, cursors, session locks."""
-
-
 async def create_pool(dsn: str, limits: PoolLimits, application_name: str) -> asyncpg.Pool:
     pool = asyncpg.create_pool(
         dsn,
@@ -66,9 +60,10 @@ async def create_pool(dsn: str, limits: PoolLimits, application_name: str) -> as
         command_timeout=limits.command_timeout_s,
         statement_cache_size=limits.statement_cache_size,
         max_inactive_connection_lifetime=300.0,
-        # Business dates are Asia/Shanghai; timestamps are stored as timestamptz.
+        # Business dates are Asia/Shanghai; timestamps are stored as timestamptz. As a
+        # start-up parameter the zone is the session's default, so the pool's reset on
+        # release (RESET ALL) keeps it; a SET in an init hook would be undone.
         server_settings={"application_name": application_name, "timezone": "Asia/Shanghai"},
-        reset=_keep_session,
     )
     await pool
     return pool

@@ -242,3 +242,22 @@ async def test_evidence_chain_detects_changed_document_and_entry(
     finally:
         await conn.close()
     assert run_cli("evidence", "verify", env=engine.env).returncode == 0
+
+
+async def test_four_factor_mismatch_is_refused_and_verifier_down_is_503(
+    api: ApiClient, engine: EngineProcess
+) -> None:
+    body = _application(_born(1988))
+    body["applicant"]["phone"] = "13900000000"  # the fake verifier: not this person's phone
+    reply = await api.post("/v1/applications", body)
+    assert reply.status == 201, reply
+    assert reply.json["status"] == "refused" and "ID_INVALID" in reply.json["decision"]["reasons"]
+    assert "identity_verified" not in [step["step"] for step in reply.json["steps"]]
+    engine.fakes.bureau.stop()
+    try:
+        down = await api.post("/v1/applications", _application(_born(1988)))
+        assert (down.status, down.json["code"]) == (503, "IDENTITY_VERIFICATION_UNAVAILABLE")
+        assert down.headers["Retry-After"]
+    finally:
+        engine.fakes.bureau.restart()
+        engine.fakes.bureau.wait_ready()

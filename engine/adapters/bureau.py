@@ -314,3 +314,49 @@ async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
             raise _TooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class IdentityCheck(msgspec.Struct, frozen=True):
+    """Four-factor verification: `verified` None when the verifier could not answer."""
+
+    verified: bool | None
+    mismatch: list[str] = []
+
+
+class IdentityVerifier(Protocol):
+    async def verify(
+        self, name: str, id_number: str, phone: str, bank_card: str
+    ) -> IdentityCheck: ...
+
+
+class _VerifyAnswer(msgspec.Struct):
+    verified: bool
+    mismatch: list[str] = []
+
+
+_verify_decoder = msgspec.json.Decoder(_VerifyAnswer)
+
+
+class FourFactorClient:
+    """`POST /verify/v1/four-factors` of the verification service (the fake bureau's, locally)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_s: float) -> None:
+        assert timeout_s > 0
+        self._session = session
+        self._url = base_url.rstrip("/") + "/verify/v1/four-factors"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def verify(self, name: str, id_number: str, phone: str, bank_card: str) -> IdentityCheck:
+        body = {"name": name, "id_number": id_number, "phone": phone, "bank_card": bank_card}
+        try:
+            async with self._session.post(self._url, json=body, timeout=self._timeout) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    return IdentityCheck(None)
+        except (aiohttp.ClientError, TimeoutError):
+            return IdentityCheck(None)
+        try:
+            answer = _verify_decoder.decode(raw)
+        except msgspec.DecodeError:
+            return IdentityCheck(None)
+        return IdentityCheck(answer.verified, list(answer.mismatch))

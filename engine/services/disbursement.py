@@ -95,6 +95,14 @@ async def complete_disbursement(
         loan["loan_id"],
         outcome,
     )
+    # The line before the ledger's stripes: the order a drawdown takes them in
+    # (loan, line, stripes), so the two never deadlock.
+    await conn.execute(
+        """UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now()
+           WHERE credit_line_id = $1""",
+        loan["credit_line_id"],
+        amount_fen,
+    )
     legs = (
         Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
         Leg(Code.LOAN_PRINCIPAL, loan["loan_id"], -amount_fen),
@@ -102,12 +110,6 @@ async def complete_disbursement(
     await post(
         conn,
         Posting(ids.next_id(shard), customer_id, "drawdown_void", loan["loan_id"], today, legs),
-    )
-    await conn.execute(
-        """UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now()
-           WHERE credit_line_id = $1""",
-        loan["credit_line_id"],
-        amount_fen,
     )
     await finish(conn, claimed.outbox_id, "failed", outcome)
     return None

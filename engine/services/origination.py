@@ -28,7 +28,13 @@ import msgspec
 
 from engine import decision as rules
 from engine import evidence
-from engine.adapters.bureau import BureauIndicators, BureauOutcome, BureauResult, parse_report
+from engine.adapters.bureau import (
+    BureauIndicators,
+    BureauOutcome,
+    BureauResult,
+    IdentityVerifier,
+    parse_report,
+)
 from engine.api_types import (
     ApplicationCreate,
     ApplicationView,
@@ -38,7 +44,14 @@ from engine.api_types import (
     DecisionView,
     Step,
 )
-from engine.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
+from engine.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from engine.identity import (
     IdentityError,
     age_on,
@@ -73,6 +86,7 @@ class Origination(msgspec.Struct, frozen=True):
 
 class Checked(msgspec.Struct, frozen=True):
     body: ApplicationCreate
+    identity_verified: bool
     id_number: str
     birth_date: dt.date
     phone: str
@@ -81,7 +95,10 @@ class Checked(msgspec.Struct, frozen=True):
     logical_shard: int
 
 
-def check_request(svc: Services, channel: Channel, body: ApplicationCreate) -> Checked:
+async def check_request(
+    svc: Services, verifier: IdentityVerifier, channel: Channel, body: ApplicationCreate
+) -> Checked:
+    """Everything checked before the shard is touched, the four-factor verification included."""
     if body.tenant_id != channel.tenant_id:
         raise Forbidden(
             "TENANT_FORBIDDEN", "a channel may only apply for customers of its own tenant"
@@ -99,8 +116,16 @@ def check_request(svc: Services, channel: Channel, body: ApplicationCreate) -> C
         amount_fen = parse_amount(body.requested_amount)
     except IdentityError as exc:
         raise BadRequest(exc.code, exc.detail) from exc
+    check = await verifier.verify(body.applicant.name, id_number.value, phone, card)
+    if check.verified is None:
+        raise ServiceUnavailable(
+            "IDENTITY_VERIFICATION_UNAVAILABLE",
+            "the identity verification service did not answer; retry later",
+            headers={"Retry-After": "5"},
+        )
     return Checked(
         body,
+        check.verified,
         id_number.value,
         id_number.birth_date,
         phone,
@@ -133,13 +158,17 @@ async def submit(
         },
         ensure_ascii=False,
     )
-    steps = _step(_step([], "received"), "identity_verified")
+    steps = _step([], "received")
+    if checked.identity_verified:
+        steps = _step(steps, "identity_verified")
     body = checked.body
     inserted = await conn.fetchval(
         """INSERT INTO application (application_id, tenant_id, channel_id, channel_serial,
                product_code, id_number_index, applicant_ciphertext, requested_amount_fen,
-               requested_term_months, repayment_method, terms_version, attachments, status, steps)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'received', $13::jsonb)
+               requested_term_months, repayment_method, terms_version, attachments, status, steps,
+               identity_verified)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'received', $13::jsonb,
+                   $14)
            ON CONFLICT (channel_id, channel_serial) DO NOTHING
            RETURNING application_id""",
         application_id,
@@ -155,6 +184,7 @@ async def submit(
         body.consent.terms_version,
         list(body.attachments),
         json.dumps(steps),
+        checked.identity_verified,
     )
     if inserted is None:
         existing = await conn.fetchval(
@@ -243,7 +273,7 @@ async def _facts(
         )
     return rules.ApplicantFacts(
         age=age_on(birth, today),
-        id_valid=True,
+        id_valid=app["identity_verified"],
         blacklisted=await blacklisted(conn, app["tenant_id"], index),
         whitelist=None
         if white is None

@@ -439,6 +439,38 @@ async def reports(request: web.Request) -> web.StreamResponse:
     return json_response(report)
 
 
+class VerifyRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Four-factor identity verification (四要素核验): name, ID number, phone, card."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    id_number: Annotated[str, msgspec.Meta(min_length=18, max_length=18)]
+    phone: Annotated[str, msgspec.Meta(pattern=r"^1[3-9][0-9]{9}$")]
+    bank_card: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12,19}$")]
+
+
+_verify_decoder = msgspec.json.Decoder(VerifyRequest)
+
+
+async def verify(request: web.Request) -> web.StreamResponse:
+    """`POST /verify/v1/four-factors` -> {"verified": bool, "mismatch": [fields]}.
+
+    Deterministic test rules: a phone or a card ending in 0000 does not belong to
+    the person, nor does the name 不符; everything else matches. Latency applies.
+    """
+    body = await read_json(request, _verify_decoder)
+    await asyncio.sleep(request.app[BUREAU].knobs.latency_ms / 1000)
+    mismatch = [
+        field
+        for field, wrong in (
+            ("name", body.name == "不符"),
+            ("phone", body.phone.endswith("0000")),
+            ("bank_card", body.bank_card.endswith("0000")),
+        )
+        if wrong
+    ]
+    return json_response({"verified": not mismatch, "mismatch": mismatch})
+
+
 async def fake_queries(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[BUREAU].queries)
 
@@ -471,6 +503,7 @@ def create_app(config: BureauConfig, registry: CollectorRegistry) -> web.Applica
     app[METRICS] = BureauMetrics(registry)
     app.cleanup_ctx.append(_bureau_ctx)
     app.router.add_post("/bureau/v1/reports", reports)
+    app.router.add_post("/verify/v1/four-factors", verify)
     app.router.add_get("/fake/queries", fake_queries)
     app.router.add_get("/fake/knobs", get_knobs)
     app.router.add_post("/fake/knobs", post_knobs)
