@@ -166,3 +166,19 @@ class ApiClient:
         assert reply.status == 201, reply
         await self.wait_for_loan(reply.json["loan_id"])
         return reply.json
+
+    async def settled_repayment(self, reply: Reply, timeout_s: float = 30.0) -> Reply:
+        """A repayment answered `processing` (core slower than the inline wait) polled to
+        its final state, as a channel would; other answers are returned as they are."""
+        import asyncio
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while (
+            reply.status == 201
+            and reply.json["status"] == "processing"
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.1)
+            reply.json = (await self.get(f"/v1/repayments/{reply.json['repayment_id']}")).json
+        return reply

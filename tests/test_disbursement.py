@@ -199,7 +199,7 @@ async def test_combined_repayment_sends_one_sms_naming_all_loans(
         "debit_from": "6222021234567890128",
         "items": [{"loan_id": loan["loan_id"], "mode": "payoff"} for loan in loans],
     }
-    reply = await api.post("/v1/repayments", body)
+    reply = await api.settled_repayment(await api.post("/v1/repayments", body))
     assert reply.status == 201 and reply.json["status"] == "succeeded", reply
     receipts = [loan["receipt_no"] for loan in loans]
     deadline = time.monotonic() + 15
