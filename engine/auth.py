@@ -67,7 +67,8 @@ async def authenticate(request: web.Request) -> Channel:
         raise Unauthorized("AUTH_UNKNOWN_CHANNEL", "unknown channel")
     if not channel.active:
         raise Unauthorized("AUTH_CHANNEL_DISABLED", "this channel is disabled")
-    if not timestamp.isdigit() or abs(int(timestamp) - int(time.time())) > CLOCK_SKEW_S_MAX:
+    well_formed = timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12
+    if not well_formed or abs(int(timestamp) - int(time.time())) > CLOCK_SKEW_S_MAX:
         raise Unauthorized(
             "AUTH_TIMESTAMP_SKEW", f"X-Timestamp must be unix seconds within ±{CLOCK_SKEW_S_MAX} s"
         )

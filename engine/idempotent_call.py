@@ -32,6 +32,20 @@ After = Callable[[], Awaitable[bytes | None]]
 REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
 
 
+class _Status(msgspec.Struct):
+    status: str = ""
+
+
+_status_decoder = msgspec.json.Decoder(_Status)
+
+
+def _status_of(body: bytes) -> str:
+    try:
+        return _status_decoder.decode(body).status
+    except msgspec.DecodeError:
+        return ""
+
+
 class _Replay(Exception):
     def __init__(self, stored: StoredResponse) -> None:
         super().__init__("replay")
@@ -43,6 +57,47 @@ def _replay(stored: StoredResponse) -> web.Response:
     return json_response(stored.body, stored.status, REPLAYED_HEADERS)
 
 
+class _Once:
+    """One request's way through the key: its claim, its shard, what counts as final."""
+
+    def __init__(
+        self, svc: Services, logical_shard: int, claim: Claim, pending_states: frozenset[str]
+    ) -> None:
+        self.svc = svc
+        self.logical_shard = logical_shard
+        self.claim = claim
+        self.pending_states = pending_states
+
+    async def durable(self) -> StoredResponse | None:
+        claim = self.claim
+        return await read(
+            self.svc.pools, self.logical_shard, lambda conn: idempotency.find_durable(conn, claim)
+        )
+
+    async def replay(self, stored: StoredResponse) -> web.Response:
+        """Answer a stored response; cache it in Redis only if it is final."""
+        if _status_of(stored.body) in self.pending_states:
+            await idempotency.release(self.svc.redis, self.claim)
+        else:
+            await idempotency.finish(self.svc.redis, self.claim, stored)
+        return _replay(stored)
+
+    async def claim_fast_path(self) -> StoredResponse | None:
+        try:
+            return await idempotency.claim(self.svc.redis, self.claim)
+        except Unprocessable:
+            metrics.IDEMPOTENCY_CONFLICTS.inc()
+            raise
+        except Conflict:
+            # In flight, or its process died after committing and before caching
+            # the answer: the shard knows which.
+            stored = await self.durable()
+            if stored is None:
+                metrics.IDEMPOTENCY_CONFLICTS.inc()
+                raise
+            return stored
+
+
 async def run_once(
     request: web.Request,
     svc: Services,
@@ -51,33 +106,19 @@ async def run_once(
     *,
     status: int = 201,
     after: After | None = None,
+    pending_states: frozenset[str] = frozenset(),
 ) -> web.Response:
     """Run `work` once per key; `after`, if given, runs after the commit (a second
     phase) and returns the final body, or None when the outcome is not final yet —
     then Redis keeps nothing and a retry reads the durable record, which the
-    second phase updates when it completes."""
+    second phase updates when it completes. A stored answer whose `status` is one of
+    `pending_states` is never cached in Redis either, so a retry always sees the
+    shard's latest."""
     key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
-    channel = request[CHANNEL]
-    claim = Claim(
-        channel.channel_id,
-        key,
-        idempotency.request_digest(request.method, request.path, request[BODY]),
-    )
-    try:
-        cached = await idempotency.claim(svc.redis, claim)
-    except Unprocessable:
-        metrics.IDEMPOTENCY_CONFLICTS.inc()
-        raise
-    except Conflict:
-        # In flight, or its process died after committing and before caching the
-        # answer: the shard knows which.
-        stored = await read(
-            svc.pools, logical_shard, lambda conn: idempotency.find_durable(conn, claim)
-        )
-        if stored is None:
-            metrics.IDEMPOTENCY_CONFLICTS.inc()
-            raise
-        cached = stored
+    digest = idempotency.request_digest(request.method, request.path, request[BODY])
+    claim = Claim(request[CHANNEL].channel_id, key, digest)
+    once = _Once(svc, logical_shard, claim, pending_states)
+    cached = await once.claim_fast_path()
     if cached is not None:
         return _replay(cached)
 
@@ -93,15 +134,11 @@ async def run_once(
     try:
         response = await in_transaction(svc.pools, logical_shard, transaction)
     except _Replay as replay:
-        await idempotency.finish(svc.redis, claim, replay.stored)
-        return _replay(replay.stored)
+        return await once.replay(replay.stored)
     except (ApiError, asyncpg.UniqueViolationError) as exc:
-        stored = await read(
-            svc.pools, logical_shard, lambda conn: idempotency.find_durable(conn, claim)
-        )
+        stored = await once.durable()
         if stored is not None:
-            await idempotency.finish(svc.redis, claim, stored)
-            return _replay(stored)
+            return await once.replay(stored)
         await idempotency.release(svc.redis, claim)
         raise exc from None
     except BaseException:

@@ -109,30 +109,44 @@ async def claim_one(
     return None if row is None else _claimed(row)
 
 
-async def finish(conn: asyncpg.Connection, outbox_id: int, state: str, outcome: str) -> None:
+async def finish(conn: asyncpg.Connection, claimed: Claimed, state: str, outcome: str) -> None:
+    """Close the row — only under the claim that was handed out: a relay whose lease
+    ran out (and whose row another relay took) changes nothing."""
     assert state in ("done", "failed"), state
     await conn.execute(
-        """UPDATE outbox SET state = $2, outcome = $3, done_at = now(), lease_until = NULL
-           WHERE outbox_id = $1""",
-        outbox_id,
+        """UPDATE outbox SET state = $3, outcome = $4, done_at = now(), lease_until = NULL
+           WHERE outbox_id = $1 AND attempts = $2 AND state IN ('sending', 'unknown')""",
+        claimed.outbox_id,
+        claimed.attempts,
         state,
         outcome,
     )
 
 
 async def defer(
-    conn: asyncpg.Connection, outbox_id: int, state: str, delay_s: float, error: str | None
+    conn: asyncpg.Connection, claimed: Claimed, state: str, delay_s: float, error: str | None
 ) -> None:
-    """Try again later: `pending` (it never reached the other side) or `unknown` (ask first)."""
+    """Try again later: `pending` (it never reached the other side) or `unknown` (ask
+    first); only under the claim that was handed out, like `finish`."""
     assert state in ("pending", "unknown"), state
     await conn.execute(
-        """UPDATE outbox SET state = $2, lease_until = NULL, last_error = $4,
-               next_attempt_at = now() + make_interval(secs => $3)
-           WHERE outbox_id = $1""",
-        outbox_id,
+        """UPDATE outbox SET state = $3, lease_until = NULL, last_error = $5,
+               next_attempt_at = now() + make_interval(secs => $4)
+           WHERE outbox_id = $1 AND attempts = $2 AND state IN ('sending', 'unknown')""",
+        claimed.outbox_id,
+        claimed.attempts,
         state,
         delay_s,
         error,
+    )
+
+
+async def mark_sent(conn: asyncpg.Connection, claimed: Claimed) -> None:
+    """The moment the call to the other side starts: what "long after the send" counts from."""
+    await conn.execute(
+        "UPDATE outbox SET last_sent_at = now() WHERE outbox_id = $1 AND attempts = $2",
+        claimed.outbox_id,
+        claimed.attempts,
     )
 
 

@@ -116,6 +116,8 @@ class Relay:
             result = await self._core.inquire(reference)
         else:
             card = await self._card(shard, row)
+            async with acquire(self.pools.pool(shard)) as conn:
+                await outbox.mark_sent(conn, row)
             move = self._core.pay if row.kind == "disburse" else self._core.debit
             result = await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
         await self.apply(shard, row, result)
@@ -141,7 +143,7 @@ class Relay:
         state = "pending" if outcome is Outcome.NOT_SENT else "unknown"
         delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
         await self._in_transaction(
-            shard, lambda conn: outbox.defer(conn, row.outbox_id, state, delay_s, result.reason)
+            shard, lambda conn: outbox.defer(conn, row, state, delay_s, result.reason)
         )
 
     async def _complete(
@@ -185,15 +187,13 @@ class Relay:
             state = "done" if sent else "failed"
             await self._in_transaction(
                 shard,
-                lambda conn: outbox.finish(
-                    conn, row.outbox_id, state, "sent" if sent else "gave up"
-                ),
+                lambda conn: outbox.finish(conn, row, state, "sent" if sent else "gave up"),
             )
             return
         delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
         await self._in_transaction(
             shard,
-            lambda conn: outbox.defer(conn, row.outbox_id, "pending", delay_s, "gateway refused"),
+            lambda conn: outbox.defer(conn, row, "pending", delay_s, "gateway refused"),
         )
 
     async def _in_transaction(

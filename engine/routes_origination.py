@@ -64,7 +64,14 @@ async def create_application(request: web.Request) -> web.Response:
         )
         return None if final.status == "pending_bureau" else encode(final)
 
-    return await run_once(request, svc, checked.logical_shard, work, after=bureau_inline)
+    return await run_once(
+        request,
+        svc,
+        checked.logical_shard,
+        work,
+        after=bureau_inline,
+        pending_states=frozenset({"received", "pending_bureau"}),
+    )
 
 
 async def get_application(request: web.Request) -> web.Response:

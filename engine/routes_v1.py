@@ -212,7 +212,14 @@ async def create_repayment(request: web.Request) -> web.Response:
         metrics.REPAYMENTS,
         channel,
         lambda: mode,
-        run_once(request, svc, shard_of_id(customer_id), work, after=debit),
+        run_once(
+            request,
+            svc,
+            shard_of_id(customer_id),
+            work,
+            after=debit,
+            pending_states=frozenset({"processing"}),
+        ),
     )
 
 

@@ -117,6 +117,7 @@ BODY_CASES: list[tuple[str, Any, int, str]] = [
     ("method not on line", {"repayment_method": "grace_then_equal_installment", "grace_months": 2}, 422,
      "METHOD_NOT_ALLOWED"),
     ("over the line", {"amount": "20000.01"}, 422, "CREDIT_LINE_EXCEEDED"),
+    ("ID beyond 63 bits", {"credit_line_id": "9999999999999999999"}, 400, "VALIDATION_FAILED"),
 ]  # fmt: skip
 
 
@@ -184,3 +185,16 @@ async def test_other_tenant_sees_nothing(
     )  # fmt: skip
     assert (foreign.status, foreign.json["code"]) == (403, "TENANT_FORBIDDEN")
     assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "100.00"
+
+
+async def test_odd_digits_are_refused_not_crashed(api: ApiClient, line: tuple[str, str]) -> None:
+    data = json.dumps(_drawdown(line[1])).encode()
+    headers = _signed(api, data) | {"X-Timestamp": "²"}
+    reply = await _raw_post(api, "/v1/drawdowns", data, headers)
+    assert (reply.status, reply.json["code"]) == (401, "AUTH_TIMESTAMP_SKEW")
+    long_stamp = _signed(api, data) | {"X-Timestamp": "9" * 5000}
+    reply = await _raw_post(api, "/v1/drawdowns", data, long_stamp)
+    assert reply.status in (400, 401, 431), reply  # refused, never a 500
+    for odd in ("%C2%B2", "9999999999999999999"):
+        got = await api.get(f"/v1/loans/{odd}")
+        assert (got.status, got.json["code"]) == (404, "LOAN_NOT_FOUND"), got

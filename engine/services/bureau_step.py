@@ -39,7 +39,7 @@ async def run_bureau_step(
     assert row is not None, claimed
     if row["status"] != "pending_bureau":
         async with acquire(pool) as conn:
-            await outbox.finish(conn, claimed.outbox_id, "done", "already decided")
+            await outbox.finish(conn, claimed, "done", "already decided")
         return True
     applicant = json.loads(
         svc.cipher.decrypt(bytes(row["applicant_ciphertext"]), context=APPLICANT)
@@ -51,7 +51,7 @@ async def run_bureau_step(
                 report = await store_report(conn, ctx, claimed.ref_id, result, svc.business_date)
                 assert report is not None
                 verdict = await decide_application(svc, ctx, conn, claimed.ref_id, report)
-                await outbox.finish(conn, claimed.outbox_id, "done", verdict.outcome)
+                await outbox.finish(conn, claimed, "done", verdict.outcome)
             metrics.RULE_SET_DECISIONS.labels(
                 verdict.product_code, verdict.rule_set_version, verdict.outcome
             ).inc()
@@ -62,9 +62,7 @@ async def run_bureau_step(
                 extra={"application_id": claimed.ref_id, "error": str(exc)},
             )
     async with acquire(pool) as conn:
-        await outbox.defer(
-            conn, claimed.outbox_id, "pending", RETRY_S, result.reason or "unreadable report"
-        )
+        await outbox.defer(conn, claimed, "pending", RETRY_S, result.reason or "unreadable report")
     return False
 
 

@@ -34,6 +34,6 @@ class Services(msgspec.Struct, frozen=True):
 
 def parse_id(text: str, what: str) -> int:
     """An ID from the wire (already pattern-checked) or a path segment (not)."""
-    if not text.isdigit() or len(text) > 19 or int(text) >= 1 << 63 or int(text) == 0:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or not 0 < int(text) < 1 << 63:
         raise NotFound(f"{what.upper()}_NOT_FOUND", f"no {what.replace('_', ' ')} {text[:24]!r}")
     return int(text)

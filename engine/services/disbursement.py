@@ -46,9 +46,7 @@ async def complete_disbursement(
     )
     assert loan is not None, claimed
     if loan["status"] != "disbursing":
-        await finish(
-            conn, claimed.outbox_id, "done" if loan["status"] != "failed" else "failed", outcome
-        )
+        await finish(conn, claimed, "done" if loan["status"] != "failed" else "failed", outcome)
         return None
     today = reference.business_date
     amount_fen = loan["principal_fen"]
@@ -83,7 +81,7 @@ async def complete_disbursement(
                 "receipt_no": loan["receipt_no"],
             },
         )
-        await finish(conn, claimed.outbox_id, "done", outcome)
+        await finish(conn, claimed, "done", outcome)
         await _journey_done(conn, loan["credit_line_id"], disbursed_at)
         latency: dt.timedelta = disbursed_at - loan["requested_at"]
         metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
@@ -111,7 +109,7 @@ async def complete_disbursement(
         conn,
         Posting(ids.next_id(shard), customer_id, "drawdown_void", loan["loan_id"], today, legs),
     )
-    await finish(conn, claimed.outbox_id, "failed", outcome)
+    await finish(conn, claimed, "failed", outcome)
     return None
 
 

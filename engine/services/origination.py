@@ -302,6 +302,10 @@ async def decide_application(
         "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
     )
     assert app is not None
+    if app["status"] not in ("received", "pending_bureau"):
+        # Decided already (by a relay that had this row before its lease ran out, say):
+        # deciding again would grant a second line. The stored decision stands.
+        return msgspec.json.decode(app["decision"], type=rules.Decision)
     applicant = json.loads(
         svc.cipher.decrypt(bytes(app["applicant_ciphertext"]), context=APPLICANT)
     )
@@ -358,7 +362,10 @@ async def approve(
         index,
     )
     if customer_id is None:
-        customer_id = int((await insert_customer(svc, conn, new)).customer_id)
+        try:
+            customer_id = int((await insert_customer(svc, conn, new)).customer_id)
+        except Conflict as exc:  # registered meanwhile (another application): use that one
+            customer_id = int(exc.extra["customer_id"])
     assert verdict.limit_fen is not None and verdict.annual_rate_pct is not None
     line = await grant_line(
         svc,

@@ -162,9 +162,14 @@ async def repay(
             "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
         )
     results = []
+    products = svc.reference.data.products
     for request_item in body.items:
-        item = Item(int(request_item.loan_id), request_item.mode, request_item.prepay_rule, 0)
-        results.append(_evaluate(loans[item.loan_id], item, _cash(request_item), today))
+        loan = loans[int(request_item.loan_id)]
+        rule = None
+        if request_item.mode == "prepay":  # the channel's choice, else the product's rule
+            rule = request_item.prepay_rule or products[loan.row.product_code].prepay_rule_default
+        item = Item(loan.row.loan_id, request_item.mode, rule, 0)
+        results.append(_evaluate(loan, item, _cash(request_item), today))
     items = [_sized(r) for r in results]
     repayment_id = svc.ids.next_id(shard_of_id(customer_id))
     total_fen = sum(item.amount_fen for item in items)
@@ -226,9 +231,7 @@ async def complete_repayment(
     )
     assert row is not None, claimed
     if row["status"] != "processing":
-        await finish(
-            conn, claimed.outbox_id, "done" if row["status"] == "succeeded" else "failed", outcome
-        )
+        await finish(conn, claimed, "done" if row["status"] == "succeeded" else "failed", outcome)
         return
     items = msgspec.json.decode(row["request_items"], type=list[Item])
     if succeeded:
@@ -254,7 +257,7 @@ async def complete_repayment(
         row["channel_key"],
         encode(view),
     )
-    await finish(conn, claimed.outbox_id, "done" if succeeded else "failed", outcome)
+    await finish(conn, claimed, "done" if succeeded else "failed", outcome)
 
 
 async def _book(
