@@ -160,3 +160,55 @@ def run(app: web.Application, host: str, port: int, name: str) -> None:
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         handler_cancellation=False,
     )
+
+
+def add_common_routes(
+    app: web.Application,
+    state_key: web.AppKey[Any],
+    supported: frozenset[str],
+    registry: CollectorRegistry,
+) -> None:
+    """What every fake serves alike: `/fake/knobs` (GET, POST), `/healthz`, `/metrics`.
+
+    `app[state_key]` is the fake's state, with a `knobs` attribute that POST replaces.
+    """
+    from loadtest.fakes.knobs import KnobsError, KnobsUpdate, apply_update
+
+    decoder = msgspec.json.Decoder(KnobsUpdate)
+
+    async def get_knobs(request: web.Request) -> web.StreamResponse:
+        return json_response(request.app[state_key].knobs)
+
+    async def post_knobs(request: web.Request) -> web.StreamResponse:
+        state = request.app[state_key]
+        update = await read_json(request, decoder)
+        try:
+            state.knobs = apply_update(state.knobs, update, supported)
+        except KnobsError as exc:
+            raise BadRequest("invalid_knobs", str(exc)) from exc
+        return json_response(state.knobs)
+
+    app.router.add_get("/fake/knobs", get_knobs)
+    app.router.add_post("/fake/knobs", post_knobs)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler(registry))
+
+
+def serve_main(
+    name: str,
+    config_from_env: Callable[[Any], Any],
+    create_app: Callable[[Any, CollectorRegistry], web.Application],
+) -> None:
+    """`python -m loadtest.fakes.X`: knobs from the environment (bad ones: exit 2), then serve."""
+    import sys
+
+    from prometheus_client import REGISTRY
+
+    from loadtest.fakes.knobs import KnobsError
+
+    try:
+        config = config_from_env(os.environ)
+    except KnobsError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+    run(create_app(config, REGISTRY), config.host, config.port, name)

@@ -41,34 +41,28 @@ import csv
 import datetime as dt
 import enum
 import io
-import os
 import random
 import re
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from loadtest.fakes import (
     BODY_MAX_BYTES,
     BadRequest,
     Journal,
+    add_common_routes,
     error_middleware,
-    healthz,
     json_response,
-    metrics_handler,
     read_json,
-    run,
+    serve_main,
 )
 from loadtest.fakes.knobs import (
     Knobs,
-    KnobsError,
-    KnobsUpdate,
-    apply_update,
     env_path,
     env_port,
     env_seed,
@@ -335,7 +329,6 @@ BOOK = web.AppKey("book", CoreBook)
 METRICS = web.AppKey("metrics", CoreMetrics)
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
-_knobs_decoder = msgspec.json.Decoder(KnobsUpdate)
 
 
 async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
@@ -426,20 +419,6 @@ async def fake_records(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[BOOK].records)
 
 
-async def get_knobs(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[BOOK].knobs)
-
-
-async def post_knobs(request: web.Request) -> web.StreamResponse:
-    book = request.app[BOOK]
-    update = await read_json(request, _knobs_decoder)
-    try:
-        book.knobs = apply_update(book.knobs, update, SUPPORTED_KNOBS)
-    except KnobsError as exc:
-        raise BadRequest("invalid_knobs", str(exc)) from exc
-    return json_response(book.knobs)
-
-
 async def _book_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     journal = Journal(config.record_path, CoreRecord)
@@ -458,20 +437,12 @@ def create_app(config: CoreConfig, registry: CollectorRegistry) -> web.Applicati
     app.router.add_get("/core/v1/transactions/{reference}", transaction)
     app.router.add_get("/core/v1/statements/{day}", statement)
     app.router.add_get("/fake/records", fake_records)
-    app.router.add_get("/fake/knobs", get_knobs)
-    app.router.add_post("/fake/knobs", post_knobs)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler(registry))
+    add_common_routes(app, BOOK, SUPPORTED_KNOBS, registry)
     return app
 
 
 def main() -> None:
-    try:
-        config = config_from_env(os.environ)
-    except KnobsError as exc:
-        print(f"fake core bank: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    run(create_app(config, REGISTRY), config.host, config.port, "fake core bank")
+    serve_main("fake core banking", config_from_env, create_app)
 
 
 if __name__ == "__main__":

@@ -50,33 +50,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import os
 import random
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from loadtest.fakes import (
     BODY_MAX_BYTES,
     BadRequest,
     Journal,
+    add_common_routes,
     error_middleware,
-    healthz,
     json_response,
-    metrics_handler,
     read_json,
-    run,
+    serve_main,
 )
 from loadtest.fakes.knobs import (
     Knobs,
-    KnobsError,
-    KnobsUpdate,
-    apply_update,
     env_path,
     env_port,
     env_seed,
@@ -415,7 +409,6 @@ BUREAU = web.AppKey("bureau", Bureau)
 METRICS = web.AppKey("metrics", BureauMetrics)
 
 _report_decoder = msgspec.json.Decoder(ReportRequest)
-_knobs_decoder = msgspec.json.Decoder(KnobsUpdate)
 
 
 async def reports(request: web.Request) -> web.StreamResponse:
@@ -475,20 +468,6 @@ async def fake_queries(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[BUREAU].queries)
 
 
-async def get_knobs(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[BUREAU].knobs)
-
-
-async def post_knobs(request: web.Request) -> web.StreamResponse:
-    bureau = request.app[BUREAU]
-    update = await read_json(request, _knobs_decoder)
-    try:
-        bureau.knobs = apply_update(bureau.knobs, update, SUPPORTED_KNOBS)
-    except KnobsError as exc:
-        raise BadRequest("invalid_knobs", str(exc)) from exc
-    return json_response(bureau.knobs)
-
-
 async def _bureau_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     journal = Journal(config.record_path, QueryRecord)
@@ -505,20 +484,12 @@ def create_app(config: BureauConfig, registry: CollectorRegistry) -> web.Applica
     app.router.add_post("/bureau/v1/reports", reports)
     app.router.add_post("/verify/v1/four-factors", verify)
     app.router.add_get("/fake/queries", fake_queries)
-    app.router.add_get("/fake/knobs", get_knobs)
-    app.router.add_post("/fake/knobs", post_knobs)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler(registry))
+    add_common_routes(app, BUREAU, SUPPORTED_KNOBS, registry)
     return app
 
 
 def main() -> None:
-    try:
-        config = config_from_env(os.environ)
-    except KnobsError as exc:
-        print(f"fake credit bureau: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    run(create_app(config, REGISTRY), config.host, config.port, "fake credit bureau")
+    serve_main("fake credit bureau", config_from_env, create_app)
 
 
 if __name__ == "__main__":

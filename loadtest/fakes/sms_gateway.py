@@ -21,32 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import random
-import sys
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from loadtest.fakes import (
     BODY_MAX_BYTES,
     Journal,
+    add_common_routes,
     error_middleware,
-    healthz,
     json_response,
-    metrics_handler,
     read_json,
-    run,
+    serve_main,
 )
 from loadtest.fakes.knobs import (
     Knobs,
-    KnobsError,
-    KnobsUpdate,
-    apply_update,
     env_path,
     env_port,
     env_seed,
@@ -183,7 +177,6 @@ OUTBOX = web.AppKey("outbox", Outbox)
 METRICS = web.AppKey("metrics", SmsMetrics)
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
-_knobs_decoder = msgspec.json.Decoder(KnobsUpdate)
 
 
 async def send(request: web.Request) -> web.StreamResponse:
@@ -205,20 +198,6 @@ async def fake_messages(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[OUTBOX].messages)
 
 
-async def get_knobs(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[OUTBOX].knobs)
-
-
-async def post_knobs(request: web.Request) -> web.StreamResponse:
-    outbox = request.app[OUTBOX]
-    update = await read_json(request, _knobs_decoder)
-    try:
-        outbox.knobs = apply_update(outbox.knobs, update, SUPPORTED_KNOBS)
-    except KnobsError as exc:
-        return json_response({"error": "invalid_knobs", "detail": str(exc)}, 400)
-    return json_response(outbox.knobs)
-
-
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     journal = Journal(config.record_path, SmsRecord)
@@ -234,20 +213,12 @@ def create_app(config: SmsConfig, registry: CollectorRegistry) -> web.Applicatio
     app.cleanup_ctx.append(_outbox_ctx)
     app.router.add_post("/sms/v1/send", send)
     app.router.add_get("/fake/messages", fake_messages)
-    app.router.add_get("/fake/knobs", get_knobs)
-    app.router.add_post("/fake/knobs", post_knobs)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler(registry))
+    add_common_routes(app, OUTBOX, SUPPORTED_KNOBS, registry)
     return app
 
 
 def main() -> None:
-    try:
-        config = config_from_env(os.environ)
-    except KnobsError as exc:
-        print(f"fake SMS gateway: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    run(create_app(config, REGISTRY), config.host, config.port, "fake SMS gateway")
+    serve_main("fake SMS gateway", config_from_env, create_app)
 
 
 if __name__ == "__main__":
