@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aiohttp import web
@@ -117,7 +118,7 @@ async def review_queue(request: web.Request) -> web.Response:
     return json_response(encode(ReviewQueue([origination.view_of(row) for row in rows])))
 
 
-def _review(approve: bool) -> web.Handler:  # type: ignore[name-defined]
+def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         svc = _svc(request)
         application_id = parse_id(request.match_info["application_id"], "application")

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 
-import asyncpg
-
 from engine import metrics, outbox
 from engine.adapters.bureau import BureauOutcome, BureauReportError, CreditBureau
 from engine.outbox import Claimed
@@ -64,10 +62,3 @@ async def run_bureau_step(
     async with acquire(pool) as conn:
         await outbox.defer(conn, claimed, "pending", RETRY_S, result.reason or "unreadable report")
     return False
-
-
-async def application_ready(conn: asyncpg.Connection, application_id: int) -> str:
-    status: str = await conn.fetchval(
-        "SELECT status FROM application WHERE application_id = $1", application_id
-    )
-    return status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 import asyncpg
 
@@ -35,6 +36,7 @@ def installment_views(loan: StoredLoan, today: dt.date) -> list[InstallmentView]
         unpaid = (item.principal_fen - status.principal_paid_fen) + (
             item.interest_fen - status.interest_paid_fen
         )
+        label: Literal["paid", "overdue", "due", "pending"]
         if unpaid == 0:
             label = "paid"
         elif item.due_date < today:
@@ -54,7 +56,7 @@ def installment_views(loan: StoredLoan, today: dt.date) -> list[InstallmentView]
                 interest_paid=format_fen(status.interest_paid_fen),
                 penalty_unpaid=format_fen(status.penalty_unpaid_fen + status.compound_unpaid_fen),
                 penalty_paid=format_fen(loan.penalty_paid_fen[index]),
-                status=label,  # type: ignore[arg-type]
+                status=label,
             )
         )
     return views
