@@ -167,7 +167,7 @@ class Fakes:
             "ENGINE_CORE_URL": self.core.base_url,
             "ENGINE_SMS_URL": self.sms.base_url,
             "ENGINE_BUREAU_URL": self.bureau.base_url,
-            "ENGINE_BUREAU_TIMEOUT_S": "1",
+            "ENGINE_BUREAU_TIMEOUT_S": "3",
             "ENGINE_CORE_TIMEOUT_S": "1",
             "ENGINE_INLINE_DEBIT_WAIT_S": "1",
             "ENGINE_RELAY_LEASE_S": "4",
