@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 
-from engine import metrics, outbox
+from engine import outbox
 from engine.adapters.bureau import BureauOutcome, BureauReportError, CreditBureau
 from engine.outbox import Claimed
 from engine.services.context import Services
@@ -50,9 +50,6 @@ async def run_bureau_step(
                 assert report is not None
                 verdict = await decide_application(svc, ctx, conn, claimed.ref_id, report)
                 await outbox.finish(conn, claimed, "done", verdict.outcome)
-            metrics.RULE_SET_DECISIONS.labels(
-                verdict.product_code, verdict.rule_set_version, verdict.outcome
-            ).inc()
             return True
         except BureauReportError as exc:
             log.error(

@@ -27,7 +27,7 @@ import asyncpg
 import msgspec
 
 from engine import decision as rules
-from engine import evidence
+from engine import evidence, metrics
 from engine.adapters.bureau import (
     BureauIndicators,
     BureauOutcome,
@@ -318,6 +318,10 @@ async def decide_application(
         ctx.candidate_percent,
     )
     verdict = rules.decide(rule_set, facts)
+    # Every decision, whichever path made it: the gray release is compared on this.
+    metrics.RULE_SET_DECISIONS.labels(
+        verdict.product_code, verdict.rule_set_version, verdict.outcome
+    ).inc()
     steps = _step(_step(json.loads(app["steps"]), "bureau"), "decided")
     await conn.execute(
         """UPDATE application SET decision = $2::jsonb, reasons = $3, rule_set_version = $4,
