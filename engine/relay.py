@@ -115,9 +115,7 @@ class Relay:
         if row.needs_inquiry:
             result = await self._core.inquire(reference)
         else:
-            card = await self._card(shard, row)
-            async with acquire(self.pools.pool(shard)) as conn:
-                await outbox.mark_sent(conn, row)
+            card = await self._card_and_mark_sent(shard, row)
             move = self._core.pay if row.kind == "disburse" else self._core.debit
             result = await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
         await self.apply(shard, row, result)
@@ -166,7 +164,8 @@ class Relay:
             )
         return float(age_s) > self._settings.not_found_final_s
 
-    async def _card(self, shard: str, row: Claimed) -> str:
+    async def _card_and_mark_sent(self, shard: str, row: Claimed) -> str:
+        """The card to pay or debit, read as the send starts (one connection, no transaction)."""
         sql = (
             "SELECT disburse_to_ciphertext FROM loan WHERE loan_id = $1"
             if row.kind == "disburse"
@@ -174,6 +173,7 @@ class Relay:
         )
         async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(sql, row.ref_id)
+            await outbox.mark_sent(conn, row)
         return self._cipher.decrypt(bytes(blob), context="bank_card")
 
     async def _send_sms(self, shard: str, row: Claimed) -> None:
@@ -183,18 +183,14 @@ class Relay:
             )
         phone = self._cipher.decrypt(bytes(blob), context="phone")
         sent = await self._sms.send(f"S{row.outbox_id}", phone, str(row.payload["text"]))
-        if sent or row.attempts >= self._settings.sms_attempts_max:
-            state = "done" if sent else "failed"
-            await self._in_transaction(
-                shard,
-                lambda conn: outbox.finish(conn, row, state, "sent" if sent else "gave up"),
-            )
-            return
-        delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
-        await self._in_transaction(
-            shard,
-            lambda conn: outbox.defer(conn, row, "pending", delay_s, "gateway refused"),
-        )
+        # One statement each: its own transaction, no BEGIN/COMMIT round trips.
+        async with acquire(self.pools.pool(shard)) as conn:
+            if sent or row.attempts >= self._settings.sms_attempts_max:
+                state = "done" if sent else "failed"
+                await outbox.finish(conn, row, state, "sent" if sent else "gave up")
+                return
+            delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
+            await outbox.defer(conn, row, "pending", delay_s, "gateway refused")
 
     async def _in_transaction(
         self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[object]]

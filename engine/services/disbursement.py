@@ -39,9 +39,11 @@ async def complete_disbursement(
     """Apply core's definite answer; returns request-to-disbursed seconds when paid."""
     assert conn.is_in_transaction()
     loan = await conn.fetchrow(
-        """SELECT loan_id, customer_id, credit_line_id, tenant_id, channel_id, principal_fen,
-                  status, receipt_no, disburse_to_masked, requested_at
-           FROM loan WHERE loan_id = $1 FOR UPDATE""",
+        """SELECT l.loan_id, l.customer_id, l.credit_line_id, l.tenant_id, l.channel_id,
+                  l.principal_fen, l.status, l.receipt_no, l.disburse_to_masked, l.requested_at,
+                  c.application_id
+           FROM loan l JOIN credit_line c USING (credit_line_id)
+           WHERE l.loan_id = $1 FOR UPDATE OF l""",
         claimed.ref_id,
     )
     assert loan is not None, claimed
@@ -82,7 +84,8 @@ async def complete_disbursement(
             },
         )
         await finish(conn, claimed, "done", outcome)
-        await _journey_done(conn, loan["credit_line_id"], disbursed_at)
+        if loan["application_id"] is not None:
+            await _journey_done(conn, loan["credit_line_id"], disbursed_at)
         latency: dt.timedelta = disbursed_at - loan["requested_at"]
         metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
         return latency.total_seconds()
