@@ -35,8 +35,8 @@ async def complete_disbursement(
     *,
     succeeded: bool,
     outcome: str,
-) -> float | None:
-    """Apply core's definite answer; returns request-to-disbursed seconds when paid."""
+) -> None:
+    """Apply core's definite answer (the request-to-disbursed time goes to its histogram)."""
     assert conn.is_in_transaction()
     loan = await conn.fetchrow(
         """SELECT l.loan_id, l.customer_id, l.credit_line_id, l.tenant_id, l.channel_id,
@@ -49,7 +49,7 @@ async def complete_disbursement(
     assert loan is not None, claimed
     if loan["status"] != "disbursing":
         await finish(conn, claimed, "done" if loan["status"] != "failed" else "failed", outcome)
-        return None
+        return
     today = reference.business_date
     amount_fen = loan["principal_fen"]
     customer_id = loan["customer_id"]
@@ -88,7 +88,7 @@ async def complete_disbursement(
             await _journey_done(conn, loan["credit_line_id"], disbursed_at)
         latency: dt.timedelta = disbursed_at - loan["requested_at"]
         metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
-        return latency.total_seconds()
+        return
     await conn.execute(
         """UPDATE loan SET status = 'failed', failure_reason = $2, outstanding_principal_fen = 0,
                updated_at = now()
@@ -113,7 +113,6 @@ async def complete_disbursement(
         Posting(ids.next_id(shard), customer_id, "drawdown_void", loan["loan_id"], today, legs),
     )
     await finish(conn, claimed, "failed", outcome)
-    return None
 
 
 async def _journey_done(
