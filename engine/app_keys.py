@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -25,7 +24,6 @@ IDS = web.AppKey("ids", IdGenerator)
 PII = web.AppKey("pii", PiiCipher)
 REFERENCE = web.AppKey("reference", ReferenceCache)
 SERVICES = web.AppKey("services", Services)
-HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 INLINE_RELAY = web.AppKey("inline_relay", Relay)
 ORIGINATION = web.AppKey("origination", Origination)
 BUREAU = web.AppKey("bureau", BureauClient)

@@ -112,7 +112,6 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
     external = app[app_keys.SETTINGS].external
     connector = aiohttp.TCPConnector(limit=100, limit_per_host=100)
     session = aiohttp.ClientSession(connector=connector)
-    app[app_keys.HTTP_CLIENT] = session
     svc = app[app_keys.SERVICES]
     settings = app[app_keys.SETTINGS]
     app[app_keys.ORIGINATION] = build_origination(settings.origination)

@@ -7,6 +7,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import msgspec
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -60,15 +61,6 @@ async def create_credit_line(request: web.Request) -> web.Response:
         return await credit_lines.grant_line(svc, conn, channel, body), customer_id
 
     return await run_once(request, svc, shard_of_id(customer_id), work)
-
-
-async def get_credit_line(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    line_id = parse_id(request.match_info["line_id"], "credit_line")
-    row = await read(
-        svc.pools, shard_of_id(line_id), lambda c: credit_lines.fetch_line(c, channel, line_id)
-    )
-    return json_response(encode(credit_lines.line_view(row)))
 
 
 def _status_handler(status: str) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -134,38 +126,6 @@ async def _counted(
     return response
 
 
-async def get_loan(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    loan_id = parse_id(request.match_info["loan_id"], "loan")
-    today = svc.business_date
-    view = await read(
-        svc.pools, shard_of_id(loan_id), lambda c: loans.get_loan(c, channel, loan_id, today)
-    )
-    return json_response(encode(view))
-
-
-async def get_schedule(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    loan_id = parse_id(request.match_info["loan_id"], "loan")
-    today = svc.business_date
-    view = await read(
-        svc.pools, shard_of_id(loan_id), lambda c: loans.get_schedule(c, channel, loan_id, today)
-    )
-    return json_response(encode(view))
-
-
-async def get_customer_loans(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    customer_id = parse_id(request.match_info["customer_id"], "customer")
-    today = svc.business_date
-    view = await read(
-        svc.pools,
-        shard_of_id(customer_id),
-        lambda c: loans.customer_loans(c, channel, customer_id, today),
-    )
-    return json_response(encode(view))
-
-
 async def get_payoff_quote(request: web.Request) -> web.Response:
     svc, channel = _svc(request), request[CHANNEL]
     loan_id = parse_id(request.match_info["loan_id"], "loan")
@@ -223,29 +183,54 @@ async def create_repayment(request: web.Request) -> web.Response:
     )
 
 
-async def get_repayment(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    repayment_id = parse_id(request.match_info["repayment_id"], "repayment")
-    today = svc.business_date
-    view = await read(
-        svc.pools,
-        shard_of_id(repayment_id),
-        lambda c: repayments.repayment_view(c, channel.tenant_id, repayment_id, today),
-    )
-    return json_response(encode(view))
+ReadView = Callable[[asyncpg.Connection, Channel, int, dt.date], Awaitable[msgspec.Struct]]
+
+
+def _reader(
+    param: str, what: str, fetch: ReadView
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A GET of one resource: the ID from the path routes it to its shard, `fetch` reads
+    it there for this channel (404 if absent or another tenant's), on the business date."""
+
+    async def handler(request: web.Request) -> web.Response:
+        svc, channel = _svc(request), request[CHANNEL]
+        entity_id = parse_id(request.match_info[param], what)
+        today = svc.business_date
+        view = await read(
+            svc.pools, shard_of_id(entity_id), lambda c: fetch(c, channel, entity_id, today)
+        )
+        return json_response(encode(view))
+
+    return handler
+
+
+async def _line(
+    conn: asyncpg.Connection, channel: Channel, line_id: int, _: dt.date
+) -> CreditLineView:
+    return credit_lines.line_view(await credit_lines.fetch_line(conn, channel, line_id))
+
+
+async def _repayment(
+    conn: asyncpg.Connection, channel: Channel, repayment_id: int, today: dt.date
+) -> RepaymentView:
+    return await repayments.repayment_view(conn, channel.tenant_id, repayment_id, today)
 
 
 def setup_v1_routes(app: web.Application) -> None:
     add = app.router.add_route
     add("POST", "/v1/customers", create_customer)
-    add("GET", "/v1/customers/{customer_id}/loans", get_customer_loans)
+    add(
+        "GET",
+        "/v1/customers/{customer_id}/loans",
+        _reader("customer_id", "customer", loans.customer_loans),
+    )
     add("POST", "/v1/credit-lines", create_credit_line)
-    add("GET", "/v1/credit-lines/{line_id}", get_credit_line)
+    add("GET", "/v1/credit-lines/{line_id}", _reader("line_id", "credit_line", _line))
     add("POST", "/v1/credit-lines/{line_id}/freeze", _status_handler("frozen"))
     add("POST", "/v1/credit-lines/{line_id}/unfreeze", _status_handler("active"))
     add("POST", "/v1/drawdowns", create_drawdown)
-    add("GET", "/v1/loans/{loan_id}", get_loan)
-    add("GET", "/v1/loans/{loan_id}/schedule", get_schedule)
+    add("GET", "/v1/loans/{loan_id}", _reader("loan_id", "loan", loans.get_loan))
+    add("GET", "/v1/loans/{loan_id}/schedule", _reader("loan_id", "loan", loans.get_schedule))
     add("GET", "/v1/loans/{loan_id}/payoff-quote", get_payoff_quote)
     add("POST", "/v1/repayments", create_repayment)
-    add("GET", "/v1/repayments/{repayment_id}", get_repayment)
+    add("GET", "/v1/repayments/{repayment_id}", _reader("repayment_id", "repayment", _repayment))

@@ -299,3 +299,8 @@ def _unpaid_principal_fen(installment: Installment, status: InstallmentStatus) -
 
 def _unpaid_interest_fen(installment: Installment, status: InstallmentStatus) -> int:
     return installment.interest_fen - status.interest_paid_fen
+
+
+def unpaid_fen(installment: Installment, status: InstallmentStatus) -> int:
+    """Principal and interest of the installment still unpaid (charges not included)."""
+    return _unpaid_principal_fen(installment, status) + _unpaid_interest_fen(installment, status)

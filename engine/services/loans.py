@@ -20,7 +20,7 @@ from engine.reference import Channel
 from engine.services.customers import lock_customer
 from engine.services.loan_store import LOAN_COLUMNS, StoredLoan, fetch_loan, loan_row, with_plan
 from ledger.money import format_fen, format_rate_pct
-from ledger.overdue import classification_floor, days_past_due
+from ledger.overdue import classification_floor, days_past_due, unpaid_fen
 from ledger.prepayment import PrepaymentError, payoff_quote
 from ledger.schedule import ScheduleError
 
@@ -33,9 +33,7 @@ def installment_views(loan: StoredLoan, today: dt.date) -> list[InstallmentView]
     for index, (item, status) in enumerate(
         zip(state.plan.installments, state.statuses, strict=True)
     ):
-        unpaid = (item.principal_fen - status.principal_paid_fen) + (
-            item.interest_fen - status.interest_paid_fen
-        )
+        unpaid = unpaid_fen(item, status)
         label: Literal["paid", "overdue", "due", "pending"]
         if unpaid == 0:
             label = "paid"
@@ -64,9 +62,7 @@ def installment_views(loan: StoredLoan, today: dt.date) -> list[InstallmentView]
 
 def _next_due(loan: StoredLoan) -> NextDue | None:
     for item, status in zip(loan.state.plan.installments, loan.state.statuses, strict=True):
-        unpaid = (item.principal_fen - status.principal_paid_fen) + (
-            item.interest_fen - status.interest_paid_fen
-        )
+        unpaid = unpaid_fen(item, status)
         if unpaid:
             return NextDue(due_date=item.due_date, amount=format_fen(unpaid))
     return None

@@ -48,7 +48,7 @@ from engine.wire import encode
 from ledger import allocation
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, parse_amount
-from ledger.overdue import accrue_overdue
+from ledger.overdue import accrue_overdue, unpaid_fen
 from ledger.postings import Leg, Posting
 from ledger.prepayment import PrepaymentRule, payoff_quote, prepay, principal_for_cash_fen
 from ledger.schedule import ScheduleError
@@ -300,11 +300,8 @@ async def _book(
 
 
 def _settled(result: allocation.Allocation) -> bool:
-    return all(
-        status.principal_paid_fen == item.principal_fen
-        and status.interest_paid_fen == item.interest_fen
-        for item, status in zip(result.state.plan.installments, result.state.statuses, strict=True)
-    )
+    plan, statuses = result.state.plan.installments, result.state.statuses
+    return not any(unpaid_fen(item, status) for item, status in zip(plan, statuses, strict=True))
 
 
 def _penalty_paid(r: ItemResult) -> tuple[int, ...]:
