@@ -20,6 +20,7 @@ alone decides: slower, never a second movement (guarantee 3).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 import re
@@ -46,6 +47,13 @@ _IN_FLIGHT = b"F"
 _DONE = b"D"
 _STATUS = struct.Struct(">H")
 _HASH_BYTES = 32
+
+
+class AtOnce(enum.Enum):
+    """What a one-statement booking found instead of booking (see `run_once`'s `at_once`)."""
+
+    REPLAY = "replay"  # the key's durable record exists: answer it
+    RECHECK = "recheck"  # what the booking rested on changed: redo it in a locked transaction
 
 
 class StoredResponse(msgspec.Struct, frozen=True):

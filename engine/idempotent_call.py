@@ -20,7 +20,7 @@ from aiohttp import web
 from engine import idempotency, metrics
 from engine.auth import BODY, CHANNEL
 from engine.errors import ApiError, Conflict, Unprocessable
-from engine.idempotency import Claim, StoredResponse
+from engine.idempotency import AtOnce, Claim, StoredResponse
 from engine.services.context import Services
 from engine.shard_access import in_transaction, read
 from engine.wire import encode, json_response
@@ -28,6 +28,8 @@ from engine.wire import encode, json_response
 log = logging.getLogger(__name__)
 
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[msgspec.Struct, int]]]
+# Books in one statement outside a transaction, durable record included, or says why not.
+Booking = Callable[[asyncpg.Connection, Claim], Awaitable[StoredResponse | AtOnce]]
 After = Callable[[], Awaitable[bytes | None]]
 REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
 
@@ -107,13 +109,19 @@ async def run_once(
     status: int = 201,
     after: After | None = None,
     pending_states: frozenset[str] = frozenset(),
+    at_once: Booking | None = None,
 ) -> web.Response:
     """Run `work` once per key; `after`, if given, runs after the commit (a second
     phase) and returns the final body, or None when the outcome is not final yet —
     then Redis keeps nothing and a retry reads the durable record, which the
     second phase updates when it completes. A stored answer whose `status` is one of
     `pending_states` is never cached in Redis either, so a retry always sees the
-    shard's latest."""
+    shard's latest.
+
+    `at_once`, if given, is tried first: the common case booked in one statement
+    and one commit. When it finds the record it is a replay; when it finds that
+    what it rested on changed (AtOnce.RECHECK), or meets a deadlock, `work` runs
+    in a locked transaction as usual and finds out why."""
     key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
     digest = idempotency.request_digest(request.method, request.path, request[BODY])
     claim = Claim(request[CHANNEL].channel_id, key, digest)
@@ -131,8 +139,20 @@ async def run_once(
         await idempotency.store_durable(conn, claim, customer_id, response)
         return response
 
+    async def commit() -> StoredResponse:
+        if at_once is not None:
+            try:
+                outcome = await read(svc.pools, logical_shard, lambda conn: at_once(conn, claim))
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+                outcome = AtOnce.RECHECK
+            if isinstance(outcome, StoredResponse):
+                return outcome
+            if outcome is AtOnce.REPLAY and (stored := await once.durable()) is not None:
+                raise _Replay(stored)
+        return await in_transaction(svc.pools, logical_shard, transaction)
+
     try:
-        response = await in_transaction(svc.pools, logical_shard, transaction)
+        response = await commit()
     except _Replay as replay:
         return await once.replay(replay.stored)
     except (ApiError, asyncpg.UniqueViolationError) as exc:

@@ -22,6 +22,7 @@ import msgspec
 
 from engine.identity import IdentityError, parse_id_number
 from engine.pii import PiiCipher
+from engine.shard_access import acquire
 from ledger.money import MoneyFormatError, parse_amount, parse_rate_pct
 from ledger.schedule import RepaymentMethod
 from sharding.pools import ShardPools
@@ -165,7 +166,7 @@ async def _write(
     pools: ShardPools, by_shard: dict[str, list[tuple[object, ...]]], sql: str
 ) -> None:
     for shard, rows in by_shard.items():
-        async with pools.pool(shard).acquire() as conn:
+        async with acquire(pools.pool(shard)) as conn:
             for start in range(0, len(rows), BATCH_ROWS):
                 async with conn.transaction():
                     await conn.executemany(sql, rows[start : start + BATCH_ROWS])

@@ -19,6 +19,7 @@ import asyncpg
 import msgspec
 
 from engine.pii import PiiCipher
+from engine.shard_access import acquire
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class ReferenceData(msgspec.Struct, frozen=True):
 
 
 async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData:
-    async with pool.acquire(timeout=5) as conn, conn.transaction(readonly=True):
+    async with acquire(pool) as conn, conn.transaction(readonly=True):
         tenants = await conn.fetch("SELECT tenant_id FROM tenant")
         channels = await conn.fetch(
             "SELECT channel_id, tenant_id, secret_ciphertext, status FROM channel"

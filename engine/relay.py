@@ -21,17 +21,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import asyncpg
 
-from engine import outbox
+from engine import outbox, relay_batch
 from engine.adapters.core_bank import CoreBank, CoreResult, Outcome
 from engine.adapters.sms import SmsGateway
 from engine.outbox import Claimed
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
-from engine.services.disbursement import complete_disbursement
+from engine.services.disbursement import Paid, complete_disbursement, complete_disbursements
 from engine.services.repayments import complete_repayment
 from engine.settings import ExternalSettings
 from engine.shard_access import RETRIES_MAX, acquire
@@ -41,6 +43,9 @@ from sharding.pools import ShardPools
 log = logging.getLogger("engine.relay")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError)
+T = TypeVar("T")
+# A send that waited this long for a free slot after its claim stamps its send time again.
+MARK_AGAIN_AFTER_S = 1.0
 # Extra kinds of outbox rows (e.g. "bureau") handled by another module's step.
 KindHandler = Callable[[str, Claimed], Awaitable[object]]
 
@@ -93,16 +98,103 @@ class Relay:
             if not rows:
                 await _sleep_or_stop(stop, self._settings.relay_idle_poll_s)
                 continue
-            await asyncio.gather(*(self._one(shard, row) for row in rows))
+            await self._batch(shard, rows, time.monotonic())
 
-    async def _one(self, shard: str, row: Claimed) -> None:
+    async def _batch(self, shard: str, rows: list[Claimed], claimed_at: float) -> None:
+        """Send a claimed batch; settle what went well in bulk, the rest one by one."""
+        try:
+            async with acquire(self.pools.pool(shard)) as conn:
+                known = await relay_batch.prefetch(conn, rows)
+        except _DB_ERRORS as exc:  # each row then reads its own secret
+            log.warning("outbox prefetch failed", extra={"shard": shard, "error": repr(exc)})
+            known = relay_batch.Prefetched({}, {})
+        answers = await asyncio.gather(
+            *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in rows)
+        )
+        paid: list[Paid] = []
+        texted: list[Claimed] = []
+        others: list[tuple[Claimed, CoreResult | bool]] = []
+        for row, answer in zip(rows, answers, strict=True):
+            if answer is None:  # handled, or failed and logged: its lease brings it back
+                continue
+            loan = known.loans.get(row.ref_id)
+            if row.kind == "sms" and answer is True:
+                texted.append(row)
+            elif isinstance(answer, CoreResult) and _paid(row, answer) and loan is not None:
+                paid.append(Paid(row, answer.core_txn_id or "", loan))
+            else:
+                others.append((row, answer))
+        await asyncio.gather(
+            self._settle_paid(shard, paid),
+            self._settle_texted(shard, texted),
+            *(self._guarded(row, self._settle(shard, row, answer)) for row, answer in others),
+        )
+
+    async def _deliver(
+        self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
+    ) -> CoreResult | bool | None:
+        """Core's answer, or whether the SMS went out; None when a handler did it all."""
         async with self._slots:
-            try:
-                await self.process(shard, row)
-            except Exception:  # the lease runs out and the row is inquired again: log, go on
-                log.exception(
-                    "outbox row failed", extra={"outbox_id": row.outbox_id, "kind": row.kind}
+            if row.kind in self.handlers:
+                await self.handlers[row.kind](shard, row)
+                return None
+            secret = known.secret(row)
+            if row.kind == "sms":
+                if secret is None:
+                    secret = await self._phone_ciphertext(shard, row)
+                return await self._sms_send(row, secret)
+            reference = str(row.payload["reference"])
+            if row.needs_inquiry:
+                return await self._core.inquire(reference)
+            if secret is None or time.monotonic() - claimed_at > MARK_AGAIN_AFTER_S:
+                # The claim stamped the send time; a send that waited for a slot this
+                # long stamps it again, so "long after the send" counts from the send.
+                card = await self._card_and_mark_sent(shard, row)
+            else:
+                card = self._cipher.decrypt(secret, context="bank_card")
+            return await self._send_money(row, reference, card)
+
+    async def _settle(self, shard: str, row: Claimed, answer: CoreResult | bool) -> None:
+        if isinstance(answer, CoreResult):
+            await self.apply(shard, row, answer)
+        else:
+            await self._sms_settle(shard, row, sent=answer)
+
+    async def _settle_paid(self, shard: str, paid: list[Paid]) -> None:
+        if not paid:
+            return
+        data = self._reference.data
+        try:
+            await self._in_transaction(
+                shard, lambda conn: complete_disbursements(conn, self._ids, data, paid)
+            )
+        except Exception:  # one bad row must not hold up the rest: settle them singly
+            log.exception("bulk disbursement failed; settling one by one", extra={"n": len(paid)})
+            await asyncio.gather(
+                *(
+                    self._guarded(
+                        p.claimed,
+                        self.apply(shard, p.claimed, CoreResult(Outcome.SUCCEEDED, p.core_txn_id)),
+                    )
+                    for p in paid
                 )
+            )
+
+    async def _settle_texted(self, shard: str, texted: list[Claimed]) -> None:
+        if not texted:
+            return
+        try:
+            async with acquire(self.pools.pool(shard)) as conn:
+                await outbox.finish_many(conn, texted, "sent")
+        except _DB_ERRORS as exc:  # leases run out; an SMS may go twice, money never
+            log.warning("SMS rows not closed", extra={"shard": shard, "error": repr(exc)})
+
+    async def _guarded(self, row: Claimed, work: Awaitable[T]) -> T | None:
+        try:
+            return await work
+        except Exception:  # the lease runs out and the row is inquired again: log, go on
+            log.exception("outbox row failed", extra={"outbox_id": row.outbox_id, "kind": row.kind})
+            return None
 
     async def process(self, shard: str, row: Claimed) -> None:
         if row.kind == "sms":
@@ -116,9 +208,12 @@ class Relay:
             result = await self._core.inquire(reference)
         else:
             card = await self._card_and_mark_sent(shard, row)
-            move = self._core.pay if row.kind == "disburse" else self._core.debit
-            result = await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
+            result = await self._send_money(row, reference, card)
         await self.apply(shard, row, result)
+
+    async def _send_money(self, row: Claimed, reference: str, card: str) -> CoreResult:
+        move = self._core.pay if row.kind == "disburse" else self._core.debit
+        return await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
 
     async def apply(self, shard: str, row: Claimed, result: CoreResult) -> None:
         """Turn core's answer into the business change, or a later retry (never a resend)."""
@@ -177,12 +272,21 @@ class Relay:
         return self._cipher.decrypt(bytes(blob), context="bank_card")
 
     async def _send_sms(self, shard: str, row: Claimed) -> None:
+        sent = await self._sms_send(row, await self._phone_ciphertext(shard, row))
+        await self._sms_settle(shard, row, sent=sent)
+
+    async def _phone_ciphertext(self, shard: str, row: Claimed) -> bytes:
         async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(
                 "SELECT phone_ciphertext FROM customer WHERE customer_id = $1", row.customer_id
             )
-        phone = self._cipher.decrypt(bytes(blob), context="phone")
-        sent = await self._sms.send(f"S{row.outbox_id}", phone, str(row.payload["text"]))
+        return bytes(blob)
+
+    async def _sms_send(self, row: Claimed, phone_ciphertext: bytes) -> bool:
+        phone = self._cipher.decrypt(phone_ciphertext, context="phone")
+        return await self._sms.send(f"S{row.outbox_id}", phone, str(row.payload["text"]))
+
+    async def _sms_settle(self, shard: str, row: Claimed, *, sent: bool) -> None:
         # One statement each: its own transaction, no BEGIN/COMMIT round trips.
         async with acquire(self.pools.pool(shard)) as conn:
             if sent or row.attempts >= self._settings.sms_attempts_max:
@@ -204,6 +308,10 @@ class Relay:
                 if attempt == RETRIES_MAX:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
+
+
+def _paid(row: Claimed, answer: CoreResult) -> bool:
+    return row.kind == "disburse" and answer.outcome is Outcome.SUCCEEDED
 
 
 def _amount(row: Claimed) -> int:

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine import app_keys, metrics
 from engine.openapi import build_openapi
+from engine.shard_access import acquire
 
 PROBE_TIMEOUT_S = 1.0
 
@@ -52,7 +53,7 @@ async def _probe(name: str, kind: str, check: Awaitable[object]) -> Probe:
 
 
 async def _pg_select_one(pool: asyncpg.Pool) -> object:
-    async with pool.acquire(timeout=PROBE_TIMEOUT_S) as conn:
+    async with acquire(pool, PROBE_TIMEOUT_S) as conn:
         return await conn.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)
 
 

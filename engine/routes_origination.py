@@ -24,7 +24,7 @@ from engine.idempotent_call import run_once
 from engine.services import contracts, origination
 from engine.services.bureau_step import run_bureau_step
 from engine.services.context import Services, parse_id
-from engine.shard_access import in_transaction, read, shard_connection
+from engine.shard_access import acquire, in_transaction, read, shard_connection
 from engine.wire import decode, encode, json_response
 from sharding.ids import shard_of_id
 
@@ -102,7 +102,7 @@ async def review_queue(request: web.Request) -> web.Response:
     svc = _svc(request)
 
     async def pending(shard: str) -> list[asyncpg.Record]:
-        async with svc.pools.pool(shard).acquire(timeout=5) as conn:
+        async with acquire(svc.pools.pool(shard)) as conn:
             return list(
                 await conn.fetch(
                     """SELECT * FROM application WHERE status = 'pending_review'

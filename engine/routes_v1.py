@@ -25,6 +25,7 @@ from engine.api_types import (
 )
 from engine.auth import BODY, CHANNEL
 from engine.errors import ApiError, BadRequest
+from engine.idempotency import AtOnce, Claim, StoredResponse
 from engine.idempotent_call import run_once
 from engine.inline_debit import debit_inline
 from engine.reference import Channel
@@ -84,6 +85,13 @@ async def create_drawdown(request: web.Request) -> web.Response:
     line_id = int(body.credit_line_id)
     booked: list[DrawdownView] = []
 
+    async def at_once(conn: asyncpg.Connection, claim: Claim) -> StoredResponse | AtOnce:
+        outcome = await drawdowns.draw_down_at_once(svc, conn, channel, body, claim)
+        if isinstance(outcome, AtOnce):
+            return outcome
+        booked.append(outcome[0])
+        return outcome[1]
+
     async def work(conn: asyncpg.Connection) -> tuple[DrawdownView, int]:
         view, customer_id = await drawdowns.draw_down(svc, conn, channel, body)
         booked.append(view)
@@ -93,7 +101,7 @@ async def create_drawdown(request: web.Request) -> web.Response:
         metrics.DRAWDOWNS,
         channel,
         lambda: booked[-1].product_code if booked else "n/a",
-        run_once(request, svc, shard_of_id(line_id), work),
+        run_once(request, svc, shard_of_id(line_id), work, at_once=at_once),
     )
     if booked and REPLAYED not in response.headers:
         labels = (channel.tenant_id, channel.channel_id, booked[-1].product_code)

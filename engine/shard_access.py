@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
 
 from engine import metrics
-from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
+from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError, checkout, returned
 
 T = TypeVar("T")
 
@@ -44,11 +44,10 @@ async def shard_connection(
     except (*_UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
         raise ShardUnavailableError(shard.name, exc) from exc
     try:
-        yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
+        async with returned(pool, conn):
+            yield conn  # type: ignore[misc]  # a pool proxy behaves as a Connection
     except (*_UNAVAILABLE, asyncpg.PostgresConnectionError) as exc:
         raise ShardUnavailableError(shard.name, exc) from exc
-    finally:
-        await asyncio.shield(pool.release(conn))
 
 
 async def in_transaction(
@@ -87,8 +86,8 @@ async def read(
         )
 
 
-@asynccontextmanager
-async def acquire(pool: asyncpg.Pool, timeout_s: float = 5.0) -> AsyncIterator[asyncpg.Connection]:
-    """A pool connection typed as a Connection (the proxy behaves as one), bounded wait."""
-    async with pool.acquire(timeout=timeout_s) as conn:
-        yield conn  # type: ignore[misc]
+def acquire(
+    pool: asyncpg.Pool, timeout_s: float = 5.0
+) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    """A pool connection, bounded wait; closed rather than reused if interrupted."""
+    return checkout(pool, timeout_s)

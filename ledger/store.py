@@ -1,9 +1,10 @@
 """The ledger's SQL: posting inside the caller's transaction, balances, trial balance.
 
-`post()` writes a whole posting in one round trip: the transaction row, its
-legs, and the running totals of every account it touches (upserted, so a
-loan's accounts come into being with its first posting). Accounts are locked
-in (code, owner_id) order, so two postings never deadlock on them.
+`post()` writes a whole posting in one round trip (the `ledger_post` function):
+the transaction row, its legs, and the running totals of every account it
+touches (upserted, so a loan's accounts come into being with its first
+posting). Accounts are locked in (code, owner_id) order, so two postings never
+deadlock on them.
 """
 
 from __future__ import annotations
@@ -14,27 +15,9 @@ import msgspec
 from ledger.chart import CHART, INTERNAL_STRIPES, Code, is_internal
 from ledger.postings import Posting, check_legs
 
-_POST_SQL = """
-WITH txn AS (
-    INSERT INTO ledger_txn (txn_id, customer_id, kind, ref_id, business_date)
-    VALUES ($1, $2, $3, $4, $5)
-), legs AS (
-    INSERT INTO ledger_leg (txn_id, leg_no, code, owner_id, customer_id, amount_fen)
-    SELECT $1, l.n, l.code, l.owner_id, l.customer_id, l.amount_fen
-    FROM unnest($6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
-         WITH ORDINALITY AS l(code, owner_id, customer_id, amount_fen, n)
-)
-INSERT INTO ledger_account AS a (code, owner_id, customer_id, debit_total_fen, credit_total_fen)
-SELECT l.code, l.owner_id, min(l.customer_id),
-       sum(greatest(l.amount_fen, 0)), sum(greatest(-l.amount_fen, 0))
-FROM unnest($6::text[], $7::bigint[], $8::bigint[], $9::bigint[])
-     AS l(code, owner_id, customer_id, amount_fen)
-GROUP BY l.code, l.owner_id
-ORDER BY l.code, l.owner_id
-ON CONFLICT (code, owner_id) DO UPDATE
-SET debit_total_fen = a.debit_total_fen + excluded.debit_total_fen,
-    credit_total_fen = a.credit_total_fen + excluded.credit_total_fen
-"""
+# The statements live in `ledger_post` (ledger/migrations/0006_one_call_booking.sql),
+# which `book_drawdown` calls too: one definition of how a posting is written.
+_POST_SQL = "SELECT ledger_post($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 
 
 class AccountBalance(msgspec.Struct, frozen=True):
@@ -87,7 +70,7 @@ async def ensure_chart(conn: asyncpg.Connection) -> None:
 
 
 def posting_args(posting: Posting) -> tuple[object, ...]:
-    """The bind arguments of `_POST_SQL` for one posting (also used by bulk seeding)."""
+    """The arguments of `ledger_post` for one posting (also used by bulk seeding)."""
     check_legs(posting.legs)
     stripe = posting.stripe()
     codes: list[str] = []

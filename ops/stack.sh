@@ -103,6 +103,8 @@ log_lock_waits = on
 deadlock_timeout = 500ms
 idle_in_transaction_session_timeout = 60s
 lock_timeout = 0
+# Per-statement counts and times for the SRE and for profiling (pg_stat_statements view).
+shared_preload_libraries = 'pg_stat_statements'
 CONF
 }
 

@@ -7,24 +7,109 @@
 
 Applied under the loan's row lock and only from `disbursing`, so an answer that
 arrives twice (a relay and an inquiry) changes nothing the second time.
+Successes are applied many at a time (`complete_disbursements`, one call of the
+database function of the same name); failures one by one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import asyncpg
+import msgspec
 
 from engine import metrics
 from engine.outbox import Claimed, finish
 from engine.reference import ReferenceData
-from engine.services.notify import queue_sms
+from engine.services.notify import sms_payload, sms_text
 from ledger.chart import Code
 from ledger.money import format_fen
 from ledger.postings import Leg, Posting
 from ledger.store import post
 from sharding.ids import IdGenerator, shard_of_id
+
+
+class PaidLoan(msgspec.Struct, frozen=True):
+    """What a disbursed loan's SMS tells: read with the card, before the payment."""
+
+    loan_id: int
+    customer_id: int
+    tenant_id: str
+    channel_id: str
+    principal_fen: int
+    disburse_to_masked: str
+    receipt_no: str
+
+
+PAID_LOANS_SQL = """SELECT loan_id, customer_id, tenant_id, channel_id, principal_fen,
+    disburse_to_masked, receipt_no FROM loan WHERE loan_id = ANY($1::bigint[])"""
+
+
+class Paid(msgspec.Struct, frozen=True):
+    """Core's "succeeded" for one payment: its outbox claim, core's ID, the loan."""
+
+    claimed: Claimed
+    core_txn_id: str
+    loan: PaidLoan
+
+
+async def paid_loans(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[int, PaidLoan]:
+    rows = await conn.fetch(PAID_LOANS_SQL, loan_ids)
+    return {row["loan_id"]: PaidLoan(**dict(row)) for row in rows}
+
+
+async def complete_disbursements(
+    conn: asyncpg.Connection, ids: IdGenerator, reference: ReferenceData, paid: list[Paid]
+) -> None:
+    """Apply core's "succeeded" to many loans in one round trip and one commit (the
+    loan-ID order keeps two callers from deadlocking); records each latency."""
+    today = reference.business_date
+    columns: tuple[list[object], ...] = tuple([] for _ in range(8))
+    for item in sorted(paid, key=lambda p: p.loan.loan_id):
+        loan, shard = item.loan, shard_of_id(item.loan.customer_id)
+        txn_id = ids.next_id(shard)
+        legs = (
+            Leg(Code.DISBURSEMENT_CLEARING, None, loan.principal_fen),
+            Leg(Code.CORE_SETTLEMENT, None, -loan.principal_fen),
+        )
+        posting = Posting(txn_id, loan.customer_id, "disbursement", loan.loan_id, today, legs)
+        text = sms_text(
+            reference,
+            tenant_id=loan.tenant_id,
+            kind="drawdown",
+            fields={
+                "channel": loan.channel_id,
+                "amount": format_fen(loan.principal_fen),
+                "card_last4": loan.disburse_to_masked[-4:],
+                "receipt_no": loan.receipt_no,
+            },
+        )
+        values = (
+            item.claimed.outbox_id,
+            item.claimed.attempts,
+            loan.loan_id,
+            item.core_txn_id,
+            txn_id,
+            posting.stripe(),
+            ids.next_id(shard),
+            sms_payload("drawdown", text),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    rows = await conn.fetch(
+        """SELECT * FROM complete_disbursements(
+               $1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9, $10, $11)""",
+        *columns,
+        today,
+        str(Code.DISBURSEMENT_CLEARING),
+        str(Code.CORE_SETTLEMENT),
+    )
+    for row in rows:
+        latency: dt.timedelta = row["r_disbursed_at"] - row["r_requested_at"]
+        metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
+        if row["r_journey_started_at"] is not None:
+            journey: dt.timedelta = row["r_disbursed_at"] - row["r_journey_started_at"]
+            metrics.JOURNEY.observe(journey.total_seconds())
 
 
 async def complete_disbursement(
@@ -36,64 +121,28 @@ async def complete_disbursement(
     succeeded: bool,
     outcome: str,
 ) -> None:
-    """Apply core's definite answer (the request-to-disbursed time goes to its histogram)."""
+    """Apply core's definite answer to one payment (a relay's inquiry, or a failure)."""
     assert conn.is_in_transaction()
-    loan = await conn.fetchrow(
-        """SELECT l.loan_id, l.customer_id, l.credit_line_id, l.tenant_id, l.channel_id,
-                  l.principal_fen, l.status, l.receipt_no, l.disburse_to_masked, l.requested_at,
-                  c.application_id
-           FROM loan l JOIN credit_line c USING (credit_line_id)
-           WHERE l.loan_id = $1 FOR UPDATE OF l""",
+    if succeeded:
+        loan = (await paid_loans(conn, [claimed.ref_id]))[claimed.ref_id]
+        await complete_disbursements(conn, ids, reference, [Paid(claimed, outcome, loan)])
+        return
+    loan_row = await conn.fetchrow(
+        """SELECT loan_id, customer_id, credit_line_id, principal_fen, status FROM loan
+           WHERE loan_id = $1 FOR UPDATE""",
         claimed.ref_id,
     )
-    assert loan is not None, claimed
-    if loan["status"] != "disbursing":
-        await finish(conn, claimed, "done" if loan["status"] != "failed" else "failed", outcome)
+    assert loan_row is not None, claimed
+    if loan_row["status"] != "disbursing":
+        state = "done" if loan_row["status"] != "failed" else "failed"
+        await finish(conn, claimed, state, outcome)
         return
-    today = reference.business_date
-    amount_fen = loan["principal_fen"]
-    customer_id = loan["customer_id"]
-    shard = shard_of_id(customer_id)
-    if succeeded:
-        disbursed_at = await conn.fetchval(
-            """UPDATE loan SET status = 'disbursed', disbursed_at = now(), updated_at = now()
-               WHERE loan_id = $1 RETURNING disbursed_at""",
-            loan["loan_id"],
-        )
-        legs = (
-            Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
-            Leg(Code.CORE_SETTLEMENT, None, -amount_fen),
-        )
-        await post(
-            conn,
-            Posting(ids.next_id(shard), customer_id, "disbursement", loan["loan_id"], today, legs),
-        )
-        await queue_sms(
-            conn,
-            ids,
-            reference,
-            tenant_id=loan["tenant_id"],
-            customer_id=customer_id,
-            ref_id=loan["loan_id"],
-            kind="drawdown",
-            fields={
-                "channel": loan["channel_id"],
-                "amount": format_fen(amount_fen),
-                "card_last4": loan["disburse_to_masked"][-4:],
-                "receipt_no": loan["receipt_no"],
-            },
-        )
-        await finish(conn, claimed, "done", outcome)
-        if loan["application_id"] is not None:
-            await _journey_done(conn, loan["credit_line_id"], disbursed_at)
-        latency: dt.timedelta = disbursed_at - loan["requested_at"]
-        metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
-        return
+    amount_fen, customer_id = loan_row["principal_fen"], loan_row["customer_id"]
     await conn.execute(
         """UPDATE loan SET status = 'failed', failure_reason = $2, outstanding_principal_fen = 0,
                updated_at = now()
            WHERE loan_id = $1""",
-        loan["loan_id"],
+        loan_row["loan_id"],
         outcome,
     )
     # The line before the ledger's stripes: the order a drawdown takes them in
@@ -101,35 +150,18 @@ async def complete_disbursement(
     await conn.execute(
         """UPDATE credit_line SET used_fen = used_fen - $2, updated_at = now()
            WHERE credit_line_id = $1""",
-        loan["credit_line_id"],
+        loan_row["credit_line_id"],
         amount_fen,
     )
     legs = (
         Leg(Code.DISBURSEMENT_CLEARING, None, amount_fen),
-        Leg(Code.LOAN_PRINCIPAL, loan["loan_id"], -amount_fen),
+        Leg(Code.LOAN_PRINCIPAL, loan_row["loan_id"], -amount_fen),
     )
+    txn_id = ids.next_id(shard_of_id(customer_id))
     await post(
         conn,
-        Posting(ids.next_id(shard), customer_id, "drawdown_void", loan["loan_id"], today, legs),
+        Posting(
+            txn_id, customer_id, "drawdown_void", loan_row["loan_id"], reference.business_date, legs
+        ),
     )
     await finish(conn, claimed, "failed", outcome)
-
-
-async def _journey_done(
-    conn: asyncpg.Connection, credit_line_id: int, disbursed_at: dt.datetime
-) -> None:
-    """The first loan of a line granted through an application ends its journey."""
-    row = await conn.fetchrow(
-        """SELECT a.application_id, a.created_at, a.steps FROM credit_line l
-           JOIN application a USING (application_id) WHERE l.credit_line_id = $1""",
-        credit_line_id,
-    )
-    if row is None or any(step["step"] == "disbursed" for step in json.loads(row["steps"])):
-        return
-    steps = [*json.loads(row["steps"]), {"step": "disbursed", "at": disbursed_at.isoformat()}]
-    await conn.execute(
-        "UPDATE application SET steps = $2::jsonb WHERE application_id = $1",
-        row["application_id"],
-        json.dumps(steps),
-    )
-    metrics.JOURNEY.observe((disbursed_at - row["created_at"]).total_seconds())

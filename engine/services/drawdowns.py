@@ -25,19 +25,20 @@ import msgspec
 
 from engine.api_types import DrawdownCreate, DrawdownView, PlanSummary
 from engine.errors import BadRequest, Unprocessable
+from engine.idempotency import AtOnce, Claim, StoredResponse
 from engine.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.outbox import enqueue
 from engine.reference import Channel, Product
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
 from engine.services.customers import BANK_CARD, lock_customer
-from engine.services.loan_store import INSERT_INSTALLMENTS_SQL, installment_arrays
+from engine.services.loan_store import installment_arrays
+from engine.wire import encode
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
 from ledger.overdue import fresh_state
 from ledger.postings import Leg, Posting
 from ledger.schedule import Plan, ScheduleError, build_plan
-from ledger.store import post
+from ledger.store import posting_args
 from sharding.ids import shard_of_id
 
 
@@ -143,22 +144,70 @@ class Draft(msgspec.Struct, frozen=True):
         return int(self.line["customer_id"])
 
 
+async def draw_down_at_once(
+    svc: Services, conn: asyncpg.Connection, channel: Channel, body: DrawdownCreate, claim: Claim
+) -> tuple[DrawdownView, StoredResponse] | AtOnce:
+    """The common case in two round trips and one commit, outside any transaction:
+    read the line, plan, then `book_drawdown` checks under the locks that the read
+    still holds and writes everything with the idempotency record. A refusal found
+    in the read is final (it is the line's committed state); anything the locks
+    find changed is handed back as RECHECK, for `draw_down` to redo."""
+    amount_fen, card = _parse(body)
+    line = await fetch_line(conn, channel, int(body.credit_line_id))
+    _check_line(svc, line, body, amount_fen)
+    draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card)
+    view = _view(draft)
+    response = StoredResponse(201, encode(view))
+    idempotency = (claim.channel_id, claim.key, claim.request_sha256, 201, response.body)
+    args = (*idempotency, *_book_args(svc, draft))
+    assert len(args) == _BOOK_ARGS, len(args)
+    outcome = await conn.fetchval(_BOOK_SQL, *args)
+    if outcome == "booked":
+        return view, response
+    return AtOnce(outcome)
+
+
 async def draw_down(
     svc: Services, conn: asyncpg.Connection, channel: Channel, body: DrawdownCreate
 ) -> tuple[DrawdownView, int]:
-    """Book the drawdown; returns the response and the customer ID (for idempotency)."""
+    """Book the drawdown under locks, inside the caller's transaction (the caller
+    stores the idempotency record); returns the response and the customer ID."""
     amount_fen, card = _parse(body)
-    today = svc.business_date
     line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True)
+    product = _check_line(svc, line, body, amount_fen)
+    await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
+    draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card)
+    outcome = await conn.fetchval(_BOOK_SQL, None, None, None, None, None, *_book_args(svc, draft))
+    assert outcome == "booked", outcome  # the locks are ours: nothing can have changed
+    return _view(draft), draft.customer_id
+
+
+def _check_line(
+    svc: Services, line: asyncpg.Record, body: DrawdownCreate, amount_fen: int
+) -> Product:
+    """The request against the line (raises the refusals); returns the line's product."""
     product = svc.reference.data.products[line["product_code"]]
-    _check_request(product, line, body, today)
+    _check_request(product, line, body, svc.business_date)
     available_fen = line["limit_fen"] - line["used_fen"]
     if amount_fen > available_fen:
         raise Unprocessable(
             "CREDIT_LINE_EXCEEDED", f"the line has {format_fen(available_fen)} available"
         )
-    customer_id = line["customer_id"]
-    await _check_customer_cap(conn, channel, product, customer_id, amount_fen)
+    return product
+
+
+def _draft(
+    svc: Services,
+    channel: Channel,
+    body: DrawdownCreate,
+    line: asyncpg.Record,
+    *,
+    amount_fen: int,
+    card: str,
+) -> Draft:
+    """Plan the checked drawdown and give it its IDs."""
+    today = svc.business_date
+    product = svc.reference.data.products[line["product_code"]]
     try:
         plan = build_plan(
             amount_fen,
@@ -170,21 +219,9 @@ async def draw_down(
         )
     except ScheduleError as exc:
         raise Unprocessable(exc.code, exc.detail) from exc
-    loan_id = svc.ids.next_id(shard_of_id(customer_id))
-    draft = Draft(
-        channel,
-        product,
-        dict(line),
-        body,
-        plan,
-        loan_id,
-        f"JJ{today:%Y%m%d}{loan_id:019d}",
-        card,
-        today,
-    )
-    await _insert_loan(svc, conn, draft)
-    await _book(svc, conn, draft)
-    return _view(draft), customer_id
+    loan_id = svc.ids.next_id(shard_of_id(line["customer_id"]))
+    receipt_no = f"JJ{today:%Y%m%d}{loan_id:019d}"
+    return Draft(channel, product, dict(line), body, plan, loan_id, receipt_no, card, today)
 
 
 def _view(draft: Draft) -> DrawdownView:
@@ -207,28 +244,38 @@ def _view(draft: Draft) -> DrawdownView:
     )
 
 
-async def _insert_loan(svc: Services, conn: asyncpg.Connection, draft: Draft) -> None:
-    line, plan = draft.line, draft.plan
-    await conn.execute(
-        """INSERT INTO loan (loan_id, customer_id, credit_line_id, tenant_id, channel_id,
-               product_code, customer_cap_group, receipt_no, principal_fen,
-               outstanding_principal_fen,
-               annual_rate_pct, penalty_multiplier, repayment_method, term_months, grace_months,
-               start_date, maturity_date, status, disburse_to_ciphertext, disburse_to_masked,
-               payment_fen, requested_at, disbursed_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16,
-                   'disbursing', $17, $18, $19, now(), NULL)""",
-        draft.loan_id,
-        draft.customer_id,
+# `book_drawdown` (ledger/migrations/0006_one_call_booking.sql): the idempotency
+# record (5, or NULLs), the checks (5), the loan (15), its installments (11), the
+# posting (5) and the payment order (2).
+_BOOK_ARGS = 43
+_BOOK_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, _BOOK_ARGS + 1)))
+
+
+def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
+    """`book_drawdown`'s arguments after the idempotency record's."""
+    line, plan, product = draft.line, draft.plan, draft.product
+    customer_id, shard = draft.customer_id, shard_of_id(draft.customer_id)
+    legs = (
+        Leg(Code.LOAN_PRINCIPAL, draft.loan_id, plan.principal_fen),
+        Leg(Code.DISBURSEMENT_CLEARING, None, -plan.principal_fen),
+    )
+    txn_id = svc.ids.next_id(shard)
+    posting = Posting(txn_id, customer_id, "drawdown", draft.loan_id, draft.today, legs)
+    leg_arrays = posting_args(posting)[5:]
+    payload = {"reference": disbursement_reference(draft.loan_id)}
+    return (
         line["credit_line_id"],
+        line["annual_rate_pct"],
+        draft.today,
+        product.customer_cap_group,
+        None if product.customer_cap_group is None else product.customer_outstanding_max_fen,
+        draft.loan_id,
+        customer_id,
         draft.channel.tenant_id,
-        draft.channel.channel_id,
-        draft.product.product_code,
-        draft.product.customer_cap_group,
+        product.product_code,
         draft.receipt_no,
         plan.principal_fen,
-        line["annual_rate_pct"],
-        draft.product.penalty_multiplier,
+        product.penalty_multiplier,
         draft.body.repayment_method,
         draft.body.term_months,
         draft.body.grace_months,
@@ -237,37 +284,11 @@ async def _insert_loan(svc: Services, conn: asyncpg.Connection, draft: Draft) ->
         svc.cipher.encrypt(draft.card, context=BANK_CARD),
         mask_bank_card(draft.card),
         plan.payment_fen,
-    )
-    state = fresh_state(plan)
-    await conn.execute(
-        INSERT_INSTALLMENTS_SQL, draft.loan_id, draft.customer_id, *installment_arrays(state, ())
-    )
-    await conn.execute(
-        """UPDATE credit_line SET used_fen = used_fen + $2, updated_at = now()
-           WHERE credit_line_id = $1""",
-        line["credit_line_id"],
-        plan.principal_fen,
-    )
-
-
-async def _book(svc: Services, conn: asyncpg.Connection, draft: Draft) -> None:
-    shard, amount_fen = shard_of_id(draft.customer_id), draft.plan.principal_fen
-    legs = (
-        Leg(Code.LOAN_PRINCIPAL, draft.loan_id, amount_fen),
-        Leg(Code.DISBURSEMENT_CLEARING, None, -amount_fen),
-    )
-    posting = Posting(
-        svc.ids.next_id(shard), draft.customer_id, "drawdown", draft.loan_id, draft.today, legs
-    )
-    await post(conn, posting)
-    await enqueue(
-        conn,
-        outbox_id=svc.ids.next_id(shard),
-        customer_id=draft.customer_id,
-        kind="disburse",
-        ref_id=draft.loan_id,
-        amount_fen=amount_fen,
-        payload={"reference": disbursement_reference(draft.loan_id)},
+        *installment_arrays(fresh_state(plan), ()),
+        txn_id,
+        *leg_arrays,
+        svc.ids.next_id(shard),
+        msgspec.json.encode(payload).decode(),
     )
 
 

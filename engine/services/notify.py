@@ -11,6 +11,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import msgspec
 
 from engine.outbox import enqueue
 from engine.reference import ReferenceData
@@ -24,6 +25,18 @@ def local_time() -> str:
     return dt.datetime.now(SHANGHAI).strftime("%m月%d日%H:%M")
 
 
+def sms_text(reference: ReferenceData, *, tenant_id: str, kind: str, fields: dict[str, str]) -> str:
+    """The tenant's template for `kind`, filled in (no full number in any field)."""
+    text = reference.sms_template(tenant_id, kind).format(time=local_time(), **fields)
+    assert len(text) <= SMS_TEXT_CHARS_MAX, len(text)
+    return text
+
+
+def sms_payload(kind: str, text: str) -> str:
+    """The outbox payload of an SMS, as JSON."""
+    return msgspec.json.encode({"kind": kind, "text": text}).decode()
+
+
 async def queue_sms(
     conn: asyncpg.Connection,
     ids: IdGenerator,
@@ -35,8 +48,7 @@ async def queue_sms(
     kind: str,
     fields: dict[str, str],
 ) -> None:
-    text = reference.sms_template(tenant_id, kind).format(time=local_time(), **fields)
-    assert len(text) <= SMS_TEXT_CHARS_MAX, len(text)
+    text = sms_text(reference, tenant_id=tenant_id, kind=kind, fields=fields)
     await enqueue(
         conn,
         outbox_id=ids.next_id(shard_of_id(customer_id)),

@@ -1,0 +1,107 @@
+"""The one-statement drawdown (`book_drawdown`) trusts nothing it read before taking
+the line's lock: a line frozen or drawn on between the engine's read and its
+booking is rechecked under locks, refused with the usual code, and nothing is
+written."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from engine.settings import Settings
+from sharding.ids import shard_of_id
+from tests.api_client import ApiClient
+
+BLOCKED_WAIT_S = 10.0
+
+
+async def _shard_conn(settings: Settings, line_id: str) -> asyncpg.Connection:
+    shard = settings.shard_map().physical_for(shard_of_id(int(line_id)))
+    return await asyncpg.connect(shard.dsn)
+
+
+async def _wait_until_booking_waits(conn: asyncpg.Connection) -> None:
+    """Until a `book_drawdown` call (the one-statement path) waits on a row lock."""
+    deadline = asyncio.get_running_loop().time() + BLOCKED_WAIT_S
+    while asyncio.get_running_loop().time() < deadline:
+        await conn.execute("SELECT pg_stat_clear_snapshot()")  # else fixed for the transaction
+        waiting = await conn.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
+               WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT book_drawdown(%'"""
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("no drawdown reached book_drawdown's line lock")
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ("UPDATE credit_line SET status = 'frozen', status_reason = 'test' WHERE credit_line_id = $1",
+         "CREDIT_LINE_FROZEN"),
+        ("UPDATE credit_line SET used_fen = limit_fen - 100000 WHERE credit_line_id = $1",
+         "CREDIT_LINE_EXCEEDED"),
+    ],
+)  # fmt: skip
+async def test_line_changed_after_the_read_is_refused_under_lock(
+    api: ApiClient, settings: Settings, change: str, code: str
+) -> None:
+    line_id = await api.line(await api.customer(), limit="10000.00")
+    conn = await _shard_conn(settings, line_id)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
+        )
+        drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
+        await _wait_until_booking_waits(conn)
+        await conn.execute(change, int(line_id))
+        used_before = await conn.fetchval(
+            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
+        )
+        await tx.commit()
+        reply = await drawdown
+        assert (reply.status, reply.json["code"]) == (422, code), reply
+        loans = await conn.fetchval(
+            "SELECT count(*) FROM loan WHERE credit_line_id = $1", int(line_id)
+        )
+        used_after = await conn.fetchval(
+            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
+        )
+    finally:
+        await conn.close()
+    assert loans == 0
+    assert used_after == used_before
+
+
+async def test_line_unchanged_while_waiting_is_booked_at_once(
+    api: ApiClient, settings: Settings
+) -> None:
+    line_id = await api.line(await api.customer(), limit="10000.00")
+    conn = await _shard_conn(settings, line_id)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
+        )
+        drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
+        await _wait_until_booking_waits(conn)
+        await tx.commit()
+        reply = await drawdown
+        assert reply.status == 201, reply
+        row = await conn.fetchrow(
+            """SELECT l.used_fen, (SELECT count(*) FROM idempotency_record r
+                                    WHERE r.customer_id = l.customer_id) AS records
+               FROM credit_line l WHERE credit_line_id = $1""",
+            int(line_id),
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    assert row["used_fen"] == 300000
+    assert row["records"] >= 1  # the durable record was written by the same statement
