@@ -1,7 +1,10 @@
 """`python -m engine relay`: carries out the outboxes of every shard.
 
-    per physical shard:  claim ≤ batch (SKIP LOCKED, leased) ─► at most `relay_concurrency`
-                         calls in flight ─► apply the answer in one shard transaction
+    per physical shard:  claim ≤ batch (SKIP LOCKED, leased) ─► prefetch its cards and
+                         phones (one query) ─► at most `relay_concurrency` calls in flight
+                         ─► payments core made and SMS sent: settled in bulk, one
+                            statement each; anything else one by one, each in its own
+                            shard transaction (`engine.relay_batch`)
 
     money (disburse, debit)   first time: send.  Afterwards (time-out, unclear answer,
                               a relay that died mid-call): inquire, never send again.
