@@ -2,6 +2,7 @@
 
     per physical shard:  claim ≤ batch (SKIP LOCKED, leased) ─► prefetch its cards and
                          phones (one query) ─► at most `relay_concurrency` calls in flight
+                         ─► SMS: up to 32 per gateway call (send-batch)
                          ─► payments core made and SMS sent: settled in bulk, one
                             statement each; anything else one by one, each in its own
                             shard transaction (`engine.relay_batch`)
@@ -32,7 +33,7 @@ import asyncpg
 
 from engine import outbox, relay_batch
 from engine.adapters.core_bank import CoreBank, CoreResult, Outcome
-from engine.adapters.sms import SmsGateway
+from engine.adapters.sms import SEND_BATCH_MAX, Sms, SmsGateway
 from engine.outbox import Claimed
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
@@ -111,9 +112,17 @@ class Relay:
         except _DB_ERRORS as exc:  # each row then reads its own secret
             log.warning("outbox prefetch failed", extra={"shard": shard, "error": repr(exc)})
             known = relay_batch.Prefetched({}, {})
-        answers = await asyncio.gather(
-            *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in rows)
+        texts = [row for row in rows if row.kind == "sms"]
+        moves = [row for row in rows if row.kind != "sms"]
+        chunks = [texts[i : i + SEND_BATCH_MAX] for i in range(0, len(texts), SEND_BATCH_MAX)]
+        moved, texted_chunks = await asyncio.gather(
+            asyncio.gather(
+                *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in moves)
+            ),
+            asyncio.gather(*(self._text(shard, chunk, known) for chunk in chunks)),
         )
+        answers = [*moved, *(sent for chunk in texted_chunks for sent in chunk)]
+        rows = moves + texts
         paid: list[Paid] = []
         texted: list[Claimed] = []
         others: list[tuple[Claimed, CoreResult | bool]] = []
@@ -135,17 +144,13 @@ class Relay:
 
     async def _deliver(
         self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
-    ) -> CoreResult | bool | None:
-        """Core's answer, or whether the SMS went out; None when a handler did it all."""
+    ) -> CoreResult | None:
+        """Core's answer; None when a handler did it all."""
         async with self._slots:
             if row.kind in self.handlers:
                 await self.handlers[row.kind](shard, row)
                 return None
             secret = known.secret(row)
-            if row.kind == "sms":
-                if secret is None:
-                    secret = await self._phone_ciphertext(shard, row)
-                return await self._sms_send(row, secret)
             reference = str(row.payload["reference"])
             if row.needs_inquiry:
                 return await self._core.inquire(reference)
@@ -156,6 +161,23 @@ class Relay:
             else:
                 card = self._cipher.decrypt(secret, context="bank_card")
             return await self._send_money(row, reference, card)
+
+    async def _text(
+        self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched
+    ) -> list[bool | None]:
+        """Send up to SEND_BATCH_MAX messages in one call; whether each went out (None:
+        failed before the call, logged, its lease brings it back)."""
+        try:
+            async with self._slots:
+                messages = []
+                for row in rows:
+                    secret = known.secret(row) or await self._phone_ciphertext(shard, row)
+                    phone = self._cipher.decrypt(secret, context="phone")
+                    messages.append(Sms(f"S{row.outbox_id}", phone, str(row.payload["text"])))
+                return list(await self._sms.send_batch(messages))
+        except Exception:
+            log.exception("SMS batch failed", extra={"shard": shard, "n": len(rows)})
+            return [None] * len(rows)
 
     async def _settle(self, shard: str, row: Claimed, answer: CoreResult | bool) -> None:
         if isinstance(answer, CoreResult):

@@ -14,7 +14,8 @@
        1.00 on a seeded loan                                         -> repayments/s
 
 Prints a markdown table with the ratios to the pgbench baseline and the issue's
-targets (drawdowns/s >= 0.25 x tps; p99 at half saturation <= 100 ms); with
+targets (drawdowns/s >= 0.25 x tps; p99 at half saturation <= 100 ms) and the CPU
+each process role spent per drawdown at saturation (`loadtest.cpu_share`); with
 `--append`, appends it to BENCHMARKS.md with the machine, versions and command.
 Needs the engine serving (`make up`, or ENGINE_HTTP_PORT) and seeded customers
 (`python -m loadtest seed`; LOADTEST_SEEDED names the file). The client is one
@@ -47,6 +48,7 @@ import aiohttp
 import asyncpg
 
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
+from loadtest.cpu_share import cpu_by_role, per_operation_ms
 from loadtest.seed import control_dsn_from_env, shards_from_env
 from loadtest.signing import auth_headers
 
@@ -287,6 +289,7 @@ class Results:
     half_rate_per_s: float
     repayments: Tally
     loans_estimate: int
+    cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
 
 
 async def _loans_estimate() -> int:
@@ -312,14 +315,17 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         client = Client(session, args.base_url)
         say(f"drawdowns at saturation: {args.concurrency} in flight, {args.seconds} s")
         draw = drawdown_maker(customers, args.concurrency)
-        saturated = await closed_loop(client, draw, args.concurrency, args.seconds, args.warmup_s)
+        await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
+        before = cpu_by_role()
+        saturated = await closed_loop(client, draw, args.concurrency, args.seconds, 0.0)
+        cpu_ms = per_operation_ms(before, cpu_by_role(), saturated.ok)
         half_rate = max(saturated.per_s / 2, 1.0)
         say(f"{saturated.per_s:.0f}/s; now open loop at {half_rate:.0f}/s, {args.seconds} s")
         half = await open_loop(client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds)
         say(f"p99 {half.percentile_ms(0.99):.1f} ms; now repayments at saturation")
         pay = repayment_maker(customers, args.concurrency)
         repaid = await closed_loop(client, pay, args.concurrency, args.seconds, args.warmup_s)
-    return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate())
+    return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate(), cpu_ms)
 
 
 def say(text: str) -> None:
@@ -350,6 +356,12 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"| repayments/s at saturation (prepay {PREPAY_AMOUNT}, {args.concurrency} in flight) | "
         f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | | {repay.problems()} |",
     ]
+    cpu = results.cpu_ms_per_drawdown
+    if cpu:
+        parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
+        rows.append(
+            f"| CPU per drawdown at saturation, ms ({parts}) | {sum(cpu.values()):.2f} ms | | | |"
+        )
     return "\n".join(rows)
 
 

@@ -413,6 +413,39 @@ async def test_sms_failure_sends_nothing_and_a_resend_can_succeed(
     assert len((await call(client, "GET", f"{sms.base_url}/fake/messages"))[1]) == 1
 
 
+async def test_sms_batch_decides_each_message_alone(
+    fakes: Fakes, client: aiohttp.ClientSession
+) -> None:
+    sms = await fakes.sms()
+    url = f"{sms.base_url}/sms/v1/send-batch"
+    messages = [{"reference": f"b-{n}", "phone": PHONE, "text": f"第{n}条"} for n in range(3)]
+    status, first = await call(client, "POST", url, {"messages": messages})
+    assert status == 200
+    assert [(r["reference"], r["status"]) for r in first["results"]] == [
+        (f"b-{n}", "accepted") for n in range(3)
+    ]
+    # A repeat (one old reference, one new) sends only the new one; the old keeps its ID.
+    again = [messages[1], {"reference": "b-3", "phone": PHONE, "text": "第3条"}]
+    status, second = await call(client, "POST", url, {"messages": again})
+    assert status == 200
+    assert second["results"][0] == first["results"][1]
+    assert second["results"][1]["status"] == "accepted"
+    status, recorded = await call(client, "GET", f"{sms.base_url}/fake/messages")
+    assert [m["reference"] for m in recorded] == ["b-0", "b-1", "b-2", "b-3"]
+    await call(client, "POST", f"{sms.base_url}/fake/knobs", {"fail_ratio": 1})
+    status, failed = await call(client, "POST", url, {"messages": [
+        {"reference": "b-4", "phone": PHONE, "text": "x"}]})  # fmt: skip
+    assert (status, failed["results"]) == (200, [{"reference": "b-4", "status": "failed"}])
+    for bad in (
+        {"messages": []},
+        {"messages": [messages[0], messages[0]]},
+        {"messages": [{"reference": f"m-{n}", "phone": PHONE, "text": "x"} for n in range(33)]},
+    ):
+        status, error = await call(client, "POST", url, bad)
+        assert status == 400 and "error" in error
+    assert len((await call(client, "GET", f"{sms.base_url}/fake/messages"))[1]) == 4
+
+
 async def test_bad_sms_is_400(fakes: Fakes, client: aiohttp.ClientSession) -> None:
     sms = await fakes.sms()
     url = f"{sms.base_url}/sms/v1/send"

@@ -1,4 +1,8 @@
-"""The SMS gateway: `POST /sms/v1/send {reference, phone, text}` -> {message_id, status}.
+"""The SMS gateway.
+
+    POST /sms/v1/send        {reference, phone, text}          -> {message_id, status}
+    POST /sms/v1/send-batch  {messages: [≤ 32 of the above]}   -> {results: [{reference,
+                                                                   status, message_id?}]}
 
 A message is best effort: sending never blocks or fails a money movement. The
 gateway drops a repeated reference, so a resend after a crash is harmless.
@@ -6,13 +10,41 @@ gateway drops a repeated reference, so a resend after a crash is harmless.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import aiohttp
+import msgspec
+
+SEND_BATCH_MAX = 32
+
+
+class Sms(msgspec.Struct, frozen=True):
+    reference: str
+    phone: str
+    text: str
 
 
 class SmsGateway(Protocol):
     async def send(self, reference: str, phone: str, text: str) -> bool: ...
+
+    async def send_batch(self, messages: list[Sms]) -> list[bool]: ...
+
+
+class _Batch(msgspec.Struct, frozen=True):
+    messages: list[Sms]
+
+
+class _Result(msgspec.Struct, frozen=True):
+    reference: str
+    status: Literal["accepted", "failed"]
+
+
+class _BatchAnswer(msgspec.Struct, frozen=True):
+    results: list[_Result]
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_batch = msgspec.json.Decoder(_BatchAnswer).decode
 
 
 class SmsClient:
@@ -20,6 +52,7 @@ class SmsClient:
         assert timeout_s > 0
         self._session = session
         self._url = base_url.rstrip("/") + "/sms/v1/send"
+        self._batch_url = base_url.rstrip("/") + "/sms/v1/send-batch"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def send(self, reference: str, phone: str, text: str) -> bool:
@@ -31,3 +64,24 @@ class SmsClient:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError):
             return False
+
+    async def send_batch(self, messages: list[Sms]) -> list[bool]:
+        """Whether the gateway accepted each message, in order (all False when the call
+        itself failed: each is then resent later under its own reference)."""
+        assert 1 <= len(messages) <= SEND_BATCH_MAX, len(messages)
+        headers = {"Content-Type": "application/json"}
+        try:
+            async with self._session.post(
+                self._batch_url,
+                data=_encode(_Batch(messages)),
+                headers=headers,
+                timeout=self._timeout,
+            ) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    return [False] * len(messages)
+            answer = _decode_batch(payload)
+        except (TimeoutError, aiohttp.ClientError, msgspec.DecodeError):
+            return [False] * len(messages)
+        accepted = {r.reference for r in answer.results if r.status == "accepted"}
+        return [m.reference in accepted for m in messages]

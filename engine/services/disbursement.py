@@ -65,6 +65,7 @@ async def complete_disbursements(
     loan-ID order keeps two callers from deadlocking); records each latency."""
     today = reference.business_date
     columns: tuple[list[object], ...] = tuple([] for _ in range(8))
+    stripe: int | None = None
     for item in sorted(paid, key=lambda p: p.loan.loan_id):
         loan, shard = item.loan, shard_of_id(item.loan.customer_id)
         txn_id = ids.next_id(shard)
@@ -90,7 +91,10 @@ async def complete_disbursements(
             loan.loan_id,
             item.core_txn_id,
             txn_id,
-            posting.stripe(),
+            # The whole batch through its first posting's stripe of the internal
+            # accounts: it then holds two stripe rows till its commit, not up to 32,
+            # and a drawdown (which needs one) seldom waits for it.
+            stripe if stripe is not None else (stripe := posting.stripe()),
             ids.next_id(shard),
             sms_payload("drawdown", text),
         )

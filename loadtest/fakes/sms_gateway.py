@@ -7,6 +7,11 @@
            503 {"status": "failed"}        by FAKE_SMS_FAIL_RATIO: nothing sent, nothing
                                            recorded; resend with the same reference
            400 {"error", "detail"}         refused, nothing recorded
+    POST /sms/v1/send-batch  {"messages": [1..32 of the above]}   (批量发送)
+        -> 200 {"results": [{"reference", "status": "accepted", "message_id"}
+                            | {"reference", "status": "failed"}]}   one per message, in order;
+           each message decided as if sent alone (a failed one may be resent)
+           400 {"error", "detail"}         the whole batch refused, nothing recorded
     GET  /fake/messages   GET|POST /fake/knobs   GET /healthz   GET /metrics
 
     arrive --latency_ms--> draw u in [0,1) --u < fail_ratio--> 503
@@ -32,6 +37,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from loadtest.fakes import (
     BODY_MAX_BYTES,
+    BadRequest,
     Journal,
     add_common_routes,
     error_middleware,
@@ -54,6 +60,7 @@ SUPPORTED_KNOBS = frozenset({"latency_ms", "fail_ratio"})
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 DUPLICATE_WAIT_S_MAX = 60.0
 TEXT_CHARS_MAX = 500
+SEND_BATCH_MAX = 32  # 32 messages of 500 Chinese characters stay within BODY_MAX_BYTES
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 PHONE_PATTERN = r"^[0-9]{11}$"
@@ -71,6 +78,22 @@ class SendResponse(msgspec.Struct, frozen=True):
     reference: str
     message_id: str
     status: Literal["accepted"] = "accepted"
+
+
+class BatchRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /sms/v1/send-batch."""
+
+    messages: Annotated[list[SendRequest], msgspec.Meta(min_length=1, max_length=SEND_BATCH_MAX)]
+
+
+class BatchResult(msgspec.Struct, frozen=True, omit_defaults=True):
+    reference: str
+    status: Literal["accepted", "failed"]
+    message_id: str | None = None
+
+
+class BatchResponse(msgspec.Struct, frozen=True):
+    results: list[BatchResult]
 
 
 class SmsRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -194,6 +217,32 @@ async def send(request: web.Request) -> web.StreamResponse:
     return json_response(SendResponse(message.reference, message.message_id))
 
 
+_batch_decoder = msgspec.json.Decoder(BatchRequest)
+
+
+async def send_batch(request: web.Request) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    try:
+        body = await read_json(request, _batch_decoder)
+    except msgspec.MsgspecError:
+        metrics.messages.labels("bad_request").inc()
+        raise
+    if len({m.reference for m in body.messages}) != len(body.messages):
+        metrics.messages.labels("bad_request").inc()
+        raise BadRequest("duplicate_reference", "a reference appears twice in the batch")
+    outbox = request.app[OUTBOX]
+    decided = await asyncio.gather(*(outbox.send(m) for m in body.messages))
+    results = []
+    for m, (message, repeat) in zip(body.messages, decided, strict=True):
+        if message is None:
+            metrics.messages.labels("failed").inc()
+            results.append(BatchResult(m.reference, "failed"))
+        else:
+            metrics.messages.labels("duplicate" if repeat else "accepted").inc()
+            results.append(BatchResult(m.reference, "accepted", message.message_id))
+    return json_response(BatchResponse(results))
+
+
 async def fake_messages(request: web.Request) -> web.StreamResponse:
     return json_response(request.app[OUTBOX].messages)
 
@@ -212,6 +261,7 @@ def create_app(config: SmsConfig, registry: CollectorRegistry) -> web.Applicatio
     app[METRICS] = SmsMetrics(registry)
     app.cleanup_ctx.append(_outbox_ctx)
     app.router.add_post("/sms/v1/send", send)
+    app.router.add_post("/sms/v1/send-batch", send_batch)
     app.router.add_get("/fake/messages", fake_messages)
     add_common_routes(app, OUTBOX, SUPPORTED_KNOBS, registry)
     return app
