@@ -23,7 +23,7 @@ import enum
 
 import msgspec
 
-INTERNAL_STRIPES = 16
+INTERNAL_STRIPES = 64  # rows per internal account: concurrent postings seldom share one
 
 
 class Scope(enum.Enum):
