@@ -37,7 +37,13 @@ from engine.adapters.sms import SEND_BATCH_MAX, Sms, SmsGateway
 from engine.outbox import Claimed
 from engine.pii import PiiCipher
 from engine.reference import ReferenceCache
-from engine.services.disbursement import Paid, complete_disbursement, complete_disbursements
+from engine.services.disbursement import (
+    Disbursed,
+    Paid,
+    complete_disbursement,
+    complete_disbursements,
+    observe,
+)
 from engine.services.repayments import complete_repayment
 from engine.settings import ExternalSettings
 from engine.shard_access import RETRIES_MAX, acquire
@@ -105,41 +111,58 @@ class Relay:
             await self._batch(shard, rows, time.monotonic())
 
     async def _batch(self, shard: str, rows: list[Claimed], claimed_at: float) -> None:
-        """Send a claimed batch; settle what went well in bulk, the rest one by one."""
+        """Send a claimed batch; settle what went well in bulk, the rest one by one.
+        Money and SMS go separately, so a slow gateway never holds up a payment's
+        settlement."""
         try:
-            async with acquire(self.pools.pool(shard)) as conn:
-                known = await relay_batch.prefetch(conn, rows)
-        except _DB_ERRORS as exc:  # each row then reads its own secret
-            log.warning("outbox prefetch failed", extra={"shard": shard, "error": repr(exc)})
-            known = relay_batch.Prefetched({}, {})
-        texts = [row for row in rows if row.kind == "sms"]
-        moves = [row for row in rows if row.kind != "sms"]
-        chunks = [texts[i : i + SEND_BATCH_MAX] for i in range(0, len(texts), SEND_BATCH_MAX)]
-        moved, texted_chunks = await asyncio.gather(
-            asyncio.gather(
-                *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in moves)
-            ),
-            asyncio.gather(*(self._text(shard, chunk, known) for chunk in chunks)),
+            try:
+                async with acquire(self.pools.pool(shard)) as conn:
+                    known = await relay_batch.prefetch(conn, rows)
+            except Exception as exc:  # each row then reads its own secret
+                log.warning("outbox prefetch failed", extra={"shard": shard, "error": repr(exc)})
+                known = relay_batch.Prefetched({}, {})
+            await asyncio.gather(
+                self._moves(shard, [r for r in rows if r.kind != "sms"], known, claimed_at),
+                self._texts(shard, [r for r in rows if r.kind == "sms"], known),
+            )
+        except Exception:  # the loop must outlive anything; the rows' leases bring them back
+            log.exception("outbox batch failed", extra={"shard": shard, "n": len(rows)})
+
+    async def _moves(
+        self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched, claimed_at: float
+    ) -> None:
+        answers = await asyncio.gather(
+            *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in rows)
         )
-        answers = [*moved, *(sent for chunk in texted_chunks for sent in chunk)]
-        rows = moves + texts
         paid: list[Paid] = []
-        texted: list[Claimed] = []
-        others: list[tuple[Claimed, CoreResult | bool]] = []
+        others: list[tuple[Claimed, CoreResult]] = []
         for row, answer in zip(rows, answers, strict=True):
             if answer is None:  # handled, or failed and logged: its lease brings it back
                 continue
             loan = known.loans.get(row.ref_id)
-            if row.kind == "sms" and answer is True:
-                texted.append(row)
-            elif isinstance(answer, CoreResult) and _paid(row, answer) and loan is not None:
+            if _paid(row, answer) and loan is not None:
                 paid.append(Paid(row, answer.core_txn_id or "", loan))
             else:
                 others.append((row, answer))
         await asyncio.gather(
             self._settle_paid(shard, paid),
+            *(self._guarded(row, self.apply(shard, row, answer)) for row, answer in others),
+        )
+
+    async def _texts(self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched) -> None:
+        chunks = [rows[i : i + SEND_BATCH_MAX] for i in range(0, len(rows), SEND_BATCH_MAX)]
+        sent = await asyncio.gather(*(self._text(shard, chunk, known) for chunk in chunks))
+        texted: list[Claimed] = []
+        refused: list[Claimed] = []
+        for chunk, answers in zip(chunks, sent, strict=True):
+            for row, answer in zip(chunk, answers, strict=True):
+                if answer is True:
+                    texted.append(row)
+                elif answer is False:
+                    refused.append(row)
+        await asyncio.gather(
             self._settle_texted(shard, texted),
-            *(self._guarded(row, self._settle(shard, row, answer)) for row, answer in others),
+            *(self._guarded(row, self._sms_settle(shard, row, sent=False)) for row in refused),
         )
 
     async def _deliver(
@@ -174,25 +197,23 @@ class Relay:
                     secret = known.secret(row) or await self._phone_ciphertext(shard, row)
                     phone = self._cipher.decrypt(secret, context="phone")
                     messages.append(Sms(f"S{row.outbox_id}", phone, str(row.payload["text"])))
-                return list(await self._sms.send_batch(messages))
+                answers: list[bool | None] = list(await self._sms.send_batch(messages))
+            if len(answers) != len(rows):
+                raise ValueError(f"{len(answers)} answers for {len(rows)} messages")
+            return answers
         except Exception:
             log.exception("SMS batch failed", extra={"shard": shard, "n": len(rows)})
             return [None] * len(rows)
-
-    async def _settle(self, shard: str, row: Claimed, answer: CoreResult | bool) -> None:
-        if isinstance(answer, CoreResult):
-            await self.apply(shard, row, answer)
-        else:
-            await self._sms_settle(shard, row, sent=answer)
 
     async def _settle_paid(self, shard: str, paid: list[Paid]) -> None:
         if not paid:
             return
         data = self._reference.data
         try:
-            await self._in_transaction(
+            done = await self._in_transaction(
                 shard, lambda conn: complete_disbursements(conn, self._ids, data, paid)
             )
+            observe(done)
         except Exception:  # one bad row must not hold up the rest: settle them singly
             log.exception("bulk disbursement failed; settling one by one", extra={"n": len(paid)})
             await asyncio.gather(
@@ -254,9 +275,10 @@ class Relay:
         if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
             succeeded = outcome is Outcome.SUCCEEDED
             text = (result.core_txn_id or "") if succeeded else (result.reason or "FAILED")
-            await self._in_transaction(
+            done = await self._in_transaction(
                 shard, lambda conn: self._complete(conn, row, succeeded, text)
             )
+            observe(done)
             return
         state = "pending" if outcome is Outcome.NOT_SENT else "unknown"
         delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
@@ -266,16 +288,14 @@ class Relay:
 
     async def _complete(
         self, conn: asyncpg.Connection, row: Claimed, succeeded: bool, outcome: str
-    ) -> None:
+    ) -> list[Disbursed]:
         data = self._reference.data
         if row.kind == "disburse":
-            await complete_disbursement(
+            return await complete_disbursement(
                 conn, self._ids, data, row, succeeded=succeeded, outcome=outcome
             )
-        else:
-            await complete_repayment(
-                conn, self._ids, data, row, succeeded=succeeded, outcome=outcome
-            )
+        await complete_repayment(conn, self._ids, data, row, succeeded=succeeded, outcome=outcome)
+        return []
 
     async def _sent_long_ago(self, shard: str, row: Claimed) -> bool:
         async with acquire(self.pools.pool(shard)) as conn:
@@ -322,17 +342,17 @@ class Relay:
             await outbox.defer(conn, row, "pending", delay_s, "gateway refused")
 
     async def _in_transaction(
-        self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[object]]
-    ) -> None:
+        self, shard: str, work: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
         for attempt in range(RETRIES_MAX + 1):
             try:
                 async with acquire(self.pools.pool(shard)) as conn, conn.transaction():
-                    await work(conn)
-                return
+                    return await work(conn)
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
                 if attempt == RETRIES_MAX:
                     raise
                 await asyncio.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 def _paid(row: Claimed, answer: CoreResult) -> bool:

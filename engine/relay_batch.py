@@ -62,7 +62,8 @@ async def prefetch(conn: asyncpg.Connection, rows: list[Claimed]) -> Prefetched:
     for record in await conn.fetch(
         _PREFETCH_SQL, wanted["disburse"], wanted["debit"], wanted["sms"]
     ):
-        secrets[(record["kind"], record["id"])] = bytes(record["secret"])
+        if record["secret"] is not None:  # else the row's own read finds it missing
+            secrets[(record["kind"], record["id"])] = bytes(record["secret"])
         if record["kind"] == "disburse":
             loans[record["id"]] = PaidLoan(
                 loan_id=record["loan_id"],

@@ -28,7 +28,14 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
-_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+
+
+class RetryTransaction(Exception):
+    """Raised by a transaction's work when what it read under its locks changed anyway
+    (a race the locks cannot exclude): `in_transaction` runs the work again, bounded."""
+
+
+_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError, RetryTransaction)
 
 
 @asynccontextmanager

@@ -6,6 +6,7 @@ written."""
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -105,3 +106,41 @@ async def test_line_unchanged_while_waiting_is_booked_at_once(
     assert row is not None
     assert row["used_fen"] == 300000
     assert row["records"] >= 1  # the durable record was written by the same statement
+
+
+async def test_a_rate_changed_after_the_read_is_booked_by_the_locked_path(
+    api: ApiClient, settings: Settings
+) -> None:
+    """The one statement finds the rate it planned with gone (RECHECK); the locked
+    transaction plans again at the line's rate and books the loan."""
+    line_id = await api.line(await api.customer(), limit="10000.00")
+    conn = await _shard_conn(settings, line_id)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute(
+            "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
+        )
+        drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
+        await _wait_until_booking_waits(conn)
+        new_rate = await conn.fetchval(
+            """UPDATE credit_line SET annual_rate_pct = annual_rate_pct + 1
+               WHERE credit_line_id = $1 RETURNING annual_rate_pct""",
+            int(line_id),
+        )
+        await tx.commit()
+        reply = await drawdown
+        assert reply.status == 201, reply
+        loan = await conn.fetchrow(
+            "SELECT annual_rate_pct, channel_id, status FROM loan WHERE credit_line_id = $1",
+            int(line_id),
+        )
+        used = await conn.fetchval(
+            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
+        )
+    finally:
+        await conn.close()
+    assert Decimal(reply.json["annual_rate_pct"]) == new_rate
+    assert loan is not None
+    assert (loan["annual_rate_pct"], loan["channel_id"]) == (new_rate, "demo")
+    assert used == 300000

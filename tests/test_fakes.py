@@ -481,3 +481,19 @@ async def test_a_bad_environment_knob_stops_the_fake(tmp_path: Path) -> None:
     _, stderr = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
     assert proc.returncode == 2
     assert b"fail_ratio + timeout_ratio" in stderr
+
+
+async def test_sms_client_sends_alone_what_the_gateway_refuses_as_a_batch(
+    fakes: Fakes, client: aiohttp.ClientSession
+) -> None:
+    from engine.adapters.sms import Sms, SmsClient
+
+    sms = await fakes.sms()
+    gateway = SmsClient(client, sms.base_url, timeout_s=5.0)
+    good = [Sms(f"c-{n}", PHONE, f"第{n}条") for n in range(3)]
+    assert await gateway.send_batch(good) == [True, True, True]
+    # One malformed phone makes the gateway refuse the batch (400): the others still go.
+    mixed = [Sms("c-3", PHONE, "x"), Sms("c-4", "123", "x"), Sms("c-5", PHONE, "y")]
+    assert await gateway.send_batch(mixed) == [True, False, True]
+    _, recorded = await call(client, "GET", f"{sms.base_url}/fake/messages")
+    assert [m["reference"] for m in recorded] == ["c-0", "c-1", "c-2", "c-3", "c-5"]

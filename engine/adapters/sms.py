@@ -10,6 +10,7 @@ gateway drops a repeated reference, so a resend after a crash is harmless.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal, Protocol
 
 import aiohttp
@@ -67,7 +68,8 @@ class SmsClient:
 
     async def send_batch(self, messages: list[Sms]) -> list[bool]:
         """Whether the gateway accepted each message, in order (all False when the call
-        itself failed: each is then resent later under its own reference)."""
+        itself failed: each is then resent later under its own reference). A batch the
+        gateway refuses as a whole (4xx) is sent message by message."""
         assert 1 <= len(messages) <= SEND_BATCH_MAX, len(messages)
         headers = {"Content-Type": "application/json"}
         try:
@@ -78,10 +80,20 @@ class SmsClient:
                 timeout=self._timeout,
             ) as resp:
                 payload = await resp.read()
-                if resp.status != 200:
-                    return [False] * len(messages)
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError):
+            return [False] * len(messages)
+        if 400 <= status < 500:
+            # The gateway refused the batch as a whole (one bad message, or no batch
+            # endpoint): each message alone, so one cannot hold back the others.
+            return list(
+                await asyncio.gather(*(self.send(m.reference, m.phone, m.text) for m in messages))
+            )
+        if status != 200:
+            return [False] * len(messages)
+        try:
             answer = _decode_batch(payload)
-        except (TimeoutError, aiohttp.ClientError, msgspec.DecodeError):
+        except msgspec.DecodeError:
             return [False] * len(messages)
         accepted = {r.reference for r in answer.results if r.status == "accepted"}
         return [m.reference in accepted for m in messages]

@@ -13,8 +13,6 @@ database function of the same name); failures one by one.
 
 from __future__ import annotations
 
-import datetime as dt
-
 import asyncpg
 import msgspec
 
@@ -58,11 +56,19 @@ async def paid_loans(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[int,
     return {row["loan_id"]: PaidLoan(**dict(row)) for row in rows}
 
 
+class Disbursed(msgspec.Struct, frozen=True):
+    """A loan this call disbursed: request-to-disbursed time, and its journey's if the
+    line came from an application (for `observe`, after the commit)."""
+
+    latency_s: float
+    journey_s: float | None
+
+
 async def complete_disbursements(
     conn: asyncpg.Connection, ids: IdGenerator, reference: ReferenceData, paid: list[Paid]
-) -> None:
+) -> list[Disbursed]:
     """Apply core's "succeeded" to many loans in one round trip and one commit (the
-    loan-ID order keeps two callers from deadlocking); records each latency."""
+    loan-ID order keeps two callers from deadlocking); returns what it disbursed."""
     today = reference.business_date
     columns: tuple[list[object], ...] = tuple([] for _ in range(8))
     stripe: int | None = None
@@ -108,12 +114,27 @@ async def complete_disbursements(
         str(Code.DISBURSEMENT_CLEARING),
         str(Code.CORE_SETTLEMENT),
     )
+    done = []
     for row in rows:
-        latency: dt.timedelta = row["r_disbursed_at"] - row["r_requested_at"]
-        metrics.DISBURSEMENT_LATENCY.observe(latency.total_seconds())
-        if row["r_journey_started_at"] is not None:
-            journey: dt.timedelta = row["r_disbursed_at"] - row["r_journey_started_at"]
-            metrics.JOURNEY.observe(journey.total_seconds())
+        started = row["r_journey_started_at"]
+        done.append(
+            Disbursed(
+                latency_s=(row["r_disbursed_at"] - row["r_requested_at"]).total_seconds(),
+                journey_s=None
+                if started is None
+                else (row["r_disbursed_at"] - started).total_seconds(),
+            )
+        )
+    return done
+
+
+def observe(done: list[Disbursed]) -> None:
+    """Record the latencies of committed disbursements (never inside a transaction that
+    may be retried: a retry would count them twice)."""
+    for item in done:
+        metrics.DISBURSEMENT_LATENCY.observe(item.latency_s)
+        if item.journey_s is not None:
+            metrics.JOURNEY.observe(item.journey_s)
 
 
 async def complete_disbursement(
@@ -124,13 +145,12 @@ async def complete_disbursement(
     *,
     succeeded: bool,
     outcome: str,
-) -> None:
+) -> list[Disbursed]:
     """Apply core's definite answer to one payment (a relay's inquiry, or a failure)."""
     assert conn.is_in_transaction()
     if succeeded:
         loan = (await paid_loans(conn, [claimed.ref_id]))[claimed.ref_id]
-        await complete_disbursements(conn, ids, reference, [Paid(claimed, outcome, loan)])
-        return
+        return await complete_disbursements(conn, ids, reference, [Paid(claimed, outcome, loan)])
     loan_row = await conn.fetchrow(
         """SELECT loan_id, customer_id, credit_line_id, principal_fen, status FROM loan
            WHERE loan_id = $1 FOR UPDATE""",
@@ -140,7 +160,7 @@ async def complete_disbursement(
     if loan_row["status"] != "disbursing":
         state = "done" if loan_row["status"] != "failed" else "failed"
         await finish(conn, claimed, state, outcome)
-        return
+        return []
     amount_fen, customer_id = loan_row["principal_fen"], loan_row["customer_id"]
     await conn.execute(
         """UPDATE loan SET status = 'failed', failure_reason = $2, outstanding_principal_fen = 0,
@@ -169,3 +189,4 @@ async def complete_disbursement(
         ),
     )
     await finish(conn, claimed, "failed", outcome)
+    return []

@@ -32,6 +32,7 @@ from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import installment_arrays
+from engine.shard_access import RetryTransaction
 from engine.wire import encode
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
@@ -153,9 +154,14 @@ async def draw_down_at_once(
     in the read is final (it is the line's committed state); anything the locks
     find changed is handed back as RECHECK, for `draw_down` to redo."""
     amount_fen, card = _parse(body)
+    today = svc.business_date
     line = await fetch_line(conn, channel, int(body.credit_line_id))
-    _check_line(svc, line, body, amount_fen)
-    draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card)
+    _check_line(svc, line, body, amount_fen=amount_fen, today=today)
+    try:
+        draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
+    except Unprocessable:
+        # The plan's refusals come after the customer cap's: the locked path orders them.
+        return AtOnce.RECHECK
     view = _view(draft)
     response = StoredResponse(201, encode(view))
     idempotency = (claim.channel_id, claim.key, claim.request_sha256, 201, response.body)
@@ -173,21 +179,25 @@ async def draw_down(
     """Book the drawdown under locks, inside the caller's transaction (the caller
     stores the idempotency record); returns the response and the customer ID."""
     amount_fen, card = _parse(body)
+    today = svc.business_date
     line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True)
-    product = _check_line(svc, line, body, amount_fen)
+    product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
-    draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card)
+    draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
     outcome = await conn.fetchval(_BOOK_SQL, None, None, None, None, None, *_book_args(svc, draft))
-    assert outcome == "booked", outcome  # the locks are ours: nothing can have changed
+    if outcome != "booked":
+        # Our locks hold the line and the customer; only loans of an uncapped product
+        # in the same cap group can have moved the sum. Run the whole transaction again.
+        raise RetryTransaction(f"book_drawdown answered {outcome} under locks")
     return _view(draft), draft.customer_id
 
 
 def _check_line(
-    svc: Services, line: asyncpg.Record, body: DrawdownCreate, amount_fen: int
+    svc: Services, line: asyncpg.Record, body: DrawdownCreate, *, amount_fen: int, today: dt.date
 ) -> Product:
     """The request against the line (raises the refusals); returns the line's product."""
     product = svc.reference.data.products[line["product_code"]]
-    _check_request(product, line, body, svc.business_date)
+    _check_request(product, line, body, today)
     available_fen = line["limit_fen"] - line["used_fen"]
     if amount_fen > available_fen:
         raise Unprocessable(
@@ -204,9 +214,9 @@ def _draft(
     *,
     amount_fen: int,
     card: str,
+    today: dt.date,
 ) -> Draft:
     """Plan the checked drawdown and give it its IDs."""
-    today = svc.business_date
     product = svc.reference.data.products[line["product_code"]]
     try:
         plan = build_plan(
@@ -245,9 +255,9 @@ def _view(draft: Draft) -> DrawdownView:
 
 
 # `book_drawdown` (ledger/migrations/0006_one_call_booking.sql): the idempotency
-# record (5, or NULLs), the checks (5), the loan (15), its installments (11), the
+# record (5, or NULLs), the checks (5), the loan (16), its installments (11), the
 # posting (5) and the payment order (2).
-_BOOK_ARGS = 43
+_BOOK_ARGS = 44
 _BOOK_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, _BOOK_ARGS + 1)))
 
 
@@ -272,6 +282,7 @@ def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
         draft.loan_id,
         customer_id,
         draft.channel.tenant_id,
+        draft.channel.channel_id,
         product.product_code,
         draft.receipt_no,
         plan.principal_fen,

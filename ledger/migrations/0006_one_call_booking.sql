@@ -42,14 +42,14 @@ BEGIN
 END $$;
 
 CREATE FUNCTION book_drawdown(
-    -- idempotency (p_idem_key NULL: the caller stores the record)
-    p_channel_id text, p_idem_key text, p_request_sha256 bytea, p_status_code smallint,
+    -- idempotency (all NULL: the caller stores the record)
+    p_idem_channel_id text, p_idem_key text, p_request_sha256 bytea, p_status_code smallint,
     p_response_body bytea,
     -- what the caller's plan rests on
     p_credit_line_id bigint, p_annual_rate_pct numeric, p_today date,
     p_cap_group text, p_cap_max_fen bigint,  -- p_cap_max_fen NULL: no cap to check
     -- the loan
-    p_loan_id bigint, p_customer_id bigint, p_tenant_id text, p_product_code text,
+    p_loan_id bigint, p_customer_id bigint, p_tenant_id text, p_channel_id text, p_product_code text,
     p_receipt_no text, p_principal_fen bigint, p_penalty_multiplier numeric,
     p_repayment_method text, p_term_months integer, p_grace_months integer, p_start_date date,
     p_maturity_date date, p_card_ciphertext bytea, p_card_masked text, p_payment_fen bigint,
@@ -87,7 +87,7 @@ BEGIN
         -- A twin in flight holds this key's index entry: we wait for its commit.
         INSERT INTO idempotency_record
             (channel_id, idem_key, customer_id, request_sha256, status_code, response_body)
-        VALUES (p_channel_id, p_idem_key, p_customer_id, p_request_sha256, p_status_code,
+        VALUES (p_idem_channel_id, p_idem_key, p_customer_id, p_request_sha256, p_status_code,
                 p_response_body)
         ON CONFLICT (channel_id, idem_key) DO NOTHING;
         IF NOT FOUND THEN

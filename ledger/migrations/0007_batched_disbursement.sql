@@ -1,7 +1,6 @@
 -- Core's "paid" for many drawdowns, applied in one call (one round trip, one commit).
 --
--- complete_disbursements  for each item, in the caller's order (sorted by loan ID, so
---                         two calls never deadlock on loans): lock the loan; if it is
+-- complete_disbursements  lock every loan (in loan-ID order); then for each item: if it is
 --                         still `disbursing`, mark it `disbursed`, post
 --                         Dr disbursement_clearing / Cr core_settlement, queue its SMS
 --                         and end the application's journey; in every case close the
@@ -24,6 +23,9 @@ DECLARE
     item record;
     started timestamptz;
 BEGIN
+    -- Every loan first, in loan-ID order, then the ledger's stripes: the order a
+    -- drawdown and a single settlement take them in (loan, line, stripes).
+    PERFORM 1 FROM loan WHERE loan_id = ANY(p_loan_ids) ORDER BY loan_id FOR UPDATE;
     FOR i IN 1 .. coalesce(array_length(p_outbox_ids, 1), 0) LOOP
         SELECT l.loan_id, l.customer_id, l.credit_line_id, l.principal_fen, l.status,
                l.requested_at
@@ -40,8 +42,9 @@ BEGIN
             -- The first loan of a line granted through an application ends its journey.
             started := NULL;
             UPDATE application a
-            SET steps = a.steps || jsonb_build_array(
-                    jsonb_build_object('step', 'disbursed', 'at', now()))
+            SET steps = a.steps || jsonb_build_array(jsonb_build_object('step', 'disbursed',
+                    -- the format of every other step's time: UTC, ISO 8601 (Python's isoformat)
+                    'at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')))
             FROM credit_line c
             WHERE c.credit_line_id = item.credit_line_id AND a.application_id = c.application_id
               AND NOT a.steps @> '[{"step": "disbursed"}]'
