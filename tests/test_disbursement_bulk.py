@@ -58,14 +58,13 @@ async def test_a_batch_is_booked_once_and_a_second_answer_changes_nothing(
         )
         n = len(claims)
         disbursed = await conn.fetch(
-            """SELECT * FROM complete_disbursements($1, $2, $3, $4, $5, $6, $7,
-                   $8::jsonb[], current_date, $9, $10)""",
+            """SELECT * FROM complete_disbursements($1, $2, $3, $4, $5, $6,
+                   $7::jsonb[], current_date, 0, $8, $9)""",
             [r["outbox_id"] for r in claims],
             [r["attempts"] for r in claims],
             [r["ref_id"] for r in claims],
             ["DUPLICATE"] * n,
             [-(i + 1) for i in range(n)],  # never used: nothing may be posted
-            [0] * n,
             [-(i + 1) for i in range(n)],
             ['{"kind": "drawdown", "text": "x"}'] * n,
             str(Code.DISBURSEMENT_CLEARING),

@@ -70,7 +70,7 @@ async def complete_disbursements(
     """Apply core's "succeeded" to many loans in one round trip and one commit (the
     loan-ID order keeps two callers from deadlocking); returns what it disbursed."""
     today = reference.business_date
-    columns: tuple[list[object], ...] = tuple([] for _ in range(8))
+    columns: tuple[list[object], ...] = tuple([] for _ in range(7))
     stripe: int | None = None
     for item in sorted(paid, key=lambda p: p.loan.loan_id):
         loan, shard = item.loan, shard_of_id(item.loan.customer_id)
@@ -80,6 +80,10 @@ async def complete_disbursements(
             Leg(Code.CORE_SETTLEMENT, None, -loan.principal_fen),
         )
         posting = Posting(txn_id, loan.customer_id, "disbursement", loan.loan_id, today, legs)
+        # The whole batch goes through its first posting's stripe of the internal
+        # accounts: it holds two stripe rows till its commit, not one pair per loan,
+        # and a drawdown (which needs one) seldom waits for it.
+        stripe = posting.stripe() if stripe is None else stripe
         text = sms_text(
             reference,
             tenant_id=loan.tenant_id,
@@ -97,10 +101,6 @@ async def complete_disbursements(
             loan.loan_id,
             item.core_txn_id,
             txn_id,
-            # The whole batch through its first posting's stripe of the internal
-            # accounts: it then holds two stripe rows till its commit, not up to 32,
-            # and a drawdown (which needs one) seldom waits for it.
-            stripe if stripe is not None else (stripe := posting.stripe()),
             ids.next_id(shard),
             sms_payload("drawdown", text),
         )
@@ -108,9 +108,10 @@ async def complete_disbursements(
             column.append(value)
     rows = await conn.fetch(
         """SELECT * FROM complete_disbursements(
-               $1, $2, $3, $4, $5, $6, $7, $8::jsonb[], $9, $10, $11)""",
+               $1, $2, $3, $4, $5, $6, $7::jsonb[], $8, $9, $10, $11)""",
         *columns,
         today,
+        stripe,
         str(Code.DISBURSEMENT_CLEARING),
         str(Code.CORE_SETTLEMENT),
     )

@@ -1,9 +1,9 @@
 -- Booking in one round trip: a drawdown (and a posting on its own) is one call.
 --
--- ledger_post     a whole posting: the transaction row, its legs, and the running
---                 totals of every account it touches (upserted, locked in
---                 (code, owner_id) order so two postings never deadlock). Every
---                 posting goes through it (ledger/store.py).
+-- ledger_post_many  whole postings: the transaction rows, their legs, and the running
+--                   totals of every account they touch (upserted, locked in
+--                   (code, owner_id) order so two callers never deadlock). Every
+--                   posting goes through it: ledger_post (ledger/store.py) is one.
 -- book_drawdown   the writes of a drawdown, after checking under the line's lock
 --                 (and the customer's, for a capped product) that what the caller
 --                 read before planning still holds. Returns
@@ -19,13 +19,17 @@
 --
 -- PL/pgSQL, not SQL functions: their statements' plans are cached per session.
 
-CREATE FUNCTION ledger_post(
-    p_txn_id bigint, p_customer_id bigint, p_kind text, p_ref_id bigint, p_business_date date,
-    p_codes text[], p_owners bigint[], p_customers bigint[], p_amounts bigint[]
+CREATE FUNCTION ledger_post_many(
+    p_txn_ids bigint[], p_customer_ids bigint[], p_kinds text[], p_ref_ids bigint[],
+    p_business_date date,
+    -- every posting's legs, each naming its transaction, in order
+    p_leg_txn_ids bigint[], p_codes text[], p_owners bigint[], p_customers bigint[],
+    p_amounts bigint[]
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO ledger_txn (txn_id, customer_id, kind, ref_id, business_date)
-    VALUES (p_txn_id, p_customer_id, p_kind, p_ref_id, p_business_date);
+    SELECT t.txn_id, t.customer_id, t.kind, t.ref_id, p_business_date
+    FROM unnest(p_txn_ids, p_customer_ids, p_kinds, p_ref_ids) AS t(txn_id, customer_id, kind, ref_id);
     INSERT INTO ledger_account AS a (code, owner_id, customer_id, debit_total_fen, credit_total_fen)
     SELECT l.code, l.owner_id, min(l.customer_id),
            sum(greatest(l.amount_fen, 0)), sum(greatest(-l.amount_fen, 0))
@@ -36,9 +40,20 @@ BEGIN
     SET debit_total_fen = a.debit_total_fen + excluded.debit_total_fen,
         credit_total_fen = a.credit_total_fen + excluded.credit_total_fen;
     INSERT INTO ledger_leg (txn_id, leg_no, code, owner_id, customer_id, amount_fen)
-    SELECT p_txn_id, l.n, l.code, l.owner_id, l.customer_id, l.amount_fen
-    FROM unnest(p_codes, p_owners, p_customers, p_amounts)
-         WITH ORDINALITY AS l(code, owner_id, customer_id, amount_fen, n);
+    SELECT l.txn_id, row_number() OVER (PARTITION BY l.txn_id ORDER BY l.n), l.code, l.owner_id,
+           l.customer_id, l.amount_fen
+    FROM unnest(p_leg_txn_ids, p_codes, p_owners, p_customers, p_amounts)
+         WITH ORDINALITY AS l(txn_id, code, owner_id, customer_id, amount_fen, n);
+END $$;
+
+CREATE FUNCTION ledger_post(
+    p_txn_id bigint, p_customer_id bigint, p_kind text, p_ref_id bigint, p_business_date date,
+    p_codes text[], p_owners bigint[], p_customers bigint[], p_amounts bigint[]
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ledger_post_many(ARRAY[p_txn_id], ARRAY[p_customer_id], ARRAY[p_kind],
+        ARRAY[p_ref_id], p_business_date, array_fill(p_txn_id, ARRAY[cardinality(p_codes)]),
+        p_codes, p_owners, p_customers, p_amounts);
 END $$;
 
 CREATE FUNCTION book_drawdown(
