@@ -1,10 +1,15 @@
-"""Drawdowns (提款): one shard transaction from the line check to the booked loan.
+"""Drawdowns (提款): from the line check to the booked loan, in one commit.
 
-    lock line ─► [lock customer if the product caps the customer's outstanding]
-      ─► check status, expiry, method, term, bullet rule, available, cap
-      ─► plan (ledger.schedule) ─► insert loan + installments ─► line.used += amount
-      ─► post: Dr loan_principal / Cr disbursement_clearing   (the loan is booked)
-      ─► outbox: pay the card through core banking            (status `disbursing`)
+    the common case (`draw_down_at_once`, no transaction, two round trips):
+      read line ─► check status, expiry, method, term, bullet rule, available
+      ─► plan (ledger.schedule) ─► book_drawdown(...) in the shard, one statement:
+           lock line [─► lock customer, sum outstanding, check the cap]
+           ─► recheck what the plan rested on ─► idempotency record
+           ─► loan + installments ─► line.used += amount
+           ─► post: Dr loan_principal / Cr disbursement_clearing   (the loan is booked)
+           ─► outbox: pay the card through core banking            (status `disbursing`)
+    anything the locks find changed (`draw_down`, one locked transaction):
+      lock line ─► [lock customer] ─► the same checks, refusals named ─► book_drawdown
 
 The relay carries the payment out and applies core's answer
 (`engine.services.disbursement`): `disbursed`, or `failed` with the booking
