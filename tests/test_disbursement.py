@@ -248,3 +248,30 @@ async def test_slow_core_leaves_repayment_processing_then_completes(
         await asyncio.sleep(0.2)
     assert view["status"] == "succeeded"
     assert (await api.get(f"/v1/loans/{loan['loan_id']}")).json["status"] == "settled"
+
+
+async def test_sms_gateway_down_never_holds_up_money_and_each_sms_goes_once(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    """The gateway refuses everything while loans are paid: every loan is disbursed
+    regardless; once it recovers, each drawdown's SMS goes out exactly once."""
+    sms = engine.fakes.sms
+    await _knobs(http, sms, fail_ratio=1)
+    try:
+        customer_id = await api.customer()
+        line_id = await api.line(customer_id)
+        replies = await asyncio.gather(*(api.drawdown(line_id, "1000.00") for _ in range(8)))
+        assert all(r.status == 201 for r in replies), replies
+        for reply in replies:  # money does not wait for the customer's SMS
+            await api.wait_for_loan(reply.json["loan_id"])
+    finally:
+        await _knobs(http, sms, fail_ratio=0)
+    receipts = {r.json["receipt_no"] for r in replies}
+    deadline = time.monotonic() + 30
+    while True:
+        messages = await _records(http, sms, "/fake/messages")
+        sent = [m for m in messages if any(r in m["text"] for r in receipts)]
+        if len(sent) >= len(receipts) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert sorted(r for m in sent for r in receipts if r in m["text"]) == sorted(receipts)
