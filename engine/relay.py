@@ -120,7 +120,7 @@ class Relay:
                     known = await relay_batch.prefetch(conn, rows)
             except Exception as exc:  # each row then reads its own secret
                 log.warning("outbox prefetch failed", extra={"shard": shard, "error": repr(exc)})
-                known = relay_batch.Prefetched({}, {})
+                known = relay_batch.NOTHING_KNOWN
             await asyncio.gather(
                 self._moves(shard, [r for r in rows if r.kind != "sms"], known, claimed_at),
                 self._texts(shard, [r for r in rows if r.kind == "sms"], known),
@@ -162,28 +162,35 @@ class Relay:
                     refused.append(row)
         await asyncio.gather(
             self._settle_texted(shard, texted),
-            *(self._guarded(row, self._sms_settle(shard, row, sent=False)) for row in refused),
+            *(self._guarded(row, self._sms_refused(shard, row)) for row in refused),
         )
 
     async def _deliver(
         self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
     ) -> CoreResult | None:
-        """Core's answer; None when a handler did it all."""
+        """Core's answer, within the relay's bound on calls in flight."""
         async with self._slots:
-            if row.kind in self.handlers:
-                await self.handlers[row.kind](shard, row)
-                return None
-            secret = known.secret(row)
-            reference = str(row.payload["reference"])
-            if row.needs_inquiry:
-                return await self._core.inquire(reference)
-            if secret is None or time.monotonic() - claimed_at > MARK_AGAIN_AFTER_S:
-                # The claim stamped the send time; a send that waited for a slot this
-                # long stamps it again, so "long after the send" counts from the send.
-                card = await self._card_and_mark_sent(shard, row)
-            else:
-                card = self._cipher.decrypt(secret, context="bank_card")
-            return await self._send_money(row, reference, card)
+            return await self._answer(shard, row, known, claimed_at)
+
+    async def _answer(
+        self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
+    ) -> CoreResult | None:
+        """Core's answer to a money row's send or inquiry; None when a handler did it all."""
+        if row.kind in self.handlers:
+            await self.handlers[row.kind](shard, row)
+            return None
+        reference = str(row.payload["reference"])
+        if row.needs_inquiry:
+            return await self._core.inquire(reference)
+        secret = known.secret(row)
+        if secret is None or time.monotonic() - claimed_at > MARK_AGAIN_AFTER_S:
+            # The claim stamped the send time; a send that waited for a slot this
+            # long stamps it again, so "long after the send" counts from the send.
+            card = await self._card_and_mark_sent(shard, row)
+        else:
+            card = self._cipher.decrypt(secret, context="bank_card")
+        move = self._core.pay if row.kind == "disburse" else self._core.debit
+        return await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
 
     async def _text(
         self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched
@@ -243,23 +250,14 @@ class Relay:
             return None
 
     async def process(self, shard: str, row: Claimed) -> None:
+        """One claimed row, on its own (a repayment's inline debit): nothing prefetched,
+        so a send reads its card and stamps its send time itself."""
         if row.kind == "sms":
-            await self._send_sms(shard, row)
+            await self._texts(shard, [row], relay_batch.NOTHING_KNOWN)
             return
-        if row.kind in self.handlers:
-            await self.handlers[row.kind](shard, row)
-            return
-        reference = str(row.payload["reference"])
-        if row.needs_inquiry:
-            result = await self._core.inquire(reference)
-        else:
-            card = await self._card_and_mark_sent(shard, row)
-            result = await self._send_money(row, reference, card)
-        await self.apply(shard, row, result)
-
-    async def _send_money(self, row: Claimed, reference: str, card: str) -> CoreResult:
-        move = self._core.pay if row.kind == "disburse" else self._core.debit
-        return await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
+        result = await self._answer(shard, row, relay_batch.NOTHING_KNOWN, time.monotonic())
+        if result is not None:
+            await self.apply(shard, row, result)
 
     async def apply(self, shard: str, row: Claimed, result: CoreResult) -> None:
         """Turn core's answer into the business change, or a later retry (never a resend)."""
@@ -316,10 +314,6 @@ class Relay:
             await outbox.mark_sent(conn, row)
         return self._cipher.decrypt(bytes(blob), context="bank_card")
 
-    async def _send_sms(self, shard: str, row: Claimed) -> None:
-        sent = await self._sms_send(row, await self._phone_ciphertext(shard, row))
-        await self._sms_settle(shard, row, sent=sent)
-
     async def _phone_ciphertext(self, shard: str, row: Claimed) -> bytes:
         async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(
@@ -327,16 +321,12 @@ class Relay:
             )
         return bytes(blob)
 
-    async def _sms_send(self, row: Claimed, phone_ciphertext: bytes) -> bool:
-        phone = self._cipher.decrypt(phone_ciphertext, context="phone")
-        return await self._sms.send(f"S{row.outbox_id}", phone, str(row.payload["text"]))
-
-    async def _sms_settle(self, shard: str, row: Claimed, *, sent: bool) -> None:
-        # One statement each: its own transaction, no BEGIN/COMMIT round trips.
+    async def _sms_refused(self, shard: str, row: Claimed) -> None:
+        """The gateway did not take it: try again later, or give up after
+        `sms_attempts_max` (one statement: its own transaction)."""
         async with acquire(self.pools.pool(shard)) as conn:
-            if sent or row.attempts >= self._settings.sms_attempts_max:
-                state = "done" if sent else "failed"
-                await outbox.finish(conn, row, state, "sent" if sent else "gave up")
+            if row.attempts >= self._settings.sms_attempts_max:
+                await outbox.finish(conn, row, "failed", "gave up")
                 return
             delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
             await outbox.defer(conn, row, "pending", delay_s, "gateway refused")

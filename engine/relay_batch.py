@@ -6,8 +6,8 @@
                  ─► anything else (inquiries, refusals, debits): one by one, as before
 
 Per drawdown that leaves the relay a share of three statements instead of about
-eleven. The one-by-one path (`Relay.process`) stays the reference: whatever the
-bulk path cannot settle goes there.
+eleven. A row sent on its own (`Relay.process`, a repayment's inline debit) takes
+the same steps with NOTHING_KNOWN prefetched.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ class Prefetched(msgspec.Struct, frozen=True):
         return self.secrets.get((row.kind, key))
 
 
+# For a row handled on its own, or a batch whose prefetch failed: each send reads its
+# own card or phone.
+NOTHING_KNOWN = Prefetched({}, {})
+
+
 def first_sends(rows: list[Claimed]) -> dict[str, list[int]]:
     """The IDs whose secrets a batch needs: first sends of money, and every SMS."""
     wanted: dict[str, list[int]] = {"disburse": [], "debit": [], "sms": []}
@@ -65,13 +70,5 @@ async def prefetch(conn: asyncpg.Connection, rows: list[Claimed]) -> Prefetched:
         if record["secret"] is not None:  # else the row's own read finds it missing
             secrets[(record["kind"], record["id"])] = bytes(record["secret"])
         if record["kind"] == "disburse":
-            loans[record["id"]] = PaidLoan(
-                loan_id=record["loan_id"],
-                customer_id=record["customer_id"],
-                tenant_id=record["tenant_id"],
-                channel_id=record["channel_id"],
-                principal_fen=record["principal_fen"],
-                disburse_to_masked=record["disburse_to_masked"],
-                receipt_no=record["receipt_no"],
-            )
+            loans[record["id"]] = PaidLoan(**{f: record[f] for f in PaidLoan.__struct_fields__})
     return Prefetched(secrets, loans)
