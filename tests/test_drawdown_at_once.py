@@ -13,7 +13,7 @@ import pytest
 
 from engine.settings import Settings
 from sharding.ids import shard_of_id
-from tests.api_client import ApiClient
+from tests.api_client import ApiClient, Reply
 
 BLOCKED_WAIT_S = 10.0
 
@@ -38,45 +38,58 @@ async def _wait_until_booking_waits(conn: asyncpg.Connection) -> None:
     raise AssertionError("no drawdown reached book_drawdown's line lock")
 
 
-@pytest.mark.parametrize(
-    ("change", "code"),
-    [
-        ("UPDATE credit_line SET status = 'frozen', status_reason = 'test' WHERE credit_line_id = $1",
-         "CREDIT_LINE_FROZEN"),
-        ("UPDATE credit_line SET used_fen = limit_fen - 100000 WHERE credit_line_id = $1",
-         "CREDIT_LINE_EXCEEDED"),
-    ],
-)  # fmt: skip
-async def test_line_changed_after_the_read_is_refused_under_lock(
-    api: ApiClient, settings: Settings, change: str, code: str
-) -> None:
-    line_id = await api.line(await api.customer(), limit="10000.00")
-    conn = await _shard_conn(settings, line_id)
-    try:
-        tx = conn.transaction()
-        await tx.start()
+async def _drawdown_while_line_held(
+    api: ApiClient, conn: asyncpg.Connection, line_id: str, change: str | None = None
+) -> Reply:
+    """Hold the line's row lock, let a drawdown of 3000.00 read the line and wait in
+    `book_drawdown`, run `change` (SQL, $1 the line) on the line, then let go; returns
+    the drawdown's reply."""
+    async with conn.transaction():
         await conn.execute(
             "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
         )
         drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
         await _wait_until_booking_waits(conn)
-        await conn.execute(change, int(line_id))
-        used_before = await conn.fetchval(
-            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
-        )
-        await tx.commit()
-        reply = await drawdown
+        if change is not None:
+            await conn.execute(change, int(line_id))
+    return await drawdown
+
+
+async def _line_row(conn: asyncpg.Connection, line_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """SELECT l.used_fen, l.annual_rate_pct,
+                  (SELECT count(*) FROM loan WHERE credit_line_id = l.credit_line_id) AS loans,
+                  (SELECT count(*) FROM idempotency_record r
+                    WHERE r.customer_id = l.customer_id) AS records
+           FROM credit_line l WHERE credit_line_id = $1""",
+        int(line_id),
+    )
+    assert row is not None
+    return row
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "used_fen"),
+    [
+        ("UPDATE credit_line SET status = 'frozen', status_reason = 'test' WHERE credit_line_id = $1",
+         "CREDIT_LINE_FROZEN", 0),
+        ("UPDATE credit_line SET used_fen = limit_fen - 100000 WHERE credit_line_id = $1",
+         "CREDIT_LINE_EXCEEDED", 900000),
+    ],
+)  # fmt: skip
+async def test_line_changed_after_the_read_is_refused_under_lock(
+    api: ApiClient, settings: Settings, change: str, code: str, used_fen: int
+) -> None:
+    line_id = await api.line(await api.customer(), limit="10000.00")
+    conn = await _shard_conn(settings, line_id)
+    try:
+        reply = await _drawdown_while_line_held(api, conn, line_id, change)
         assert (reply.status, reply.json["code"]) == (422, code), reply
-        loans = await conn.fetchval(
-            "SELECT count(*) FROM loan WHERE credit_line_id = $1", int(line_id)
-        )
-        used_after = await conn.fetchval(
-            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
-        )
+        line = await _line_row(conn, line_id)
     finally:
         await conn.close()
-    assert loans == 0
-    assert used_after == used_before
+    assert line["loans"] == 0
+    assert line["used_fen"] == used_fen  # as the change left it: the drawdown added nothing
 
 
 async def test_line_unchanged_while_waiting_is_booked_at_once(
@@ -85,27 +98,13 @@ async def test_line_unchanged_while_waiting_is_booked_at_once(
     line_id = await api.line(await api.customer(), limit="10000.00")
     conn = await _shard_conn(settings, line_id)
     try:
-        tx = conn.transaction()
-        await tx.start()
-        await conn.execute(
-            "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
-        )
-        drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
-        await _wait_until_booking_waits(conn)
-        await tx.commit()
-        reply = await drawdown
+        reply = await _drawdown_while_line_held(api, conn, line_id)
         assert reply.status == 201, reply
-        row = await conn.fetchrow(
-            """SELECT l.used_fen, (SELECT count(*) FROM idempotency_record r
-                                    WHERE r.customer_id = l.customer_id) AS records
-               FROM credit_line l WHERE credit_line_id = $1""",
-            int(line_id),
-        )
+        line = await _line_row(conn, line_id)
     finally:
         await conn.close()
-    assert row is not None
-    assert row["used_fen"] == 300000
-    assert row["records"] >= 1  # the durable record was written by the same statement
+    assert line["used_fen"] == 300000
+    assert line["records"] >= 1  # the durable record was written by the same statement
 
 
 async def test_a_rate_changed_after_the_read_is_booked_by_the_locked_path(
@@ -116,31 +115,19 @@ async def test_a_rate_changed_after_the_read_is_booked_by_the_locked_path(
     line_id = await api.line(await api.customer(), limit="10000.00")
     conn = await _shard_conn(settings, line_id)
     try:
-        tx = conn.transaction()
-        await tx.start()
-        await conn.execute(
-            "SELECT 1 FROM credit_line WHERE credit_line_id = $1 FOR UPDATE", int(line_id)
+        change = (
+            "UPDATE credit_line SET annual_rate_pct = annual_rate_pct + 1 WHERE credit_line_id = $1"
         )
-        drawdown = asyncio.create_task(api.drawdown(line_id, "3000.00"))
-        await _wait_until_booking_waits(conn)
-        new_rate = await conn.fetchval(
-            """UPDATE credit_line SET annual_rate_pct = annual_rate_pct + 1
-               WHERE credit_line_id = $1 RETURNING annual_rate_pct""",
-            int(line_id),
-        )
-        await tx.commit()
-        reply = await drawdown
+        reply = await _drawdown_while_line_held(api, conn, line_id, change)
         assert reply.status == 201, reply
+        line = await _line_row(conn, line_id)
         loan = await conn.fetchrow(
-            "SELECT annual_rate_pct, channel_id, status FROM loan WHERE credit_line_id = $1",
-            int(line_id),
-        )
-        used = await conn.fetchval(
-            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
+            "SELECT annual_rate_pct, channel_id FROM loan WHERE credit_line_id = $1", int(line_id)
         )
     finally:
         await conn.close()
+    new_rate = line["annual_rate_pct"]
     assert Decimal(reply.json["annual_rate_pct"]) == new_rate
     assert loan is not None
     assert (loan["annual_rate_pct"], loan["channel_id"]) == (new_rate, "demo")
-    assert used == 300000
+    assert line["used_fen"] == 300000
