@@ -29,7 +29,7 @@ import datetime as dt
 import random
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -60,6 +60,7 @@ SUPPORTED_KNOBS = frozenset({"latency_ms", "fail_ratio"})
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 DUPLICATE_WAIT_S_MAX = 60.0
 TEXT_CHARS_MAX = 500
+B = TypeVar("B", bound=msgspec.Struct)  # a request body
 SEND_BATCH_MAX = 32  # 32 messages of 500 Chinese characters stay within BODY_MAX_BYTES
 
 REFERENCE_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
@@ -200,46 +201,45 @@ OUTBOX = web.AppKey("outbox", Outbox)
 METRICS = web.AppKey("metrics", SmsMetrics)
 
 _send_decoder = msgspec.json.Decoder(SendRequest)
-
-
-async def send(request: web.Request) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    try:
-        body = await read_json(request, _send_decoder)
-    except msgspec.MsgspecError:
-        metrics.messages.labels("bad_request").inc()
-        raise
-    message, repeat = await request.app[OUTBOX].send(body)
-    if message is None:
-        metrics.messages.labels("failed").inc()
-        return json_response({"status": "failed"}, 503)
-    metrics.messages.labels("duplicate" if repeat else "accepted").inc()
-    return json_response(SendResponse(message.reference, message.message_id))
-
-
 _batch_decoder = msgspec.json.Decoder(BatchRequest)
 
 
-async def send_batch(request: web.Request) -> web.StreamResponse:
-    metrics = request.app[METRICS]
+async def _read(request: web.Request, decoder: msgspec.json.Decoder[B]) -> B:
+    """The request's body; a refused one is counted as `bad_request`."""
     try:
-        body = await read_json(request, _batch_decoder)
+        return await read_json(request, decoder)
     except msgspec.MsgspecError:
-        metrics.messages.labels("bad_request").inc()
+        request.app[METRICS].messages.labels("bad_request").inc()
         raise
+
+
+async def _decide(request: web.Request, body: SendRequest) -> SmsRecord | None:
+    """Send one message (None: the gateway failed it), counted by outcome."""
+    message, repeat = await request.app[OUTBOX].send(body)
+    outcome = "failed" if message is None else "duplicate" if repeat else "accepted"
+    request.app[METRICS].messages.labels(outcome).inc()
+    return message
+
+
+async def send(request: web.Request) -> web.StreamResponse:
+    message = await _decide(request, await _read(request, _send_decoder))
+    if message is None:
+        return json_response({"status": "failed"}, 503)
+    return json_response(SendResponse(message.reference, message.message_id))
+
+
+async def send_batch(request: web.Request) -> web.StreamResponse:
+    body = await _read(request, _batch_decoder)
     if len({m.reference for m in body.messages}) != len(body.messages):
-        metrics.messages.labels("bad_request").inc()
+        request.app[METRICS].messages.labels("bad_request").inc()
         raise BadRequest("duplicate_reference", "a reference appears twice in the batch")
-    outbox = request.app[OUTBOX]
-    decided = await asyncio.gather(*(outbox.send(m) for m in body.messages))
-    results = []
-    for m, (message, repeat) in zip(body.messages, decided, strict=True):
-        if message is None:
-            metrics.messages.labels("failed").inc()
-            results.append(BatchResult(m.reference, "failed"))
-        else:
-            metrics.messages.labels("duplicate" if repeat else "accepted").inc()
-            results.append(BatchResult(m.reference, "accepted", message.message_id))
+    decided = await asyncio.gather(*(_decide(request, m) for m in body.messages))
+    results = [
+        BatchResult(m.reference, "failed")
+        if message is None
+        else BatchResult(m.reference, "accepted", message.message_id)
+        for m, message in zip(body.messages, decided, strict=True)
+    ]
     return json_response(BatchResponse(results))
 
 
