@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncpg
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine.adapters.bureau import BureauClient, FourFactorClient
 from engine.pii import PiiCipher
+from engine.redis_wire import RedisWire
 from engine.reference import ReferenceCache
 from engine.relay import Relay
 from engine.services.context import Services
@@ -19,7 +19,7 @@ from sharding.pools import ShardPools
 SETTINGS = web.AppKey("settings", Settings)
 SHARD_POOLS = web.AppKey("shard_pools", ShardPools)
 CONTROL_POOL = web.AppKey("control_pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", aioredis.Redis)
+REDIS = web.AppKey("redis", RedisWire)
 IDS = web.AppKey("ids", IdGenerator)
 PII = web.AppKey("pii", PiiCipher)
 REFERENCE = web.AppKey("reference", ReferenceCache)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from redis.exceptions import RedisError
@@ -30,6 +29,7 @@ from redis.exceptions import RedisError
 from engine import app_keys, metrics
 from engine.errors import Unauthorized
 from engine.operator_auth import authenticate_operator, is_operator_path
+from engine.redis_wire import RedisWire
 from engine.reference import Channel
 from engine.signing import NONCE_RE, verify
 
@@ -41,7 +41,7 @@ CHANNEL = web.RequestKey("channel", Channel)
 BODY = web.RequestKey("body", bytes)
 
 
-async def _nonce_is_fresh(client: aioredis.Redis, channel_id: str, nonce: str) -> bool:
+async def _nonce_is_fresh(client: RedisWire, channel_id: str, nonce: str) -> bool:
     try:
         stored = await client.set(f"nonce:{channel_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)
     except (RedisError, OSError) as exc:

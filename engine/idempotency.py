@@ -28,11 +28,11 @@ import struct
 
 import asyncpg
 import msgspec
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from engine import metrics
 from engine.errors import BadRequest, Conflict, Unprocessable
+from engine.redis_wire import RedisWire
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _decode_done(value: bytes) -> tuple[bytes, StoredResponse]:
     return digest, StoredResponse(status, value[1 + _HASH_BYTES + _STATUS.size :])
 
 
-async def claim(client: aioredis.Redis, claim_: Claim) -> StoredResponse | None:
+async def claim(client: RedisWire, claim_: Claim) -> StoredResponse | None:
     """Take the in-flight marker, or say why not (raises), or return a finished response."""
     marker = _IN_FLIGHT + claim_.request_sha256
     try:
@@ -127,7 +127,7 @@ async def claim(client: aioredis.Redis, claim_: Claim) -> StoredResponse | None:
     return stored
 
 
-async def finish(client: aioredis.Redis, claim_: Claim, response: StoredResponse) -> None:
+async def finish(client: RedisWire, claim_: Claim, response: StoredResponse) -> None:
     value = _DONE + claim_.request_sha256 + _STATUS.pack(response.status) + response.body
     try:
         await client.set(claim_.redis_key, value, ex=DONE_TTL_S)
@@ -136,7 +136,7 @@ async def finish(client: aioredis.Redis, claim_: Claim, response: StoredResponse
         log.warning("idempotency response not cached", extra={"error": type(exc).__name__})
 
 
-async def release(client: aioredis.Redis, claim_: Claim) -> None:
+async def release(client: RedisWire, claim_: Claim) -> None:
     try:
         await client.delete(claim_.redis_key)
     except (RedisError, OSError) as exc:

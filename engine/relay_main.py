@@ -16,7 +16,6 @@ import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -28,6 +27,7 @@ from engine.monitoring import watch_books, watch_shards
 from engine.origination_setup import build_origination
 from engine.outbox import Claimed
 from engine.pii import PiiCipher
+from engine.redis_wire import RedisWire
 from engine.reference import ReferenceCache
 from engine.relay import Relay
 from engine.resources import CONTROL_POOL_LIMITS
@@ -71,7 +71,13 @@ async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
         )
         # The bureau step of applications decides with the same services as the API;
         # the Redis client is there for the type only: the relay never touches Redis.
-        svc = Services(pools, ids, cipher, reference, aioredis.Redis.from_url(settings.redis.url))
+        svc = Services(
+            pools,
+            ids,
+            cipher,
+            reference,
+            RedisWire(settings.redis.url, timeout_s=settings.redis.timeout_s),
+        )
         origination = build_origination(settings.origination)
         bureau = BureauClient(
             session, settings.origination.bureau_url, settings.origination.bureau_timeout_s

@@ -13,7 +13,6 @@ import os
 from collections.abc import AsyncIterator
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from engine import app_keys
@@ -23,6 +22,7 @@ from engine.adapters.sms import SmsClient
 from engine.monitoring import watch_shards
 from engine.origination_setup import build_origination
 from engine.pii import PiiCipher
+from engine.redis_wire import RedisWire
 from engine.reference import ReferenceCache
 from engine.relay import Relay
 from engine.services.context import Services
@@ -68,14 +68,7 @@ async def shard_pools_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[app_keys.SETTINGS].redis
-    client = aioredis.Redis.from_url(
-        settings.url,
-        max_connections=settings.connections_max,
-        socket_timeout=settings.timeout_s,
-        socket_connect_timeout=settings.timeout_s,
-        retry_on_timeout=False,
-        decode_responses=False,
-    )
+    client = RedisWire(settings.url, timeout_s=settings.timeout_s, pending_max=settings.pending_max)
     app[app_keys.REDIS] = client
     yield
     await client.aclose()

@@ -71,8 +71,14 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:56379/0"
-    connections_max: int = 50
-    timeout_s: float = 0.5
+    timeout_s: float = 0.5  # connect, and every reply (engine.redis_wire)
+    pending_max: int = 10_000  # calls waiting for a reply at once, per process
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith("redis://"):
+            raise ValueError("redis.url must be redis://[user:password@]host:port/db")
+        if not 0 < self.timeout_s <= 30 or not 1 <= self.pending_max <= 1_000_000:
+            raise ValueError("redis.timeout_s must be in (0, 30], redis.pending_max 1..1000000")
 
 
 class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine.errors import NotFound
 from engine.pii import PiiCipher
+from engine.redis_wire import RedisWire
 from engine.reference import Channel, Product, ReferenceCache
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
@@ -19,7 +19,7 @@ class Services(msgspec.Struct, frozen=True):
     ids: IdGenerator
     cipher: PiiCipher
     reference: ReferenceCache
-    redis: aioredis.Redis
+    redis: RedisWire
 
     @property
     def business_date(self) -> dt.date:
