@@ -45,7 +45,14 @@ log = logging.getLogger("engine.relay")
 async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
     control = await create_pool(settings.control_dsn, CONTROL_POOL_LIMITS, "relay")
     lease = WorkerLease(control)
-    pools = ShardPools(settings.shard_map(), settings.pool, "relay")
+    # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
+    # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+    pools = ShardPools(
+        settings.shard_map(),
+        settings.pool,
+        "relay",
+        server_settings={"plan_cache_mode": "force_generic_plan"},
+    )
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     refresher: asyncio.Task[None] | None = None
     try:

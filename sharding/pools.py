@@ -51,7 +51,12 @@ class ShardBusyError(ShardUnavailableError):
     """Every connection of the shard's pool stayed busy for the whole acquire time-out."""
 
 
-async def create_pool(dsn: str, limits: PoolLimits, application_name: str) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    limits: PoolLimits,
+    application_name: str,
+    server_settings: Mapping[str, str] | None = None,
+) -> asyncpg.Pool:
     pool = asyncpg.create_pool(
         dsn,
         min_size=0,
@@ -62,7 +67,8 @@ async def create_pool(dsn: str, limits: PoolLimits, application_name: str) -> as
         max_inactive_connection_lifetime=300.0,
         # Business dates are Asia/Shanghai; timestamps are stored as timestamptz. As a
         # start-up parameter the zone is the session's default for the connection's life.
-        server_settings={"application_name": application_name, "timezone": "Asia/Shanghai"},
+        server_settings={"application_name": application_name, "timezone": "Asia/Shanghai"}
+        | dict(server_settings or {}),
         reset=_keep_session,
     )
     await pool
@@ -109,16 +115,23 @@ async def checkout(pool: asyncpg.Pool, timeout_s: float) -> AsyncIterator[asyncp
 class ShardPools:
     """Owns the pools; `for_logical(n)` is the routing entry point."""
 
-    def __init__(self, shard_map: ShardMap, limits: PoolLimits, application_name: str) -> None:
+    def __init__(
+        self,
+        shard_map: ShardMap,
+        limits: PoolLimits,
+        application_name: str,
+        server_settings: Mapping[str, str] | None = None,
+    ) -> None:
         self.shard_map = shard_map
         self.limits = limits
         self._application_name = application_name
+        self._server_settings = dict(server_settings or {})
         self._pools: dict[str, asyncpg.Pool] = {}
 
     async def open(self) -> None:
         for shard in self.shard_map.physical:
             self._pools[shard.name] = await create_pool(
-                shard.dsn, self.limits, self._application_name
+                shard.dsn, self.limits, self._application_name, self._server_settings
             )
         await asyncio.gather(*(self._warm(name) for name in self._pools))
 
