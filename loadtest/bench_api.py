@@ -19,8 +19,9 @@ each process role spent per drawdown at saturation (`loadtest.cpu_share`); with
 `--append`, appends it to BENCHMARKS.md with the machine, versions and command.
 Needs the engine serving (`make up`, or ENGINE_HTTP_PORT) and seeded customers
 (`python -m loadtest seed`; LOADTEST_SEEDED names the file). The client is one
-asyncio process (uvloop, aiohttp, one connection per request in flight):
-Locust would take the CPU for itself. It imports no engine code.
+asyncio process (uvloop, `loadtest.lean_http`, one keep-alive connection per
+request in flight): Locust, or even aiohttp's client, would take the CPU for
+itself. It imports no engine code.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
 from loadtest.cpu_share import cpu_by_role, per_operation_ms
+from loadtest.lean_http import HttpError, LeanHttp
 from loadtest.seed import control_dsn_from_env, shards_from_env
 from loadtest.signing import auth_headers
 
@@ -102,12 +103,13 @@ class Tally:
 
 
 class Client:
-    """Signs and posts; one aiohttp session, keep-alive connections."""
+    """Signs and posts over keep-alive connections (`loadtest.lean_http`)."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str) -> None:
-        self.session = session
-        self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ValueError(f"the benchmark client speaks http://host:port only, not {base_url}")
+        self.http = LeanHttp(parts.hostname, parts.port, REQUEST_TIMEOUT_S)
         self._key = 0
         self._run = os.urandom(6).hex()
 
@@ -118,12 +120,8 @@ class Client:
         headers["Content-Type"] = "application/json"
         headers["Idempotency-Key"] = f"bench-{self._run}-{self._key}"
         try:
-            async with self.session.post(
-                self.base_url + path, data=body, headers=headers, timeout=self._timeout
-            ) as response:
-                payload = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError):
+            status, payload = await self.http.post(path, headers, body)
+        except (HttpError, OSError, TimeoutError):
             if tally is not None:
                 tally.errors += 1
             return
@@ -310,9 +308,8 @@ async def _loans_estimate() -> int:
 
 
 async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> Results:
-    connector = aiohttp.TCPConnector(limit=max(args.concurrency, 64), force_close=False)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        client = Client(session, args.base_url)
+    client = Client(args.base_url)
+    try:
         say(f"drawdowns at saturation: {args.concurrency} in flight, {args.seconds} s")
         draw = drawdown_maker(customers, args.concurrency)
         await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
@@ -325,6 +322,8 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         say(f"p99 {half.percentile_ms(0.99):.1f} ms; now repayments at saturation")
         pay = repayment_maker(customers, args.concurrency)
         repaid = await closed_loop(client, pay, args.concurrency, args.seconds, args.warmup_s)
+    finally:
+        client.http.close()
     return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate(), cpu_ms)
 
 

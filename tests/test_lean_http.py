@@ -1,0 +1,107 @@
+"""The benchmark's HTTP client against a real aiohttp server: answers read whole,
+connections kept alive and reused, and every answer it cannot read is an error of
+that request, never a wrong answer handed to the next one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from loadtest.lean_http import HttpError, LeanHttp
+from tests.conftest import free_port
+
+
+class Server:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.peers: set[object] = set()
+
+
+SERVER = web.AppKey("server", Server)
+
+
+async def _echo(request: web.Request) -> web.Response:
+    server: Server = request.app[SERVER]
+    server.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+    body = await request.read()
+    status = int(request.headers.get("X-Answer-Status", "200"))
+    return web.Response(body=b"echo:" + body, status=status, content_type="application/json")
+
+
+async def _hang(request: web.Request) -> web.Response:
+    await asyncio.sleep(30)
+    return web.Response(text="late")
+
+
+async def _chunked(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse()
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(b"part")
+    await response.write_eof()
+    return response
+
+
+async def _drop(request: web.Request) -> web.Response:
+    assert request.transport is not None
+    request.transport.close()
+    await asyncio.sleep(1)
+    return web.Response(text="never sent")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    app = web.Application()
+    state = Server(free_port())
+    app[SERVER] = state
+    app.router.add_post("/echo", _echo)
+    app.router.add_post("/hang", _hang)
+    app.router.add_post("/chunked", _chunked)
+    app.router.add_post("/drop", _drop)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", state.port)
+    await site.start()
+    yield state
+    await runner.cleanup()
+
+
+async def test_answers_and_keep_alive(server: Server) -> None:
+    http = LeanHttp("127.0.0.1", server.port, timeout_s=5)
+    for n in range(5):
+        assert await http.post("/echo", {"X-N": str(n)}, b'{"n":%d}' % n) == (
+            200,
+            b'echo:{"n":%d}' % n,
+        )
+    assert len(server.peers) == 1  # one connection for all five
+    status, body = await http.post("/echo", {"X-Answer-Status": "422"}, b"{}")
+    assert (status, body) == (422, b"echo:{}")
+    http.close()
+
+
+async def test_concurrent_requests_each_get_their_own_answer(server: Server) -> None:
+    http = LeanHttp("127.0.0.1", server.port, timeout_s=5)
+    answers = await asyncio.gather(*(http.post("/echo", {}, b"%d" % n) for n in range(40)))
+    assert answers == [(200, b"echo:%d" % n) for n in range(40)]
+    assert len(server.peers) <= 40
+    http.close()
+
+
+async def test_a_hung_server_times_out_and_its_connection_is_dropped(server: Server) -> None:
+    http = LeanHttp("127.0.0.1", server.port, timeout_s=0.2)
+    with pytest.raises(TimeoutError):
+        await http.post("/hang", {}, b"")
+    assert await http.post("/echo", {}, b"after") == (200, b"echo:after")
+    http.close()
+
+
+@pytest.mark.parametrize("path", ["/chunked", "/drop"])
+async def test_unreadable_answers_are_errors(server: Server, path: str) -> None:
+    http = LeanHttp("127.0.0.1", server.port, timeout_s=2)
+    with pytest.raises(HttpError):
+        await http.post(path, {}, b"")
+    assert await http.post("/echo", {}, b"next") == (200, b"echo:next")
+    http.close()
