@@ -2,6 +2,7 @@
 
     per physical shard:  claim ≤ batch (SKIP LOCKED, leased) ─► prefetch its cards and
                          phones (one query) ─► at most `relay_concurrency` calls in flight
+                         ─► first sends of money: up to 32 per core call (payments/batch)
                          ─► SMS: up to 32 per gateway call (send-batch)
                          ─► payments core made and SMS sent: settled in bulk, one
                             statement each; anything else one by one, each in its own
@@ -32,7 +33,14 @@ from typing import TypeVar
 import asyncpg
 
 from engine import outbox, relay_batch
-from engine.adapters.core_bank import CoreBank, CoreResult, Outcome
+from engine.adapters.core_bank import (
+    TRANSFER_BATCH_MAX,
+    CoreBank,
+    CoreResult,
+    MoveKind,
+    Outcome,
+    Transfer,
+)
 from engine.adapters.sms import SEND_BATCH_MAX, Sms, SmsGateway
 from engine.outbox import Claimed
 from engine.pii import PiiCipher
@@ -56,6 +64,8 @@ _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.Ti
 T = TypeVar("T")
 # A send that waited this long for a free slot after its claim stamps its send time again.
 MARK_AGAIN_AFTER_S = 1.0
+# Outbox kinds that move money, and the core call that moves it.
+_MOVE_KINDS: dict[str, MoveKind] = {"disburse": "payment", "debit": "debit"}
 # Extra kinds of outbox rows (e.g. "bureau") handled by another module's step.
 KindHandler = Callable[[str, Claimed], Awaitable[object]]
 
@@ -131,12 +141,25 @@ class Relay:
     async def _moves(
         self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched, claimed_at: float
     ) -> None:
-        answers = await asyncio.gather(
-            *(self._guarded(row, self._deliver(shard, row, known, claimed_at)) for row in rows)
+        # First sends go to core up to TRANSFER_BATCH_MAX per call; inquiries and rows
+        # of other kinds one by one.
+        fresh = [r for r in rows if r.kind in _MOVE_KINDS and not r.needs_inquiry]
+        alone = [r for r in rows if r.kind not in _MOVE_KINDS or r.needs_inquiry]
+        chunks = [
+            chunk
+            for kind in _MOVE_KINDS
+            for chunk in _chunks([r for r in fresh if r.kind == kind], TRANSFER_BATCH_MAX)
+        ]
+        sent, answered = await asyncio.gather(
+            asyncio.gather(*(self._send(shard, chunk, known, claimed_at) for chunk in chunks)),
+            asyncio.gather(
+                *(self._guarded(r, self._deliver(shard, r, known, claimed_at)) for r in alone)
+            ),
         )
+        answers = [answer for chunk_answers in sent for answer in chunk_answers] + answered
         paid: list[Paid] = []
         others: list[tuple[Claimed, CoreResult]] = []
-        for row, answer in zip(rows, answers, strict=True):
+        for row, answer in zip([r for c in chunks for r in c] + alone, answers, strict=True):
             if answer is None:  # handled, or failed and logged: its lease brings it back
                 continue
             loan = known.loans.get(row.ref_id)
@@ -150,7 +173,7 @@ class Relay:
         )
 
     async def _texts(self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched) -> None:
-        chunks = [rows[i : i + SEND_BATCH_MAX] for i in range(0, len(rows), SEND_BATCH_MAX)]
+        chunks = _chunks(rows, SEND_BATCH_MAX)
         sent = await asyncio.gather(*(self._text(shard, chunk, known) for chunk in chunks))
         texted: list[Claimed] = []
         refused: list[Claimed] = []
@@ -164,6 +187,30 @@ class Relay:
             self._settle_texted(shard, texted),
             *(self._guarded(row, self._sms_refused(shard, row)) for row in refused),
         )
+
+    async def _send(
+        self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched, claimed_at: float
+    ) -> list[CoreResult | None]:
+        """First sends of one kind in one core call; each row's answer, None for a row
+        that failed before the call (logged; its lease brings it back, to be inquired)."""
+        async with self._slots:
+            cards = await asyncio.gather(
+                *(self._guarded(row, self._card(shard, row, known, claimed_at)) for row in rows)
+            )
+            ready = [(row, card) for row, card in zip(rows, cards, strict=True) if card is not None]
+            if not ready:
+                return [None] * len(rows)
+            transfers = [
+                Transfer(str(row.payload["reference"]), card, _amount(row), _memo(row))
+                for row, card in ready
+            ]
+            try:
+                results = await self._core.move_batch(_MOVE_KINDS[rows[0].kind], transfers)
+            except Exception:
+                log.exception("core batch failed", extra={"shard": shard, "n": len(ready)})
+                return [None] * len(rows)
+        by_row = {row.outbox_id: result for (row, _), result in zip(ready, results, strict=True)}
+        return [by_row.get(row.outbox_id) for row in rows]
 
     async def _deliver(
         self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
@@ -182,15 +229,20 @@ class Relay:
         reference = str(row.payload["reference"])
         if row.needs_inquiry:
             return await self._core.inquire(reference)
+        card = await self._card(shard, row, known, claimed_at)
+        move = self._core.pay if row.kind == "disburse" else self._core.debit
+        return await move(reference, card, _amount(row), _memo(row))
+
+    async def _card(
+        self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
+    ) -> str:
+        """The card a first send pays or debits, as the send starts."""
         secret = known.secret(row)
         if secret is None or time.monotonic() - claimed_at > MARK_AGAIN_AFTER_S:
             # The claim stamped the send time; a send that waited for a slot this
             # long stamps it again, so "long after the send" counts from the send.
-            card = await self._card_and_mark_sent(shard, row)
-        else:
-            card = self._cipher.decrypt(secret, context="bank_card")
-        move = self._core.pay if row.kind == "disburse" else self._core.debit
-        return await move(reference, card, _amount(row), f"{row.kind} {row.ref_id}")
+            return await self._card_and_mark_sent(shard, row)
+        return self._cipher.decrypt(secret, context="bank_card")
 
     async def _text(
         self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched
@@ -347,6 +399,14 @@ class Relay:
 
 def _paid(row: Claimed, answer: CoreResult) -> bool:
     return row.kind == "disburse" and answer.outcome is Outcome.SUCCEEDED
+
+
+def _memo(row: Claimed) -> str:
+    return f"{row.kind} {row.ref_id}"
+
+
+def _chunks(rows: list[Claimed], size: int) -> list[list[Claimed]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def _amount(row: Claimed) -> int:

@@ -497,3 +497,77 @@ async def test_sms_client_sends_alone_what_the_gateway_refuses_as_a_batch(
     assert await gateway.send_batch(mixed) == [True, False, True]
     _, recorded = await call(client, "GET", f"{sms.base_url}/fake/messages")
     assert [m["reference"] for m in recorded] == ["c-0", "c-1", "c-2", "c-3", "c-5"]
+
+
+async def test_core_batch_decides_each_item_alone(
+    fakes: Fakes, client: aiohttp.ClientSession
+) -> None:
+    core = await fakes.core(FAKE_CORE_FAIL_RATIO="0.5", FAKE_CORE_SEED="3")
+    url = f"{core.base_url}/core/v1/payments/batch"
+    items = [transfer(f"bp-{n}", f"{n + 1}.00") for n in range(10)]
+    status, body = await call(client, "POST", url, {"items": items})
+    assert status == 200
+    answers = body["items"]
+    assert [a["reference"] for a in answers] == [f"bp-{n}" for n in range(10)]
+    assert {a["status"] for a in answers} == {"succeeded", "failed"}  # both (seed 3)
+    book = {r["reference"]: r for r in await records(client, core)}
+    for answer in answers:  # each answer is the item's record
+        assert book[answer["reference"]]["status"] == answer["status"]
+        assert book[answer["reference"]]["core_txn_id"] == answer["core_txn_id"]
+    # Sent again, alone or in a batch, an item gets its first outcome; a reference
+    # known with another amount is a conflict of that item only.
+    status, single = await call(client, "POST", f"{core.base_url}/core/v1/payments", items[0])
+    assert single == answers[0]
+    again = [items[1], transfer("bp-new"), transfer("bp-2", "999.00")]
+    status, body = await call(client, "POST", url, {"items": again})
+    assert status == 200
+    assert body["items"][0] == answers[1]
+    assert body["items"][1]["status"] in ("succeeded", "failed")
+    assert body["items"][2] == {"reference": "bp-2", "status": "conflict"}
+    assert len(await records(client, core)) == 11
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [],
+        [transfer("bb-1"), transfer("bb-1")],  # a reference twice
+        [transfer("bb-2"), {"reference": "bb-3", "card": CARD, "amount": "1.0"}],
+        [transfer(f"bb-{n}") for n in range(4, 37)],  # 33 > 32
+    ],
+)
+async def test_a_bad_core_batch_is_refused_whole(
+    fakes: Fakes, client: aiohttp.ClientSession, items: list[object]
+) -> None:
+    core = await fakes.core()
+    status, body = await call(
+        client, "POST", f"{core.base_url}/core/v1/debits/batch", {"items": items}
+    )
+    assert status == 400, body
+    assert await records(client, core) == []
+
+
+async def test_core_client_batch_outcomes(fakes: Fakes, client: aiohttp.ClientSession) -> None:
+    from engine.adapters.core_bank import CoreBankClient, Outcome, Transfer
+
+    core = await fakes.core(FAKE_CORE_TIMEOUT_HANG_S="1", FAKE_CORE_SEED="5")
+    bank = CoreBankClient(client, core.base_url, timeout_s=0.5)
+    paid = await bank.move_batch("payment", [Transfer(f"cb-{n}", CARD, 100, "m") for n in range(3)])
+    assert [r.outcome for r in paid] == [Outcome.SUCCEEDED] * 3
+    # One bad card makes core refuse the batch whole: each item then goes alone and
+    # gets its own answer.
+    mixed = [Transfer("cb-3", CARD, 100, "m"), Transfer("cb-4", "12", 100, "m")]
+    assert [r.outcome for r in await bank.move_batch("debit", mixed)] == [
+        Outcome.SUCCEEDED,
+        Outcome.FAILED,
+    ]
+    # A time-out of the call is every item's unknown outcome; inquiry tells the truth.
+    await call(client, "POST", f"{core.base_url}/fake/knobs", {"timeout_ratio": 1})
+    late = [Transfer(f"cb-t{n}", CARD, 100, "m") for n in range(4)]
+    assert {r.outcome for r in await bank.move_batch("payment", late)} == {Outcome.UNKNOWN}
+    truths = [await bank.inquire(t.reference) for t in late]
+    assert {r.outcome for r in truths} <= {Outcome.SUCCEEDED, Outcome.FAILED}
+    # A core that cannot be reached: nothing was sent.
+    await core.stop()
+    gone = await bank.move_batch("payment", [Transfer("cb-x", CARD, 100, "m")])
+    assert [r.outcome for r in gone] == [Outcome.NOT_SENT]

@@ -3,6 +3,9 @@
     POST /core/v1/payments        {reference, card, amount, memo}
                                   -> {reference, status, core_txn_id?, reason?}
     POST /core/v1/debits          same shape
+    POST /core/v1/payments/batch  {items: [1..32 of the above]} -> {items: [answer per item]}
+    POST /core/v1/debits/batch    (a core without them, or refusing a batch whole: each
+                                  item is sent alone instead)
     GET  /core/v1/transactions/R  -> {status: succeeded|failed, ...} | 404 not found
     GET  /core/v1/statements/D    -> CSV: reference,kind,status,amount,card_last4,
                                           core_txn_id,booked_at
@@ -17,11 +20,13 @@ What an answer means for the money:
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime as dt
 import enum
 import io
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 import aiohttp
 import msgspec
@@ -35,6 +40,19 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"
     NOT_SENT = "not_sent"
     NOT_FOUND = "not_found"
+
+
+TRANSFER_BATCH_MAX = 32
+MoveKind = Literal["payment", "debit"]
+
+
+class Transfer(msgspec.Struct, frozen=True):
+    """One payment to, or debit from, a card."""
+
+    reference: str
+    card: str
+    amount_fen: int
+    memo: str
 
 
 class CoreResult(msgspec.Struct, frozen=True):
@@ -58,14 +76,23 @@ class _Answer(msgspec.Struct):
     reason: str | None = None
 
 
+class _BatchAnswer(msgspec.Struct):
+    items: list[_Answer]
+
+
 class CoreBank(Protocol):
     async def pay(self, reference: str, card: str, amount_fen: int, memo: str) -> CoreResult: ...
     async def debit(self, reference: str, card: str, amount_fen: int, memo: str) -> CoreResult: ...
+    async def move_batch(
+        self, kind: MoveKind, transfers: Sequence[Transfer]
+    ) -> list[CoreResult]: ...
     async def inquire(self, reference: str) -> CoreResult: ...
     async def statement(self, day: dt.date) -> list[StatementRow]: ...
 
 
 _answer_decoder = msgspec.json.Decoder(_Answer)
+_batch_answer_decoder = msgspec.json.Decoder(_BatchAnswer)
+_PATHS: dict[MoveKind, str] = {"payment": "/core/v1/payments", "debit": "/core/v1/debits"}
 
 
 def _result(answer: _Answer) -> CoreResult:
@@ -74,6 +101,15 @@ def _result(answer: _Answer) -> CoreResult:
     if answer.status == "failed":
         return CoreResult(Outcome.FAILED, answer.core_txn_id, answer.reason or "FAILED")
     return CoreResult(Outcome.UNKNOWN, reason=f"status {answer.status!r}")
+
+
+def _wire(transfer: Transfer) -> dict[str, str]:
+    return {
+        "reference": transfer.reference,
+        "card": transfer.card,
+        "amount": format_fen(transfer.amount_fen),
+        "memo": transfer.memo,
+    }
 
 
 class CoreBankClient:
@@ -86,30 +122,44 @@ class CoreBankClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def pay(self, reference: str, card: str, amount_fen: int, memo: str) -> CoreResult:
-        return await self._move("/core/v1/payments", reference, card, amount_fen, memo)
+        return await self._move("payment", Transfer(reference, card, amount_fen, memo))
 
     async def debit(self, reference: str, card: str, amount_fen: int, memo: str) -> CoreResult:
-        return await self._move("/core/v1/debits", reference, card, amount_fen, memo)
+        return await self._move("debit", Transfer(reference, card, amount_fen, memo))
 
-    async def _move(
-        self, path: str, reference: str, card: str, amount_fen: int, memo: str
-    ) -> CoreResult:
-        body = {
-            "reference": reference,
-            "card": card,
-            "amount": format_fen(amount_fen),
-            "memo": memo,
-        }
+    async def move_batch(self, kind: MoveKind, transfers: Sequence[Transfer]) -> list[CoreResult]:
+        """Each transfer's result, in order, from one call for up to TRANSFER_BATCH_MAX.
+
+        The call's own failure is every item's: could not connect, NOT_SENT;
+        time-out, 5xx or a broken answer, UNKNOWN (each resolved by inquiry). A batch
+        refused whole (400/422: nothing recorded) or not supported (404/405) is sent
+        item by item instead, so each item gets its own answer."""
+        assert 0 < len(transfers) <= TRANSFER_BATCH_MAX, len(transfers)
+        body = {"items": [_wire(transfer) for transfer in transfers]}
+        status, raw, failed = await self._post(_PATHS[kind] + "/batch", body)
+        if failed is not None:
+            return [failed] * len(transfers)
+        if status in (400, 404, 405, 422):
+            return list(await asyncio.gather(*(self._move(kind, t) for t in transfers)))
+        if status != 200:
+            return [CoreResult(Outcome.UNKNOWN, reason=f"HTTP_{status}")] * len(transfers)
         try:
-            async with self._session.post(
-                self._base_url + path, json=body, timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            return CoreResult(Outcome.NOT_SENT, reason=type(exc).__name__)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
+            answers = _batch_answer_decoder.decode(raw).items
+        except msgspec.DecodeError:
+            answers = []
+        if len(answers) != len(transfers):
+            return [CoreResult(Outcome.UNKNOWN, reason="UNREADABLE_ANSWER")] * len(transfers)
+        return [
+            _result(answer)
+            if answer.reference == transfer.reference
+            else CoreResult(Outcome.UNKNOWN, reason="ANSWER_FOR_ANOTHER_REFERENCE")
+            for transfer, answer in zip(transfers, answers, strict=True)
+        ]
+
+    async def _move(self, kind: MoveKind, transfer: Transfer) -> CoreResult:
+        status, raw, failed = await self._post(_PATHS[kind], _wire(transfer))
+        if failed is not None:
+            return failed
         if status in (400, 422):
             return CoreResult(Outcome.FAILED, reason=f"REFUSED_{status}")
         if status != 200:
@@ -118,6 +168,18 @@ class CoreBankClient:
             return _result(_answer_decoder.decode(raw))
         except msgspec.DecodeError:
             return CoreResult(Outcome.UNKNOWN, reason="UNREADABLE_ANSWER")
+
+    async def _post(self, path: str, body: object) -> tuple[int, bytes, CoreResult | None]:
+        """(status, body, None), or the outcome of a call that got no answer."""
+        try:
+            async with self._session.post(
+                self._base_url + path, json=body, timeout=self._timeout
+            ) as resp:
+                return resp.status, await resp.read(), None
+        except aiohttp.ClientConnectorError as exc:
+            return 0, b"", CoreResult(Outcome.NOT_SENT, reason=type(exc).__name__)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return 0, b"", CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
 
     async def inquire(self, reference: str) -> CoreResult:
         try:

@@ -8,6 +8,15 @@
                                      400 {"error", "detail"}   refused, nothing recorded
                                      409 {"error": "reference_conflict", ...}
                                          (reference known with another kind/amount/card)
+    POST /core/v1/payments/batch   {"items": [1..32 of the above, references unique]}
+    POST /core/v1/debits/batch          (批量): each item decided as if sent alone, all at
+                                  once -> 200 {"items": [one answer per item, in order:
+                                          the single answer above, or
+                                          {"reference", "status": "conflict"|"unavailable"}]}
+                                     400 the batch refused whole (an invalid item,
+                                         references repeated): nothing recorded
+                                  An item that draws a time-out withholds the whole
+                                  answer for timeout_hang_s.
     GET  /core/v1/transactions/{reference}
                                   -> 200 {"reference", "kind", "status", "amount",
                                           "core_txn_id", "booked_at", "reason"?}
@@ -109,6 +118,28 @@ class TransferResponse(msgspec.Struct, frozen=True, omit_defaults=True):
     status: Literal["succeeded", "failed"]
     core_txn_id: str
     reason: str | None = None
+
+
+TRANSFER_BATCH_MAX = 32
+
+
+class BatchTransferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Body of POST /core/v1/payments/batch and /core/v1/debits/batch."""
+
+    items: Annotated[
+        list[TransferRequest], msgspec.Meta(min_length=1, max_length=TRANSFER_BATCH_MAX)
+    ]
+
+
+class ItemNotDone(msgspec.Struct, frozen=True):
+    """A batch item with no outcome of its own: the caller asks again later."""
+
+    reference: str
+    status: Literal["conflict", "unavailable"]
+
+
+class BatchTransferResponse(msgspec.Struct, frozen=True):
+    items: list[TransferResponse | ItemNotDone]
 
 
 class InquiryResponse(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -329,6 +360,27 @@ BOOK = web.AppKey("book", CoreBook)
 METRICS = web.AppKey("metrics", CoreMetrics)
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
+_batch_decoder = msgspec.json.Decoder(BatchTransferRequest)
+_TIMEOUTS = (Decision.TIMEOUT_BOOKED, Decision.TIMEOUT_NOT_BOOKED)
+
+
+async def _decided(
+    book: CoreBook, endpoint: str, order: Order
+) -> tuple[TransferResponse | ItemNotDone, bool]:
+    """One order's answer, and whether it drew a time-out (its answer is withheld)."""
+    try:
+        record, decision = await book.transfer(order)
+    except ReferenceConflict:
+        book.metrics.requests.labels(endpoint, "conflict").inc()
+        return ItemNotDone(order.reference, "conflict"), False
+    except FirstAttemptLost:
+        book.metrics.requests.labels(endpoint, "unavailable").inc()
+        return ItemNotDone(order.reference, "unavailable"), False
+    book.metrics.requests.labels(
+        endpoint, "duplicate" if decision is None else decision.value
+    ).inc()
+    answer = TransferResponse(record.reference, record.status, record.core_txn_id, record.reason)
+    return answer, decision in _TIMEOUTS
 
 
 async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
@@ -340,23 +392,35 @@ async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
         book.metrics.requests.labels(endpoint, "bad_request").inc()
         raise
     knobs = book.knobs  # as at arrival: the hang below is the one this request drew
-    try:
-        record, decision = await book.transfer(order)
-    except ReferenceConflict:
-        book.metrics.requests.labels(endpoint, "conflict").inc()
+    answer, timed_out = await _decided(book, endpoint, order)
+    if isinstance(answer, ItemNotDone):
+        if answer.status == "unavailable":
+            return json_response({"status": "unavailable"}, 503)
         detail = "reference already used with another kind, amount or card"
         return json_response(
             {"error": "reference_conflict", "reference": order.reference, "detail": detail}, 409
         )
-    except FirstAttemptLost:
-        book.metrics.requests.labels(endpoint, "unavailable").inc()
-        return json_response({"status": "unavailable"}, 503)
-    outcome = "duplicate" if decision is None else decision.value
-    book.metrics.requests.labels(endpoint, outcome).inc()
-    if decision in (Decision.TIMEOUT_BOOKED, Decision.TIMEOUT_NOT_BOOKED):
+    if timed_out:
         await asyncio.sleep(knobs.timeout_hang_s)
-    answer = TransferResponse(record.reference, record.status, record.core_txn_id, record.reason)
     return json_response(answer)
+
+
+async def _transfer_batch(request: web.Request, kind: Kind) -> web.StreamResponse:
+    book = request.app[BOOK]
+    endpoint = f"{kind}s_batch"
+    try:
+        body = await read_json(request, _batch_decoder)
+        orders = [parse_order(kind, item) for item in body.items]
+        if len({order.reference for order in orders}) != len(orders):
+            raise BadRequest("duplicate_reference", "each reference at most once per batch")
+    except (BadRequest, msgspec.MsgspecError):
+        book.metrics.requests.labels(endpoint, "bad_request").inc()
+        raise
+    knobs = book.knobs
+    decided = await asyncio.gather(*(_decided(book, endpoint, order) for order in orders))
+    if any(timed_out for _, timed_out in decided):
+        await asyncio.sleep(knobs.timeout_hang_s)
+    return json_response(BatchTransferResponse([answer for answer, _ in decided]))
 
 
 async def payments(request: web.Request) -> web.StreamResponse:
@@ -365,6 +429,14 @@ async def payments(request: web.Request) -> web.StreamResponse:
 
 async def debits(request: web.Request) -> web.StreamResponse:
     return await _transfer(request, "debit")
+
+
+async def payments_batch(request: web.Request) -> web.StreamResponse:
+    return await _transfer_batch(request, "payment")
+
+
+async def debits_batch(request: web.Request) -> web.StreamResponse:
+    return await _transfer_batch(request, "debit")
 
 
 def _inquiry_answer(found: CoreRecord | Order) -> InquiryResponse:
@@ -434,6 +506,8 @@ def create_app(config: CoreConfig, registry: CollectorRegistry) -> web.Applicati
     app.cleanup_ctx.append(_book_ctx)
     app.router.add_post("/core/v1/payments", payments)
     app.router.add_post("/core/v1/debits", debits)
+    app.router.add_post("/core/v1/payments/batch", payments_batch)
+    app.router.add_post("/core/v1/debits/batch", debits_batch)
     app.router.add_get("/core/v1/transactions/{reference}", transaction)
     app.router.add_get("/core/v1/statements/{day}", statement)
     app.router.add_get("/fake/records", fake_records)
