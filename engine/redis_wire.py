@@ -59,6 +59,7 @@ class _Wire(asyncio.Protocol):
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._corked: list[bytes] = []
         self.lost: BaseException | None = None
 
     @property
@@ -74,12 +75,20 @@ class _Wire(asyncio.Protocol):
             raise RedisConnectionError("redis connection lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
-        # hiredis's stub declares a one-element tuple; any number of arguments is fine.
-        self._transport.write(hiredis.pack_command(args))  # type: ignore[arg-type]
+        # Commands sent in one turn of the event loop leave in one write: fewer system
+        # calls, fewer wake-ups of Redis. hiredis's stub declares a one-element tuple.
+        if not self._corked:
+            loop.call_soon(self._uncork)
+        self._corked.append(hiredis.pack_command(args))  # type: ignore[arg-type]
         self._waiting.append(_Waiting(future, loop.time() + self._timeout_s))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self._tick_s, self._check_deadline)
         return future
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, []
+        if self.lost is None and self._transport is not None:
+            self._transport.write(b"".join(corked))
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
