@@ -7,7 +7,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_ENV            dev | test | prod           (dev: demo data, settable clock)
     ENGINE_HTTP_HOST      127.0.0.1
     ENGINE_HTTP_PORT      8080
-    ENGINE_WORKERS        2                           prefork worker processes
+    ENGINE_WORKERS        1                           prefork worker processes (one per core
+                                                      of a host of the engine's own)
     ENGINE_CONTROL_DSN    postgresql://postgres@127.0.0.1:55431/control
     ENGINE_SHARD_DSNS     name=dsn,name=dsn,...       physical shards, in map order
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
@@ -57,7 +58,10 @@ def _default_shards() -> list[PhysicalShard]:
 class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 2
+    # The local stack shares two cores with PostgreSQL, Redis, the relay, the fakes and
+    # the load generator: one worker did 10 % more drawdowns/s there than two
+    # (BENCHMARKS.md, third round). A host of its own: about one per core.
+    workers: int = 1
     body_max_bytes: int = 64 * 1024
     shutdown_timeout_s: float = 15.0
     backlog: int = 1024
