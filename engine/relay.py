@@ -118,7 +118,11 @@ class Relay:
             if not rows:
                 await _sleep_or_stop(stop, self._settings.relay_idle_poll_s)
                 continue
-            await self._batch(shard, rows, time.monotonic())
+            claimed_at = time.monotonic()
+            await self._batch(shard, rows, claimed_at)
+            if len(rows) < self._settings.relay_batch_max:
+                gathered_at = claimed_at + self._settings.relay_gather_s
+                await _sleep_or_stop(stop, gathered_at - time.monotonic())
 
     async def _batch(self, shard: str, rows: list[Claimed], claimed_at: float) -> None:
         """Send a claimed batch; settle what went well in bulk, the rest one by one.
@@ -421,5 +425,7 @@ def _backoff_s(attempts: int, cap_s: float) -> float:
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    if seconds <= 0:
+        return
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
