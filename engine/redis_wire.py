@@ -55,6 +55,7 @@ class _Wire(asyncio.Protocol):
     def __init__(self, timeout_s: float) -> None:
         self._timeout_s = timeout_s
         self._tick_s = timeout_s / WATCHDOG_TICKS_PER_TIMEOUT
+        self._loop = asyncio.get_running_loop()  # once: each lookup is a getpid() on 3.11
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[_Waiting] = collections.deque()
         self._transport: asyncio.Transport | None = None
@@ -73,7 +74,7 @@ class _Wire(asyncio.Protocol):
     def send(self, args: tuple[Arg, ...]) -> asyncio.Future[Reply]:
         if self.lost is not None or self._transport is None:
             raise RedisConnectionError("redis connection lost")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         future: asyncio.Future[Reply] = loop.create_future()
         # Commands sent in one turn of the event loop leave in one write: fewer system
         # calls, fewer wake-ups of Redis. hiredis's stub declares a one-element tuple.
@@ -118,7 +119,7 @@ class _Wire(asyncio.Protocol):
         self._watchdog = None
         if not self._waiting:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if self._waiting[0].deadline <= loop.time():
             self._fail(RedisTimeoutError(f"no reply from redis within {self._timeout_s} s"))
             return
