@@ -101,7 +101,8 @@ async def returned(pool: asyncpg.Pool, conn: Any) -> AsyncIterator[None]:
         conn.terminate()
         raise
     finally:
-        await asyncio.shield(pool.release(conn))
+        # Pool.release shields itself: a cancellation here cannot stop the return.
+        await pool.release(conn)
 
 
 @contextlib.asynccontextmanager
