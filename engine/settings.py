@@ -16,7 +16,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_REFERENCE_REFRESH_S  2.0                   how often cached reference data reloads
     ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
-    ENGINE_RELAY_LEASE_S, ENGINE_RELAY_METRICS_PORT   see ExternalSettings
+    ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
+    ENGINE_RELAY_METRICS_PORT                         see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
                                                       (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
@@ -230,6 +231,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_INLINE_DEBIT_WAIT_S", "inline_debit_wait_s"),
         ("ENGINE_NOT_FOUND_FINAL_S", "not_found_final_s"),
         ("ENGINE_RELAY_LEASE_S", "relay_lease_s"),
+        ("ENGINE_RELAY_GATHER_S", "relay_gather_s"),
     ):
         if var in environ:
             external[key] = float(environ[var])
