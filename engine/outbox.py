@@ -18,7 +18,7 @@ import msgspec
 _CLAIM_SQL = """
 WITH ready AS (
     SELECT outbox_id, state AS prior_state FROM outbox
-    WHERE state IN ('pending', 'sending', 'unknown') AND next_attempt_at <= now()
+    WHERE done_at IS NULL AND next_attempt_at <= now()  -- not final (migration 0008)
       AND (lease_until IS NULL OR lease_until < now())
     ORDER BY next_attempt_at
     LIMIT $1
@@ -168,6 +168,6 @@ async def pending_stats(conn: asyncpg.Connection) -> list[tuple[str, int, float]
     rows = await conn.fetch(
         """SELECT kind, count(*) AS n,
                   coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age
-           FROM outbox WHERE state IN ('pending', 'sending', 'unknown') GROUP BY kind"""
+           FROM outbox WHERE done_at IS NULL GROUP BY kind"""
     )
     return [(row["kind"], int(row["n"]), float(row["age"])) for row in rows]
