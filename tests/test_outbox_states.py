@@ -4,11 +4,22 @@ refuses a row whose `done_at` disagrees with its state (the ready index relies o
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import pytest
 
 from engine import outbox
+from engine.settings import Settings
 from tests.ledger_helpers import fresh_id
+
+
+@pytest.fixture
+async def conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of this test's own: other tests stop and start shard servers."""
+    connection = await asyncpg.connect(settings.shards[0].dsn, timeout=10)
+    yield connection
+    await connection.close()
 
 
 async def _hot_updates(conn: asyncpg.Connection) -> int:
@@ -19,9 +30,8 @@ async def _hot_updates(conn: asyncpg.Connection) -> int:
 
 
 async def test_a_claim_is_a_hot_update_and_only_the_answer_sets_done_at(
-    shard_conns: dict[str, asyncpg.Connection],
+    conn: asyncpg.Connection,
 ) -> None:
-    conn = shard_conns["shard_3"]
     outbox_id, ref_id = fresh_id(), fresh_id()
     tx = conn.transaction()
     await tx.start()
@@ -50,9 +60,8 @@ async def test_a_claim_is_a_hot_update_and_only_the_answer_sets_done_at(
     ("state", "done_at"), [("done", "NULL"), ("failed", "NULL"), ("pending", "now()")]
 )
 async def test_done_at_must_match_the_state(
-    shard_conns: dict[str, asyncpg.Connection], state: str, done_at: str
+    conn: asyncpg.Connection, state: str, done_at: str
 ) -> None:
-    conn = shard_conns["shard_2"]
     with pytest.raises(asyncpg.CheckViolationError, match="outbox_done_at_when_final"):
         await conn.execute(
             f"""INSERT INTO outbox (outbox_id, customer_id, kind, ref_id, state, done_at)
