@@ -39,10 +39,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -66,6 +66,7 @@ PGBENCH_DATABASE: Final = "pgbench"
 SEEDED_READ_MAX: Final = 200_000
 
 Maker = Callable[[int, int], tuple[str, bytes]]  # (worker, n) -> (path, body)
+T = TypeVar("T")
 
 
 @dataclass
@@ -327,6 +328,28 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
     return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate(), cpu_ms)
 
 
+async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCustomer]) -> None:
+    """Step 2 alone, `--saturation-rounds` times: for measuring one change against
+    the last, in pairs, on a machine whose speed drifts by the hour."""
+    client = Client(args.base_url)
+    try:
+        draw = drawdown_maker(customers, args.concurrency)
+        await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
+        for n in range(args.saturation_rounds):
+            before = cpu_by_role()
+            tally = await closed_loop(client, draw, args.concurrency, args.seconds, 0.0)
+            cpu = per_operation_ms(before, cpu_by_role(), tally.ok)
+            roles = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
+            print(
+                f"round {n + 1}: {tally.per_s:.0f} drawdowns/s, "
+                f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}; "
+                f"CPU per drawdown, ms: {roles}",
+                flush=True,
+            )
+    finally:
+        client.http.close()
+
+
 def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -413,6 +436,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pgbench-clients", type=int, default=8)
     parser.add_argument("--pgbench-seconds", type=int, default=30)
     parser.add_argument("--pgbench-tps", type=float, help="skip pgbench, use this baseline")
+    parser.add_argument(
+        "--saturation-rounds",
+        type=int,
+        default=0,
+        help="only step 2, this many rounds of --seconds, one line each (no pgbench, no table)",
+    )
     parser.add_argument("--label", default="", help="a note for the section, e.g. '1M seeded'")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser
@@ -425,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     customers = read_seeded(seeded_file_path(), SEEDED_READ_MAX)
     if len(customers) < args.concurrency * 4:
         raise SystemExit(f"bench: {len(customers)} seeded customers; seed at least 4 per request")
+    if args.saturation_rounds:
+        _run(saturation_rounds(args, customers))
+        return 0
     control_dsn = control_dsn_from_env(os.environ)
     tps = args.pgbench_tps
     if tps is None:
@@ -440,13 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         say(" ".join(setup.command()))
         asyncio.run(_ensure_database(control_dsn))
         tps = run_pgbench(setup)
-    try:
-        import uvloop
-
-        results = uvloop.run(run_api(args, customers))
-    except ImportError:
-        results = asyncio.run(run_api(args, customers))
-    results = dataclasses.replace(results, tps=tps)
+    results = dataclasses.replace(_run(run_api(args, customers)), tps=tps)
     text = table(results, args)
     text += f"\n\nLoans in the shards: about {results.loans_estimate:,}; "
     text += f"seeded customers used: {len(customers):,}."
@@ -454,6 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.append:
         append_to_benchmarks(text, args, control_dsn)
     return 0
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 if __name__ == "__main__":
