@@ -164,6 +164,7 @@ class RedisWire:
         self._pending_max = pending_max
         self._wire: _Wire | None = None
         self._connecting: asyncio.Future[_Wire] | None = None
+        self._connect_task: asyncio.Task[None] | None = None  # kept: the loop holds tasks weakly
         self._paused_until = 0.0
         self._closed = False
 
@@ -191,8 +192,11 @@ class RedisWire:
         assert isinstance(reply, int), type(reply)
         return reply
 
-    async def ping(self) -> bool:
-        return await self.execute("PING") == b"PONG"
+    async def ping(self) -> None:
+        """Raises unless Redis answers PONG."""
+        reply = await self.execute("PING")
+        if reply != b"PONG":
+            raise ResponseError(f"PING answered {reply!r}")
 
     async def aclose(self) -> None:
         self._closed = True
@@ -206,8 +210,9 @@ class RedisWire:
         if self._connecting is None:
             if time.monotonic() < self._paused_until:
                 raise RedisConnectionError("redis unreachable; next connect attempt shortly")
-            self._connecting = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().create_task(self._connect(self._connecting))
+            loop = asyncio.get_running_loop()
+            self._connecting = loop.create_future()
+            self._connect_task = loop.create_task(self._connect(self._connecting))
         # Several callers wait for one attempt; none of them cancels it for the rest.
         return await asyncio.shield(self._connecting)
 
@@ -221,20 +226,24 @@ class RedisWire:
                 )
                 for command in self._hello:
                     await wire.send(command)
-        except (OSError, TimeoutError, RedisError) as exc:
+            if self._closed:
+                raise RedisConnectionError("redis client closed")
+        except BaseException as exc:  # whatever ends the attempt, its waiters hear of it
             if wire is not None:
                 wire.close()
             self._paused_until = time.monotonic() + RECONNECT_PAUSE_S
-            error = RedisConnectionError(f"cannot connect to redis: {exc!r}")
+            error = (
+                exc
+                if isinstance(exc, RedisConnectionError)
+                else RedisConnectionError(f"cannot connect to redis: {exc!r}")
+            )
             done.set_exception(error)
             done.exception()  # retrieved: a failed attempt nobody awaited is not an error
+            if not isinstance(exc, Exception):
+                raise  # a cancellation goes on
         else:
-            if self._closed:  # closed while connecting
-                wire.close()
-                done.set_exception(RedisConnectionError("redis client closed"))
-                done.exception()
-            else:
-                self._wire = wire
-                done.set_result(wire)
+            assert wire is not None
+            self._wire = wire
+            done.set_result(wire)
         finally:
             self._connecting = None

@@ -198,23 +198,28 @@ class Relay:
         """First sends of one kind in one core call; each row's answer, None for a row
         that failed before the call (logged; its lease brings it back, to be inquired)."""
         async with self._slots:
-            cards = await asyncio.gather(
-                *(self._guarded(row, self._card(shard, row, known, claimed_at)) for row in rows)
+            built = await asyncio.gather(
+                *(self._guarded(row, self._transfer(shard, row, known, claimed_at)) for row in rows)
             )
-            ready = [(row, card) for row, card in zip(rows, cards, strict=True) if card is not None]
+            ready = [(row, t) for row, t in zip(rows, built, strict=True) if t is not None]
             if not ready:
                 return [None] * len(rows)
-            transfers = [
-                Transfer(str(row.payload["reference"]), card, _amount(row), _memo(row))
-                for row, card in ready
-            ]
             try:
-                results = await self._core.move_batch(_MOVE_KINDS[rows[0].kind], transfers)
-            except Exception:
+                kind = _MOVE_KINDS[rows[0].kind]
+                results = await self._core.move_batch(kind, [t for _, t in ready])
+                if len(results) != len(ready):
+                    raise ValueError(f"{len(results)} answers for {len(ready)} transfers")
+            except Exception:  # each row's lease brings it back, to be inquired
                 log.exception("core batch failed", extra={"shard": shard, "n": len(ready)})
                 return [None] * len(rows)
         by_row = {row.outbox_id: result for (row, _), result in zip(ready, results, strict=True)}
         return [by_row.get(row.outbox_id) for row in rows]
+
+    async def _transfer(
+        self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float
+    ) -> Transfer:
+        card = await self._card(shard, row, known, claimed_at)
+        return Transfer(str(row.payload["reference"]), card, _amount(row), _memo(row))
 
     async def _deliver(
         self, shard: str, row: Claimed, known: relay_batch.Prefetched, claimed_at: float

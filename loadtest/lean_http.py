@@ -39,10 +39,17 @@ class _Conn(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(HttpError(f"connection lost: {exc or 'closed'}"))
 
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
     def request(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None and self._waiter is None
         self._waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
+        try:
+            self.transport.write(data)
+        except RuntimeError as exc:  # uvloop: the server closed it since it was last used
+            raise HttpError(f"connection closed: {exc}") from exc
         return self._waiter
 
     def data_received(self, data: bytes) -> None:
@@ -99,7 +106,7 @@ class LeanHttp:
             + f"Content-Length: {len(body)}\r\n{head}\r\n".encode()
             + body
         )
-        conn = self._free.pop() if self._free else await self._connect()
+        conn = self._reusable() or await self._connect()
         try:
             async with asyncio.timeout(self._timeout_s):
                 answer = await conn.request(data)
@@ -107,9 +114,17 @@ class LeanHttp:
             if conn.transport is not None:
                 conn.transport.abort()
             raise
-        if not conn.closed:
+        if conn.usable:
             self._free.append(conn)
         return answer
+
+    def _reusable(self) -> _Conn | None:
+        """A kept-alive connection the server has not closed since, if any."""
+        while self._free:
+            conn = self._free.pop()
+            if conn.usable:
+                return conn
+        return None
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()

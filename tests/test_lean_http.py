@@ -61,6 +61,7 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_post("/hang", _hang)
     app.router.add_post("/chunked", _chunked)
     app.router.add_post("/drop", _drop)
+    app.router.add_post("/close", _close_after)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", state.port)
@@ -104,4 +105,16 @@ async def test_unreadable_answers_are_errors(server: Server, path: str) -> None:
     with pytest.raises(HttpError):
         await http.post(path, {}, b"")
     assert await http.post("/echo", {}, b"next") == (200, b"echo:next")
+    http.close()
+
+
+async def _close_after(request: web.Request) -> web.Response:
+    return web.Response(body=b"bye", headers={"Connection": "close"})
+
+
+async def test_a_connection_the_server_closed_is_not_reused(server: Server) -> None:
+    http = LeanHttp("127.0.0.1", server.port, timeout_s=2)
+    assert await http.post("/close", {}, b"") == (200, b"bye")
+    await asyncio.sleep(0.05)  # the server's FIN arrives
+    assert await http.post("/echo", {}, b"again") == (200, b"echo:again")
     http.close()

@@ -39,9 +39,13 @@ async def test_a_claim_is_a_hot_update_and_only_the_answer_sets_done_at(
         await outbox.enqueue(
             conn, outbox_id=outbox_id, customer_id=1, kind="sms", ref_id=ref_id, payload={}
         )
+        # Due before anything else, so the relay's claim of one row takes this one.
+        await conn.execute(
+            "UPDATE outbox SET next_attempt_at = '2000-01-01' WHERE outbox_id = $1", outbox_id
+        )
         before = await _hot_updates(conn)
-        claimed = await outbox.claim_one(conn, ref_id, "sms", lease_s=30)
-        assert claimed is not None and claimed.attempts == 1
+        [claimed] = await outbox.claim(conn, batch_max=1, lease_s=30)
+        assert claimed.outbox_id == outbox_id and claimed.attempts == 1
         assert await _hot_updates(conn) == before + 1
         assert (
             await conn.fetchval("SELECT done_at FROM outbox WHERE outbox_id = $1", outbox_id)

@@ -29,7 +29,7 @@ async def client(settings: Settings) -> AsyncIterator[RedisWire]:
 
 async def test_commands_and_nx(client: RedisWire, redis_client: aioredis.Redis) -> None:
     key = f"wire-test:{time.time_ns()}"
-    assert await client.ping()
+    await client.ping()  # raises unless PONG
     assert await client.set(key, b"one", ex=60, nx=True) is True
     assert await client.set(key, b"two", ex=60, nx=True) is False
     assert await client.get(key) == b"one"
