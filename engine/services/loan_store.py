@@ -120,11 +120,8 @@ def installment_arrays(
     state: LoanState, penalty_paid_fen: tuple[int, ...]
 ) -> tuple[list[object], ...]:
     """Column arrays of the installment rows, for one `unnest` insert."""
-    columns: tuple[list[object], ...] = tuple([] for _ in range(11))
-    for index, (item, status) in enumerate(
-        zip(state.plan.installments, state.statuses, strict=True)
-    ):
-        values = (
+    rows = [
+        (
             item.seq,
             item.due_date,
             item.principal_fen,
@@ -137,9 +134,13 @@ def installment_arrays(
             status.accrued_through,
             penalty_paid_fen[index] if index < len(penalty_paid_fen) else 0,
         )
-        for column, value in zip(columns, values, strict=True):
-            column.append(value)
-    return columns
+        for index, (item, status) in enumerate(
+            zip(state.plan.installments, state.statuses, strict=True)
+        )
+    ]
+    if not rows:
+        return tuple([] for _ in range(11))
+    return tuple(list(column) for column in zip(*rows, strict=True))  # rows to columns
 
 
 INSERT_INSTALLMENTS_SQL = """
