@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -88,8 +88,12 @@ class Journal(Generic[T]):
         """Returns once the record is on disk. Records that arrive while a write is
         under way go out together in the next one, with one fsync (group commit):
         under load a fake must not take the CPU of the system it stands beside."""
+        await self.append_many((record,))
+
+    async def append_many(self, records: Sequence[T]) -> None:
+        """`append` for several records at once (a batch's), in one write."""
         done = asyncio.get_running_loop().create_future()
-        self._queued.append((_encoder.encode(record) + b"\n", done))
+        self._queued.append((b"".join(_encoder.encode(r) + b"\n" for r in records), done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
         await done

@@ -194,6 +194,9 @@ class CoreConfig(msgspec.Struct, frozen=True):
     seed: int | None
 
 
+Transferred = tuple[CoreRecord, Decision | None]  # the record; the decision, None for a repeat
+
+
 class ReferenceConflict(Exception):
     """A known reference sent again with another kind, amount or card."""
 
@@ -284,29 +287,65 @@ class CoreBook:
         return record if record is not None else self._orders_in_flight.get(reference)
 
     async def transfer(self, order: Order) -> tuple[CoreRecord, Decision | None]:
-        """The outcome for this reference; Decision is None for a repeat."""
-        if order.reference in self._by_reference or order.reference in self._in_flight:
-            return await self._repeat(order), None
-        knobs = self.knobs
-        future: asyncio.Future[CoreRecord] = asyncio.get_running_loop().create_future()
-        self._in_flight[order.reference] = future
-        self._orders_in_flight[order.reference] = order
+        """The outcome for this reference; Decision is None for a repeat. A repeat
+        raises ReferenceConflict or FirstAttemptLost when it has no outcome."""
+        [outcome] = await self.transfer_many([order])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def transfer_many(self, orders: list[Order]) -> list[Transferred | Exception]:
+        """`transfer` for each order (references distinct), each decided as if sent
+        alone but all with one latency wait and one journal write: a batch costs the
+        machine the fake shares about what one transfer does. A repeat's
+        ReferenceConflict or FirstAttemptLost stands in its place."""
+        loop = asyncio.get_running_loop()
+        fresh: dict[str, asyncio.Future[CoreRecord]] = {}
+        for order in orders:
+            if order.reference not in self._by_reference and order.reference not in self._in_flight:
+                fresh[order.reference] = self._in_flight[order.reference] = loop.create_future()
+                self._orders_in_flight[order.reference] = order
+        repeats = asyncio.gather(
+            *(self._repeat(o) for o in orders if o.reference not in fresh), return_exceptions=True
+        )
+        booked: dict[str, Transferred] = {}
         try:
-            await asyncio.sleep(knobs.latency_ms / 1000)
-            decision = decide(knobs, self._rng.random(), self._rng.random())
-            record = self._book(order, decision)
-            await self._journal.append(record)
-            self.records.append(record)
-            self._by_reference[record.reference] = record
-            future.set_result(record)
+            if fresh:
+                knobs = self.knobs
+                await asyncio.sleep(knobs.latency_ms / 1000)
+                for order in orders:
+                    if order.reference in fresh:
+                        decision = decide(knobs, self._rng.random(), self._rng.random())
+                        booked[order.reference] = (self._book(order, decision), decision)
+                records = [record for record, _ in booked.values()]
+                await self._journal.append_many(records)
+                for record in records:
+                    self.records.append(record)
+                    self._by_reference[record.reference] = record
+                    fresh[record.reference].set_result(record)
+        except BaseException:
+            repeats.cancel()
+            raise
         finally:
-            del self._in_flight[order.reference]
-            del self._orders_in_flight[order.reference]
-            if not future.done():
-                future.cancel()
-        if record.status == "succeeded":
-            self.metrics.paid_amount_fen.labels(record.kind).inc(record.amount_fen)
-        return record, decision
+            for reference, future in fresh.items():
+                del self._in_flight[reference]
+                del self._orders_in_flight[reference]
+                if not future.done():
+                    future.cancel()
+        for record, _ in booked.values():
+            if record.status == "succeeded":
+                self.metrics.paid_amount_fen.labels(record.kind).inc(record.amount_fen)
+        repeated = iter(await repeats)
+        outcomes: list[Transferred | Exception] = []
+        for order in orders:
+            if order.reference in fresh:
+                outcomes.append(booked[order.reference])
+                continue
+            first = next(repeated)
+            if not isinstance(first, (CoreRecord, Exception)):
+                raise first  # a cancellation
+            outcomes.append(first if isinstance(first, Exception) else (first, None))
+        return outcomes
 
     async def _repeat(self, order: Order) -> CoreRecord:
         """The first outcome; a repeat of a transfer still in flight waits for it."""
@@ -365,22 +404,26 @@ _TIMEOUTS = (Decision.TIMEOUT_BOOKED, Decision.TIMEOUT_NOT_BOOKED)
 
 
 async def _decided(
-    book: CoreBook, endpoint: str, order: Order
-) -> tuple[TransferResponse | ItemNotDone, bool]:
-    """One order's answer, and whether it drew a time-out (its answer is withheld)."""
-    try:
-        record, decision = await book.transfer(order)
-    except ReferenceConflict:
-        book.metrics.requests.labels(endpoint, "conflict").inc()
-        return ItemNotDone(order.reference, "conflict"), False
-    except FirstAttemptLost:
-        book.metrics.requests.labels(endpoint, "unavailable").inc()
-        return ItemNotDone(order.reference, "unavailable"), False
-    book.metrics.requests.labels(
-        endpoint, "duplicate" if decision is None else decision.value
-    ).inc()
-    answer = TransferResponse(record.reference, record.status, record.core_txn_id, record.reason)
-    return answer, decision in _TIMEOUTS
+    book: CoreBook, endpoint: str, orders: list[Order]
+) -> list[tuple[TransferResponse | ItemNotDone, bool]]:
+    """Each order's answer, and whether it drew a time-out (its answer is withheld)."""
+    answers: list[tuple[TransferResponse | ItemNotDone, bool]] = []
+    for order, outcome in zip(orders, await book.transfer_many(orders), strict=True):
+        if isinstance(outcome, Exception):
+            status: Literal["conflict", "unavailable"] = (
+                "conflict" if isinstance(outcome, ReferenceConflict) else "unavailable"
+            )
+            book.metrics.requests.labels(endpoint, status).inc()
+            answers.append((ItemNotDone(order.reference, status), False))
+            continue
+        record, decision = outcome
+        outcome_label = "duplicate" if decision is None else decision.value
+        book.metrics.requests.labels(endpoint, outcome_label).inc()
+        answer = TransferResponse(
+            record.reference, record.status, record.core_txn_id, record.reason
+        )
+        answers.append((answer, decision in _TIMEOUTS))
+    return answers
 
 
 async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
@@ -392,7 +435,7 @@ async def _transfer(request: web.Request, kind: Kind) -> web.StreamResponse:
         book.metrics.requests.labels(endpoint, "bad_request").inc()
         raise
     knobs = book.knobs  # as at arrival: the hang below is the one this request drew
-    answer, timed_out = await _decided(book, endpoint, order)
+    [(answer, timed_out)] = await _decided(book, endpoint, [order])
     if isinstance(answer, ItemNotDone):
         if answer.status == "unavailable":
             return json_response({"status": "unavailable"}, 503)
@@ -417,7 +460,7 @@ async def _transfer_batch(request: web.Request, kind: Kind) -> web.StreamRespons
         book.metrics.requests.labels(endpoint, "bad_request").inc()
         raise
     knobs = book.knobs
-    decided = await asyncio.gather(*(_decided(book, endpoint, order) for order in orders))
+    decided = await _decided(book, endpoint, orders)
     if any(timed_out for _, timed_out in decided):
         await asyncio.sleep(knobs.timeout_hang_s)
     return json_response(BatchTransferResponse([answer for answer, _ in decided]))

@@ -155,24 +155,51 @@ class Outbox:
 
     async def send(self, body: SendRequest) -> tuple[SmsRecord | None, bool]:
         """(the accepted message or None when the gateway failed, whether it is a repeat)."""
-        if body.reference in self._by_reference or body.reference in self._in_flight:
-            return await self._repeat(body.reference), True
-        knobs = self.knobs
-        future: asyncio.Future[SmsRecord | None] = asyncio.get_running_loop().create_future()
-        self._in_flight[body.reference] = future
+        [answer] = await self.send_many([body])
+        return answer
+
+    async def send_many(self, bodies: list[SendRequest]) -> list[tuple[SmsRecord | None, bool]]:
+        """`send` for each message (references distinct), each decided as if sent alone
+        but all with one latency wait and one journal write: a batch costs the machine
+        the fake shares about what one send does."""
+        loop = asyncio.get_running_loop()
+        fresh: dict[str, asyncio.Future[SmsRecord | None]] = {}
+        for body in bodies:
+            if body.reference not in self._by_reference and body.reference not in self._in_flight:
+                fresh[body.reference] = self._in_flight[body.reference] = loop.create_future()
+        repeats = asyncio.gather(
+            *(self._repeat(b.reference) for b in bodies if b.reference not in fresh)
+        )
+        decided: dict[str, SmsRecord | None] = {}
         try:
-            await asyncio.sleep(knobs.latency_ms / 1000)
-            message = None if self._rng.random() < knobs.fail_ratio else self._accept(body)
-            if message is not None:
-                await self._journal.append(message)
-                self.messages.append(message)
-                self._by_reference[message.reference] = message
-            future.set_result(message)
+            if fresh:
+                knobs = self.knobs
+                await asyncio.sleep(knobs.latency_ms / 1000)
+                for body in bodies:
+                    if body.reference in fresh:
+                        failed = self._rng.random() < knobs.fail_ratio
+                        decided[body.reference] = None if failed else self._accept(body)
+                accepted = [m for m in decided.values() if m is not None]
+                if accepted:
+                    await self._journal.append_many(accepted)
+                for message in accepted:
+                    self.messages.append(message)
+                    self._by_reference[message.reference] = message
+                for reference, answer in decided.items():
+                    fresh[reference].set_result(answer)
+        except BaseException:
+            repeats.cancel()
+            raise
         finally:
-            del self._in_flight[body.reference]
-            if not future.done():
-                future.cancel()
-        return message, False
+            for reference, future in fresh.items():
+                del self._in_flight[reference]
+                if not future.done():
+                    future.cancel()
+        repeated = iter(await repeats)
+        return [
+            (decided[b.reference], False) if b.reference in fresh else (next(repeated), True)
+            for b in bodies
+        ]
 
     async def _repeat(self, reference: str) -> SmsRecord | None:
         """The first answer; a repeat of a send still in flight shares its fate."""
@@ -213,16 +240,17 @@ async def _read(request: web.Request, decoder: msgspec.json.Decoder[B]) -> B:
         raise
 
 
-async def _decide(request: web.Request, body: SendRequest) -> SmsRecord | None:
-    """Send one message (None: the gateway failed it), counted by outcome."""
-    message, repeat = await request.app[OUTBOX].send(body)
-    outcome = "failed" if message is None else "duplicate" if repeat else "accepted"
-    request.app[METRICS].messages.labels(outcome).inc()
-    return message
+async def _decide(request: web.Request, bodies: list[SendRequest]) -> list[SmsRecord | None]:
+    """Send the messages (None: the gateway failed one), each counted by outcome."""
+    answers = await request.app[OUTBOX].send_many(bodies)
+    counter = request.app[METRICS].messages
+    for message, repeat in answers:
+        counter.labels("failed" if message is None else "duplicate" if repeat else "accepted").inc()
+    return [message for message, _ in answers]
 
 
 async def send(request: web.Request) -> web.StreamResponse:
-    message = await _decide(request, await _read(request, _send_decoder))
+    [message] = await _decide(request, [await _read(request, _send_decoder)])
     if message is None:
         return json_response({"status": "failed"}, 503)
     return json_response(SendResponse(message.reference, message.message_id))
@@ -233,7 +261,7 @@ async def send_batch(request: web.Request) -> web.StreamResponse:
     if len({m.reference for m in body.messages}) != len(body.messages):
         request.app[METRICS].messages.labels("bad_request").inc()
         raise BadRequest("duplicate_reference", "a reference appears twice in the batch")
-    decided = await asyncio.gather(*(_decide(request, m) for m in body.messages))
+    decided = await _decide(request, body.messages)
     results = [
         BatchResult(m.reference, "failed")
         if message is None
