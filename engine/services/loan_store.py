@@ -120,8 +120,11 @@ def installment_arrays(
     state: LoanState, penalty_paid_fen: tuple[int, ...]
 ) -> tuple[list[object], ...]:
     """Column arrays of the installment rows, for one `unnest` insert."""
-    rows = [
-        (
+    columns: tuple[list[object], ...] = tuple([] for _ in range(11))
+    for index, (item, status) in enumerate(
+        zip(state.plan.installments, state.statuses, strict=True)
+    ):
+        values = (
             item.seq,
             item.due_date,
             item.principal_fen,
@@ -134,13 +137,9 @@ def installment_arrays(
             status.accrued_through,
             penalty_paid_fen[index] if index < len(penalty_paid_fen) else 0,
         )
-        for index, (item, status) in enumerate(
-            zip(state.plan.installments, state.statuses, strict=True)
-        )
-    ]
-    if not rows:
-        return tuple([] for _ in range(11))
-    return tuple(list(column) for column in zip(*rows, strict=True))  # rows to columns
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
 
 
 INSERT_INSTALLMENTS_SQL = """
