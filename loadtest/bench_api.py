@@ -314,9 +314,7 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         say(f"drawdowns at saturation: {args.concurrency} in flight, {args.seconds} s")
         draw = drawdown_maker(customers, args.concurrency)
         await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
-        before = cpu_by_role()
-        saturated = await closed_loop(client, draw, args.concurrency, args.seconds, 0.0)
-        cpu_ms = per_operation_ms(before, cpu_by_role(), saturated.ok)
+        saturated, cpu_ms = await saturated_round(client, draw, args)
         half_rate = max(saturated.per_s / 2, 1.0)
         say(f"{saturated.per_s:.0f}/s; now open loop at {half_rate:.0f}/s, {args.seconds} s")
         half = await open_loop(client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds)
@@ -328,6 +326,15 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
     return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate(), cpu_ms)
 
 
+async def saturated_round(
+    client: Client, draw: Maker, args: argparse.Namespace
+) -> tuple[Tally, dict[str, float]]:
+    """Step 2, once: the closed loop for `--seconds`, and each role's CPU per drawdown."""
+    before = cpu_by_role()
+    tally = await closed_loop(client, draw, args.concurrency, args.seconds, 0.0)
+    return tally, per_operation_ms(before, cpu_by_role(), tally.ok)
+
+
 async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCustomer]) -> None:
     """Step 2 alone, `--saturation-rounds` times: for measuring one change against
     the last, in pairs, on a machine whose speed drifts by the hour."""
@@ -336,9 +343,7 @@ async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCust
         draw = drawdown_maker(customers, args.concurrency)
         await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
         for n in range(args.saturation_rounds):
-            before = cpu_by_role()
-            tally = await closed_loop(client, draw, args.concurrency, args.seconds, 0.0)
-            cpu = per_operation_ms(before, cpu_by_role(), tally.ok)
+            tally, cpu = await saturated_round(client, draw, args)
             roles = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
             print(
                 f"round {n + 1}: {tally.per_s:.0f} drawdowns/s, "
