@@ -7,7 +7,7 @@
       │ progress, seeded rows                1. which of its customers exist? (one query per shard)
       │                                      2. rows of the missing ones (AES-GCM, plans, postings)
       └────────────────────────────────────  3. per shard, one transaction: COPY customer,
-                                                credit_line, loan, installment, ledger_account
+                                                credit_line, loan, loan_plan, ledger_account
                                                 (the loans' accounts), ledger_txn, ledger_leg;
                                                 the ledger's pair check once for the batch;
                                                 last, the internal stripes' running totals
@@ -83,8 +83,10 @@ from typing import Any, Final, cast
 import asyncpg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from engine.services.loan_store import installment_arrays
 from ledger.calendar import add_months
 from ledger.chart import Code
+from ledger.overdue import fresh_state
 from ledger.postings import Leg, Posting
 from ledger.schedule import build_plan
 from ledger.store import posting_args
@@ -172,9 +174,10 @@ COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
         "status", "disburse_to_ciphertext", "disburse_to_masked", "payment_fen", "requested_at",
         "disbursed_at",
     ),
-    "installment": (
+    "loan_plan": (
         "loan_id", "customer_id", "seq", "due_date", "principal_fen", "interest_fen",
-        "balance_after_fen",
+        "balance_after_fen", "principal_paid_fen", "interest_paid_fen", "penalty_unpaid_fen",
+        "compound_unpaid_fen", "accrued_through", "penalty_paid_fen",
     ),
     "ledger_account": (
         "code", "owner_id", "customer_id", "debit_total_fen", "credit_total_fen",
@@ -207,7 +210,7 @@ _BATCH_CHECKS_SQL: Final[Mapping[str, str]] = {
             SELECT 1 FROM ledger_account a WHERE a.code = l.code AND a.owner_id = l.owner_id)""",
 }
 _ANALYZE_SQL: Final = (
-    "ANALYZE customer, credit_line, loan, installment, ledger_account, ledger_txn, ledger_leg"
+    "ANALYZE customer, credit_line, loan, loan_plan, ledger_account, ledger_txn, ledger_leg"
 )
 
 
@@ -353,14 +356,12 @@ def _mask(value: str) -> str:
 @lru_cache(maxsize=PLAN_CACHE_ENTRIES_MAX)
 def _plan_rows(
     amount_fen: int, months: int, method: str, start: dt.date
-) -> tuple[int, dt.date, tuple[tuple[int, dt.date, int, int, int], ...]]:
-    """(payment_fen, maturity, installments) of one loan; cached, plans repeat a lot."""
+) -> tuple[int, dt.date, tuple[list[object], ...]]:
+    """(payment_fen, maturity, the plan's column arrays) of one loan, nothing paid yet;
+    cached, plans repeat a lot."""
     plan = build_plan(amount_fen, LINE_RATE_PCT, months, method, start)
-    rows = tuple(
-        (i.seq, i.due_date, i.principal_fen, i.interest_fen, i.balance_after_fen)
-        for i in plan.installments
-    )
-    return plan.payment_fen, plan.installments[-1].due_date, rows
+    columns = installment_arrays(fresh_state(plan), ())
+    return plan.payment_fen, plan.installments[-1].due_date, columns
 
 
 def _start_date(today: dt.date, mixed: int, due_today: bool) -> dt.date:
@@ -434,11 +435,7 @@ class RowMaker:
              self.penalty_multiplier, method, months, start, maturity, "disbursed",
              self.seal(card, "bank_card"), _mask(card), payment_fen, at, at)
         )  # fmt: skip
-        installments = batch.tables["installment"]
-        for seq, due_date, principal_fen, interest_fen, balance_fen in plan:
-            installments.append(
-                (loan_id, customer_id, seq, due_date, principal_fen, interest_fen, balance_fen)
-            )
+        batch.tables["loan_plan"].append((loan_id, customer_id, *plan))
         book = (
             ("drawdown", Code.LOAN_PRINCIPAL, loan_id, Code.DISBURSEMENT_CLEARING, None),
             ("disbursement", Code.DISBURSEMENT_CLEARING, None, Code.CORE_SETTLEMENT, None),

@@ -1,16 +1,19 @@
 """Loans and their installment plans in the shard, to and from `ledger.overdue.LoanState`.
 
-    loan row + installment rows  <->  LoanState(Plan(terms, installments), statuses)
+    loan row + loan_plan row  <->  LoanState(Plan(terms, installments), statuses)
 
-`penalty_paid_fen` is kept per installment beside the state (the calculator
-does not need it). Rewriting a plan replaces the loan's installment rows in one
-statement pair; the loan row carries `plan_version`, raised on each change.
+The plan is one `loan_plan` row of column arrays, an element per installment
+(ledger/migrations/0009_plan_as_one_row.sql): it is read with its loan in one
+statement and replaced whole by one UPDATE after each payment. The loan row
+carries `plan_version`, raised on each change. `penalty_paid_fen` is kept per
+installment beside the state (the calculator does not need it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Final
 
 import asyncpg
 import msgspec
@@ -19,12 +22,6 @@ from engine.errors import NotFound
 from engine.reference import Channel
 from ledger.overdue import InstallmentStatus, LoanState
 from ledger.schedule import Installment, LoanTerms, Plan, RepaymentMethod
-
-LOAN_COLUMNS = """loan_id, customer_id, credit_line_id, tenant_id, channel_id, product_code,
-    customer_cap_group, receipt_no, principal_fen, outstanding_principal_fen, annual_rate_pct,
-    penalty_multiplier, repayment_method, term_months, grace_months, start_date, maturity_date,
-    status, disburse_to_masked, payment_fen, prepaid_fen, plan_version, requested_at,
-    disbursed_at, settled_at, pending_repayment_id, failure_reason"""
 
 
 class LoanRow(msgspec.Struct, frozen=True):
@@ -63,10 +60,6 @@ class StoredLoan(msgspec.Struct, frozen=True):
     penalty_paid_fen: tuple[int, ...]
 
 
-def loan_row(record: asyncpg.Record) -> LoanRow:
-    return LoanRow(**dict(record))
-
-
 def terms_of(row: LoanRow) -> LoanTerms:
     return LoanTerms(
         method=RepaymentMethod(row.repayment_method),
@@ -77,50 +70,54 @@ def terms_of(row: LoanRow) -> LoanTerms:
     )
 
 
+# The plan's columns, in the order `installment_arrays` lays them out.
+PLAN_COLUMNS: Final = (
+    "seq", "due_date", "principal_fen", "interest_fen", "balance_after_fen",
+    "principal_paid_fen", "interest_paid_fen", "penalty_unpaid_fen", "compound_unpaid_fen",
+    "accrued_through", "penalty_paid_fen",
+)  # fmt: skip
+_LOAN_FIELDS: Final = LoanRow.__struct_fields__
+# A loan and its plan, one row: the plan's columns named plan_<column>.
+LOAN_WITH_PLAN_SQL: Final = (
+    "SELECT {}, {} FROM loan JOIN loan_plan p ON p.loan_id = loan.loan_id".format(
+        ", ".join(f"loan.{name}" for name in _LOAN_FIELDS),
+        ", ".join(f"p.{name} AS plan_{name}" for name in PLAN_COLUMNS),
+    )
+)
+
+
 async def fetch_loan(
     conn: asyncpg.Connection, channel: Channel, loan_id: int, *, lock: bool = False
 ) -> StoredLoan:
     """The loan of this channel's tenant with its plan, or 404 as if it did not exist."""
-    sql = f"SELECT {LOAN_COLUMNS} FROM loan WHERE loan_id = $1"
-    record = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), loan_id)
+    sql = LOAN_WITH_PLAN_SQL + " WHERE loan.loan_id = $1"
+    record = await conn.fetchrow(sql + (" FOR UPDATE OF loan" if lock else ""), loan_id)
     if record is None or record["tenant_id"] != channel.tenant_id:
         raise NotFound("LOAN_NOT_FOUND", f"no loan {loan_id}")
-    return await with_plan(conn, loan_row(record))
+    return stored_loan(record)
 
 
-async def with_plan(conn: asyncpg.Connection, row: LoanRow) -> StoredLoan:
-    records = await conn.fetch(
-        """SELECT seq, due_date, principal_fen, interest_fen, balance_after_fen,
-                  principal_paid_fen, interest_paid_fen, penalty_unpaid_fen, compound_unpaid_fen,
-                  accrued_through, penalty_paid_fen
-           FROM installment WHERE loan_id = $1 ORDER BY seq""",
-        row.loan_id,
-    )
-    installments = tuple(
-        Installment(
-            r["seq"], r["due_date"], r["principal_fen"], r["interest_fen"], r["balance_after_fen"]
-        )
-        for r in records
-    )
+def stored_loan(record: asyncpg.Record) -> StoredLoan:
+    """A `LOAN_WITH_PLAN_SQL` record as the loan, its state and its penalty paid."""
+    row = LoanRow(**{name: record[name] for name in _LOAN_FIELDS})
+    (seq, due, principal, interest, balance, principal_paid, interest_paid, penalty_unpaid,
+     compound_unpaid, accrued_through, penalty_paid) = (
+        record["plan_" + name] for name in PLAN_COLUMNS
+    )  # fmt: skip
+    installments = tuple(map(Installment, seq, due, principal, interest, balance))
     statuses = tuple(
-        InstallmentStatus(
-            principal_paid_fen=r["principal_paid_fen"],
-            interest_paid_fen=r["interest_paid_fen"],
-            penalty_unpaid_fen=r["penalty_unpaid_fen"],
-            compound_unpaid_fen=r["compound_unpaid_fen"],
-            accrued_through=r["accrued_through"],
-        )
-        for r in records
-    )
+        map(InstallmentStatus, principal_paid, interest_paid, penalty_unpaid, compound_unpaid,
+            accrued_through)
+    )  # fmt: skip
     plan = Plan(terms_of(row), row.principal_fen, row.payment_fen, installments, row.prepaid_fen)
-    return StoredLoan(row, LoanState(plan, statuses), tuple(r["penalty_paid_fen"] for r in records))
+    return StoredLoan(row, LoanState(plan, statuses), tuple(penalty_paid))
 
 
 def installment_arrays(
     state: LoanState, penalty_paid_fen: tuple[int, ...]
 ) -> tuple[list[object], ...]:
-    """Column arrays of the installment rows, for one `unnest` insert."""
-    columns: tuple[list[object], ...] = tuple([] for _ in range(11))
+    """The plan's column arrays (`PLAN_COLUMNS`), for `loan_plan`."""
+    columns: tuple[list[object], ...] = tuple([] for _ in PLAN_COLUMNS)
     for index, (item, status) in enumerate(
         zip(state.plan.installments, state.statuses, strict=True)
     ):
@@ -142,23 +139,16 @@ def installment_arrays(
     return columns
 
 
-INSERT_INSTALLMENTS_SQL = """
-INSERT INTO installment (loan_id, customer_id, seq, due_date, principal_fen, interest_fen,
-    balance_after_fen, principal_paid_fen, interest_paid_fen, penalty_unpaid_fen,
-    compound_unpaid_fen, accrued_through, penalty_paid_fen)
-SELECT $1, $2, * FROM unnest($3::smallint[], $4::date[], $5::bigint[], $6::bigint[], $7::bigint[],
-    $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::date[], $13::bigint[])
-"""
+_REWRITE_PLAN_SQL: Final = "UPDATE loan_plan SET {} WHERE loan_id = $1".format(
+    ", ".join(f"{name} = ${n}" for n, name in enumerate(PLAN_COLUMNS, start=2))
+)
 
 
 async def rewrite_plan(
     conn: asyncpg.Connection, row: LoanRow, state: LoanState, penalty_paid_fen: tuple[int, ...]
 ) -> None:
-    """Replace the loan's installment rows with `state` (after a payment or a new plan)."""
-    await conn.execute("DELETE FROM installment WHERE loan_id = $1", row.loan_id)
-    await conn.execute(
-        INSERT_INSTALLMENTS_SQL,
-        row.loan_id,
-        row.customer_id,
-        *installment_arrays(state, penalty_paid_fen),
+    """Replace the loan's plan with `state` (after a payment or a new plan)."""
+    status = await conn.execute(
+        _REWRITE_PLAN_SQL, row.loan_id, *installment_arrays(state, penalty_paid_fen)
     )
+    assert status == "UPDATE 1", (row.loan_id, status)

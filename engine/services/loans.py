@@ -18,7 +18,7 @@ from engine.api_types import (
 from engine.errors import Unprocessable
 from engine.reference import Channel
 from engine.services.customers import lock_customer
-from engine.services.loan_store import LOAN_COLUMNS, StoredLoan, fetch_loan, loan_row, with_plan
+from engine.services.loan_store import LOAN_WITH_PLAN_SQL, StoredLoan, fetch_loan, stored_loan
 from ledger.money import format_fen, format_rate_pct
 from ledger.overdue import classification_floor, days_past_due, unpaid_fen
 from ledger.prepayment import PrepaymentError, payoff_quote
@@ -114,11 +114,11 @@ async def customer_loans(
 ) -> LoanList:
     await lock_customer(conn, channel, customer_id)
     records = await conn.fetch(
-        f"SELECT {LOAN_COLUMNS} FROM loan WHERE customer_id = $1 ORDER BY loan_id DESC LIMIT $2",
+        LOAN_WITH_PLAN_SQL + " WHERE loan.customer_id = $1 ORDER BY loan.loan_id DESC LIMIT $2",
         customer_id,
         LOANS_PER_CUSTOMER_MAX,
     )
-    loans = [loan_view(await with_plan(conn, loan_row(r)), today) for r in records]
+    loans = [loan_view(stored_loan(r), today) for r in records]
     return LoanList(customer_id=str(customer_id), loans=loans)
 
 
