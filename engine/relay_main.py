@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine import metrics
+from engine import gc_tuning, metrics
 from engine.adapters.bureau import BureauClient
 from engine.adapters.core_bank import CoreBankClient
 from engine.adapters.sms import SmsClient
@@ -136,6 +136,7 @@ async def run_relay(settings: Settings) -> None:
                 asyncio.create_task(watch_books(relay.pools), name="book-watch"),
                 asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),
             ]
+            gc_tuning.settle_after_startup()
             log.info("relay running", extra={"shards": len(settings.shards)})
             await relay.run(stop)
             for task in watchers:

@@ -23,6 +23,7 @@ import time
 
 from aiohttp import web
 
+from engine import gc_tuning
 from engine.app import create_app
 from engine.logs import setup_logging
 from engine.settings import Settings
@@ -54,6 +55,7 @@ async def _worker_main(settings: Settings) -> None:
         backlog=settings.http.backlog,
     )
     await site.start()
+    gc_tuning.settle_after_startup()
     log.info("worker serving", extra={"host": settings.http.host, "port": settings.http.port})
     await stop.wait()
     log.info("worker stopping")
