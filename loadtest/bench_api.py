@@ -289,6 +289,7 @@ class Results:
     repayments: Tally
     loans_estimate: int
     cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
+    cpu_ms_per_repayment: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 async def _loans_estimate() -> int:
@@ -320,10 +321,14 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         half = await open_loop(client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds)
         say(f"p99 {half.percentile_ms(0.99):.1f} ms; now repayments at saturation")
         pay = repayment_maker(customers, args.concurrency)
-        repaid = await closed_loop(client, pay, args.concurrency, args.seconds, args.warmup_s)
+        await closed_loop(client, pay, args.concurrency, 0.0, args.warmup_s)  # warm-up only
+        before = cpu_by_role()
+        repaid = await closed_loop(client, pay, args.concurrency, args.seconds, 0.0)
+        repay_cpu_ms = per_operation_ms(before, cpu_by_role(), repaid.ok)
     finally:
         client.http.close()
-    return Results(0.0, saturated, half, half_rate, repaid, await _loans_estimate(), cpu_ms)
+    loans = await _loans_estimate()
+    return Results(0.0, saturated, half, half_rate, repaid, loans, cpu_ms, repay_cpu_ms)
 
 
 async def saturated_round(
@@ -383,12 +388,15 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"| repayments/s at saturation (prepay {PREPAY_AMOUNT}, {args.concurrency} in flight) | "
         f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | | {repay.problems()} |",
     ]
-    cpu = results.cpu_ms_per_drawdown
-    if cpu:
-        parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
-        rows.append(
-            f"| CPU per drawdown at saturation, ms ({parts}) | {sum(cpu.values()):.2f} ms | | | |"
-        )
+    for what, cpu in (
+        ("drawdown", results.cpu_ms_per_drawdown),
+        ("repayment", results.cpu_ms_per_repayment),
+    ):
+        if cpu:
+            parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
+            rows.append(
+                f"| CPU per {what} at saturation, ms ({parts}) | {sum(cpu.values()):.2f} ms | | | |"
+            )
     return "\n".join(rows)
 
 
