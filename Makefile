@@ -46,7 +46,7 @@ bench: seed                           ## pgbench baseline, drawdown and repaymen
 	$(PY) -m loadtest.bench_schedule
 	$(PY) -m loadtest.bench_api --append
 
-bench-scale: up                       ## make bench's steps 2-3 again with 1,000,000 customers / 4,000,000 loans seeded (~7 min, ~20 GB)
+bench-scale: up                       ## make bench's steps 2-3 again with 1,000,000 customers / 4,000,000 loans seeded (~7 min, ~19 GB)
 	$(PY) -m loadtest seed --customers 1000000 --loans-per-customer 4
 	$(PY) -m loadtest.bench_api --label "1,000,000 customers / 4,000,000 loans seeded" --append
 
