@@ -6,7 +6,8 @@ collections, `gc.callbacks`, 25 s; BENCHMARKS.md, fourth round):
     default (700, 10, 10)          ~560 young collections of 0.7 ms each, and a full
                                    collection every ~6 s of about 45 ms that stops
                                    every request in flight: ~50 µs per request
-    startup frozen, (7000, 10, 10) 7 young collections, one full of ~37 ms in 30 s
+    startup frozen, (7000, 10, 10) 7 young collections and no full one in 30 s (the
+                                   one full collection is this module's, at startup)
 
 The thresholds count tracked objects allocated net of those freed: with a few dozen
 requests in flight their live objects alone crossed 700 again and again, so most

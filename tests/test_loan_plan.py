@@ -1,9 +1,11 @@
 """The plan as one `loan_plan` row (migration 0009): the conversion keeps every
-installment row, the `installment` view shows them again, and the row's CHECK
-refuses what the rows' CHECKs refused."""
+installment row, the `installment` view shows them again, the row's CHECK refuses
+what the rows' keys and CHECKs refused, and a locked read that waited sees the plan
+the lock's holder wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator
@@ -12,6 +14,8 @@ import asyncpg
 import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
+from engine.reference import Channel
+from engine.services.loan_store import fetch_loan
 from engine.settings import Settings
 from sharding.migrations import apply_migrations, load_migrations
 
@@ -115,8 +119,19 @@ def _plan_with(**changes: list[object]) -> list[list[object]]:
         {"principal_fen": [40_000, None, 40_000]},  # a NULL would pass `0 <= ALL`
         {"due_date": [dt.date(2026, 2, 10), dt.date(2026, 3, 10)]},  # one element short
         {"seq": [0, 1, 2]},
+        {"seq": [1, 1, 2]},  # the old primary key (loan_id, seq): no seq twice
+        {"seq": [2, 1, 3]},  # the arrays' order is the installments' order
     ],
-    ids=["principal overpaid", "interest overpaid", "negative", "null", "short", "seq 0"],
+    ids=[
+        "principal overpaid",
+        "interest overpaid",
+        "negative",
+        "null",
+        "short",
+        "seq 0",
+        "seq repeated",
+        "seq out of order",
+    ],
 )
 async def test_an_inconsistent_plan_is_refused(
     scratch: asyncpg.Connection, changes: dict[str, list[object]]
@@ -131,3 +146,76 @@ async def test_an_inconsistent_plan_is_refused(
         await scratch.execute(insert, *_plan_with(**changes))
     await scratch.execute(insert, *_plan_with())  # the plan as it should be is taken
     assert await scratch.fetchval("SELECT count(*) FROM installment") == len(ROWS)
+
+
+@pytest.mark.parametrize(
+    "column_sql",
+    [
+        "principal_fen = '[2:4]={40000,40000,40000}'",  # right length, wrong first index
+        "principal_fen = '{{40000},{40000},{40000}}'",  # right count, two dimensions
+    ],
+    ids=["from index 2", "two dimensions"],
+)
+async def test_an_array_not_one_dimensional_from_index_one_is_refused(
+    scratch: asyncpg.Connection, column_sql: str
+) -> None:
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    await _loan(scratch, 1)
+    await scratch.execute(
+        f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
+        "VALUES (1, 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        *_plan_with(),
+    )
+    with pytest.raises(asyncpg.CheckViolationError, match="loan_plan_consistent"):
+        await scratch.execute(f"UPDATE loan_plan SET {column_sql} WHERE loan_id = 1")
+
+
+async def test_a_locked_read_that_waited_sees_the_plan_the_holder_wrote(
+    scratch: asyncpg.Connection, settings: Settings
+) -> None:
+    """A repayment's phase A waits for the loan a completing repayment holds; once it
+    gets the lock it must see the plan that completion wrote, not the one before."""
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    await _loan(scratch, 1)
+    insert = (
+        f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
+        "VALUES (1, 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    )
+    await scratch.execute(insert, *_plan_with())
+    dsn = (
+        settings.control_dsn.rsplit("/", 1)[0]
+        + "/"
+        + await scratch.fetchval("SELECT current_database()")
+    )
+    waiter = await asyncpg.connect(dsn)
+    channel = Channel(channel_id="c", tenant_id="t", secret="", active=True)
+    await fetch_loan(waiter, channel, 1)  # the session's types and plan, before the race
+    holder = scratch.transaction()
+    await holder.start()
+    holder_done = False
+    try:
+        await scratch.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
+        read = asyncio.create_task(fetch_loan(waiter, channel, 1, lock=True))
+        for _ in range(100):  # until the read waits for the holder's lock
+            waiting = await scratch.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE 'SELECT loan.loan_id%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.02)
+        assert not read.done(), read.exception() if read.done() else None
+        assert waiting
+        await scratch.execute(
+            "UPDATE loan_plan SET principal_paid_fen = '{40000,40000,0}' WHERE loan_id = 1"
+        )
+        await scratch.execute("UPDATE loan SET plan_version = plan_version + 1 WHERE loan_id = 1")
+        await holder.commit()
+        holder_done = True
+        loan = await asyncio.wait_for(read, timeout=10)
+    finally:
+        if not holder_done:  # only when the test failed before the commit
+            await holder.rollback()
+        await waiter.close()
+    assert loan.row.plan_version == 2
+    assert [s.principal_paid_fen for s in loan.state.statuses] == [40_000, 40_000, 0]

@@ -259,9 +259,9 @@ def _view(draft: Draft) -> DrawdownView:
     )
 
 
-# `book_drawdown` (ledger/migrations/0006_one_call_booking.sql): the idempotency
-# record (5, or NULLs), the checks (5), the loan (16), its installments (11), the
-# posting (5) and the payment order (2).
+# `book_drawdown` (ledger/migrations/0006_one_call_booking.sql, its plan one row since
+# 0009_plan_as_one_row.sql): the idempotency record (5, or NULLs), the checks (5), the
+# loan (16), its plan's columns (11), the posting (5) and the payment order (2).
 _BOOK_ARGS = 44
 _BOOK_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, _BOOK_ARGS + 1)))
 

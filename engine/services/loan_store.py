@@ -91,7 +91,10 @@ async def fetch_loan(
 ) -> StoredLoan:
     """The loan of this channel's tenant with its plan, or 404 as if it did not exist."""
     sql = LOAN_WITH_PLAN_SQL + " WHERE loan.loan_id = $1"
-    record = await conn.fetchrow(sql + (" FOR UPDATE OF loan" if lock else ""), loan_id)
+    # Both rows locked, not only the loan's: a read that waited for the lock gets the
+    # latest version of the locked rows only, and would otherwise pair the loan as
+    # the last payment left it with the plan from before that payment.
+    record = await conn.fetchrow(sql + (" FOR UPDATE OF loan, p" if lock else ""), loan_id)
     if record is None or record["tenant_id"] != channel.tenant_id:
         raise NotFound("LOAN_NOT_FOUND", f"no loan {loan_id}")
     return stored_loan(record)
@@ -151,4 +154,5 @@ async def rewrite_plan(
     status = await conn.execute(
         _REWRITE_PLAN_SQL, row.loan_id, *installment_arrays(state, penalty_paid_fen)
     )
-    assert status == "UPDATE 1", (row.loan_id, status)
+    if status != "UPDATE 1":  # every loan has its plan row: a missing one is a bug
+        raise RuntimeError(f"loan {row.loan_id}: plan not rewritten ({status})")
