@@ -203,7 +203,18 @@ async def repay(
         amount_fen=total_fen,
         payload={"reference": debit_reference(repayment_id)},
     )
-    return await repayment_view(conn, channel.tenant_id, repayment_id, today)
+    # The answer from what this transaction holds: the loans as locked (phase A changes
+    # none of what the view shows), the items as stored.
+    return _view(
+        repayment_id,
+        customer_id=customer_id,
+        status="processing",
+        total_fen=total_fen,
+        business_date=today,
+        debit_from_masked=mask_bank_card(card),
+        failure_reason=None,
+        items=[_item_view(item, loans[item.loan_id], today) for item in items],
+    )
 
 
 def _sized(r: ItemResult) -> Item:
@@ -411,15 +422,38 @@ async def repayment_view(
     for item in items:
         loan = await fetch_loan(conn, tenant, item.loan_id)
         views.append(_item_view(item, loan, today))
-    return RepaymentView(
-        repayment_id=str(repayment_id),
-        customer_id=str(row["customer_id"]),
+    return _view(
+        repayment_id,
+        customer_id=row["customer_id"],
         status=row["status"],
-        total=format_fen(row["total_fen"]),
+        total_fen=row["total_fen"],
         business_date=row["business_date"],
         debit_from_masked=row["debit_from_masked"],
-        items=views,
         failure_reason=row["failure_reason"],
+        items=views,
+    )
+
+
+def _view(
+    repayment_id: int,
+    *,
+    customer_id: int,
+    status: str,
+    total_fen: int,
+    business_date: dt.date,
+    debit_from_masked: str,
+    failure_reason: str | None,
+    items: list[RepaymentItemView],
+) -> RepaymentView:
+    return RepaymentView(
+        repayment_id=str(repayment_id),
+        customer_id=str(customer_id),
+        status=status,
+        total=format_fen(total_fen),
+        business_date=business_date,
+        debit_from_masked=debit_from_masked,
+        items=items,
+        failure_reason=failure_reason,
     )
 
 
