@@ -41,7 +41,8 @@ class _Status(msgspec.Struct):
 _status_decoder = msgspec.json.Decoder(_Status)
 
 
-def _status_of(body: bytes) -> str:
+def status_of(body: bytes) -> str:
+    """The `status` field of a stored JSON answer, or "" if it has none."""
     try:
         return _status_decoder.decode(body).status
     except msgspec.DecodeError:
@@ -78,7 +79,7 @@ class _Once:
 
     async def replay(self, stored: StoredResponse) -> web.Response:
         """Answer a stored response; cache it in Redis only if it is final."""
-        if _status_of(stored.body) in self.pending_states:
+        if status_of(stored.body) in self.pending_states:
             await idempotency.release(self.svc.redis, self.claim)
         else:
             await idempotency.finish(self.svc.redis, self.claim, stored)

@@ -4,6 +4,8 @@ After phase A commits, the request itself claims its debit from the outbox and
 runs it through the relay's own code (`Relay.process`) with a core client whose
 time-out is `inline_debit_wait_s`. A definite answer completes the repayment
 before the response; anything else leaves the row to the relay (`processing`).
+The answer is the one the completion stored with the idempotency record, read back
+as it is (the response a retry of the request would replay).
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ from __future__ import annotations
 import logging
 
 from engine import outbox
+from engine.idempotent_call import status_of
 from engine.relay import Relay
 from engine.services.context import Services
-from engine.services.repayments import repayment_view
 from engine.shard_access import read, shard_connection
-from engine.wire import encode
 from sharding.ids import shard_of_id
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ async def debit_inline(
     executor: Relay,
     *,
     lease_s: float,
-    tenant_id: str,
+    channel_id: str,
+    idem_key: str,
     customer_id: int,
     repayment_id: int,
 ) -> bytes | None:
@@ -39,13 +41,22 @@ async def debit_inline(
         if claimed is None:
             return None
         await executor.process(shard, claimed)
-        today = svc.business_date
-        view = await read(
-            svc.pools, logical, lambda c: repayment_view(c, tenant_id, repayment_id, today)
+        stored = await read(
+            svc.pools,
+            logical,
+            lambda c: c.fetchval(
+                """SELECT response_body FROM idempotency_record
+                   WHERE channel_id = $1 AND idem_key = $2""",
+                channel_id,
+                idem_key,
+            ),
         )
+        if stored is None:  # phase A stored it in the same commit as the repayment
+            raise RuntimeError(f"repayment {repayment_id}: no stored answer")
     except Exception:  # the relay finishes what the request could not: never fail the answer
         log.exception(
             "inline debit failed; the relay will complete it", extra={"repayment_id": repayment_id}
         )
         return None
-    return None if view.status == "processing" else encode(view)
+    body = bytes(stored)
+    return None if status_of(body) == "processing" else body

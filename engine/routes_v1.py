@@ -169,7 +169,8 @@ async def create_repayment(request: web.Request) -> web.Response:
             svc,
             request.app[app_keys.INLINE_RELAY],
             lease_s=external.relay_lease_s,
-            tenant_id=channel.tenant_id,
+            channel_id=channel.channel_id,
+            idem_key=key,
             customer_id=customer_id,
             repayment_id=created[0],
         )

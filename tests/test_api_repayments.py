@@ -76,6 +76,21 @@ async def test_due_installment_paid_on_its_due_date(
     assert (nothing.status, nothing.json["code"]) == (422, "NOTHING_DUE")
 
 
+async def test_the_answer_is_the_repayment_as_read_back(
+    api: ApiClient, set_business_date: SetDate
+) -> None:
+    """Phase A answers from what its transaction holds and a completed debit answers
+    with what the completion stored: both must be what a GET of the repayment shows."""
+    customer_id, loan = await _loan(api)
+    await set_business_date(dt.date.fromisoformat(loan["start_date"]) + dt.timedelta(days=5))
+    reply = await _repay(
+        api, customer_id, {"loan_id": loan["loan_id"], "mode": "prepay", "amount": "2000.00"}
+    )
+    assert reply.status == 201, reply
+    read_back = await api.get(f"/v1/repayments/{reply.json['repayment_id']}")
+    assert read_back.json == reply.json
+
+
 async def test_overdue_partial_payment_follows_the_waterfall(
     api: ApiClient, set_business_date: SetDate
 ) -> None:
