@@ -172,7 +172,7 @@ async def create_repayment(request: web.Request) -> web.Response:
             channel_id=channel.channel_id,
             idem_key=key,
             customer_id=customer_id,
-            repayment_id=created[0],
+            repayment_id=created[-1],  # the attempt that committed, if a retry ran
         )
 
     modes = {item.mode for item in body.items}

@@ -79,14 +79,14 @@ async def test_due_installment_paid_on_its_due_date(
 async def test_the_answer_is_the_repayment_as_read_back(
     api: ApiClient, set_business_date: SetDate
 ) -> None:
-    """Phase A answers from what its transaction holds and a completed debit answers
-    with what the completion stored: both must be what a GET of the repayment shows."""
+    """A debit completed inline answers with what the completion stored: what a GET of
+    the repayment shows (phase A's own answer: test_disbursement's slow-core test)."""
     customer_id, loan = await _loan(api)
     await set_business_date(dt.date.fromisoformat(loan["start_date"]) + dt.timedelta(days=5))
-    reply = await _repay(
-        api, customer_id, {"loan_id": loan["loan_id"], "mode": "prepay", "amount": "2000.00"}
-    )
-    assert reply.status == 201, reply
+    item = {"loan_id": loan["loan_id"], "mode": "prepay", "amount": "2000.00"}
+    body = {"customer_id": customer_id, "items": [item], "debit_from": "6222021234567890128"}
+    reply = await api.post("/v1/repayments", body)  # core (20 ms) well inside the inline wait
+    assert reply.status == 201 and reply.json["status"] == "succeeded", reply
     read_back = await api.get(f"/v1/repayments/{reply.json['repayment_id']}")
     assert read_back.json == reply.json
 

@@ -233,6 +233,8 @@ async def test_slow_core_leaves_repayment_processing_then_completes(
         {"customer_id": customer_id, "debit_from": "6222021234567890128", "items": [item]},
     )
     assert reply.status == 201 and reply.json["status"] == "processing", reply
+    # Phase A answered from what its transaction held: the repayment as a read shows it.
+    assert (await api.get(f"/v1/repayments/{reply.json['repayment_id']}")).json == reply.json
     again = await api.post(
         "/v1/repayments",
         {"customer_id": customer_id, "debit_from": "6222021234567890128", "items": [item]},

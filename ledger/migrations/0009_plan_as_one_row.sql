@@ -29,6 +29,9 @@
 -- large shard the conversion rewrites every plan in this one transaction: for 4 M
 -- loans, minutes and a table-sized WAL burst.
 
+-- Fail fast rather than queue every reader and writer behind a long transaction (or
+-- deadlock with one of a process left running): then stop it, and migrate again.
+SET LOCAL lock_timeout = '5s';
 LOCK TABLE loan IN SHARE ROW EXCLUSIVE MODE;
 LOCK TABLE installment IN ACCESS EXCLUSIVE MODE;
 
