@@ -12,9 +12,9 @@ all or nothing, booked only after core banking debited the card.
     debit  (inline within `inline_debit_wait_s`, else by the relay; unclear: inquiry)
     phase B (`complete_repayment`, one transaction, only from `processing`)
         succeeded ─► the same allocation again on phase A's date (the loans were held)
-                     ─► plans, loans, lines (revolving), one posting
+                     ─► plans, loans, lines (revolving) ─► `succeeded`, one merged SMS
+                     ─► last, one posting (its stripe rows held briefly)
                         Dr core_settlement / Cr loan_principal, interest_income, penalty_income
-                     ─► `succeeded`, one merged SMS
         failed    ─► `failed` with core's reason; nothing booked
 
 Loans are locked in ascending ID order and their lines after them, so two
@@ -245,8 +245,9 @@ async def complete_repayment(
         await finish(conn, claimed, "done" if row["status"] == "succeeded" else "failed", outcome)
         return
     items = msgspec.json.decode(row["request_items"], type=list[Item])
+    posting: Posting | None = None
     if succeeded:
-        await _book(conn, ids, reference, row, items)
+        posting = await _book(conn, ids, reference, row, items)
     else:
         await conn.execute(
             """UPDATE repayment SET status = 'failed', failure_reason = $2, completed_at = now()
@@ -269,6 +270,10 @@ async def complete_repayment(
         encode(view),
     )
     await finish(conn, claimed, "done" if succeeded else "failed", outcome)
+    if posting is not None:
+        # Last, just before the commit: the internal accounts' stripe rows it locks are
+        # shared with every other posting, so they are held for as short a time as can be.
+        await post(conn, posting)
 
 
 async def _book(
@@ -277,7 +282,9 @@ async def _book(
     reference: ReferenceData,
     row: asyncpg.Record,
     items: list[Item],
-) -> None:
+) -> Posting:
+    """The loans' side of a successful debit; returns the posting, for the caller to
+    write last."""
     day: dt.date = row["business_date"]
     tenant = Channel(
         channel_id=row["channel_id"], tenant_id=row["tenant_id"], secret="", active=True
@@ -288,7 +295,7 @@ async def _book(
         # The loans were held since phase A: the same cash splits the same way.
         assert _sized(after) == before, (before, after)
     await _store(conn, results)
-    await _post(conn, ids, row, results)
+    posting = _posting(ids, row, results)
     await _record_items(conn, row, results)
     await conn.execute(
         "UPDATE repayment SET status = 'succeeded', completed_at = now() WHERE repayment_id = $1",
@@ -308,6 +315,7 @@ async def _book(
             "receipt_nos": "、".join(loans[item.loan_id].row.receipt_no for item in items),
         },
     )
+    return posting
 
 
 def _settled(result: allocation.Allocation) -> bool:
@@ -354,9 +362,7 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> None:
         )
 
 
-async def _post(
-    conn: asyncpg.Connection, ids: IdGenerator, row: asyncpg.Record, results: list[ItemResult]
-) -> None:
+def _posting(ids: IdGenerator, row: asyncpg.Record, results: list[ItemResult]) -> Posting:
     legs: list[Leg] = []
     interest_fen = penalty_fen = 0
     for r in results:
@@ -372,16 +378,13 @@ async def _post(
     assert total_fen == row["total_fen"], (total_fen, row["total_fen"])
     legs.insert(0, Leg(Code.CORE_SETTLEMENT, None, total_fen))
     customer_id = row["customer_id"]
-    await post(
-        conn,
-        Posting(
-            txn_id=ids.next_id(shard_of_id(customer_id)),
-            customer_id=customer_id,
-            kind="repayment",
-            ref_id=row["repayment_id"],
-            business_date=row["business_date"],
-            legs=tuple(legs),
-        ),
+    return Posting(
+        txn_id=ids.next_id(shard_of_id(customer_id)),
+        customer_id=customer_id,
+        kind="repayment",
+        ref_id=row["repayment_id"],
+        business_date=row["business_date"],
+        legs=tuple(legs),
     )
 
 
