@@ -48,35 +48,20 @@ CREATE FUNCTION loan_plan_consistent(
 DECLARE
     n integer := cardinality(p_seq);
 BEGIN
-    IF n = 0 THEN  -- an empty plan: every array empty
-        RETURN coalesce(cardinality(p_due) = 0 AND cardinality(p_principal) = 0
-            AND cardinality(p_interest) = 0 AND cardinality(p_balance_after) = 0
-            AND cardinality(p_principal_paid) = 0 AND cardinality(p_interest_paid) = 0
-            AND cardinality(p_penalty_unpaid) = 0 AND cardinality(p_compound_unpaid) = 0
-            AND cardinality(p_accrued_through) = 0 AND cardinality(p_penalty_paid) = 0, false);
-    END IF;
     IF NOT coalesce(
-        -- one dimension from index 1 to n, so that [i] means the i-th installment in all
-        array_ndims(p_seq) = 1 AND array_lower(p_seq, 1) = 1
-        AND array_ndims(p_due) = 1 AND array_lower(p_due, 1) = 1 AND cardinality(p_due) = n
-        AND array_ndims(p_principal) = 1 AND array_lower(p_principal, 1) = 1
-        AND cardinality(p_principal) = n
-        AND array_ndims(p_interest) = 1 AND array_lower(p_interest, 1) = 1
-        AND cardinality(p_interest) = n
-        AND array_ndims(p_balance_after) = 1 AND array_lower(p_balance_after, 1) = 1
-        AND cardinality(p_balance_after) = n
-        AND array_ndims(p_principal_paid) = 1 AND array_lower(p_principal_paid, 1) = 1
-        AND cardinality(p_principal_paid) = n
-        AND array_ndims(p_interest_paid) = 1 AND array_lower(p_interest_paid, 1) = 1
-        AND cardinality(p_interest_paid) = n
-        AND array_ndims(p_penalty_unpaid) = 1 AND array_lower(p_penalty_unpaid, 1) = 1
-        AND cardinality(p_penalty_unpaid) = n
-        AND array_ndims(p_compound_unpaid) = 1 AND array_lower(p_compound_unpaid, 1) = 1
-        AND cardinality(p_compound_unpaid) = n
-        AND array_ndims(p_accrued_through) = 1 AND array_lower(p_accrued_through, 1) = 1
-        AND cardinality(p_accrued_through) = n
-        AND array_ndims(p_penalty_paid) = 1 AND array_lower(p_penalty_paid, 1) = 1
-        AND cardinality(p_penalty_paid) = n
+        -- every array one-dimensional from index 1 to n (array_dims: '[1:n]'), so that
+        -- [i] means the i-th installment in all; an empty plan has no dimension at all
+        (n = 0 OR array_dims(p_seq) = '[1:' || n || ']')
+        AND array_dims(p_due) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_principal) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_interest) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_balance_after) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_principal_paid) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_interest_paid) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_penalty_unpaid) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_compound_unpaid) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_accrued_through) IS NOT DISTINCT FROM array_dims(p_seq)
+        AND array_dims(p_penalty_paid) IS NOT DISTINCT FROM array_dims(p_seq)
         -- `x <= ALL` is NULL, not false, when an element is NULL: NULLs are ruled out first.
         AND array_position(p_seq, NULL) IS NULL AND array_position(p_due, NULL) IS NULL
         AND array_position(p_principal, NULL) IS NULL
