@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -44,6 +45,20 @@ async def shard_conns(settings: Settings) -> AsyncIterator[dict[str, asyncpg.Con
     yield conns
     for conn in conns.values():
         await conn.close()
+
+
+@pytest.fixture
+async def scratch_db(settings: Settings) -> AsyncIterator[str]:
+    """The DSN of a throw-away database on the first server, dropped afterwards."""
+    base = settings.control_dsn.rsplit("/", 1)[0]
+    name = f"scratch_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(base + "/postgres")
+    await admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -16,7 +15,6 @@ import pytest
 from engine.migrate import SHARD_MIGRATIONS
 from engine.reference import Channel
 from engine.services.loan_store import fetch_loan
-from engine.settings import Settings
 from sharding.migrations import apply_migrations, load_migrations
 
 PLAN_MIGRATION = 9
@@ -33,19 +31,13 @@ COLUMNS = """seq, due_date, principal_fen, interest_fen, balance_after_fen, prin
 
 
 @pytest.fixture
-async def scratch(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to a throw-away database on the first server."""
-    base = settings.control_dsn.rsplit("/", 1)[0]
-    name = f"scratch_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(base + "/postgres")
-    await admin.execute(f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(f"{base}/{name}")
+    conn = await asyncpg.connect(scratch_db)
     try:
         yield conn
     finally:
         await conn.close()
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
 
 
 async def _loan(conn: asyncpg.Connection, loan_id: int) -> None:
@@ -171,7 +163,7 @@ async def test_an_array_not_one_dimensional_from_index_one_is_refused(
 
 
 async def test_a_locked_read_that_waited_sees_the_plan_the_holder_wrote(
-    scratch: asyncpg.Connection, settings: Settings
+    scratch: asyncpg.Connection, scratch_db: str
 ) -> None:
     """A repayment's phase A waits for the loan a completing repayment holds; once it
     gets the lock it must see the plan that completion wrote, not the one before."""
@@ -182,12 +174,7 @@ async def test_a_locked_read_that_waited_sees_the_plan_the_holder_wrote(
         "VALUES (1, 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
     )
     await scratch.execute(insert, *_plan_with())
-    dsn = (
-        settings.control_dsn.rsplit("/", 1)[0]
-        + "/"
-        + await scratch.fetchval("SELECT current_database()")
-    )
-    waiter = await asyncpg.connect(dsn)
+    waiter = await asyncpg.connect(scratch_db)
     channel = Channel(channel_id="c", tenant_id="t", secret="", active=True)
     await fetch_loan(waiter, channel, 1)  # the session's types and plan, before the race
     holder = scratch.transaction()

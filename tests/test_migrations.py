@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator
-
 import asyncpg
 import msgspec
 import pytest
@@ -12,20 +9,6 @@ import pytest
 from engine.migrate import CONTROL_MIGRATIONS, SHARD_MIGRATIONS, migrate_all
 from engine.settings import Settings
 from sharding.migrations import MigrationError, apply_migrations, load_migrations
-
-
-@pytest.fixture
-async def scratch_db(settings: Settings) -> AsyncIterator[str]:
-    """A throw-away database on the first server."""
-    admin_dsn = settings.control_dsn.rsplit("/", 1)[0] + "/postgres"
-    name = f"scratch_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield settings.control_dsn.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-        await admin.close()
 
 
 async def test_migrate_all_is_a_no_op_when_current(settings: Settings) -> None:
