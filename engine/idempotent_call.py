@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Work = Callable[[asyncpg.Connection], Awaitable[tuple[msgspec.Struct, int]]]
 # Books in one statement outside a transaction, durable record included, or says why not.
-Booking = Callable[[asyncpg.Connection, Claim], Awaitable[StoredResponse | AtOnce]]
+Booking = Callable[[Claim], Awaitable[StoredResponse | AtOnce]]
 After = Callable[[], Awaitable[bytes | None]]
 REPLAYED_HEADERS = {"Idempotent-Replayed": "true"}
 
@@ -143,7 +143,7 @@ async def run_once(
     async def commit() -> StoredResponse:
         if at_once is not None:
             try:
-                outcome = await read(svc.pools, logical_shard, lambda conn: at_once(conn, claim))
+                outcome = await at_once(claim)
             except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
                 outcome = AtOnce.RECHECK
             if isinstance(outcome, StoredResponse):

@@ -109,6 +109,11 @@ SHARD_QUERY = Histogram(
     ["shard"],
     buckets=QUERY_BUCKETS_S,
 )
+BOOKING_BATCH = Histogram(
+    "drawdown_booking_batch_size",
+    "Drawdowns booked by one statement (engine.services.booking_batch).",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Redis calls that failed (the request went on without it)."
 )

@@ -31,6 +31,7 @@ from engine.redis_wire import RedisWire
 from engine.reference import ReferenceCache
 from engine.relay import Relay
 from engine.resources import CONTROL_POOL_LIMITS
+from engine.services.booking_batch import DrawdownBatches
 from engine.services.bureau_step import run_bureau_step
 from engine.services.context import Services
 from engine.settings import Settings
@@ -84,6 +85,7 @@ async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
             cipher,
             reference,
             RedisWire(settings.redis.url, timeout_s=settings.redis.timeout_s),
+            DrawdownBatches(pools),
         )
         origination = build_origination(settings.origination)
         bureau = BureauClient(

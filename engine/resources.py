@@ -25,6 +25,7 @@ from engine.pii import PiiCipher
 from engine.redis_wire import RedisWire
 from engine.reference import ReferenceCache
 from engine.relay import Relay
+from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
 from sharding.ids import IdGenerator
 from sharding.pools import PoolLimits, ShardPools, create_pool
@@ -96,6 +97,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         cipher=app[app_keys.PII],
         reference=app[app_keys.REFERENCE],
         redis=app[app_keys.REDIS],
+        bookings=DrawdownBatches(app[app_keys.SHARD_POOLS]),
     )
     yield
 

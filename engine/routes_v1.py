@@ -85,8 +85,8 @@ async def create_drawdown(request: web.Request) -> web.Response:
     line_id = int(body.credit_line_id)
     booked: list[DrawdownView] = []
 
-    async def at_once(conn: asyncpg.Connection, claim: Claim) -> StoredResponse | AtOnce:
-        outcome = await drawdowns.draw_down_at_once(svc, conn, channel, body, claim)
+    async def at_once(claim: Claim) -> StoredResponse | AtOnce:
+        outcome = await drawdowns.draw_down_at_once(svc, channel, body, claim)
         if isinstance(outcome, AtOnce):
             return outcome
         booked.append(outcome[0])

@@ -10,6 +10,7 @@ from engine.errors import NotFound
 from engine.pii import PiiCipher
 from engine.redis_wire import RedisWire
 from engine.reference import Channel, Product, ReferenceCache
+from engine.services.booking_batch import DrawdownBatches
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
 
@@ -20,6 +21,7 @@ class Services(msgspec.Struct, frozen=True):
     cipher: PiiCipher
     reference: ReferenceCache
     redis: RedisWire
+    bookings: DrawdownBatches
 
     @property
     def business_date(self) -> dt.date:

@@ -33,11 +33,12 @@ from engine.errors import BadRequest, Unprocessable
 from engine.idempotency import AtOnce, Claim, StoredResponse
 from engine.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.reference import Channel, Product
+from engine.services.booking_batch import SINGLE_SQL
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import installment_arrays
-from engine.shard_access import RetryTransaction
+from engine.shard_access import RetryTransaction, read
 from engine.wire import encode
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
@@ -151,16 +152,45 @@ class Draft(msgspec.Struct, frozen=True):
 
 
 async def draw_down_at_once(
-    svc: Services, conn: asyncpg.Connection, channel: Channel, body: DrawdownCreate, claim: Claim
+    svc: Services, channel: Channel, body: DrawdownCreate, claim: Claim
 ) -> tuple[DrawdownView, StoredResponse] | AtOnce:
     """The common case in two round trips and one commit, outside any transaction:
-    read the line, plan, then `book_drawdown` checks under the locks that the read
-    still holds and writes everything with the idempotency record. A refusal found
-    in the read is final (it is the line's committed state); anything the locks
-    find changed is handed back as RECHECK, for `draw_down` to redo."""
+    read the line, plan, then book with whatever else reached the shard meanwhile
+    (`booking_batch`): `book_drawdowns` checks under the locks that the read still
+    holds and writes everything with the idempotency record. A refusal found in the
+    read is final (it is the line's committed state); anything the locks find
+    changed is handed back as RECHECK, for `draw_down` to redo."""
     amount_fen, card = _parse(body)
     today = svc.business_date
-    line = await fetch_line(conn, channel, int(body.credit_line_id))
+    line_id = int(body.credit_line_id)
+    shard = shard_of_id(line_id)
+    with svc.bookings.expecting(shard):
+        line = await read(svc.pools, shard, lambda c: fetch_line(c, channel, line_id))
+        return await _book_at_once(
+            svc,
+            channel,
+            body,
+            claim,
+            line,
+            shard=shard,
+            amount_fen=amount_fen,
+            card=card,
+            today=today,
+        )
+
+
+async def _book_at_once(
+    svc: Services,
+    channel: Channel,
+    body: DrawdownCreate,
+    claim: Claim,
+    line: asyncpg.Record,
+    *,
+    shard: int,
+    amount_fen: int,
+    card: str,
+    today: dt.date,
+) -> tuple[DrawdownView, StoredResponse] | AtOnce:
     _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     try:
         draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
@@ -171,8 +201,7 @@ async def draw_down_at_once(
     response = StoredResponse(201, encode(view))
     idempotency = (claim.channel_id, claim.key, claim.request_sha256, 201, response.body)
     args = (*idempotency, *_book_args(svc, draft))
-    assert len(args) == _BOOK_ARGS, len(args)
-    outcome = await conn.fetchval(_BOOK_SQL, *args)
+    outcome = await svc.bookings.book(shard, args)
     if outcome == "booked":
         return view, response
     return AtOnce(outcome)
@@ -189,7 +218,7 @@ async def draw_down(
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
-    outcome = await conn.fetchval(_BOOK_SQL, None, None, None, None, None, *_book_args(svc, draft))
+    outcome = await conn.fetchval(SINGLE_SQL, None, None, None, None, None, *_book_args(svc, draft))
     if outcome != "booked":
         # Our locks hold the line and the customer; only loans of an uncapped product
         # in the same cap group can have moved the sum. Run the whole transaction again.
@@ -259,15 +288,11 @@ def _view(draft: Draft) -> DrawdownView:
     )
 
 
-# `book_drawdown` (ledger/migrations/0006_one_call_booking.sql, its plan one row since
-# 0009_plan_as_one_row.sql): the idempotency record (5, or NULLs), the checks (5), the
-# loan (16), its plan's columns (11), the posting (5) and the payment order (2).
-_BOOK_ARGS = 44
-_BOOK_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, _BOOK_ARGS + 1)))
-
-
 def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
-    """`book_drawdown`'s arguments after the idempotency record's."""
+    """`book_drawdown`'s arguments after the idempotency record's (5, or NULLs): the
+    checks (5), the loan (16), its plan's columns (11), the posting (5) and the payment
+    order (2); ledger/migrations/0006_one_call_booking.sql, its plan one row since
+    0009_plan_as_one_row.sql."""
     line, plan, product = draft.line, draft.plan, draft.product
     customer_id, shard = draft.customer_id, shard_of_id(draft.customer_id)
     legs = (

@@ -1,0 +1,248 @@
+"""Group booking: the drawdowns that reach a shard together go in one statement.
+
+    request ─► book(shard, args) ─► lane of the shard: queue ─► book_drawdowns(batch) ─► outcomes
+                                    (a call in flight? wait for it; else go now)
+
+A drawdown booked alone costs PostgreSQL about 0.85 ms of CPU, most of it per
+statement (executor start-up, relation and index locks) and per commit; eight booked
+by one `book_drawdowns` call cost about 0.45 ms each (ledger migration 0010). No
+timer holds anything back: while a lane has no call in flight a drawdown goes at
+once, alone; while one is in flight, the next ones queue and leave together when it
+returns. A quiet shard books as before, a busy one in batches that grow with the load.
+
+A batch never holds two drawdowns of one credit line or of one customer: the second
+waits for the next call, where its line's checks see the first one's writes.
+
+Each answer is `book_drawdown`'s: "booked", "recheck" or "replay". A call that fails
+is one statement outside a transaction, so nothing of it was written — or, if the
+connection broke after its commit, all of it: each drawdown then answers "recheck"
+and the caller's locked path finds the durable record, or books it alone. A batch of
+one raises the error as the single call did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Final, cast
+
+from engine import metrics
+from engine.shard_access import read
+from sharding.pools import ShardPools
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX: Final = 32
+# The longest a call waits for drawdowns already reading their line (see `expecting`).
+GATHER_S: Final = 0.005
+# `book_drawdown`'s 44 arguments (engine/services/drawdowns.py lays them out): the
+# idempotency record 0-4, the checks 5-9 (5: the line), the loan 10-25 (11: the
+# customer), the plan's columns 26-36, the posting 37-41, the payment order 42-43.
+ARGS: Final = 44
+_TODAY, _LINE, _CUSTOMER = 7, 5, 11
+_PLAN = range(26, 37)
+_TXN, _CODES, _OWNERS, _CUSTOMERS, _AMOUNTS = 37, 38, 39, 40, 41
+_LEG_COLUMNS = (_CODES, _OWNERS, _CUSTOMERS, _AMOUNTS)
+_BATCH_SQL: Final = "SELECT book_drawdowns({})".format(
+    ", ".join(f"${n}" for n in range(1, ARGS + 2))  # the business date once: one more array
+)
+
+Args = tuple[object, ...]
+
+
+class _Waiting:
+    __slots__ = ("answer", "args")
+
+    def __init__(self, args: Args, answer: asyncio.Future[str]) -> None:
+        self.args = args
+        self.answer = answer
+
+
+class _Lane:
+    """One shard database's queue, the drawdowns on their way to it, and whether a
+    call is in flight for it."""
+
+    __slots__ = ("arrived", "booking", "busy", "expected", "queue")
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[_Waiting] = collections.deque()
+        self.busy = False
+        self.expected = 0  # inside `expecting`
+        self.booking = 0  # inside `book`: queued, or in a call
+        self.arrived = asyncio.Event()
+
+    @property
+    def coming(self) -> int:
+        """Drawdowns reading their line or planning, that will queue soon."""
+        return self.expected - self.booking
+
+
+class DrawdownBatches:
+    def __init__(
+        self, pools: ShardPools, batch_max: int = BATCH_MAX, gather_s: float = GATHER_S
+    ) -> None:
+        self._pools = pools
+        self._batch_max = batch_max
+        self._gather_s = gather_s
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _lane(self, logical_shard: int) -> _Lane:
+        """The lane of the shard's database (one per physical shard)."""
+        name = self._pools.physical_for(logical_shard).name
+        lane = self._lanes.get(name)
+        if lane is None:
+            lane = self._lanes[name] = _Lane()
+        return lane
+
+    @contextlib.contextmanager
+    def expecting(self, logical_shard: int) -> Iterator[None]:
+        """Around a drawdown's way to `book`: a call about to leave waits for it (up to
+        `gather_s`), so that drawdowns read at the same time are booked together."""
+        lane = self._lane(logical_shard)
+        lane.expected += 1
+        try:
+            yield
+        finally:
+            lane.expected -= 1
+            lane.arrived.set()
+
+    async def book(self, logical_shard: int, args: Args) -> str:
+        """Book one drawdown (`book_drawdown`'s arguments) with whatever else is waiting."""
+        assert len(args) == ARGS, len(args)
+        lane = self._lane(logical_shard)
+        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        lane.queue.append(_Waiting(args, answer))
+        lane.booking += 1
+        lane.arrived.set()
+        if not lane.busy:
+            lane.busy = True
+            task = asyncio.create_task(self._drain(logical_shard, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await answer
+        finally:
+            lane.booking -= 1
+
+    async def _drain(self, logical_shard: int, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                await self._gather(lane)
+                batch = _take(lane.queue, self._batch_max)
+                try:
+                    outcomes = await self._call(logical_shard, batch)
+                except BaseException as exc:  # the callers get it; cancellation ends the lane
+                    for waiting in batch:
+                        _fail(waiting, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for waiting, outcome in zip(batch, outcomes, strict=True):
+                    if not waiting.answer.done():  # its request may have been cancelled
+                        waiting.answer.set_result(outcome)
+        finally:
+            lane.busy = False
+            while lane.queue:  # only when the lane was cancelled (shutdown)
+                _fail(lane.queue.popleft(), asyncio.CancelledError())
+
+    async def _gather(self, lane: _Lane) -> None:
+        """Until no drawdown is on its way that has not queued, the batch is full, or
+        `gather_s` has passed. A lone drawdown does not wait at all."""
+        deadline = asyncio.get_running_loop().time() + self._gather_s
+        while lane.coming > 0 and len(lane.queue) < self._batch_max:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            lane.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.arrived.wait(), left)
+
+    async def _call(self, logical_shard: int, batch: list[_Waiting]) -> list[str]:
+        """The batch's outcomes, in order; a batch of one raises as a single call does."""
+        metrics.BOOKING_BATCH.observe(len(batch))
+        if len(batch) == 1:
+            args = batch[0].args
+            outcome = await read(
+                self._pools, logical_shard, lambda conn: conn.fetchval(SINGLE_SQL, *args)
+            )
+            return [str(outcome)]
+        arrays = batch_args([waiting.args for waiting in batch])
+        try:
+            outcomes = await read(
+                self._pools, logical_shard, lambda conn: conn.fetchval(_BATCH_SQL, *arrays)
+            )
+        except Exception as exc:  # one statement: all of it written, or none of it
+            log.warning(
+                "drawdown batch failed; each is redone alone",
+                extra={"n": len(batch), "error": type(exc).__name__},
+            )
+            return ["recheck"] * len(batch)
+        if not isinstance(outcomes, list) or len(outcomes) != len(batch):
+            raise RuntimeError(f"book_drawdowns answered {outcomes!r} for {len(batch)}")
+        return [str(outcome) for outcome in outcomes]
+
+
+SINGLE_SQL: Final = "SELECT book_drawdown({})".format(
+    ", ".join(f"${n}" for n in range(1, ARGS + 1))
+)
+
+
+def _fail(waiting: _Waiting, exc: BaseException) -> None:
+    if waiting.answer.done():
+        return
+    if isinstance(exc, asyncio.CancelledError):
+        waiting.answer.cancel()
+    else:
+        waiting.answer.set_exception(exc)
+
+
+def _take(queue: collections.deque[_Waiting], batch_max: int) -> list[_Waiting]:
+    """Up to `batch_max` from the front of the queue, all of one business date and no
+    two on one line or customer; the others stay, in order, for the next call."""
+    batch: list[_Waiting] = []
+    lines: set[object] = set()
+    customers: set[object] = set()
+    passed: list[_Waiting] = []
+    today = queue[0].args[_TODAY]
+    while queue and len(batch) < batch_max:
+        waiting = queue.popleft()
+        args = waiting.args
+        if args[_LINE] in lines or args[_CUSTOMER] in customers or args[_TODAY] != today:
+            passed.append(waiting)
+            continue
+        lines.add(args[_LINE])
+        customers.add(args[_CUSTOMER])
+        batch.append(waiting)
+    queue.extendleft(reversed(passed))
+    return batch
+
+
+def array_literal(values: Sequence[object]) -> str:
+    """A PostgreSQL array literal of numbers, dates and NULLs (no quoting needed)."""
+    return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
+
+
+def batch_args(items: Sequence[Args]) -> list[object]:
+    """`book_drawdowns`' arguments: each of `book_drawdown`'s as an array, but one
+    business date, each plan column as one array literal per drawdown, and the legs
+    flattened, each naming its transaction."""
+    columns = list(zip(*items, strict=True))
+    out: list[object] = [list(column) for column in columns[:_TODAY]]
+    out.append(columns[_TODAY][0])
+    out.extend(list(column) for column in columns[_TODAY + 1 : _PLAN.start])
+    out.extend([array_literal(plan) for plan in columns[index]] for index in _PLAN)
+    out.append(list(columns[_TXN]))
+    legs: tuple[list[object], ...] = ([], [], [], [], [])
+    for item in items:
+        codes = item[_CODES]
+        assert isinstance(codes, list)
+        legs[0].extend([item[_TXN]] * len(codes))
+        for leg_column, index in zip(legs[1:], _LEG_COLUMNS, strict=True):
+            leg_column.extend(cast("list[object]", item[index]))
+    out.extend(legs)
+    out.extend(list(column) for column in columns[_AMOUNTS + 1 :])
+    return out
