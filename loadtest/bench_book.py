@@ -1,12 +1,14 @@
 """PostgreSQL's own CPU for booking one drawdown (`book_drawdown`), nothing else running.
 
-    python -m loadtest.bench_book [--calls N] [--rounds R] [--migrations DIR]
+    python -m loadtest.bench_book [--calls N] [--rounds R] [--migrations DIR] [--batch K]
 
 A throw-away database on the stack's first server gets the shard schema (the
-migrations in DIR; by default this checkout's), the chart, one customer and one
-line. One client then books 12-month drawdowns through `book_drawdown`, one
-statement and one commit each as the engine does, and reads the server process's
-CPU time (/proc/PID/stat) around each round: CPU per booking and bookings/s.
+migrations in DIR; by default this checkout's), the chart, and K customers with a
+line each. One client then books 12-month drawdowns, one statement and one commit
+each call as the engine does: through `book_drawdown` one at a time, or with
+`--batch K` through `book_drawdowns` K at a time (group booking, ledger migration
+0010), and reads the server process's CPU time (/proc/PID/stat) around each round:
+CPU per booking and bookings/s.
 
 The whole stack's benchmark (`loadtest.bench_api`) shares two cores among ten
 processes and moves by ±10 % from run to run; this isolates the database's part of
@@ -31,6 +33,7 @@ import asyncpg
 import msgspec
 
 from engine.migrate import SHARD_MIGRATIONS
+from engine.services.booking_batch import SINGLE_SQL, batch_args
 from engine.services.loan_store import installment_arrays
 from ledger.chart import Code
 from ledger.overdue import fresh_state
@@ -45,34 +48,45 @@ PRINCIPAL_FEN: Final = 1_200_000
 TODAY: Final = dt.date(2026, 11, 30)
 WARM_UP_CALLS: Final = 200
 _TICKS_S: Final = os.sysconf("SC_CLK_TCK")
+# Customers 1..$1, each with the line of the same number.
 _SETUP: Final = [
     """INSERT INTO customer (customer_id, tenant_id, name_ciphertext, id_number_ciphertext,
            id_number_index, phone_ciphertext, bank_card_ciphertext, id_number_masked,
            phone_masked, bank_card_masked, birth_date)
-       VALUES (1, 'demo', '', '', '\\x01', '', '', '', '', '', '1990-01-01')""",
+       SELECT n, 'demo', '', '', int8send(n), '', '', '', '', '', '1990-01-01'
+       FROM generate_series(1, $1::bigint) AS n""",
     """INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code, limit_fen,
            annual_rate_pct, repayment_methods, max_term_months, expires_on)
-       VALUES (1, 1, 'demo', 'demo-credit', 9000000000000000, 7.2, '{equal_installment}', 36,
-           '2030-01-01')""",
+       SELECT n, n, 'demo', 'demo-credit', 9000000000000000, 7.2, '{equal_installment}', 36,
+           '2030-01-01'
+       FROM generate_series(1, $1::bigint) AS n""",
 ]
-_BOOK_SQL: Final = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, 45)))
+_BOOK_SQL: Final = SINGLE_SQL
+_BATCH_SQL: Final = "SELECT book_drawdowns({})".format(", ".join(f"${n}" for n in range(1, 46)))
 
 
-def _args(n: int) -> tuple[object, ...]:
+async def make_lines(conn: asyncpg.Connection, count: int) -> None:
+    """Customers and lines 1..count (`booking_args`' line_id and customer_id)."""
+    for sql in _SETUP:
+        await conn.execute(sql, count)
+
+
+def booking_args(n: int, *, line_id: int = 1, customer_id: int = 1) -> tuple[object, ...]:
     """`book_drawdown`'s arguments for the n-th booking (ids from n; as the engine lays
-    them out in engine/services/drawdowns.py)."""
+    them out in engine/services/drawdowns.py), on the line and customer of `_SETUP`
+    unless told."""
     loan_id, txn_id, outbox_id = 3 * n + 1, 3 * n + 2, 3 * n + 3
     plan = build_plan(PRINCIPAL_FEN, RATE_PCT, 12, "equal_installment", TODAY)
     legs = (
         Leg(Code.LOAN_PRINCIPAL, loan_id, PRINCIPAL_FEN),
         Leg(Code.DISBURSEMENT_CLEARING, None, -PRINCIPAL_FEN),
     )
-    posting = Posting(txn_id, 1, "drawdown", loan_id, TODAY, legs)
+    posting = Posting(txn_id, customer_id, "drawdown", loan_id, TODAY, legs)
     body = b'{"loan_id": "%d", "status": "disbursing"}' % loan_id
     return (
         "bench", f"key-{n}", hashlib.sha256(body).digest(), 201, body,
-        1, RATE_PCT, TODAY, None, None,
-        loan_id, 1, "demo", "bench", "demo-credit", f"R{loan_id}", PRINCIPAL_FEN,
+        line_id, RATE_PCT, TODAY, None, None,
+        loan_id, customer_id, "demo", "bench", "demo-credit", f"R{loan_id}", PRINCIPAL_FEN,
         Decimal("1.5"), "equal_installment", 12, 0, TODAY, plan.installments[-1].due_date,
         secrets.token_bytes(48), "6222********0128", plan.payment_fen,
         *installment_arrays(fresh_state(plan), ()),
@@ -86,7 +100,26 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_S  # utime + stime
 
 
-async def bench(dsn: str, migrations: Path, calls: int, rounds: int) -> None:
+async def _book(conn: asyncpg.Connection, work: list[tuple[object, ...]], batch: int) -> None:
+    """Book `work`: one `book_drawdown` call each, or `book_drawdowns` calls of `batch`."""
+    if batch == 1:
+        for args in work:
+            outcome = await conn.fetchval(_BOOK_SQL, *args)
+            assert outcome == "booked", outcome
+        return
+    for start in range(0, len(work), batch):
+        chunk = work[start : start + batch]
+        outcomes = await conn.fetchval(_BATCH_SQL, *batch_args(chunk))
+        assert outcomes == ["booked"] * len(chunk), outcomes
+
+
+def _work(first: int, count: int, batch: int) -> list[tuple[object, ...]]:
+    """Bookings first..first+count-1; a batch's drawdowns on lines 1..batch."""
+    return [booking_args(n, line_id=n % batch + 1, customer_id=n % batch + 1)
+            for n in range(first, first + count)]  # fmt: skip
+
+
+async def bench(dsn: str, migrations: Path, calls: int, rounds: int, batch: int = 1) -> None:
     """Print one line per round; `dsn` names any database of the server to use."""
     base, _ = dsn.rsplit("/", 1)
     name = f"bench_book_{secrets.token_hex(4)}"
@@ -97,23 +130,20 @@ async def bench(dsn: str, migrations: Path, calls: int, rounds: int) -> None:
         try:
             await apply_migrations(conn, load_migrations(migrations))
             await ensure_chart(conn)
-            for sql in _SETUP:
-                await conn.execute(sql)
+            await make_lines(conn, batch)
             pid = await conn.fetchval("SELECT pg_backend_pid()")
-            done = min(WARM_UP_CALLS, calls)
-            for n in range(done):  # the session's plans and caches, before measuring
-                assert await conn.fetchval(_BOOK_SQL, *_args(n)) == "booked"
+            done = min(WARM_UP_CALLS, calls) // batch * batch
+            # the session's plans and caches, before measuring
+            await _book(conn, _work(0, done, batch), batch)
             for round_no in range(1, rounds + 1):
-                work = [_args(n) for n in range(done, done + calls)]
+                work = _work(done, calls, batch)
                 done += calls
                 cpu0, t0 = _cpu_s(pid), time.perf_counter()
-                for args in work:
-                    outcome = await conn.fetchval(_BOOK_SQL, *args)
-                    assert outcome == "booked", outcome
+                await _book(conn, work, batch)
                 cpu, wall = _cpu_s(pid) - cpu0, time.perf_counter() - t0
                 print(
                     f"round {round_no}: {calls / wall:,.0f} bookings/s, PostgreSQL CPU "
-                    f"{1000 * cpu / calls:.3f} ms per booking ({migrations})",
+                    f"{1000 * cpu / calls:.3f} ms per booking, {batch} per call ({migrations})",
                     flush=True,
                 )
         finally:
@@ -128,9 +158,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--migrations", type=Path, default=SHARD_MIGRATIONS)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="drawdowns per book_drawdowns call (1: book_drawdown)"
+    )
     args = parser.parse_args()
     dsn = control_dsn_from_env(os.environ)  # the first server's
-    asyncio.run(bench(dsn, args.migrations, args.calls, args.rounds))
+    asyncio.run(bench(dsn, args.migrations, args.calls, args.rounds, args.batch))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,169 @@
+"""Group booking in the database (`book_drawdowns`, ledger migration 0010): each
+drawdown of a call is booked exactly as `book_drawdown` books it alone, or answered
+"recheck" / "replay" with nothing of it written, whatever the others in the call do."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from engine.migrate import SHARD_MIGRATIONS
+from engine.services.booking_batch import SINGLE_SQL, array_literal, batch_args
+from ledger.store import ensure_chart
+from loadtest.bench_book import booking_args, make_lines
+from sharding.migrations import apply_migrations, load_migrations
+
+BATCH_SQL = "SELECT book_drawdowns({})".format(", ".join(f"${n}" for n in range(1, 46)))
+LINES = 6
+LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # `book_drawdown`'s argument order
+
+
+@pytest.fixture
+async def shard(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(scratch_db)
+    await apply_migrations(conn, load_migrations(SHARD_MIGRATIONS))
+    await ensure_chart(conn)
+    await make_lines(conn, LINES)
+    yield conn
+    await conn.close()
+
+
+def _on(n: int, line: int) -> tuple[object, ...]:
+    return booking_args(n, line_id=line, customer_id=line)
+
+
+def _id(value: object) -> int:
+    assert isinstance(value, int)
+    return value
+
+
+def _with(args: tuple[object, ...], index: int, value: object) -> tuple[object, ...]:
+    return (*args[:index], value, *args[index + 1 :])
+
+
+async def _book(conn: asyncpg.Connection, items: list[tuple[object, ...]]) -> list[str]:
+    return list(await conn.fetchval(BATCH_SQL, *batch_args(items)))
+
+
+async def _loan_ids(conn: asyncpg.Connection) -> set[int]:
+    return {row[0] for row in await conn.fetch("SELECT loan_id FROM loan")}
+
+
+async def _used(conn: asyncpg.Connection) -> dict[int, int]:
+    rows = await conn.fetch("SELECT credit_line_id, used_fen FROM credit_line")
+    return {row[0]: row[1] for row in rows}
+
+
+async def _assert_books_agree(conn: asyncpg.Connection, loan_ids: set[int]) -> None:
+    """Every booked loan has its plan, its payment order, its idempotency record and a
+    balanced posting; nothing else exists."""
+    assert await _loan_ids(conn) == loan_ids
+    for table in ("loan_plan", "outbox"):
+        column = "ref_id" if table == "outbox" else "loan_id"
+        found = {row[0] for row in await conn.fetch(f"SELECT {column} FROM {table}")}
+        assert found == loan_ids, table
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_record") == len(loan_ids)
+    txns = await conn.fetch(
+        """SELECT t.ref_id, sum(l.amount_fen) AS total, count(*) AS legs
+           FROM ledger_txn t JOIN ledger_leg l USING (txn_id) GROUP BY t.txn_id, t.ref_id"""
+    )
+    assert {row["ref_id"] for row in txns} == loan_ids
+    assert all(row["total"] == 0 and row["legs"] == 2 for row in txns)
+
+
+async def test_a_call_books_each_drawdown_as_one_booking_would(
+    shard: asyncpg.Connection,
+) -> None:
+    alone = _on(0, 1)
+    assert await shard.fetchval(SINGLE_SQL, *alone) == "booked"
+    items = [_on(n, line) for n, line in ((1, 2), (2, 3), (3, 4))]
+    assert await _book(shard, items) == ["booked"] * 3
+    await _assert_books_agree(shard, {_id(args[LOAN_ID]) for args in [alone, *items]})
+    # The plan written from array literals is the plan the single call writes.
+    plans = await shard.fetch(
+        """SELECT seq, due_date, principal_fen, interest_fen, balance_after_fen,
+                  principal_paid_fen, interest_paid_fen, penalty_unpaid_fen,
+                  compound_unpaid_fen, accrued_through, penalty_paid_fen
+           FROM loan_plan ORDER BY loan_id"""
+    )
+    assert len({tuple(tuple(column) for column in plan) for plan in plans}) == 1
+    used = await _used(shard)
+    assert used == {1: 1_200_000, 2: 1_200_000, 3: 1_200_000, 4: 1_200_000, 5: 0, 6: 0}
+
+
+async def test_a_second_drawdown_on_a_line_or_key_is_sent_back(
+    shard: asyncpg.Connection,
+) -> None:
+    first, same_line = _on(0, 1), _on(1, 1)
+    same_key = _with(_on(2, 2), 1, first[1])
+    assert await _book(shard, [first, same_line, same_key, _on(3, 3)]) == [
+        "booked", "recheck", "recheck", "booked"
+    ]  # fmt: skip
+    await _assert_books_agree(shard, {_id(first[LOAN_ID]), _id(_on(3, 3)[LOAN_ID])})
+    assert (await _used(shard))[1] == 1_200_000
+
+
+async def test_a_recorded_key_replays_and_the_others_book(shard: asyncpg.Connection) -> None:
+    earlier = _on(0, 1)
+    assert await shard.fetchval(SINGLE_SQL, *earlier) == "booked"
+    twin = _with(_on(1, 2), 1, earlier[1])  # the same key, its own loan ids
+    assert await _book(shard, [twin, _on(2, 3)]) == ["replay", "booked"]
+    await _assert_books_agree(shard, {_id(earlier[LOAN_ID]), _id(_on(2, 3)[LOAN_ID])})
+    assert (await _used(shard))[2] == 0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "UPDATE credit_line SET status = 'frozen' WHERE credit_line_id = 2",
+        "UPDATE credit_line SET annual_rate_pct = 7.3 WHERE credit_line_id = 2",
+        "UPDATE credit_line SET expires_on = '2026-11-29' WHERE credit_line_id = 2",
+        "UPDATE credit_line SET limit_fen = 1199999 WHERE credit_line_id = 2",
+        "DELETE FROM credit_line WHERE credit_line_id = 2",
+    ],
+)
+async def test_a_line_that_changed_is_rechecked_alone(
+    shard: asyncpg.Connection, change: str
+) -> None:
+    await shard.execute(change)
+    items = [_on(0, 1), _on(1, 2), _on(2, 3)]
+    assert await _book(shard, items) == ["booked", "recheck", "booked"]
+    await _assert_books_agree(shard, {_id(items[0][LOAN_ID]), _id(items[2][LOAN_ID])})
+
+
+async def test_a_customer_over_the_cap_is_rechecked(shard: asyncpg.Connection) -> None:
+    def capped(n: int, line: int, cap_fen: int) -> tuple[object, ...]:
+        return _with(_with(_on(n, line), CAP_GROUP, "consumer"), CAP_MAX, cap_fen)
+
+    # Customer 1 already owes 12,000.00 in the group: 12,000.00 more would pass 20,000.00.
+    assert await shard.fetchval(SINGLE_SQL, *capped(0, 1, 2_000_000)) == "booked"
+    items = [capped(1, 1, 2_000_000), capped(2, 2, 2_400_000), capped(3, 3, 1_000_000)]
+    assert await _book(shard, items) == ["recheck", "booked", "recheck"]
+    # A capped customer's second drawdown in one call waits for the next call.
+    again = [capped(4, 4, 9_000_000), _with(capped(5, 5, 9_000_000), CUSTOMER_ID, 4)]
+    assert (await _book(shard, again))[1] == "recheck"
+
+
+async def test_a_call_with_nothing_to_book_writes_nothing(shard: asyncpg.Connection) -> None:
+    await shard.execute("UPDATE credit_line SET status = 'frozen'")
+    assert await _book(shard, [_on(0, 1), _on(1, 2)]) == ["recheck", "recheck"]
+    await _assert_books_agree(shard, set())
+
+
+def test_array_literals_carry_numbers_dates_and_nulls() -> None:
+    import datetime as dt
+
+    assert array_literal([1, -2, 30]) == "{1,-2,30}"
+    assert array_literal([dt.date(2026, 1, 31), None]) == "{2026-01-31,NULL}"
+    assert array_literal([]) == "{}"
+
+
+async def test_array_literals_round_trip_through_the_database(shard: asyncpg.Connection) -> None:
+    import datetime as dt
+
+    dates = [dt.date(2026, 1, 31), None, dt.date(2027, 12, 1)]
+    assert await shard.fetchval("SELECT $1::text::date[]", array_literal(dates)) == dates
+    numbers = [0, -(2**63), 2**63 - 1]
+    assert await shard.fetchval("SELECT $1::text::bigint[]", array_literal(numbers)) == numbers

@@ -1,0 +1,121 @@
+"""The engine's group booking (`engine.services.booking_batch`) against a real database:
+drawdowns that queue together leave in one call, a lone one goes at once and alone,
+and a call that fails leaves nothing written and nobody waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from engine import metrics
+from engine.migrate import SHARD_MIGRATIONS
+from engine.services.booking_batch import DrawdownBatches
+from engine.settings import Settings
+from ledger.store import ensure_chart
+from loadtest.bench_book import booking_args, make_lines
+from sharding.migrations import apply_migrations, load_migrations
+from sharding.pools import ShardPools
+from sharding.shard_map import PhysicalShard, ShardMap
+
+LINES = 8
+RECEIPT_NO = 15  # `book_drawdown`'s argument order
+
+
+@pytest.fixture
+async def shard(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(scratch_db)
+    await apply_migrations(conn, load_migrations(SHARD_MIGRATIONS))
+    await ensure_chart(conn)
+    await make_lines(conn, LINES)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def pools(
+    scratch_db: str, settings: Settings, shard: asyncpg.Connection
+) -> AsyncIterator[ShardPools]:
+    """Every logical shard on the scratch database."""
+    pools = ShardPools(ShardMap((PhysicalShard("scratch", scratch_db),)), settings.pool, "test")
+    await pools.open()
+    yield pools
+    await pools.close()
+
+
+def _batches() -> tuple[float, float]:
+    """(calls, drawdowns) booked so far by `DrawdownBatches`, from its histogram."""
+    samples = {s.name: s.value for s in next(iter(metrics.BOOKING_BATCH.collect())).samples}
+    return samples["drawdown_booking_batch_size_count"], samples["drawdown_booking_batch_size_sum"]
+
+
+def _on(n: int, line: int) -> tuple[object, ...]:
+    return booking_args(n, line_id=line, customer_id=line)
+
+
+async def test_drawdowns_read_together_are_booked_in_one_call(
+    pools: ShardPools, shard: asyncpg.Connection
+) -> None:
+    batches = DrawdownBatches(pools, gather_s=5.0)
+    calls0, booked0 = _batches()
+
+    async def drawdown(n: int) -> str:
+        with batches.expecting(0):
+            await asyncio.sleep(0.05 * (n % 2))  # reading its line, planning
+            return await batches.book(0, _on(n, n + 1))
+
+    assert await asyncio.gather(*(drawdown(n) for n in range(LINES))) == ["booked"] * LINES
+    calls, booked = _batches()
+    assert booked - booked0 == LINES
+    assert calls - calls0 == 1, "the drawdowns on their way were waited for"
+    assert await shard.fetchval("SELECT count(*) FROM loan") == LINES
+
+
+async def test_a_lone_drawdown_does_not_wait(pools: ShardPools) -> None:
+    batches = DrawdownBatches(pools, gather_s=30.0)
+    with batches.expecting(0):
+        outcome = await asyncio.wait_for(batches.book(0, _on(0, 1)), 10)
+    assert outcome == "booked"
+
+
+async def test_a_second_drawdown_on_a_line_waits_for_the_next_call(
+    pools: ShardPools, shard: asyncpg.Connection
+) -> None:
+    batches = DrawdownBatches(pools)
+    calls0, _ = _batches()
+    outcomes = await asyncio.gather(*(batches.book(0, _on(n, 1 + n % 2)) for n in range(4)))
+    assert outcomes == ["booked"] * 4
+    assert _batches()[0] - calls0 == 2  # lines 1 and 2, then lines 1 and 2 again
+    used = await shard.fetch("SELECT used_fen FROM credit_line WHERE used_fen > 0")
+    assert sorted(row[0] for row in used) == [2_400_000, 2_400_000]
+
+
+async def test_a_failed_call_writes_nothing_and_sends_each_back(
+    pools: ShardPools, shard: asyncpg.Connection
+) -> None:
+    batches = DrawdownBatches(pools)
+    assert await batches.book(0, _on(0, 1)) == "booked"
+    taken = _on(0, 1)[RECEIPT_NO]
+    clash = (*_on(1, 2)[:RECEIPT_NO], taken, *_on(1, 2)[RECEIPT_NO + 1 :])
+    outcomes = await asyncio.gather(batches.book(0, _on(2, 3)), batches.book(0, clash))
+    assert outcomes == ["recheck", "recheck"]  # the caller's locked path redoes each alone
+    assert await shard.fetchval("SELECT count(*) FROM loan") == 1
+    assert await shard.fetchval("SELECT sum(used_fen) FROM credit_line") == 1_200_000
+    # Alone, the same failure is the caller's, as a single booking's was.
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await batches.book(0, clash)
+    assert await batches.book(0, _on(3, 4)) == "booked"  # the lane goes on
+
+
+async def test_a_cancelled_request_does_not_stop_the_others(pools: ShardPools) -> None:
+    batches = DrawdownBatches(pools)
+    first = asyncio.create_task(batches.book(0, _on(0, 1)))
+    second = asyncio.create_task(batches.book(0, _on(1, 2)))
+    await asyncio.sleep(0)
+    second.cancel()
+    assert await first == "booked"
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert await batches.book(0, _on(2, 3)) == "booked"
