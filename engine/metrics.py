@@ -114,6 +114,11 @@ BOOKING_BATCH = Histogram(
     "Drawdowns booked by one statement (engine.services.booking_batch).",
     buckets=(1, 2, 4, 8, 16, 32),
 )
+BOOKING_BATCH_FAILED = Counter(
+    "drawdown_booking_batch_failures_total",
+    "Group bookings that failed whole (a lock held too long, the shard); each drawdown "
+    "of one was booked alone instead.",
+)
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Redis calls that failed (the request went on without it)."
 )

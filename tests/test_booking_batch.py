@@ -119,3 +119,17 @@ async def test_a_cancelled_request_does_not_stop_the_others(pools: ShardPools) -
     with pytest.raises(asyncio.CancelledError):
         await second
     assert await batches.book(0, _on(2, 3)) == "booked"
+
+
+async def test_a_line_held_elsewhere_does_not_stall_the_batch(
+    pools: ShardPools, shard: asyncpg.Connection
+) -> None:
+    batches = DrawdownBatches(pools)
+    async with shard.transaction():
+        await shard.execute("SELECT 1 FROM credit_line WHERE credit_line_id = 1 FOR UPDATE")
+        started = asyncio.get_running_loop().time()
+        outcomes = await asyncio.gather(batches.book(0, _on(0, 1)), batches.book(0, _on(1, 2)))
+        waited_s = asyncio.get_running_loop().time() - started
+    assert outcomes == ["recheck", "recheck"]  # each redone alone; only line 1's waits
+    assert waited_s < 5, waited_s
+    assert await shard.fetchval("SELECT count(*) FROM loan") == 0

@@ -14,6 +14,7 @@ from tests.api_client import ApiClient
 from tests.conftest import EngineProcess, stack_command
 
 DRAWDOWNS = 12
+MANY_LINES = 32
 
 
 async def _scrape(
@@ -115,3 +116,21 @@ async def test_stopped_shard_shows_in_gauges(
     while _value(await _scrape(http, url), "shard_up", shard="shard_2") < 1:
         assert time.monotonic() < deadline, "shard_2 did not come back"
         await asyncio.sleep(0.5)
+
+
+async def test_drawdowns_on_many_lines_at_once_are_booked_together(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    lines = [await api.line(await api.customer()) for _ in range(MANY_LINES)]
+    before = await _scrape(http, f"{engine.base_url}/metrics")
+    replies = await asyncio.gather(*(api.drawdown(line_id, "1000.00") for line_id in lines))
+    assert [r.status for r in replies] == [201] * MANY_LINES
+    after = await _scrape(http, f"{engine.base_url}/metrics")
+    calls, booked = (
+        _value(after, name) - _value(before, name)
+        for name in ("drawdown_booking_batch_size_count", "drawdown_booking_batch_size_sum")
+    )
+    assert booked == MANY_LINES  # each once
+    assert calls < MANY_LINES, "drawdowns read at the same time leave in one call"
+    for line_id in lines:
+        assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "1000.00"

@@ -1,23 +1,30 @@
-"""Group booking: the drawdowns that reach a shard together go in one statement.
+"""Group booking: the drawdowns that reach a shard database together, in one statement.
 
-    request ─► book(shard, args) ─► lane of the shard: queue ─► book_drawdowns(batch) ─► outcomes
-                                    (a call in flight? wait for it; else go now)
+    drawdown ─► expecting(shard): read its line, plan ─► book(shard, args)
+                                                            │
+    lane of the shard's database: queue ◄───────────────────┘
+      no call in flight? ─► wait for the drawdowns still reading their line (≤ gather_s)
+      ─► book_drawdowns(up to 32 of the queue) ─► each caller gets its outcome
 
 A drawdown booked alone costs PostgreSQL about 0.85 ms of CPU, most of it per
 statement (executor start-up, relation and index locks) and per commit; eight booked
-by one `book_drawdowns` call cost about 0.45 ms each (ledger migration 0010). No
-timer holds anything back: while a lane has no call in flight a drawdown goes at
-once, alone; while one is in flight, the next ones queue and leave together when it
-returns. A quiet shard books as before, a busy one in batches that grow with the load.
+by one `book_drawdowns` call (ledger migration 0010) about 0.45 ms each
+(`python -m loadtest.bench_book --batch 8`). A lane has one call in flight at a time;
+what queues meanwhile leaves together when it returns. Before a call leaves, it waits
+for the drawdowns of its shard that are reading their line (`expecting`), at most
+`gather_s`: under load a shard's drawdowns are seldom in the same phase at the same
+moment, so without it the calls would mostly carry one. A lone drawdown waits for
+nothing; a quiet shard books as before, a busy one in batches that grow with the load.
 
 A batch never holds two drawdowns of one credit line or of one customer: the second
 waits for the next call, where its line's checks see the first one's writes.
 
-Each answer is `book_drawdown`'s: "booked", "recheck" or "replay". A call that fails
-is one statement outside a transaction, so nothing of it was written — or, if the
-connection broke after its commit, all of it: each drawdown then answers "recheck"
-and the caller's locked path finds the durable record, or books it alone. A batch of
-one raises the error as the single call did.
+Each answer is `book_drawdown`'s: "booked", "recheck" or "replay". A batch of one is
+a `book_drawdown` call and raises as it did. A batch that fails (a lock held longer
+than the function's lock_timeout, the shard) is one statement outside a transaction,
+so nothing of it was written — or, if the connection broke after its commit, all of
+it: each of its drawdowns answers "recheck", and the caller's locked path finds the
+durable record or books it alone.
 """
 
 from __future__ import annotations
@@ -176,6 +183,7 @@ class DrawdownBatches:
                 self._pools, logical_shard, lambda conn: conn.fetchval(_BATCH_SQL, *arrays)
             )
         except Exception as exc:  # one statement: all of it written, or none of it
+            metrics.BOOKING_BATCH_FAILED.inc()
             log.warning(
                 "drawdown batch failed; each is redone alone",
                 extra={"n": len(batch), "error": type(exc).__name__},

@@ -2,7 +2,9 @@
 
     the common case (`draw_down_at_once`, no transaction, two round trips):
       read line ─► check status, expiry, method, term, bullet rule, available
-      ─► plan (ledger.schedule) ─► book_drawdown(...) in the shard, one statement:
+      ─► plan (ledger.schedule) ─► book_drawdown(...) in the shard, one statement
+         (book_drawdowns(...) with the others that reached the shard meanwhile:
+         `engine.services.booking_batch`):
            lock line [─► lock customer, sum outstanding, check the cap]
            ─► recheck what the plan rested on ─► idempotency record
            ─► loan + installments ─► line.used += amount

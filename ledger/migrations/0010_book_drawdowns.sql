@@ -18,7 +18,10 @@
 --
 -- Locks: every line in id order, then every capped customer in id order: the order
 -- `book_drawdown` and the locked path take them (line, then customer), so a batch and
--- any other booking cannot wait on each other in a circle.
+-- any other booking cannot wait on each other in a circle. A batch waits at most
+-- 250 ms for any lock (one line held by a long transaction must not stall every
+-- drawdown of the shard behind it): it then fails whole, writing nothing, and the
+-- engine books each of its drawdowns alone.
 
 CREATE FUNCTION book_drawdowns(
     p_idem_channel_id text[], p_idem_key text[], p_request_sha256 bytea[],
@@ -36,7 +39,7 @@ CREATE FUNCTION book_drawdowns(
     p_txn_id bigint[], p_leg_txn_ids bigint[], p_codes text[], p_owners bigint[],
     p_customers bigint[], p_amounts bigint[],
     p_outbox_id bigint[], p_outbox_payload jsonb[]
-) RETURNS text[] LANGUAGE plpgsql AS $$
+) RETURNS text[] LANGUAGE plpgsql SET lock_timeout = '250ms' AS $$
 DECLARE
     n integer := cardinality(p_loan_id);
     outcome text[] := array_fill('booked'::text, ARRAY[n]);
