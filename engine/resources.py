@@ -97,7 +97,11 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         cipher=app[app_keys.PII],
         reference=app[app_keys.REFERENCE],
         redis=app[app_keys.REDIS],
-        bookings=DrawdownBatches(app[app_keys.SHARD_POOLS]),
+        bookings=DrawdownBatches(
+            app[app_keys.SHARD_POOLS],
+            batch_max=app[app_keys.SETTINGS].http.booking_batch_max,
+            gather_s=app[app_keys.SETTINGS].http.booking_gather_s,
+        ),
     )
     yield
 

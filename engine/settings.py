@@ -14,6 +14,9 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_REDIS_URL      redis://127.0.0.1:56379/0
     ENGINE_LOG_LEVEL      INFO
     ENGINE_REFERENCE_REFRESH_S  2.0                   how often cached reference data reloads
+    ENGINE_BOOKING_BATCH_MAX  32                      drawdowns per group booking (1: none)
+    ENGINE_BOOKING_GATHER_S   0.005                   a group booking's wait for its shard's
+                                                      drawdowns still reading their line
     ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
     ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
@@ -66,10 +69,17 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     body_max_bytes: int = 64 * 1024
     shutdown_timeout_s: float = 15.0
     backlog: int = 1024
+    # Group booking (engine.services.booking_batch): drawdowns per book_drawdowns call
+    # (1: each booked alone, as before migration 0010), and how long a call waits for
+    # the drawdowns of its shard that are still reading their line.
+    booking_batch_max: int = 32
+    booking_gather_s: float = 0.005
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 64:
             raise ValueError("http.workers must be 1..64")
+        if not 1 <= self.booking_batch_max <= 256 or not 0 <= self.booking_gather_s <= 0.1:
+            raise ValueError("http.booking_batch_max must be 1..256, booking_gather_s 0..0.1")
         if not 0 <= self.port <= 65535:
             raise ValueError("http.port must be 0..65535")
 
@@ -257,9 +267,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_HTTP_HOST", "host"),
         ("ENGINE_HTTP_PORT", "port"),
         ("ENGINE_WORKERS", "workers"),
+        ("ENGINE_BOOKING_BATCH_MAX", "booking_batch_max"),
     ):
         if var in environ:
             http[key] = environ[var] if key == "host" else int(environ[var])
+    if "ENGINE_BOOKING_GATHER_S" in environ:
+        http["booking_gather_s"] = float(environ["ENGINE_BOOKING_GATHER_S"])
     if http:
         raw["http"] = http
     return raw

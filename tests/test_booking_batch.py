@@ -133,3 +133,11 @@ async def test_a_line_held_elsewhere_does_not_stall_the_batch(
     assert outcomes == ["recheck", "recheck"]  # each redone alone; only line 1's waits
     assert waited_s < 5, waited_s
     assert await shard.fetchval("SELECT count(*) FROM loan") == 0
+
+
+async def test_a_batch_of_at_most_one_books_each_alone(pools: ShardPools) -> None:
+    batches = DrawdownBatches(pools, batch_max=1)
+    calls0, _ = _batches()
+    outcomes = await asyncio.gather(*(batches.book(0, _on(n, n + 1)) for n in range(3)))
+    assert outcomes == ["booked"] * 3
+    assert _batches()[0] - calls0 == 3

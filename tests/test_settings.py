@@ -65,11 +65,20 @@ def test_shard_dsns_from_environment() -> None:
         ({"ENGINE_SHARD_DSNS": "nodsn"}, "not name=dsn"),
         ({"ENGINE_ENV": "staging"}, "invalid configuration"),
         ({"ENGINE_WORKERS": "0"}, "workers"),
+        ({"ENGINE_BOOKING_BATCH_MAX": "0"}, "booking_batch_max"),
+        ({"ENGINE_BOOKING_GATHER_S": "1"}, "booking_gather_s"),
     ],
 )
 def test_bad_configuration_is_refused(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         load_settings(environ)
+
+
+def test_group_booking_is_set_from_the_environment() -> None:
+    settings = load_settings({"ENGINE_BOOKING_BATCH_MAX": "1", "ENGINE_BOOKING_GATHER_S": "0"})
+    assert (settings.http.booking_batch_max, settings.http.booking_gather_s) == (1, 0.0)
+    defaults = load_settings({}).http
+    assert (defaults.booking_batch_max, defaults.booking_gather_s) == (32, 0.005)
 
 
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
