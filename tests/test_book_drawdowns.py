@@ -4,6 +4,7 @@ drawdown of a call is booked exactly as `book_drawdown` books it alone, or answe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -167,3 +168,57 @@ async def test_array_literals_round_trip_through_the_database(shard: asyncpg.Con
     assert await shard.fetchval("SELECT $1::text::date[]", array_literal(dates)) == dates
     numbers = [0, -(2**63), 2**63 - 1]
     assert await shard.fetchval("SELECT $1::text::bigint[]", array_literal(numbers)) == numbers
+
+
+async def test_a_capped_and_an_uncapped_drawdown_of_one_customer_are_not_booked_together(
+    shard: asyncpg.Connection,
+) -> None:
+    await shard.execute(
+        """INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code,
+               limit_fen, annual_rate_pct, repayment_methods, max_term_months, expires_on)
+           VALUES (11, 1, 'demo', 'demo-credit', 9000000000000000, 7.2, '{equal_installment}',
+               36, '2030-01-01')"""
+    )
+    capped = _with(_with(_on(0, 1), CAP_GROUP, "consumer"), CAP_MAX, 1_500_000)
+    uncapped = booking_args(1, line_id=11, customer_id=1)
+    assert await _book(shard, [uncapped, capped]) == ["booked", "recheck"]
+
+
+async def test_arrays_of_unequal_length_are_refused(shard: asyncpg.Connection) -> None:
+    arrays = batch_args([_on(0, 1), _on(1, 2)])
+    arrays[CAP_MAX] = [None]  # one cap for two drawdowns
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
+        await shard.fetchval(BATCH_SQL, *arrays)
+    legs = batch_args([_on(0, 1), _on(1, 2)])
+    legs[-3] = legs[-3][:-1]  # one amount short
+    with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
+        await shard.fetchval(BATCH_SQL, *legs)
+    assert await _loan_ids(shard) == set()
+
+
+async def test_calls_crossing_customers_do_not_wait_on_each_other(
+    shard: asyncpg.Connection, scratch_db: str
+) -> None:
+    """Customer 1's capped drawdown with customer 2's uncapped one, against customer 2's
+    capped with customer 1's uncapped, at the same time: every customer is locked in id
+    order before any loan's foreign key locks one, so neither call times out."""
+    await shard.execute(
+        """INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code,
+               limit_fen, annual_rate_pct, repayment_methods, max_term_months, expires_on)
+           SELECT 10 + c, 3 - c, 'demo', 'demo-credit', 9000000000000000, 7.2,
+               '{equal_installment}', 36, '2030-01-01' FROM generate_series(1, 2) AS c"""
+    )
+
+    def capped(n: int, line: int) -> tuple[object, ...]:
+        return _with(_with(_on(n, line), CAP_GROUP, "consumer"), CAP_MAX, 10**15)
+
+    other = await asyncpg.connect(scratch_db)
+    try:
+        for round_no in range(10):
+            n = 10 * round_no
+            one = [capped(n, 1), booking_args(n + 1, line_id=11, customer_id=2)]
+            two = [capped(n + 2, 2), booking_args(n + 3, line_id=12, customer_id=1)]
+            outcomes = await asyncio.gather(_book(shard, one), _book(other, two))
+            assert outcomes == [["booked", "booked"], ["booked", "booked"]]
+    finally:
+        await other.close()

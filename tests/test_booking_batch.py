@@ -17,7 +17,7 @@ from engine.settings import Settings
 from ledger.store import ensure_chart
 from loadtest.bench_book import booking_args, make_lines
 from sharding.migrations import apply_migrations, load_migrations
-from sharding.pools import ShardPools
+from sharding.pools import ShardPools, ShardUnavailableError
 from sharding.shard_map import PhysicalShard, ShardMap
 
 LINES = 8
@@ -103,22 +103,53 @@ async def test_a_failed_call_writes_nothing_and_sends_each_back(
     assert outcomes == ["recheck", "recheck"]  # the caller's locked path redoes each alone
     assert await shard.fetchval("SELECT count(*) FROM loan") == 1
     assert await shard.fetchval("SELECT sum(used_fen) FROM credit_line") == 1_200_000
-    # Alone, the same failure is the caller's, as a single booking's was.
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await batches.book(0, clash)
+    assert await batches.book(0, clash) == "recheck"  # alone too: the locked path says why
     assert await batches.book(0, _on(3, 4)) == "booked"  # the lane goes on
 
 
-async def test_a_cancelled_request_does_not_stop_the_others(pools: ShardPools) -> None:
+async def test_a_request_cancelled_while_queued_is_not_booked(
+    pools: ShardPools, shard: asyncpg.Connection
+) -> None:
     batches = DrawdownBatches(pools)
     first = asyncio.create_task(batches.book(0, _on(0, 1)))
     second = asyncio.create_task(batches.book(0, _on(1, 2)))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # both queued; the call has not left
     second.cancel()
     assert await first == "booked"
     with pytest.raises(asyncio.CancelledError):
         await second
     assert await batches.book(0, _on(2, 3)) == "booked"
+    assert await shard.fetchval("SELECT count(*) FROM loan WHERE credit_line_id = 2") == 0
+
+
+async def test_a_lane_cancelled_before_it_ran_is_not_wedged(pools: ShardPools) -> None:
+    batches = DrawdownBatches(pools)
+    waiting = asyncio.create_task(batches.book(0, _on(0, 1)))
+    await asyncio.sleep(0)
+    for task in list(batches._tasks):  # as at shutdown
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await asyncio.wait_for(batches.book(0, _on(1, 2)), 10) == "booked"
+
+
+async def test_an_unreachable_shard_fails_every_waiting_drawdown_at_once(
+    settings: Settings,
+) -> None:
+    gone = ShardMap((PhysicalShard("gone", "postgresql://postgres@127.0.0.1:1/gone"),))
+    pools = ShardPools(gone, settings.pool, "test")
+    await pools.open()
+    try:
+        batches = DrawdownBatches(pools)
+        replies = await asyncio.wait_for(
+            asyncio.gather(
+                *(batches.book(0, _on(n, n + 1)) for n in range(3)), return_exceptions=True
+            ),
+            20,
+        )
+        assert all(isinstance(reply, ShardUnavailableError) for reply in replies), replies
+    finally:
+        await pools.close()
 
 
 async def test_a_line_held_elsewhere_does_not_stall_the_batch(

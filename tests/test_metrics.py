@@ -126,11 +126,15 @@ async def test_drawdowns_on_many_lines_at_once_are_booked_together(
     replies = await asyncio.gather(*(api.drawdown(line_id, "1000.00") for line_id in lines))
     assert [r.status for r in replies] == [201] * MANY_LINES
     after = await _scrape(http, f"{engine.base_url}/metrics")
-    calls, booked = (
+    calls, booked, failed = (
         _value(after, name) - _value(before, name)
-        for name in ("drawdown_booking_batch_size_count", "drawdown_booking_batch_size_sum")
+        for name in (
+            "drawdown_booking_batch_size_count",
+            "drawdown_booking_batch_size_sum",
+            "drawdown_booking_batch_failures_total",
+        )
     )
-    assert booked == MANY_LINES  # each once
+    assert (booked, failed) == (MANY_LINES, 0)  # each once, none redone alone
     assert calls < MANY_LINES, "drawdowns read at the same time leave in one call"
     for line_id in lines:
         assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "1000.00"

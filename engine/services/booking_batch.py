@@ -19,12 +19,15 @@ nothing; a quiet shard books as before, a busy one in batches that grow with the
 A batch never holds two drawdowns of one credit line or of one customer: the second
 waits for the next call, where its line's checks see the first one's writes.
 
-Each answer is `book_drawdown`'s: "booked", "recheck" or "replay". A batch of one is
-a `book_drawdown` call and raises as it did. A batch that fails (a lock held longer
-than the function's lock_timeout, the shard) is one statement outside a transaction,
-so nothing of it was written — or, if the connection broke after its commit, all of
-it: each of its drawdowns answers "recheck", and the caller's locked path finds the
-durable record or books it alone.
+Each answer is `book_drawdown`'s: "booked", "recheck" or "replay"; a lone drawdown
+goes through `book_drawdowns` too, for its lock time-out. A call that fails (a lock
+held longer than the function's 250 ms lock_timeout, a constraint) is one statement
+outside a transaction, so nothing of it was written — or, if the connection broke
+after its commit, all of it: each of its drawdowns answers "recheck", and the
+caller's locked path finds the durable record or books it alone, waiting for its own
+line only. A shard that cannot be reached fails the call and everything queued
+behind it at once (503), rather than one time-out after another. A request cancelled
+while queued is dropped from the queue; `booking_batch_max` 1 turns all of this off.
 """
 
 from __future__ import annotations
@@ -32,17 +35,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Final, cast
 
 from engine import metrics
 from engine.shard_access import read
-from sharding.pools import ShardPools
+from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX: Final = 32
+QUEUE_MAX: Final = 1024  # drawdowns waiting for one database, per process: then 503 SHARD_BUSY
 # The longest a call waits for drawdowns already reading their line (see `expecting`).
 GATHER_S: Final = 0.005
 # `book_drawdown`'s 44 arguments (engine/services/drawdowns.py lays them out): the
@@ -72,11 +77,11 @@ class _Lane:
     """One shard database's queue, the drawdowns on their way to it, and whether a
     call is in flight for it."""
 
-    __slots__ = ("arrived", "booking", "busy", "expected", "queue")
+    __slots__ = ("arrived", "booking", "expected", "queue", "task")
 
     def __init__(self) -> None:
         self.queue: collections.deque[_Waiting] = collections.deque()
-        self.busy = False
+        self.task: asyncio.Task[None] | None = None  # the call in flight and what queued
         self.expected = 0  # inside `expecting`
         self.booking = 0  # inside `book`: queued, or in a call
         self.arrived = asyncio.Event()
@@ -120,41 +125,66 @@ class DrawdownBatches:
     async def book(self, logical_shard: int, args: Args) -> str:
         """Book one drawdown (`book_drawdown`'s arguments) with whatever else is waiting."""
         assert len(args) == ARGS, len(args)
+        if self._batch_max == 1:  # group booking off: each alone, at once, as before
+            metrics.BOOKING_BATCH.observe(1)
+            return str(
+                await read(self._pools, logical_shard, lambda c: c.fetchval(SINGLE_SQL, *args))
+            )
         lane = self._lane(logical_shard)
+        if len(lane.queue) >= QUEUE_MAX:
+            raise ShardBusyError(self._pools.physical_for(logical_shard).name, None)
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         lane.queue.append(_Waiting(args, answer))
         lane.booking += 1
         lane.arrived.set()
-        if not lane.busy:
-            lane.busy = True
-            task = asyncio.create_task(self._drain(logical_shard, lane))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._drain(logical_shard, lane))
+            self._tasks.add(lane.task)
+            lane.task.add_done_callback(functools.partial(self._drained, lane))
         try:
             return await answer
         finally:
             lane.booking -= 1
 
+    def _drained(self, lane: _Lane, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if lane.task is task:  # cancelled before it ran (shutdown): nobody waits on
+            lane.task = None
+            while lane.queue:
+                _fail(lane.queue.popleft(), asyncio.CancelledError())
+
     async def _drain(self, logical_shard: int, lane: _Lane) -> None:
         try:
-            while lane.queue:
-                await self._gather(lane)
-                batch = _take(lane.queue, self._batch_max)
-                try:
-                    outcomes = await self._call(logical_shard, batch)
-                except BaseException as exc:  # the callers get it; cancellation ends the lane
-                    for waiting in batch:
-                        _fail(waiting, exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for waiting, outcome in zip(batch, outcomes, strict=True):
-                    if not waiting.answer.done():  # its request may have been cancelled
-                        waiting.answer.set_result(outcome)
-        finally:
-            lane.busy = False
-            while lane.queue:  # only when the lane was cancelled (shutdown)
+            await self._calls(logical_shard, lane)
+        except BaseException:
+            while lane.queue:  # cancelled (shutdown): nobody waits on
                 _fail(lane.queue.popleft(), asyncio.CancelledError())
+            raise
+        finally:
+            lane.task = None  # in the step that found the queue empty: no book() between
+
+    async def _calls(self, logical_shard: int, lane: _Lane) -> None:
+        while lane.queue:
+            await self._gather(lane)
+            batch = _take(lane.queue, self._batch_max)
+            if not batch:  # all the front was cancelled
+                continue
+            try:
+                outcomes = await self._call(logical_shard, batch)
+            except ShardUnavailableError as exc:  # every call after it would fail too
+                for waiting in (*batch, *lane.queue):
+                    _fail(waiting, exc)
+                lane.queue.clear()
+                continue
+            except BaseException as exc:  # the callers get it; cancellation ends the lane
+                for waiting in batch:
+                    _fail(waiting, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if not waiting.answer.done():  # its request may have been cancelled
+                    waiting.answer.set_result(outcome)
 
     async def _gather(self, lane: _Lane) -> None:
         """Until no drawdown is on its way that has not queued, the batch is full, or
@@ -169,19 +199,16 @@ class DrawdownBatches:
                 await asyncio.wait_for(lane.arrived.wait(), left)
 
     async def _call(self, logical_shard: int, batch: list[_Waiting]) -> list[str]:
-        """The batch's outcomes, in order; a batch of one raises as a single call does."""
+        """The batch's outcomes, in order. A shard that cannot be reached raises; any
+        other failure sends each drawdown back ("recheck") to be booked alone."""
         metrics.BOOKING_BATCH.observe(len(batch))
-        if len(batch) == 1:
-            args = batch[0].args
-            outcome = await read(
-                self._pools, logical_shard, lambda conn: conn.fetchval(SINGLE_SQL, *args)
-            )
-            return [str(outcome)]
         arrays = batch_args([waiting.args for waiting in batch])
         try:
             outcomes = await read(
                 self._pools, logical_shard, lambda conn: conn.fetchval(_BATCH_SQL, *arrays)
             )
+        except ShardUnavailableError:
+            raise
         except Exception as exc:  # one statement: all of it written, or none of it
             metrics.BOOKING_BATCH_FAILED.inc()
             log.warning(
@@ -210,14 +237,17 @@ def _fail(waiting: _Waiting, exc: BaseException) -> None:
 
 def _take(queue: collections.deque[_Waiting], batch_max: int) -> list[_Waiting]:
     """Up to `batch_max` from the front of the queue, all of one business date and no
-    two on one line or customer; the others stay, in order, for the next call."""
+    two on one line or customer; the others stay, in order, for the next call. Those
+    whose request was cancelled are dropped: nothing of theirs is booked."""
     batch: list[_Waiting] = []
     lines: set[object] = set()
     customers: set[object] = set()
     passed: list[_Waiting] = []
     today = queue[0].args[_TODAY]
-    while queue and len(batch) < batch_max:
+    while queue and len(batch) < batch_max and len(passed) < batch_max:
         waiting = queue.popleft()
+        if waiting.answer.done():
+            continue
         args = waiting.args
         if args[_LINE] in lines or args[_CUSTOMER] in customers or args[_TODAY] != today:
             passed.append(waiting)

@@ -16,9 +16,10 @@
 -- drawdown of this call holds the same line or capped customer: redo it alone under
 -- locks) or 'replay' (the idempotency record exists).
 --
--- Locks: every line in id order, then every capped customer in id order: the order
--- `book_drawdown` and the locked path take them (line, then customer), so a batch and
--- any other booking cannot wait on each other in a circle. A batch waits at most
+-- Locks: every line in id order, then every customer in id order (the order
+-- `book_drawdown` and the locked path take them: line, then customer), idempotency keys
+-- in key order, internal-account stripes in account order (`ledger_post_many`), so a
+-- batch and any other booking cannot wait on each other in a circle. A batch waits at most
 -- 250 ms for any lock (one line held by a long transaction must not stall every
 -- drawdown of the shard behind it): it then fails whole, writing nothing, and the
 -- engine books each of its drawdowns alone.
@@ -46,19 +47,43 @@ DECLARE
     refused integer[];
     booked_txns bigint[];
 BEGIN
-    -- A second drawdown of this same call on a line, on a capped customer or under an
+    -- One element per drawdown in every per-drawdown array, and legs that line up: a
+    -- short array would read as NULLs (a cap not checked), a long one as more answers.
+    IF EXISTS (SELECT 1 FROM unnest(ARRAY[
+            cardinality(p_idem_channel_id), cardinality(p_idem_key),
+            cardinality(p_request_sha256), cardinality(p_status_code),
+            cardinality(p_response_body), cardinality(p_credit_line_id),
+            cardinality(p_annual_rate_pct), cardinality(p_cap_group), cardinality(p_cap_max_fen),
+            cardinality(p_customer_id), cardinality(p_tenant_id), cardinality(p_channel_id),
+            cardinality(p_product_code), cardinality(p_receipt_no), cardinality(p_principal_fen),
+            cardinality(p_penalty_multiplier), cardinality(p_repayment_method),
+            cardinality(p_term_months), cardinality(p_grace_months), cardinality(p_start_date),
+            cardinality(p_maturity_date), cardinality(p_card_ciphertext),
+            cardinality(p_card_masked), cardinality(p_payment_fen), cardinality(p_seq),
+            cardinality(p_due), cardinality(p_principal), cardinality(p_interest),
+            cardinality(p_balance_after), cardinality(p_principal_paid),
+            cardinality(p_interest_paid), cardinality(p_penalty_unpaid),
+            cardinality(p_compound_unpaid), cardinality(p_accrued_through),
+            cardinality(p_penalty_paid), cardinality(p_txn_id), cardinality(p_outbox_id),
+            cardinality(p_outbox_payload)]) AS c(len) WHERE c.len IS DISTINCT FROM n)
+       OR p_today IS NULL
+       OR cardinality(p_codes) IS DISTINCT FROM cardinality(p_leg_txn_ids)
+       OR cardinality(p_owners) IS DISTINCT FROM cardinality(p_leg_txn_ids)
+       OR cardinality(p_customers) IS DISTINCT FROM cardinality(p_leg_txn_ids)
+       OR cardinality(p_amounts) IS DISTINCT FROM cardinality(p_leg_txn_ids) THEN
+        RAISE EXCEPTION 'book_drawdowns: arrays of unequal length' USING ERRCODE = '22023';
+    END IF;
+
+    -- A second drawdown of this same call on a line, of a customer or under an
     -- idempotency key: its checks would not see the first one's writes.
     SELECT coalesce(array_agg(d.n), '{}') INTO refused
     FROM (SELECT i.n,
                  row_number() OVER (PARTITION BY i.line_id ORDER BY i.n) AS line_rank,
-                 row_number() OVER (PARTITION BY i.customer_id, i.cap_max IS NULL
-                                    ORDER BY i.n) AS customer_rank,
-                 i.cap_max,
+                 row_number() OVER (PARTITION BY i.customer_id ORDER BY i.n) AS customer_rank,
                  row_number() OVER (PARTITION BY i.channel_id, i.idem_key ORDER BY i.n) AS key_rank
-          FROM unnest(p_credit_line_id, p_customer_id, p_cap_max_fen, p_idem_channel_id,
-                      p_idem_key) WITH ORDINALITY
-               AS i(line_id, customer_id, cap_max, channel_id, idem_key, n)) d
-    WHERE d.line_rank > 1 OR d.key_rank > 1 OR (d.cap_max IS NOT NULL AND d.customer_rank > 1);
+          FROM unnest(p_credit_line_id, p_customer_id, p_idem_channel_id, p_idem_key)
+               WITH ORDINALITY AS i(line_id, customer_id, channel_id, idem_key, n)) d
+    WHERE d.line_rank > 1 OR d.customer_rank > 1 OR d.key_rank > 1;
     FOR k IN 1 .. cardinality(refused) LOOP
         outcome[refused[k]] := 'recheck';
     END LOOP;
@@ -78,15 +103,18 @@ BEGIN
         outcome[refused[k]] := 'recheck';
     END LOOP;
 
-    -- Customer caps: the customers locked in id order, then (a new statement, a new
-    -- snapshot) their outstanding principal in the cap group, as `book_drawdown` does.
+    -- Every customer of the call locked now, in id order, before the loans' foreign
+    -- keys would lock them one by one in the call's order (two calls could then wait
+    -- on each other). NO KEY UPDATE: it excludes every other cap check (FOR UPDATE in
+    -- `book_drawdown` and the locked path), not other transactions' foreign keys.
+    PERFORM 1 FROM customer
+    WHERE customer_id IN (SELECT i.customer_id
+                          FROM unnest(p_customer_id) WITH ORDINALITY AS i(customer_id, n)
+                          WHERE outcome[i.n] = 'booked')
+    ORDER BY customer_id FOR NO KEY UPDATE;
+    -- Customer caps: (a new statement, a new snapshot) the outstanding principal in the
+    -- cap group, as `book_drawdown` does.
     IF EXISTS (SELECT 1 FROM unnest(p_cap_max_fen) AS c(cap_max) WHERE c.cap_max IS NOT NULL) THEN
-        PERFORM 1 FROM customer
-        WHERE customer_id IN (SELECT i.customer_id
-                              FROM unnest(p_customer_id, p_cap_max_fen) WITH ORDINALITY
-                                   AS i(customer_id, cap_max, n)
-                              WHERE i.cap_max IS NOT NULL AND outcome[i.n] = 'booked')
-        ORDER BY customer_id FOR UPDATE;
         SELECT coalesce(array_agg(i.n), '{}') INTO refused
         FROM unnest(p_customer_id, p_cap_group, p_cap_max_fen, p_principal_fen) WITH ORDINALITY
              AS i(customer_id, cap_group, cap_max, principal, n)
@@ -109,6 +137,7 @@ BEGIN
                     p_status_code, p_response_body) WITH ORDINALITY
              AS x(channel_id, idem_key, customer_id, sha256, status_code, body, n)
         WHERE outcome[x.n] = 'booked'
+        ORDER BY x.channel_id, x.idem_key  -- twins' keys in one order in every call
         ON CONFLICT (channel_id, idem_key) DO NOTHING
         RETURNING channel_id, idem_key)
     SELECT coalesce(array_agg(i.n), '{}') INTO refused
