@@ -1,4 +1,4 @@
-"""The one-statement drawdown (`book_drawdown`) trusts nothing it read before taking
+"""The one-statement drawdown (`book_drawdowns`, one or several at a time) trusts nothing it read before taking
 the line's lock: a line frozen or drawn on between the engine's read and its
 booking is rechecked under locks, refused with the usual code, and nothing is
 written."""
@@ -24,18 +24,20 @@ async def _shard_conn(settings: Settings, line_id: str) -> asyncpg.Connection:
 
 
 async def _wait_until_booking_waits(conn: asyncpg.Connection) -> None:
-    """Until a `book_drawdown` call (the one-statement path) waits on a row lock."""
+    """Until a `book_drawdowns` call (the one-statement path) waits on a row lock. It
+    gives up after its 250 ms lock_timeout and the locked path takes over: the outcome
+    is the same, and the tests below hold for both."""
     deadline = asyncio.get_running_loop().time() + BLOCKED_WAIT_S
     while asyncio.get_running_loop().time() < deadline:
         await conn.execute("SELECT pg_stat_clear_snapshot()")  # else fixed for the transaction
         waiting = await conn.fetchval(
             """SELECT count(*) FROM pg_stat_activity
-               WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT book_drawdown(%'"""
+               WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT book_drawdowns(%'"""
         )
         if waiting:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError("no drawdown reached book_drawdown's line lock")
+    raise AssertionError("no drawdown reached book_drawdowns' line lock")
 
 
 async def _drawdown_while_line_held(
