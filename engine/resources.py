@@ -101,6 +101,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             app[app_keys.SHARD_POOLS],
             batch_max=app[app_keys.SETTINGS].http.booking_batch_max,
             gather_s=app[app_keys.SETTINGS].http.booking_gather_s,
+            in_flight=app[app_keys.SETTINGS].http.booking_in_flight,
         ),
     )
     yield

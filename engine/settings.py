@@ -17,6 +17,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_BOOKING_BATCH_MAX  32                      drawdowns per group booking (1: none)
     ENGINE_BOOKING_GATHER_S   0.005                   a group booking's wait for its shard's
                                                       drawdowns still reading their line
+    ENGINE_BOOKING_IN_FLIGHT  2                       group bookings at once per shard database
     ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
     ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
@@ -74,12 +75,15 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # the drawdowns of its shard that are still reading their line.
     booking_batch_max: int = 32
     booking_gather_s: float = 0.005
+    booking_in_flight: int = 2  # calls per shard database at once, per worker
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 64:
             raise ValueError("http.workers must be 1..64")
         if not 1 <= self.booking_batch_max <= 256 or not 0 <= self.booking_gather_s <= 0.1:
             raise ValueError("http.booking_batch_max must be 1..256, booking_gather_s 0..0.1")
+        if not 1 <= self.booking_in_flight <= 64:
+            raise ValueError("http.booking_in_flight must be 1..64")
         if not 0 <= self.port <= 65535:
             raise ValueError("http.port must be 0..65535")
 
@@ -268,6 +272,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_HTTP_PORT", "port"),
         ("ENGINE_WORKERS", "workers"),
         ("ENGINE_BOOKING_BATCH_MAX", "booking_batch_max"),
+        ("ENGINE_BOOKING_IN_FLIGHT", "booking_in_flight"),
     ):
         if var in environ:
             http[key] = environ[var] if key == "host" else int(environ[var])

@@ -269,6 +269,26 @@ class EngineProcess(ServiceProcess):
         self.fakes = fakes
         self.relay = ServiceProcess("relay", "engine", ["relay"], env, port) if relay else None
 
+    def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
+        """The engine, and the relay's metrics site (a test may scrape it first)."""
+        import urllib.request
+
+        super().wait_ready(path, timeout_s)
+        if self.relay is None:
+            return
+        url = f"http://127.0.0.1:{self.env['ENGINE_RELAY_METRICS_PORT']}/healthz"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.relay.proc.poll() is not None:
+                raise RuntimeError(f"relay exited: see {self.relay.log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"relay not ready in {timeout_s}s: see {self.relay.log_path}")
+
     def stop(self) -> None:
         if self.relay is not None:
             self.relay.stop()

@@ -47,6 +47,10 @@ from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 log = logging.getLogger(__name__)
 
 BATCH_MAX: Final = 32
+# Calls in flight per shard database and process: with one, a call that is slow for
+# any reason (a descheduled backend, a slow WAL flush) holds up every drawdown queued
+# behind it, and the open loop's p99 at half load doubled.
+IN_FLIGHT: Final = 2
 QUEUE_MAX: Final = 1024  # drawdowns waiting for one database, per process: then 503 SHARD_BUSY
 # The longest a call waits for drawdowns already reading their line (see `expecting`).
 GATHER_S: Final = 0.005
@@ -74,14 +78,14 @@ class _Waiting:
 
 
 class _Lane:
-    """One shard database's queue, the drawdowns on their way to it, and whether a
-    call is in flight for it."""
+    """One shard database's queue, the drawdowns on their way to it, and the tasks
+    that send its calls."""
 
-    __slots__ = ("arrived", "booking", "expected", "queue", "task")
+    __slots__ = ("arrived", "booking", "expected", "queue", "senders")
 
     def __init__(self) -> None:
         self.queue: collections.deque[_Waiting] = collections.deque()
-        self.task: asyncio.Task[None] | None = None  # the call in flight and what queued
+        self.senders: set[asyncio.Task[None]] = set()  # each: a call in flight, or about to
         self.expected = 0  # inside `expecting`
         self.booking = 0  # inside `book`: queued, or in a call
         self.arrived = asyncio.Event()
@@ -94,11 +98,16 @@ class _Lane:
 
 class DrawdownBatches:
     def __init__(
-        self, pools: ShardPools, batch_max: int = BATCH_MAX, gather_s: float = GATHER_S
+        self,
+        pools: ShardPools,
+        batch_max: int = BATCH_MAX,
+        gather_s: float = GATHER_S,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self._pools = pools
         self._batch_max = batch_max
         self._gather_s = gather_s
+        self._in_flight = in_flight
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -137,37 +146,46 @@ class DrawdownBatches:
         lane.queue.append(_Waiting(args, answer))
         lane.booking += 1
         lane.arrived.set()
-        if lane.task is None:
-            lane.task = asyncio.create_task(self._drain(logical_shard, lane))
-            self._tasks.add(lane.task)
-            lane.task.add_done_callback(functools.partial(self._drained, lane))
+        if len(lane.senders) < self._in_flight:
+            sender = asyncio.create_task(self._drain(logical_shard, lane))
+            lane.senders.add(sender)
+            self._tasks.add(sender)
+            sender.add_done_callback(functools.partial(self._drained, lane))
         try:
             return await answer
         finally:
             lane.booking -= 1
 
-    def _drained(self, lane: _Lane, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if lane.task is task:  # cancelled before it ran (shutdown): nobody waits on
-            lane.task = None
-            while lane.queue:
-                _fail(lane.queue.popleft(), asyncio.CancelledError())
+    def _drained(self, lane: _Lane, sender: asyncio.Task[None]) -> None:
+        self._tasks.discard(sender)
+        if sender in lane.senders:  # cancelled before it ran (shutdown)
+            lane.senders.discard(sender)
+            if not lane.senders:  # nobody waits on
+                while lane.queue:
+                    _fail(lane.queue.popleft(), asyncio.CancelledError())
 
     async def _drain(self, logical_shard: int, lane: _Lane) -> None:
+        sender = asyncio.current_task()
+        assert sender is not None
         try:
             await self._calls(logical_shard, lane)
-        except BaseException:
-            while lane.queue:  # cancelled (shutdown): nobody waits on
-                _fail(lane.queue.popleft(), asyncio.CancelledError())
-            raise
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                log.exception("drawdown booking lane failed")  # a bug: its callers were answered
+            if len(lane.senders) == 1:  # the last one: nobody waits on
+                while lane.queue:
+                    _fail(lane.queue.popleft(), asyncio.CancelledError())
+            if not isinstance(exc, Exception):
+                raise
         finally:
-            lane.task = None  # in the step that found the queue empty: no book() between
+            # In the step that found the queue empty: no book() in between.
+            lane.senders.discard(sender)
 
     async def _calls(self, logical_shard: int, lane: _Lane) -> None:
         while lane.queue:
             await self._gather(lane)
             batch = _take(lane.queue, self._batch_max)
-            if not batch:  # all the front was cancelled
+            if not batch:  # the other sender took them, or they were cancelled
                 continue
             try:
                 outcomes = await self._call(logical_shard, batch)
@@ -243,7 +261,7 @@ def _take(queue: collections.deque[_Waiting], batch_max: int) -> list[_Waiting]:
     lines: set[object] = set()
     customers: set[object] = set()
     passed: list[_Waiting] = []
-    today = queue[0].args[_TODAY]
+    today = queue[0].args[_TODAY] if queue else None
     while queue and len(batch) < batch_max and len(passed) < batch_max:
         waiting = queue.popleft()
         if waiting.answer.done():
