@@ -3,21 +3,24 @@
     drawdown ─► expecting(shard): read its line, plan ─► book(shard, args)
                                                             │
     lane of the shard's database: queue ◄───────────────────┘
-      no call in flight? ─► wait for the drawdowns still reading their line (≤ gather_s)
-      ─► book_drawdowns(up to 32 of the queue) ─► each caller gets its outcome
+      fewer than in_flight (2) calls out? ─► a sender: wait for the drawdowns still
+      reading their line (≤ gather_s) ─► book_drawdowns(up to 32 of the queue)
+      ─► each caller gets its outcome ─► again while the queue holds any
 
 A drawdown booked alone costs PostgreSQL about 0.85 ms of CPU, most of it per
 statement (executor start-up, relation and index locks) and per commit; eight booked
 by one `book_drawdowns` call (ledger migration 0010) about 0.45 ms each
-(`python -m loadtest.bench_book --batch 8`). A lane has one call in flight at a time;
-what queues meanwhile leaves together when it returns. Before a call leaves, it waits
-for the drawdowns of its shard that are reading their line (`expecting`), at most
+(`python -m loadtest.bench_book --batch 8`). A lane has at most `in_flight` calls
+out at a time; what queues meanwhile leaves together when one returns. Before a call
+leaves, it waits for the drawdowns of its shard that are reading their line
+(`expecting`), at most
 `gather_s`: under load a shard's drawdowns are seldom in the same phase at the same
 moment, so without it the calls would mostly carry one. A lone drawdown waits for
 nothing; a quiet shard books as before, a busy one in batches that grow with the load.
 
 A batch never holds two drawdowns of one credit line or of one customer: the second
-waits for the next call, where its line's checks see the first one's writes.
+waits for a later call, where its line's checks see the first one's writes (a call
+out at the same time waits for the line's lock, which the first holds to its commit).
 
 Each answer is `book_drawdown`'s: "booked", "recheck" or "replay"; a lone drawdown
 goes through `book_drawdowns` too, for its lock time-out. A call that fails (a lock
@@ -47,9 +50,10 @@ from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 log = logging.getLogger(__name__)
 
 BATCH_MAX: Final = 32
-# Calls in flight per shard database and process: with one, a call that is slow for
-# any reason (a descheduled backend, a slow WAL flush) holds up every drawdown queued
-# behind it, and the open loop's p99 at half load doubled.
+# Calls out at once per shard database and process. With one, a call that is slow for
+# any reason (a descheduled backend, a slow WAL flush, a lock) holds up every drawdown
+# queued behind it; with two, the queue still drains. (Saturated throughput was the
+# same or better with two; the half-load p99 moved too much from run to run to rank.)
 IN_FLIGHT: Final = 2
 QUEUE_MAX: Final = 1024  # drawdowns waiting for one database, per process: then 503 SHARD_BUSY
 # The longest a call waits for drawdowns already reading their line (see `expecting`).
