@@ -111,6 +111,10 @@ class ServiceProcess:
             log.close()
 
     def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
+        self.wait_for(f"{self.base_url}{path}", timeout_s)
+
+    def wait_for(self, url: str, timeout_s: float = 30.0) -> None:
+        """Until `url` answers 200; fails at once if this process has exited."""
         import urllib.request
 
         deadline = time.monotonic() + timeout_s
@@ -118,7 +122,7 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {self.log_path}")
             try:
-                with urllib.request.urlopen(f"{self.base_url}{path}", timeout=1) as resp:
+                with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status == 200:
                         return
             except OSError:
@@ -271,23 +275,10 @@ class EngineProcess(ServiceProcess):
 
     def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:
         """The engine, and the relay's metrics site (a test may scrape it first)."""
-        import urllib.request
-
         super().wait_ready(path, timeout_s)
-        if self.relay is None:
-            return
-        url = f"http://127.0.0.1:{self.env['ENGINE_RELAY_METRICS_PORT']}/healthz"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.relay.proc.poll() is not None:
-                raise RuntimeError(f"relay exited: see {self.relay.log_path}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"relay not ready in {timeout_s}s: see {self.relay.log_path}")
+        if self.relay is not None:
+            port = self.env["ENGINE_RELAY_METRICS_PORT"]
+            self.relay.wait_for(f"http://127.0.0.1:{port}/healthz", timeout_s)
 
     def stop(self) -> None:
         if self.relay is not None:
