@@ -360,6 +360,26 @@ async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCust
         client.http.close()
 
 
+async def open_rounds(args: argparse.Namespace, customers: list[SeededCustomer]) -> None:
+    """Step 3 alone at a fixed `--open-rate`, `--open-rounds` windows of `--seconds`:
+    latency at the same load, whatever the saturated rate of the version measured."""
+    client = Client(args.base_url)
+    try:
+        draw = drawdown_maker(customers, args.concurrency)
+        await closed_loop(client, draw, args.concurrency, 0.0, args.warmup_s)  # warm-up only
+        for n in range(args.open_rounds):
+            sample = customers[n % 2 :: 2][::-1]  # lines the warm-up did not just use
+            tally = await open_loop(client, drawdown_maker(sample, 1), args.open_rate, args.seconds)
+            print(
+                f"window {n + 1}: {args.open_rate:.0f}/s open loop, p50 "
+                f"{tally.percentile_ms(0.5):.1f} ms, p90 {tally.percentile_ms(0.9):.1f} ms, "
+                f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}",
+                flush=True,
+            )
+    finally:
+        client.http.close()
+
+
 def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -455,6 +475,13 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="only step 2, this many rounds of --seconds, one line each (no pgbench, no table)",
     )
+    parser.add_argument(
+        "--open-rate",
+        type=float,
+        default=0.0,
+        help="only step 3 at this rate (drawdowns/s), --open-rounds windows of --seconds",
+    )
+    parser.add_argument("--open-rounds", type=int, default=2)
     parser.add_argument("--label", default="", help="a note for the section, e.g. '1M seeded'")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")
     return parser
@@ -467,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     customers = read_seeded(seeded_file_path(), SEEDED_READ_MAX)
     if len(customers) < args.concurrency * 4:
         raise SystemExit(f"bench: {len(customers)} seeded customers; seed at least 4 per request")
+    if args.open_rate > 0:
+        _run(open_rounds(args, customers))
+        return 0
     if args.saturation_rounds:
         _run(saturation_rounds(args, customers))
         return 0
