@@ -174,11 +174,11 @@ class DrawdownBatches:
         try:
             await self._calls(logical_shard, lane)
         except BaseException as exc:
-            if not isinstance(exc, asyncio.CancelledError):
-                log.exception("drawdown booking lane failed")  # a bug: its callers were answered
+            if isinstance(exc, Exception):  # a bug: the batch's callers have it already
+                log.exception("drawdown booking lane failed")
             if len(lane.senders) == 1:  # the last one: nobody waits on
                 while lane.queue:
-                    _fail(lane.queue.popleft(), asyncio.CancelledError())
+                    _fail(lane.queue.popleft(), exc)
             if not isinstance(exc, Exception):
                 raise
         finally:

@@ -2,19 +2,20 @@
 --
 -- `book_drawdown` (0006, its plan one row since 0009) books one drawdown in one
 -- statement and one commit: about ten statements inside, each with its own executor
--- start-up, relation and index locks, and a commit of its own. `bench_book`-style
--- measurement on one server: 0.82-0.87 ms of PostgreSQL CPU per drawdown booked alone,
--- 0.40-0.50 ms each when eight are booked by one call of this function. The engine's
--- batcher (engine/services/booking_batch.py) sends what queued on a shard while its
--- previous call was in flight, so a quiet shard still books each drawdown alone and
--- at once, and a busy one books many per call.
+-- start-up and relation and index locks. PostgreSQL's CPU per drawdown
+-- (`python -m loadtest.bench_book --batch 1`, then `--batch 8`): 0.70-0.92 ms booked
+-- alone, 0.36-0.44 ms each when eight are booked by one call of this function. The
+-- engine's batcher (engine/services/booking_batch.py) sends what queued on a shard
+-- database while its calls were out, so a quiet shard still books each drawdown alone
+-- and at once, and a busy one books many per call.
 --
 -- Arguments: `book_drawdown`'s, one array element per drawdown (p_today is shared);
 -- each plan column is one array literal per drawdown (plans differ in length), and the
 -- legs are flattened, each naming its transaction. The answer, one per drawdown, in
--- order: 'booked', 'recheck' (what the caller's plan rested on changed, or another
--- drawdown of this call holds the same line or capped customer: redo it alone under
--- locks) or 'replay' (the idempotency record exists).
+-- order: 'booked', 'recheck' (what the caller's plan rested on changed, another
+-- drawdown of this call has the same line, customer or idempotency key, or a cap would
+-- be passed: redo it alone under locks, which names the refusal) or 'replay' (the
+-- idempotency record exists). A 'recheck' or 'replay' drawdown has nothing written.
 --
 -- Locks: every line in id order, then every customer in id order (the order
 -- `book_drawdown` and the locked path take them: line, then customer), idempotency keys
