@@ -2,9 +2,8 @@
 
     the common case (`draw_down_at_once`, no transaction, two round trips):
       read line ─► check status, expiry, method, term, bullet rule, available
-      ─► plan (ledger.schedule) ─► book_drawdown(...) in the shard, one statement
-         (book_drawdowns(...) with the others that reached the shard meanwhile:
-         `engine.services.booking_batch`):
+      ─► plan (ledger.schedule) ─► book_drawdowns(...) in the shard, one statement,
+         with the drawdowns that reached it meanwhile (`engine.services.booking_batch`):
            lock line [─► lock customer, sum outstanding, check the cap]
            ─► recheck what the plan rested on ─► idempotency record
            ─► loan + installments ─► line.used += amount
@@ -193,6 +192,7 @@ async def _book_at_once(
     card: str,
     today: dt.date,
 ) -> tuple[DrawdownView, StoredResponse] | AtOnce:
+    """`draw_down_at_once` once the line is read: check, plan, book."""
     _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     try:
         draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
