@@ -172,3 +172,21 @@ async def test_a_batch_of_at_most_one_books_each_alone(pools: ShardPools) -> Non
     outcomes = await asyncio.gather(*(batches.book(0, _on(n, n + 1)) for n in range(3)))
     assert outcomes == ["booked"] * 3
     assert _batches()[0] - calls0 == 3
+
+
+class _ShortAnswers(DrawdownBatches):
+    """A call that answers one drawdown too few (a bug, here on purpose)."""
+
+    async def _call(self, logical_shard: int, batch: list[object]) -> list[str]:
+        return ["booked"] * (len(batch) - 1)
+
+
+async def test_a_drawdown_left_without_an_outcome_is_not_left_waiting(pools: ShardPools) -> None:
+    batches = _ShortAnswers(pools)
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(batches.book(0, _on(n, n + 1)) for n in range(3)), return_exceptions=True),
+        10,
+    )
+    assert replies[:2] == ["booked", "booked"]
+    assert isinstance(replies[2], RuntimeError)
+    assert await asyncio.wait_for(DrawdownBatches(pools).book(0, _on(3, 4)), 10) == "booked"

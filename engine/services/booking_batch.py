@@ -43,6 +43,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Final, cast
 
+import asyncpg
+
 from engine import metrics
 from engine.shard_access import read
 from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
@@ -148,13 +150,17 @@ class DrawdownBatches:
             raise ShardBusyError(self._pools.physical_for(logical_shard).name, None)
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         lane.queue.append(_Waiting(args, answer))
-        lane.booking += 1
         lane.arrived.set()
         if len(lane.senders) < self._in_flight:
-            sender = asyncio.create_task(self._drain(logical_shard, lane))
+            try:
+                sender = asyncio.create_task(self._drain(logical_shard, lane))
+            except BaseException:  # the loop is closing: this one is not booked
+                answer.cancel()
+                raise
             lane.senders.add(sender)
             self._tasks.add(sender)
             sender.add_done_callback(functools.partial(self._drained, lane))
+        lane.booking += 1
         try:
             return await answer
         finally:
@@ -193,7 +199,7 @@ class DrawdownBatches:
                 continue
             try:
                 outcomes = await self._call(logical_shard, batch)
-            except ShardUnavailableError as exc:  # every call after it would fail too
+            except ShardUnavailableError as exc:  # no connection: the calls after it neither
                 for waiting in (*batch, *lane.queue):
                     _fail(waiting, exc)
                 lane.queue.clear()
@@ -204,9 +210,13 @@ class DrawdownBatches:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            for waiting, outcome in zip(batch, outcomes, strict=True):
-                if not waiting.answer.done():  # its request may have been cancelled
-                    waiting.answer.set_result(outcome)
+            try:
+                for waiting, outcome in zip(batch, outcomes, strict=True):
+                    if not waiting.answer.done():  # its request may have been cancelled
+                        waiting.answer.set_result(outcome)
+            finally:  # a bug above must not leave anyone of the batch waiting
+                for waiting in batch:
+                    _fail(waiting, RuntimeError("no outcome for this drawdown"))
 
     async def _gather(self, lane: _Lane) -> None:
         """Until no drawdown is on its way that has not queued, the batch is full, or
@@ -218,20 +228,29 @@ class DrawdownBatches:
                 return
             lane.arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.arrived.wait(), left)
+                async with asyncio.timeout(left):
+                    await lane.arrived.wait()
 
     async def _call(self, logical_shard: int, batch: list[_Waiting]) -> list[str]:
-        """The batch's outcomes, in order. A shard that cannot be reached raises; any
-        other failure sends each drawdown back ("recheck") to be booked alone."""
+        """The batch's outcomes, in order. A shard that could not be reached before the
+        statement was sent raises; any other failure sends each drawdown back
+        ("recheck") to be booked alone."""
         metrics.BOOKING_BATCH.observe(len(batch))
         arrays = batch_args([waiting.args for waiting in batch])
+        sent = False
+
+        async def statement(conn: asyncpg.Connection) -> object:
+            nonlocal sent
+            sent = True
+            return await conn.fetchval(_BATCH_SQL, *arrays)
+
         try:
-            outcomes = await read(
-                self._pools, logical_shard, lambda conn: conn.fetchval(_BATCH_SQL, *arrays)
-            )
-        except ShardUnavailableError:
-            raise
-        except Exception as exc:  # one statement: all of it written, or none of it
+            outcomes = await read(self._pools, logical_shard, statement)
+        except Exception as exc:
+            if isinstance(exc, ShardUnavailableError) and not sent:
+                raise  # no connection: nothing was sent, and nothing queued would go
+            # One statement: all of it written, or none of it (or, if the connection
+            # broke after it was sent, unknown): the locked path finds out for each.
             metrics.BOOKING_BATCH_FAILED.inc()
             log.warning(
                 "drawdown batch failed; each is redone alone",
