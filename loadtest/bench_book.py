@@ -33,7 +33,7 @@ import asyncpg
 import msgspec
 
 from engine.migrate import SHARD_MIGRATIONS
-from engine.services.booking_batch import SINGLE_SQL, batch_args
+from engine.services.booking_batch import BATCH_SQL, SINGLE_SQL, batch_args
 from engine.services.loan_store import installment_arrays
 from ledger.chart import Code
 from ledger.overdue import fresh_state
@@ -61,20 +61,22 @@ _SETUP: Final = [
            '2030-01-01'
        FROM generate_series(1, $1::bigint) AS n""",
 ]
-_BOOK_SQL: Final = SINGLE_SQL
-_BATCH_SQL: Final = "SELECT book_drawdowns({})".format(", ".join(f"${n}" for n in range(1, 46)))
 
 
-async def make_lines(conn: asyncpg.Connection, count: int) -> None:
-    """Customers and lines 1..count (`booking_args`' line_id and customer_id)."""
+async def prepare(conn: asyncpg.Connection, migrations: Path, lines: int) -> None:
+    """An empty database made a shard (the migrations in `migrations`, the chart) with
+    customers and lines 1..lines (`booking_args`' line_id and customer_id)."""
+    await apply_migrations(conn, load_migrations(migrations))
+    await ensure_chart(conn)
     for sql in _SETUP:
-        await conn.execute(sql, count)
+        await conn.execute(sql, lines)
 
 
-def booking_args(n: int, *, line_id: int = 1, customer_id: int = 1) -> tuple[object, ...]:
+def booking_args(n: int, *, line_id: int = 1, customer_id: int | None = None) -> tuple[object, ...]:
     """`book_drawdown`'s arguments for the n-th booking (ids from n; as the engine lays
-    them out in engine/services/drawdowns.py), on the line and customer of `_SETUP`
-    unless told."""
+    them out in engine/services/drawdowns.py), on line `line_id` of its own customer
+    (`prepare` gives line k to customer k) unless another customer is named."""
+    customer_id = line_id if customer_id is None else customer_id
     loan_id, txn_id, outbox_id = 3 * n + 1, 3 * n + 2, 3 * n + 3
     plan = build_plan(PRINCIPAL_FEN, RATE_PCT, 12, "equal_installment", TODAY)
     legs = (
@@ -104,19 +106,18 @@ async def _book(conn: asyncpg.Connection, work: list[tuple[object, ...]], batch:
     """Book `work`: one `book_drawdown` call each, or `book_drawdowns` calls of `batch`."""
     if batch == 1:
         for args in work:
-            outcome = await conn.fetchval(_BOOK_SQL, *args)
+            outcome = await conn.fetchval(SINGLE_SQL, *args)
             assert outcome == "booked", outcome
         return
     for start in range(0, len(work), batch):
         chunk = work[start : start + batch]
-        outcomes = await conn.fetchval(_BATCH_SQL, *batch_args(chunk))
+        outcomes = await conn.fetchval(BATCH_SQL, *batch_args(chunk))
         assert outcomes == ["booked"] * len(chunk), outcomes
 
 
 def _work(first: int, count: int, batch: int) -> list[tuple[object, ...]]:
     """Bookings first..first+count-1; a batch's drawdowns on lines 1..batch."""
-    return [booking_args(n, line_id=n % batch + 1, customer_id=n % batch + 1)
-            for n in range(first, first + count)]  # fmt: skip
+    return [booking_args(n, line_id=n % batch + 1) for n in range(first, first + count)]
 
 
 async def bench(dsn: str, migrations: Path, calls: int, rounds: int, batch: int = 1) -> None:
@@ -128,9 +129,7 @@ async def bench(dsn: str, migrations: Path, calls: int, rounds: int, batch: int 
     try:
         conn = await asyncpg.connect(f"{base}/{name}")
         try:
-            await apply_migrations(conn, load_migrations(migrations))
-            await ensure_chart(conn)
-            await make_lines(conn, batch)
+            await prepare(conn, migrations, batch)
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             done = min(WARM_UP_CALLS, calls) // batch * batch
             # the session's plans and caches, before measuring

@@ -11,12 +11,9 @@ import asyncpg
 import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
-from engine.services.booking_batch import SINGLE_SQL, array_literal, batch_args
-from ledger.store import ensure_chart
-from loadtest.bench_book import booking_args, make_lines
-from sharding.migrations import apply_migrations, load_migrations
+from engine.services.booking_batch import BATCH_SQL, SINGLE_SQL, array_literal, batch_args
+from loadtest.bench_book import booking_args, prepare
 
-BATCH_SQL = "SELECT book_drawdowns({})".format(", ".join(f"${n}" for n in range(1, 46)))
 LINES = 6
 LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # `book_drawdown`'s argument order
 
@@ -24,15 +21,9 @@ LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # `book_drawdown`'s arg
 @pytest.fixture
 async def shard(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(scratch_db)
-    await apply_migrations(conn, load_migrations(SHARD_MIGRATIONS))
-    await ensure_chart(conn)
-    await make_lines(conn, LINES)
+    await prepare(conn, SHARD_MIGRATIONS, LINES)
     yield conn
     await conn.close()
-
-
-def _on(n: int, line: int) -> tuple[object, ...]:
-    return booking_args(n, line_id=line, customer_id=line)
 
 
 def _id(value: object) -> int:
@@ -77,9 +68,9 @@ async def _assert_books_agree(conn: asyncpg.Connection, loan_ids: set[int]) -> N
 async def test_a_call_books_each_drawdown_as_one_booking_would(
     shard: asyncpg.Connection,
 ) -> None:
-    alone = _on(0, 1)
+    alone = booking_args(0, line_id=1)
     assert await shard.fetchval(SINGLE_SQL, *alone) == "booked"
-    items = [_on(n, line) for n, line in ((1, 2), (2, 3), (3, 4))]
+    items = [booking_args(n, line_id=line) for n, line in ((1, 2), (2, 3), (3, 4))]
     assert await _book(shard, items) == ["booked"] * 3
     await _assert_books_agree(shard, {_id(args[LOAN_ID]) for args in [alone, *items]})
     # The plan written from array literals is the plan the single call writes.
@@ -97,21 +88,25 @@ async def test_a_call_books_each_drawdown_as_one_booking_would(
 async def test_a_second_drawdown_on_a_line_or_key_is_sent_back(
     shard: asyncpg.Connection,
 ) -> None:
-    first, same_line = _on(0, 1), _on(1, 1)
-    same_key = _with(_on(2, 2), 1, first[1])
-    assert await _book(shard, [first, same_line, same_key, _on(3, 3)]) == [
+    first, same_line = booking_args(0, line_id=1), booking_args(1, line_id=1)
+    same_key = _with(booking_args(2, line_id=2), 1, first[1])
+    assert await _book(shard, [first, same_line, same_key, booking_args(3, line_id=3)]) == [
         "booked", "recheck", "recheck", "booked"
     ]  # fmt: skip
-    await _assert_books_agree(shard, {_id(first[LOAN_ID]), _id(_on(3, 3)[LOAN_ID])})
+    await _assert_books_agree(
+        shard, {_id(first[LOAN_ID]), _id(booking_args(3, line_id=3)[LOAN_ID])}
+    )
     assert (await _used(shard))[1] == 1_200_000
 
 
 async def test_a_recorded_key_replays_and_the_others_book(shard: asyncpg.Connection) -> None:
-    earlier = _on(0, 1)
+    earlier = booking_args(0, line_id=1)
     assert await shard.fetchval(SINGLE_SQL, *earlier) == "booked"
-    twin = _with(_on(1, 2), 1, earlier[1])  # the same key, its own loan ids
-    assert await _book(shard, [twin, _on(2, 3)]) == ["replay", "booked"]
-    await _assert_books_agree(shard, {_id(earlier[LOAN_ID]), _id(_on(2, 3)[LOAN_ID])})
+    twin = _with(booking_args(1, line_id=2), 1, earlier[1])  # the same key, its own loan ids
+    assert await _book(shard, [twin, booking_args(2, line_id=3)]) == ["replay", "booked"]
+    await _assert_books_agree(
+        shard, {_id(earlier[LOAN_ID]), _id(booking_args(2, line_id=3)[LOAN_ID])}
+    )
     assert (await _used(shard))[2] == 0
 
 
@@ -129,14 +124,14 @@ async def test_a_line_that_changed_is_rechecked_alone(
     shard: asyncpg.Connection, change: str
 ) -> None:
     await shard.execute(change)
-    items = [_on(0, 1), _on(1, 2), _on(2, 3)]
+    items = [booking_args(0, line_id=1), booking_args(1, line_id=2), booking_args(2, line_id=3)]
     assert await _book(shard, items) == ["booked", "recheck", "booked"]
     await _assert_books_agree(shard, {_id(items[0][LOAN_ID]), _id(items[2][LOAN_ID])})
 
 
 async def test_a_customer_over_the_cap_is_rechecked(shard: asyncpg.Connection) -> None:
     def capped(n: int, line: int, cap_fen: int) -> tuple[object, ...]:
-        return _with(_with(_on(n, line), CAP_GROUP, "consumer"), CAP_MAX, cap_fen)
+        return _with(_with(booking_args(n, line_id=line), CAP_GROUP, "consumer"), CAP_MAX, cap_fen)
 
     # Customer 1 already owes 12,000.00 in the group: 12,000.00 more would pass 20,000.00.
     assert await shard.fetchval(SINGLE_SQL, *capped(0, 1, 2_000_000)) == "booked"
@@ -149,7 +144,10 @@ async def test_a_customer_over_the_cap_is_rechecked(shard: asyncpg.Connection) -
 
 async def test_a_call_with_nothing_to_book_writes_nothing(shard: asyncpg.Connection) -> None:
     await shard.execute("UPDATE credit_line SET status = 'frozen'")
-    assert await _book(shard, [_on(0, 1), _on(1, 2)]) == ["recheck", "recheck"]
+    assert await _book(shard, [booking_args(0, line_id=1), booking_args(1, line_id=2)]) == [
+        "recheck",
+        "recheck",
+    ]
     await _assert_books_agree(shard, set())
 
 
@@ -179,17 +177,17 @@ async def test_a_capped_and_an_uncapped_drawdown_of_one_customer_are_not_booked_
            VALUES (11, 1, 'demo', 'demo-credit', 9000000000000000, 7.2, '{equal_installment}',
                36, '2030-01-01')"""
     )
-    capped = _with(_with(_on(0, 1), CAP_GROUP, "consumer"), CAP_MAX, 1_500_000)
+    capped = _with(_with(booking_args(0, line_id=1), CAP_GROUP, "consumer"), CAP_MAX, 1_500_000)
     uncapped = booking_args(1, line_id=11, customer_id=1)
     assert await _book(shard, [uncapped, capped]) == ["booked", "recheck"]
 
 
 async def test_arrays_of_unequal_length_are_refused(shard: asyncpg.Connection) -> None:
-    arrays = batch_args([_on(0, 1), _on(1, 2)])
+    arrays = batch_args([booking_args(0, line_id=1), booking_args(1, line_id=2)])
     arrays[CAP_MAX] = [None]  # one cap for two drawdowns
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *arrays)
-    legs = batch_args([_on(0, 1), _on(1, 2)])
+    legs = batch_args([booking_args(0, line_id=1), booking_args(1, line_id=2)])
     legs[-3] = legs[-3][:-1]  # one amount short
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *legs)
@@ -210,7 +208,7 @@ async def test_calls_crossing_customers_do_not_wait_on_each_other(
     )
 
     def capped(n: int, line: int) -> tuple[object, ...]:
-        return _with(_with(_on(n, line), CAP_GROUP, "consumer"), CAP_MAX, 10**15)
+        return _with(_with(booking_args(n, line_id=line), CAP_GROUP, "consumer"), CAP_MAX, 10**15)
 
     other = await asyncpg.connect(scratch_db)
     try:

@@ -68,7 +68,7 @@ _TODAY, _LINE, _CUSTOMER = 7, 5, 11
 _PLAN = range(26, 37)
 _TXN, _CODES, _OWNERS, _CUSTOMERS, _AMOUNTS = 37, 38, 39, 40, 41
 _LEG_COLUMNS = (_CODES, _OWNERS, _CUSTOMERS, _AMOUNTS)
-_BATCH_SQL: Final = "SELECT book_drawdowns({})".format(
+BATCH_SQL: Final = "SELECT book_drawdowns({})".format(
     ", ".join(f"${n}" for n in range(1, ARGS + 2))  # the business date once: one more array
 )
 
@@ -242,7 +242,7 @@ class DrawdownBatches:
         async def statement(conn: asyncpg.Connection) -> object:
             nonlocal sent
             sent = True
-            return await conn.fetchval(_BATCH_SQL, *arrays)
+            return await conn.fetchval(BATCH_SQL, *arrays)
 
         try:
             outcomes = await read(self._pools, logical_shard, statement)
