@@ -60,4 +60,5 @@ load: seed                            ## Locust against the local stack with the
 	    --csv .run/loadtest/run --html .run/loadtest/report.html
 
 clean: down
+	ops/stack.sh purge
 	rm -rf .run

@@ -1,4 +1,4 @@
-"""`python -m engine <command>`: see `engine.cli` for the list of commands."""
+"""The lending engine's commands: `python -m engine COMMAND --help` for one of them."""
 
 from __future__ import annotations
 
@@ -11,17 +11,23 @@ from engine.cli import COMMANDS
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `only` (then only its module is imported).
+    A module may register several commands (`lists`: whitelist and blacklist): each
+    module is registered once."""
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        if only is None or name == only:
-            importlib.import_module(module).register(subparsers)
+    wanted = [COMMANDS[only]] if only is not None else COMMANDS.values()
+    for module in dict.fromkeys(wanted):
+        importlib.import_module(module).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    only = argv[0] if argv and argv[0] in COMMANDS else None
+    if not argv:  # a newcomer's first command: the list of commands
+        build_parser().print_help()
+        return 2
+    only = argv[0] if argv[0] in COMMANDS else None
     args = build_parser(only).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)

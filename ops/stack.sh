@@ -3,17 +3,22 @@
 # control database on the first) and one Redis, all under .run/ on our own
 # ports. Idempotent: `up` on a running stack only checks it.
 #
-#   ops/stack.sh up | down | status | stop-pg N | start-pg N
+#   ops/stack.sh up | down | status | stop-pg N | start-pg N | kill-pg N | purge
 #
 # Overrides (environment): STACK_RUN_DIR, STACK_PG_PORTS ("55431 55432"),
-# STACK_REDIS_PORT (56379), STACK_PG_BIN (dir with initdb/pg_ctl).
+# STACK_REDIS_PORT (56379), STACK_PG_BIN (dir with initdb/pg_ctl), STACK_PG_ROOT.
+#
+# Run as root, the PostgreSQL servers run as the `postgres` user, which must be
+# able to reach their files. A checkout under a 0700 directory (root's home, a
+# `mktemp -d`) is out of its reach: then the servers' files (data, sockets, server
+# logs) live under STACK_PG_ROOT, by default /var/tmp/lending-engine/<hash of the
+# run directory>, and `.run/pg` links to it. `purge` (make clean) deletes them.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 run_dir=${STACK_RUN_DIR:-$here/.run}
 read -r -a pg_ports <<<"${STACK_PG_PORTS:-55431 55432}"
 redis_port=${STACK_REDIS_PORT:-56379}
-sock_dir=$run_dir/sock
 
 # Databases per server: the control database lives beside shards 0 and 1.
 pg_databases() {
@@ -58,7 +63,33 @@ as_pg() {
   fi
 }
 
-pg_data() { echo "$run_dir/pg$1"; }
+# Can the postgres user open files below this directory (search permission on it and
+# on every directory above it)?
+pg_can_reach() {
+  [[ $(id -u) -ne 0 ]] && return 0
+  runuser -u postgres -- test -x "$1" 2>/dev/null
+}
+
+# Where the servers' own files live: the run directory if postgres can reach it,
+# else a directory of their own outside the checkout (see the header).
+resolve_pg_root() {
+  mkdir -p "$run_dir"
+  if [[ -L "$run_dir/pg" ]]; then
+    readlink -f "$run_dir/pg"
+  elif [[ -n "${STACK_PG_ROOT:-}" ]]; then
+    echo "$STACK_PG_ROOT"
+  elif pg_can_reach "$run_dir"; then
+    echo "$run_dir"
+  else
+    echo "/var/tmp/lending-engine/$(readlink -f "$run_dir" | sha1sum | cut -c1-12)"
+  fi
+}
+
+pg_root=$(resolve_pg_root)
+sock_dir=$pg_root/sock
+pg_log_dir=$pg_root/log
+
+pg_data() { echo "$pg_root/pg$1"; }
 
 pg_running() {
   local data; data=$(pg_data "$1")
@@ -113,8 +144,8 @@ start_pg() {
   init_pg "$n"
   if pg_running "$n"; then return; fi
   log "starting PostgreSQL server $n on 127.0.0.1:${pg_ports[$n]}"
-  as_pg "$(find_pg_bin)/pg_ctl" -D "$data" -l "$run_dir/log/pg$n.log" -w -t 60 start >/dev/null \
-    || die "PostgreSQL server $n did not start: see $run_dir/log/pg$n.log"
+  as_pg "$(find_pg_bin)/pg_ctl" -D "$data" -l "$pg_log_dir/pg$n.log" -w -t 60 start >/dev/null \
+    || die "PostgreSQL server $n did not start: see $pg_log_dir/pg$n.log"
   local db
   for db in $(pg_databases "$n"); do
     if ! psql_q "$n" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
@@ -124,11 +155,24 @@ start_pg() {
 }
 
 stop_pg() {
-  local n=$1 data; data=$(pg_data "$1")
+  local n=$1 mode=${2:-fast} data; data=$(pg_data "$1")
   if pg_running "$n"; then
-    log "stopping PostgreSQL server $n"
-    as_pg "$(find_pg_bin)/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
+    log "stopping PostgreSQL server $n (mode $mode)"
+    as_pg "$(find_pg_bin)/pg_ctl" -D "$data" -m "$mode" -w -t 60 stop >/dev/null
   fi
+}
+
+# A crash, not a shutdown: SIGKILL to the postmaster and every backend, so that the
+# next start runs crash recovery (what a power cut does to acknowledged commits).
+kill_pg() {
+  local n=$1 data pid; data=$(pg_data "$1")
+  [[ -f "$data/postmaster.pid" ]] || return 0
+  pid=$(head -n 1 "$data/postmaster.pid")
+  log "killing PostgreSQL server $n (SIGKILL to postmaster $pid and its children)"
+  pkill -KILL -P "$pid" 2>/dev/null || true
+  kill -KILL "$pid" 2>/dev/null || true
+  local i
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 }
 
 psql_q() {
@@ -160,10 +204,29 @@ stop_redis() {
 }
 
 prepare_dirs() {
-  mkdir -p "$run_dir" "$sock_dir" "$run_dir/log"
-  if [[ $(id -u) -eq 0 ]]; then
-    chown postgres:postgres "$sock_dir" "$run_dir/log"
+  mkdir -p "$run_dir/log" "$pg_root" "$sock_dir" "$pg_log_dir"
+  if [[ "$pg_root" != "$run_dir" && ! -e "$run_dir/pg" ]]; then
+    # The default place is ours: a umask of 077 must not lock the servers out of it.
+    [[ -z "${STACK_PG_ROOT:-}" ]] && chmod 755 "$pg_root" "$(dirname "$pg_root")"
+    pg_can_reach "$pg_root" || die "the postgres user cannot reach $pg_root: set STACK_PG_ROOT to a directory it can (e.g. under /var/tmp)"
+    log "the postgres user cannot reach $run_dir: PostgreSQL's files go to $pg_root (.run/pg)"
+    ln -s "$pg_root" "$run_dir/pg"
   fi
+  if [[ $(id -u) -eq 0 ]]; then
+    chown postgres:postgres "$sock_dir" "$pg_log_dir"
+  fi
+}
+
+purge() {
+  local n
+  for n in "${!pg_ports[@]}"; do
+    if pg_running "$n"; then die "server $n is running: ops/stack.sh down first"; fi
+  done
+  if [[ "$pg_root" != "$run_dir" && -d "$pg_root" ]]; then
+    log "deleting $pg_root"
+    rm -rf "$pg_root"
+  fi
+  rm -f "$run_dir/pg"
 }
 
 status() {
@@ -185,7 +248,9 @@ case "$cmd" in
     for n in "${!pg_ports[@]}"; do stop_pg "$n"; done
     stop_redis ;;
   status) status ;;
-  stop-pg) stop_pg "${2:?server number}" ;;
+  stop-pg) stop_pg "${2:?server number}" "${3:-fast}" ;;
   start-pg) prepare_dirs; start_pg "${2:?server number}" ;;
-  *) die "usage: ops/stack.sh up|down|status|stop-pg N|start-pg N" ;;
+  kill-pg) kill_pg "${2:?server number}" ;;
+  purge) purge ;;
+  *) die "usage: ops/stack.sh up|down|status|stop-pg N [fast|immediate]|start-pg N|kill-pg N|purge" ;;
 esac
