@@ -38,7 +38,10 @@ lint: venv
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy --strict $(CHECKED)
 
+# The suite starts its own engine, relay and fakes. A relay left by `make up` would
+# carry out the suite's outbox rows against the other fakes: stop what `make up` started.
 pytest: venv stack migrate
+	ops/engine.sh stop
 	ENGINE_ENV=test $(PY) -m engine demo load
 	ENGINE_ENV=test $(PY) -m pytest -q -p no:cacheprovider
 

@@ -23,9 +23,9 @@ import time
 
 from aiohttp import web
 
-from engine import gc_tuning
-from engine.app import create_app
-from engine.logs import setup_logging
+from engine.http.app import create_app
+from engine.runtime import gc_tuning
+from engine.runtime.logs import setup_logging
 from engine.settings import Settings
 
 log = logging.getLogger("engine.serve")

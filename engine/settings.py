@@ -41,7 +41,7 @@ from typing import Literal
 
 import msgspec
 
-from engine.pii import DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64, DEV_KEYS_B64
+from engine.security.pii import DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64, DEV_KEYS_B64
 from sharding.pools import PoolLimits
 from sharding.shard_map import PhysicalShard, ShardMap, ShardRange
 
@@ -90,7 +90,7 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "redis://127.0.0.1:56379/0"
-    timeout_s: float = 0.5  # connect, and every reply (engine.redis_wire)
+    timeout_s: float = 0.5  # connect, and every reply (engine.stores.redis_wire)
     pending_max: int = 10_000  # calls waiting for a reply at once, per process
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ writes exactly the same rows and can skip what is there):
 - tenant `demo`, ID number `loadtest.client_data.seeded_id_number(i)`, name,
   phone and card likewise; personal fields sealed with AES-256-GCM under the
   published dev key (version 1, the column name as AAD) and the ID number's
-  keyed HMAC index, as `engine.pii` does it (the constants are declared again
+  keyed HMAC index, as `engine.security.pii` does it (the constants are declared again
   here: the load test does not import the engine);
 - one `demo-credit` line of 200000.00 at 4.35 %, every method, 36 months;
 - K loans (status `disbursed`), together at most half the limit, so the lines
@@ -349,7 +349,7 @@ class ShardBatch:
 
 
 def _mask(value: str) -> str:
-    """engine.identity's one masking rule: first 3 and last 4 kept."""
+    """engine.security.identity's one masking rule: first 3 and last 4 kept."""
     return value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
@@ -391,7 +391,7 @@ class RowMaker:
         self._amount_steps = max(1, LINE_LIMIT_FEN // 2 // loans // LOAN_AMOUNT_STEP_FEN)
 
     def seal(self, plaintext: str, context: str) -> bytes:
-        """engine.pii's blob: version || nonce || ciphertext+tag, the context as AAD."""
+        """engine.security.pii's blob: version || nonce || ciphertext+tag, the context as AAD."""
         nonce = os.urandom(_PII_NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode("ascii"))
         return bytes((DEV_PII_KEY_VERSION,)) + nonce + sealed

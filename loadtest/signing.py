@@ -3,7 +3,7 @@
     X-Signature = hex(HMAC-SHA256(secret, METHOD "\\n" PATH_AND_QUERY "\\n" X-Timestamp
                                           "\\n" X-Nonce "\\n" hex(SHA256(body))))
 
-Written again from the contract rather than imported from `engine.signing`:
+Written again from the contract rather than imported from `engine.security.signing`:
 the load test is a channel system, outside the engine, and must sign the way a
 channel following API.md would. `tests/test_loadtest_smoke.py` checks both
 ends agree. Standard library only and no asyncio: Locust users are gevent

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from engine.identity import make_id_number
-from engine.signing import signed_headers
+from engine.security.identity import make_id_number
+from engine.security.signing import signed_headers
 
 DEMO_CHANNEL = "demo"
 DEMO_SECRET = "demo-secret"

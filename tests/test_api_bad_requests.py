@@ -12,10 +12,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from engine.control_admin import add_channel
-from engine.pii import dev_cipher
+from engine.security.pii import dev_cipher
+from engine.security.signing import signed_headers
 from engine.settings import Settings
-from engine.signing import signed_headers
+from engine.stores.control_admin import add_channel
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient, Reply, new_bank_card
 from tests.conftest import EngineProcess

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from engine import redis_wire
+from engine.stores import redis_wire
 from tests.api_client import ApiClient
 from tests.conftest import EngineProcess, Fakes, OwnRedis
 

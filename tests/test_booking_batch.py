@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from engine import metrics
 from engine.migrate import SHARD_MIGRATIONS
+from engine.runtime import metrics
 from engine.services.booking_batch import DrawdownBatches
 from engine.settings import Settings
 from loadtest.bench_book import booking_args, prepare

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from engine.adapters.bureau import BureauIndicators
-from engine.decision import (
+from engine.origination.decision import (
     RULESETS_DIRECTORY,
     ApplicantFacts,
     Decision,

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from engine.adapters.core_bank import CoreBankClient
-from engine.reconcile import reconcile
+from engine.services.reconcile import reconcile
 from engine.settings import Settings
 from ledger.store import trial_balance
 from sharding.ids import shard_of_id

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.evidence import (
+from engine.origination.evidence import (
     CONTRACT_PLACEHOLDERS,
     CREDIT_AUTHORIZATION_TEMPLATE,
     GENESIS,

@@ -11,7 +11,7 @@ import sys
 
 def test_settle_after_startup_freezes_and_raises_the_thresholds() -> None:
     code = (
-        "import gc; from engine import gc_tuning; "
+        "import gc; from engine.runtime import gc_tuning; "
         "kept = [[n] for n in range(1000)]; "
         "gc_tuning.settle_after_startup(); "
         "print(gc.get_freeze_count() >= 1000, gc.get_threshold() == gc_tuning.THRESHOLDS)"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.identity import (
+from engine.runtime.logs import mask_digits
+from engine.security.identity import (
     IdentityError,
     IdNumber,
     age_on,
@@ -22,7 +23,6 @@ from engine.identity import (
     parse_id_number,
     parse_phone,
 )
-from engine.logs import mask_digits
 
 TODAY = dt.date(2024, 6, 15)
 

@@ -1,7 +1,7 @@
 """The load test's own pieces, against the suite's stack and engine.
 
 - `loadtest.signing` (written from API.md, no engine import) signs exactly as
-  `engine.signing` verifies.
+  `engine.security.signing` verifies.
 - The seeder writes 50 customers with 2 loans each straight into the shards:
   the deep trial balance stays balanced, the customers' loans are readable and
   their lines take drawdowns over the API, and a second run skips them all.
@@ -22,8 +22,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from engine import signing as engine_signing
-from engine.identity import parse_bank_card, parse_id_number
+from engine.security import signing as engine_signing
+from engine.security.identity import parse_bank_card, parse_id_number
 from engine.settings import Settings
 from ledger.store import trial_balance
 from loadtest import signing as loadtest_signing

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
-from engine.reference import Channel
 from engine.services.loan_store import fetch_loan
+from engine.stores.reference import Channel
 from sharding.migrations import apply_migrations, load_migrations
 
 PLAN_MIGRATION = 9

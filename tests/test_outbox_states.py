@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from engine import outbox
 from engine.settings import Settings
+from engine.stores import outbox
 from tests.ledger_helpers import fresh_id
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.pii import (
+from engine.security.pii import (
     DEV_CURRENT_VERSION,
     DEV_INDEX_KEY,
     DEV_INDEX_KEY_B64,

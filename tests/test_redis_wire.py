@@ -14,9 +14,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine import redis_wire
-from engine.redis_wire import RedisWire
 from engine.settings import Settings
+from engine.stores import redis_wire
+from engine.stores.redis_wire import RedisWire
 from tests.conftest import OwnRedis
 
 

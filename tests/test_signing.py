@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from engine import signing
+from engine.security import signing
 
 SECRET = "demo-secret"
 TIMESTAMP = "1700000000"
@@ -181,7 +181,7 @@ def test_signed_headers_refuse_bad_channel_id(channel_id: str) -> None:
 def test_no_asyncio_import() -> None:
     # The gevent load test imports this module; asyncio (or aiohttp) must not come along.
     code = (
-        "import sys, engine.signing; "
+        "import sys, engine.security.signing; "
         "loaded = [m for m in ('asyncio', 'aiohttp') if m in sys.modules]; "
         "assert not loaded, loaded"
     )

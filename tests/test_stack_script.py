@@ -43,9 +43,11 @@ def private_checkout() -> Iterator[Path]:
 def _stack(
     checkout: Path, *args: str, check: bool = True, extra: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith("STACK_")
-    } | {"STACK_PG_PORTS": PG_PORT, "STACK_REDIS_PORT": REDIS_PORT} | (extra or {})
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("STACK_")}
+        | {"STACK_PG_PORTS": PG_PORT, "STACK_REDIS_PORT": REDIS_PORT}
+        | (extra or {})
+    )
     result = subprocess.run(
         [str(checkout / "ops" / "stack.sh"), *args],
         env=env,

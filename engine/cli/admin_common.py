@@ -14,7 +14,7 @@ def run_on_control(work: Callable[..., Awaitable[T]]) -> T:
 
     import asyncpg
 
-    from engine.pii import PiiCipher
+    from engine.security.pii import PiiCipher
     from engine.settings import load_settings
 
     async def main() -> T:

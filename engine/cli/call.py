@@ -4,7 +4,7 @@
     python -m engine call POST /v1/drawdowns drawdown.json
     echo '{"reason": "fraud check"}' | python -m engine call POST /v1/credit-lines/7/freeze -
 
-Signs as a channel would (`engine.signing`), with the channel and secret from
+Signs as a channel would (`engine.security.signing`), with the channel and secret from
 `--channel`/`--secret`, else ENGINE_CHANNEL_ID / ENGINE_CHANNEL_SECRET, else the
 local stack's demo channel. A POST gets a fresh Idempotency-Key unless one is
 given; it is printed to stderr, so the same request can be retried safely with
@@ -143,7 +143,7 @@ def prepare(
     import secrets
     from urllib.parse import quote
 
-    from engine import signing
+    from engine.security import signing
 
     origin = _origin(base_url)
     if not path.startswith("/"):

@@ -31,7 +31,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import control_admin
+    from engine.stores import control_admin
 
     async def work(conn: Any, cipher: Any, settings: Any) -> int:
         command = args.channels_command

@@ -23,7 +23,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.control_admin import set_business_date
+    from engine.stores.control_admin import set_business_date
 
     async def work(conn: Any, cipher: Any, settings: Any) -> int:
         if args.action == "set":

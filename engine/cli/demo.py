@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.control_admin import load_demo
+    from engine.stores.control_admin import load_demo
 
     async def work(conn: Any, cipher: Any, settings: Any) -> int:
         if settings.env not in ("dev", "test"):

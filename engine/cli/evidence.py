@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     import asyncpg
 
-    from engine.services.contracts import verify_shard
+    from engine.origination.contracts import verify_shard
     from engine.settings import load_settings
 
     settings = load_settings()

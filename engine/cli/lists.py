@@ -24,8 +24,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
     import datetime as dt
 
-    from engine import lists
-    from engine.pii import PiiCipher
+    from engine.origination import lists
+    from engine.security.pii import PiiCipher
     from engine.settings import load_settings
     from sharding.pools import ShardPools
 

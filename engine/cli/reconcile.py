@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     import aiohttp
 
     from engine.adapters.core_bank import CoreBankClient
-    from engine.reconcile import reconcile
+    from engine.services.reconcile import reconcile
     from engine.settings import load_settings
     from ledger.money import format_fen
 

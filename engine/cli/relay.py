@@ -1,4 +1,4 @@
-"""`python -m engine relay`: drain the outboxes of every shard (see `engine.relay`)."""
+"""`python -m engine relay`: drain the outboxes of every shard (see `engine.relay.executor`)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from engine.logs import setup_logging
-    from engine.relay_main import run_relay
+    from engine.relay.main import run_relay
+    from engine.runtime.logs import setup_logging
     from engine.settings import load_settings
 
     settings = load_settings()

@@ -45,8 +45,8 @@ from typing import Final, cast
 
 import asyncpg
 
-from engine import metrics
-from engine.shard_access import read
+from engine.runtime import metrics
+from engine.stores.shards import read
 from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,11 @@ import datetime as dt
 
 import msgspec
 
-from engine.errors import NotFound
-from engine.pii import PiiCipher
-from engine.redis_wire import RedisWire
-from engine.reference import Channel, Product, ReferenceCache
+from engine.contract.errors import NotFound
+from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
+from engine.stores.redis_wire import RedisWire
+from engine.stores.reference import Channel, Product, ReferenceCache
 from sharding.ids import IdGenerator
 from sharding.pools import ShardPools
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine.api_types import CreditLineCreate, CreditLineView
-from engine.errors import BadRequest, NotFound, Unprocessable
-from engine.reference import Channel, Product
+from engine.contract.errors import BadRequest, NotFound, Unprocessable
+from engine.contract.messages import CreditLineCreate, CreditLineView
 from engine.services.context import Services
 from engine.services.customers import lock_customer
+from engine.stores.reference import Channel, Product
 from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount, parse_rate_pct
 from sharding.ids import shard_of_id
 

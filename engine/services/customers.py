@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncpg
 
-from engine.api_types import CustomerCreate, CustomerView
-from engine.errors import BadRequest, Conflict, Forbidden, NotFound
-from engine.identity import (
+from engine.contract.errors import BadRequest, Conflict, Forbidden, NotFound
+from engine.contract.messages import CustomerCreate, CustomerView
+from engine.security.identity import (
     IdentityError,
     mask_bank_card,
     mask_id_number,
@@ -20,8 +20,8 @@ from engine.identity import (
     parse_id_number,
     parse_phone,
 )
-from engine.reference import Channel
 from engine.services.context import Services
+from engine.stores.reference import Channel
 from sharding.routing import logical_shard_for_id_number
 
 ID_NUMBER = "id_number"

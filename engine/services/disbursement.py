@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncpg
 import msgspec
 
-from engine import metrics
-from engine.outbox import Claimed, finish
-from engine.reference import ReferenceData
+from engine.runtime import metrics
 from engine.services.notify import sms_payload, sms_text
+from engine.stores.outbox import Claimed, finish
+from engine.stores.reference import ReferenceData
 from ledger.chart import Code
 from ledger.money import format_fen
 from ledger.postings import Leg, Posting

@@ -29,18 +29,18 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from engine.api_types import DrawdownCreate, DrawdownView, PlanSummary
-from engine.errors import BadRequest, Unprocessable
-from engine.idempotency import AtOnce, Claim, StoredResponse
-from engine.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.reference import Channel, Product
+from engine.contract.codec import encode
+from engine.contract.errors import BadRequest, Unprocessable
+from engine.contract.messages import DrawdownCreate, DrawdownView, PlanSummary
+from engine.idempotency.records import AtOnce, Claim, StoredResponse
+from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.services.booking_batch import SINGLE_SQL
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import installment_arrays
-from engine.shard_access import RetryTransaction, read
-from engine.wire import encode
+from engine.stores.reference import Channel, Product
+from engine.stores.shards import RetryTransaction, read
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
 from ledger.overdue import fresh_state

@@ -18,8 +18,8 @@ from typing import Final
 import asyncpg
 import msgspec
 
-from engine.errors import NotFound
-from engine.reference import Channel
+from engine.contract.errors import NotFound
+from engine.stores.reference import Channel
 from ledger.overdue import InstallmentStatus, LoanState
 from ledger.schedule import Installment, LoanTerms, Plan, RepaymentMethod
 

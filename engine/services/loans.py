@@ -7,7 +7,8 @@ from typing import Literal
 
 import asyncpg
 
-from engine.api_types import (
+from engine.contract.errors import Unprocessable
+from engine.contract.messages import (
     InstallmentView,
     LoanList,
     LoanView,
@@ -15,10 +16,9 @@ from engine.api_types import (
     PayoffQuoteView,
     ScheduleView,
 )
-from engine.errors import Unprocessable
-from engine.reference import Channel
 from engine.services.customers import lock_customer
 from engine.services.loan_store import LOAN_WITH_PLAN_SQL, StoredLoan, fetch_loan, stored_loan
+from engine.stores.reference import Channel
 from ledger.money import format_fen, format_rate_pct
 from ledger.overdue import classification_floor, days_past_due, unpaid_fen
 from ledger.prepayment import PrepaymentError, payoff_quote

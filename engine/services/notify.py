@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
-from engine.outbox import enqueue
-from engine.reference import ReferenceData
+from engine.stores.outbox import enqueue
+from engine.stores.reference import ReferenceData
 from sharding.ids import IdGenerator, shard_of_id
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -28,23 +28,23 @@ import datetime as dt
 import asyncpg
 import msgspec
 
-from engine.api_types import (
+from engine.contract.codec import encode
+from engine.contract.errors import BadRequest, NotFound, Unprocessable
+from engine.contract.messages import (
     Allocation,
     RepaymentCreate,
     RepaymentItemCreate,
     RepaymentItemView,
     RepaymentView,
 )
-from engine.errors import BadRequest, NotFound, Unprocessable
-from engine.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.outbox import Claimed, enqueue, finish
-from engine.reference import Channel, ReferenceData
+from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import StoredLoan, fetch_loan, rewrite_plan
 from engine.services.loans import installment_views
 from engine.services.notify import queue_sms
-from engine.wire import encode
+from engine.stores.outbox import Claimed, enqueue, finish
+from engine.stores.reference import Channel, ReferenceData
 from ledger import allocation
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, parse_amount

@@ -1,0 +1,2 @@
+"""The channel API over HTTP: the app factory and its resources, middlewares,
+channel and operator authentication, the routes, the OpenAPI document."""

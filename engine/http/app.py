@@ -1,0 +1,37 @@
+"""The application factory: tests and `serve` build the app the same way."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from engine.http import keys as app_keys
+from engine.http import resources
+from engine.http.auth import auth_middleware
+from engine.http.middlewares import request_middleware
+from engine.http.routes_ops import setup_ops_routes
+from engine.http.routes_origination import setup_origination_routes
+from engine.http.routes_v1 import setup_v1_routes
+from engine.settings import Settings
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[request_middleware, auth_middleware],
+        client_max_size=settings.http.body_max_bytes,
+    )
+    app[app_keys.SETTINGS] = settings
+    app.cleanup_ctx.extend(
+        [
+            resources.control_pool_ctx,
+            resources.id_lease_ctx,
+            resources.reference_ctx,
+            resources.shard_pools_ctx,
+            resources.redis_ctx,
+            resources.services_ctx,
+            resources.external_ctx,
+        ]
+    )
+    setup_ops_routes(app)
+    setup_v1_routes(app)
+    setup_origination_routes(app)
+    return app

@@ -1,0 +1,123 @@
+"""The OpenAPI 3.1 document of the channel API, generated from the msgspec types.
+
+Made once at start-up (`build_openapi`) and served as bytes at `/openapi.json`.
+Each route names its request and response Struct; the schemas come from
+`msgspec.json.schema_components`, so the document cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from engine.contract import messages as t
+from engine.contract.errors import Problem
+
+
+class Route(NamedTuple):
+    method: str
+    path: str
+    summary: str
+    request: type | None
+    status: int
+    response: type
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("post", "/v1/customers", "Register a customer", t.CustomerCreate, 201, t.CustomerView),
+    Route("get", "/v1/customers/{customer_id}/loans", "A customer's loans", None, 200, t.LoanList),
+    Route("post", "/v1/credit-lines", "Grant a line", t.CreditLineCreate, 201, t.CreditLineView),
+    Route("get", "/v1/credit-lines/{line_id}", "Read a line", None, 200, t.CreditLineView),
+    Route("post", "/v1/credit-lines/{line_id}/freeze", "Freeze a line", t.StatusChange, 200,
+          t.CreditLineView),
+    Route("post", "/v1/credit-lines/{line_id}/unfreeze", "Unfreeze a line", t.StatusChange, 200,
+          t.CreditLineView),
+    Route("post", "/v1/drawdowns", "Draw down a loan", t.DrawdownCreate, 201, t.DrawdownView),
+    Route("get", "/v1/loans/{loan_id}", "Read a loan", None, 200, t.LoanView),
+    Route("get", "/v1/loans/{loan_id}/schedule", "Installments", None, 200, t.ScheduleView),
+    Route("get", "/v1/loans/{loan_id}/payoff-quote", "What settling costs on a date", None, 200,
+          t.PayoffQuoteView),
+    Route("post", "/v1/repayments", "Repay one or several loans", t.RepaymentCreate, 201,
+          t.RepaymentView),
+    Route("get", "/v1/repayments/{repayment_id}", "Read a repayment", None, 200, t.RepaymentView),
+)  # fmt: skip
+
+_AUTH_HEADERS = ("X-Channel-Id", "X-Timestamp", "X-Nonce", "X-Signature")
+
+
+def _ref(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"$ref": schema["$ref"]}
+
+
+def _operation(
+    route: Route, response_ref: dict[str, Any], request_ref: dict[str, Any] | None
+) -> dict[str, Any]:
+    method, path, summary, _, status, _ = route
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+        for name in _AUTH_HEADERS
+    ]
+    parameters += [
+        {"name": part[1:-1], "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}
+        for part in path.split("/") if part.startswith("{")
+    ]  # fmt: skip
+    if method == "post" and status == 201:
+        parameters.append(
+            {"name": "Idempotency-Key", "in": "header", "required": True,
+             "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+        )  # fmt: skip
+    if path.endswith("payoff-quote"):
+        parameters.append(
+            {"name": "on", "in": "query", "schema": {"type": "string", "format": "date"}}
+        )
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {
+            str(status): {
+                "description": "success",
+                "content": {"application/json": {"schema": response_ref}},
+            },
+            "default": {
+                "description": "an RFC 9457 problem with a stable code",
+                "content": problem,
+            },
+        },
+    }
+    if request_ref is not None:
+        operation["requestBody"] = {
+            "required": True, "content": {"application/json": {"schema": request_ref}}
+        }  # fmt: skip
+    return operation
+
+
+def build_openapi() -> bytes:
+    types: list[Any] = [Problem]
+    for route in ROUTES:
+        types += [route.response] + ([route.request] if route.request is not None else [])
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    refs = iter(schemas[1:])
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        response_ref = _ref(next(refs))
+        request_ref = _ref(next(refs)) if route.request is not None else None
+        paths.setdefault(route.path, {})[route.method] = _operation(
+            route, response_ref, request_ref
+        )
+    document = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Online-lending transaction engine: channel API",
+            "version": "1",
+            "description": "See API.md: HMAC-signed requests, idempotent POSTs, amounts as "
+            "decimal strings in yuan, IDs as strings of digits.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    return msgspec.json.encode(document)

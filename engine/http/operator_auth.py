@@ -1,0 +1,35 @@
+"""Operators (loan officers reviewing applications) are not channels: they send
+`X-Operator-Token`, whose SHA-256 must be one of `origination.operator_token_sha256`.
+
+The local stack's token is `demo-operator`; production configures its own
+hashes (the tokens themselves are never stored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+from aiohttp import web
+
+from engine.contract.errors import Unauthorized
+from engine.http import keys as app_keys
+
+OPERATOR_PATHS = re.compile(r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject))$")
+
+
+def is_operator_path(path: str) -> bool:
+    return OPERATOR_PATHS.match(path) is not None
+
+
+def authenticate_operator(request: web.Request) -> None:
+    token = request.headers.get("X-Operator-Token", "")
+    if not token:
+        raise Unauthorized(
+            "AUTH_OPERATOR_REQUIRED", "this endpoint is for operators: send X-Operator-Token"
+        )
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    allowed = request.app[app_keys.SETTINGS].origination.operator_token_sha256
+    if not any(hmac.compare_digest(digest, known) for known in allowed):
+        raise Unauthorized("AUTH_OPERATOR_UNKNOWN", "unknown operator token")

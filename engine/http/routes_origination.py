@@ -1,0 +1,166 @@
+"""Origination endpoints: applications (channels), contracts (channels), the review
+queue and its decisions (operators, `X-Operator-Token`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+
+from engine.contract.codec import decode, encode, json_response
+from engine.contract.errors import Unprocessable
+from engine.contract.messages import (
+    ApplicationCreate,
+    ApplicationView,
+    ContractSign,
+    ReviewAction,
+    ReviewQueue,
+)
+from engine.http import keys as app_keys
+from engine.http.auth import BODY, CHANNEL, caller_of
+from engine.idempotency.once import run_once
+from engine.origination import contracts
+from engine.origination import service as origination
+from engine.origination.bureau_step import run_bureau_step
+from engine.services.context import Services, parse_id
+from engine.stores import outbox
+from engine.stores.shards import acquire, in_transaction, read, shard_connection
+from sharding.ids import shard_of_id
+
+REVIEW_PAGE_MAX = 100
+
+
+def _svc(request: web.Request) -> Services:
+    return request.app[app_keys.SERVICES]
+
+
+async def create_application(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    ctx = request.app[app_keys.ORIGINATION]
+    body = decode(request[BODY], ApplicationCreate)
+    checked = await origination.check_request(svc, request.app[app_keys.VERIFIER], channel, body)
+    created: list[ApplicationView] = []
+
+    async def work(conn: asyncpg.Connection) -> tuple[ApplicationView, int]:
+        view, key = await origination.submit(svc, ctx, conn, channel, checked)
+        created.append(view)
+        return view, key
+
+    async def bureau_inline() -> bytes | None:
+        view = created[0]
+        if view.status != "pending_bureau":
+            return encode(view)
+        application_id = int(view.application_id)
+        logical = shard_of_id(application_id)
+        async with shard_connection(svc.pools, logical) as conn:
+            claimed = await outbox.claim_one(conn, application_id, "bureau", 30.0)
+        if claimed is not None:
+            shard = svc.pools.physical_for(logical).name
+            await run_bureau_step(svc, ctx, request.app[app_keys.BUREAU], shard, claimed)
+        final = await read(
+            svc.pools,
+            logical,
+            lambda c: origination.application_view(c, channel.tenant_id, application_id),
+        )
+        return None if final.status == "pending_bureau" else encode(final)
+
+    return await run_once(
+        caller_of(request),
+        svc,
+        checked.logical_shard,
+        work,
+        after=bureau_inline,
+        pending_states=frozenset({"received", "pending_bureau"}),
+    )
+
+
+async def get_application(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    application_id = parse_id(request.match_info["application_id"], "application")
+    view = await read(
+        svc.pools,
+        shard_of_id(application_id),
+        lambda c: origination.application_view(c, channel.tenant_id, application_id),
+    )
+    return json_response(encode(view))
+
+
+async def sign_contract(request: web.Request) -> web.Response:
+    svc, channel = _svc(request), request[CHANNEL]
+    contract_id = parse_id(request.match_info["contract_id"], "contract")
+    body = decode(request[BODY], ContractSign)
+    view = await in_transaction(
+        svc.pools,
+        shard_of_id(contract_id),
+        lambda c: contracts.sign(c, channel, contract_id, body.confirmed),
+    )
+    return json_response(encode(view))
+
+
+async def review_queue(request: web.Request) -> web.Response:
+    svc = _svc(request)
+
+    async def pending(shard: str) -> list[asyncpg.Record]:
+        async with acquire(svc.pools.pool(shard)) as conn:
+            return list(
+                await conn.fetch(
+                    """SELECT * FROM application WHERE status = 'pending_review'
+                       ORDER BY created_at LIMIT $1""",
+                    REVIEW_PAGE_MAX,
+                )
+            )
+
+    pages = await asyncio.gather(*(pending(name) for name in svc.pools.by_name))
+    rows = sorted((row for page in pages for row in page), key=lambda r: r["created_at"])[
+        :REVIEW_PAGE_MAX
+    ]
+    return json_response(encode(ReviewQueue([origination.view_of(row) for row in rows])))
+
+
+def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        svc = _svc(request)
+        application_id = parse_id(request.match_info["application_id"], "application")
+        action = decode(request[BODY], ReviewAction)
+
+        async def work(conn: asyncpg.Connection) -> ApplicationView:
+            row = await conn.fetchrow(
+                "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
+            )
+            if row is None:
+                raise Unprocessable("APPLICATION_NOT_FOUND", f"no application {application_id}")
+            if row["status"] != "pending_review":
+                raise Unprocessable("NOT_IN_REVIEW", f"the application is {row['status']}")
+            if approve:
+                await origination.approve_reviewed(svc, conn, row)
+            else:
+                await conn.execute(
+                    """UPDATE application SET status = 'refused', reasons = reasons || $2::text[],
+                           updated_at = now() WHERE application_id = $1""",
+                    application_id,
+                    ["OPERATOR_REJECTED", action.reason[:64]],
+                )
+            await conn.execute(
+                """UPDATE application SET steps = steps || $2::jsonb WHERE application_id = $1""",
+                application_id,
+                json.dumps([{"step": "reviewed", "at": origination.now_iso()}]),
+            )
+            return await origination.application_view(conn, row["tenant_id"], application_id)
+
+        view = await in_transaction(svc.pools, shard_of_id(application_id), work)
+        return json_response(encode(view))
+
+    return handler
+
+
+def setup_origination_routes(app: web.Application) -> None:
+    add = app.router.add_route
+    add("POST", "/v1/applications", create_application)
+    add("GET", "/v1/applications/{application_id}", get_application)
+    add("POST", "/v1/contracts/{contract_id}/sign", sign_contract)
+    add("GET", "/v1/review-queue", review_queue)
+    add("POST", "/v1/applications/{application_id}/approve", _review(approve=True))
+    add("POST", "/v1/applications/{application_id}/reject", _review(approve=False))

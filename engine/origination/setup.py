@@ -1,0 +1,38 @@
+"""Building origination's context from settings: rule sets loaded and checked at
+start-up (a bad rule set stops the process, not an applicant), versions chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.origination import decision
+from engine.origination.service import Origination
+from engine.settings import OriginationSettings
+
+
+def build_origination(settings: OriginationSettings) -> Origination:
+    directory = (
+        Path(settings.rulesets_dir) if settings.rulesets_dir else decision.RULESETS_DIRECTORY
+    )
+    rule_sets = decision.load_rule_sets(directory)
+    current = {}
+    for product, versions in rule_sets.items():
+        # Unless configured: the newest version that is not the product's candidate.
+        settled = {
+            v: r for v, r in versions.items() if v != settings.candidate_versions.get(product)
+        }
+        current[product] = (
+            settings.current_versions.get(product) or decision.latest_rule_set(settled).version
+        )
+    for product, version in (settings.current_versions | settings.candidate_versions).items():
+        if version not in rule_sets.get(product, {}):
+            raise ValueError(
+                f"rule set {product}/{version} is configured but not found in {directory}"
+            )
+    return Origination(
+        rule_sets=rule_sets,
+        current_versions=current,
+        candidate_versions=dict(settings.candidate_versions),
+        candidate_percent=settings.candidate_percent,
+        report_valid_days=settings.bureau_report_valid_days,
+    )

@@ -1,0 +1,3 @@
+"""Carrying out the outboxes: the relay process (`main`), what it does with each row
+(`executor`: pay, debit, inquire, SMS, bureau), its batches towards core, and a
+repayment's inline debit inside the request (`inline`)."""

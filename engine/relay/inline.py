@@ -1,0 +1,62 @@
+"""The inline half of a repayment's debit: try core within a bounded wait.
+
+After phase A commits, the request itself claims its debit from the outbox and
+runs it through the relay's own code (`Relay.process`) with a core client whose
+time-out is `inline_debit_wait_s`. A definite answer completes the repayment
+before the response; anything else leaves the row to the relay (`processing`).
+The answer is the one the completion stored with the idempotency record, read back
+as it is (the response a retry of the request would replay).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from engine.idempotency.once import status_of
+from engine.relay.executor import Relay
+from engine.services.context import Services
+from engine.stores import outbox
+from engine.stores.shards import read, shard_connection
+from sharding.ids import shard_of_id
+
+log = logging.getLogger(__name__)
+
+
+async def debit_inline(
+    svc: Services,
+    executor: Relay,
+    *,
+    lease_s: float,
+    channel_id: str,
+    idem_key: str,
+    customer_id: int,
+    repayment_id: int,
+) -> bytes | None:
+    """The final response body, or None if the repayment is still `processing`."""
+    logical = shard_of_id(customer_id)
+    shard = svc.pools.physical_for(logical).name
+    try:
+        async with shard_connection(svc.pools, logical) as conn:
+            claimed = await outbox.claim_one(conn, repayment_id, "debit", lease_s)
+        if claimed is None:
+            return None
+        await executor.process(shard, claimed)
+        stored = await read(
+            svc.pools,
+            logical,
+            lambda c: c.fetchval(
+                """SELECT response_body FROM idempotency_record
+                   WHERE channel_id = $1 AND idem_key = $2""",
+                channel_id,
+                idem_key,
+            ),
+        )
+        if stored is None:  # phase A stored it in the same commit as the repayment
+            raise RuntimeError(f"repayment {repayment_id}: no stored answer")
+    except Exception:  # the relay finishes what the request could not: never fail the answer
+        log.exception(
+            "inline debit failed; the relay will complete it", extra={"repayment_id": repayment_id}
+        )
+        return None
+    body = bytes(stored)
+    return None if status_of(body) == "processing" else body

@@ -1,0 +1,148 @@
+"""The relay process: everything the relay needs, started and stopped in order.
+
+    settings ─► control pool ─► ID worker lease ─► reference data ─► shard pools
+             ─► HTTP client (core, SMS) ─► Relay.run until SIGTERM/SIGINT
+
+On a signal it stops claiming, lets calls in flight finish (each bounded by its
+time-out), then releases everything; rows it held come back after their lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine.adapters.bureau import BureauClient
+from engine.adapters.core_bank import CoreBankClient
+from engine.adapters.sms import SmsClient
+from engine.origination.bureau_step import run_bureau_step
+from engine.origination.setup import build_origination
+from engine.relay.executor import Relay
+from engine.runtime import gc_tuning, metrics
+from engine.security.pii import PiiCipher
+from engine.services.booking_batch import DrawdownBatches
+from engine.services.context import Services
+from engine.settings import Settings
+from engine.stores.outbox import Claimed
+from engine.stores.redis_wire import RedisWire
+from engine.stores.reference import CONTROL_POOL_LIMITS, ReferenceCache
+from engine.stores.watch import watch_books, watch_shards
+from sharding.ids import IdGenerator
+from sharding.pools import ShardPools, create_pool
+from sharding.worker_lease import WorkerLease
+
+log = logging.getLogger("engine.relay")
+
+
+@contextlib.asynccontextmanager
+async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
+    control = await create_pool(settings.control_dsn, CONTROL_POOL_LIMITS, "relay")
+    lease = WorkerLease(control)
+    # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
+    # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+    pools = ShardPools(
+        settings.shard_map(),
+        settings.pool,
+        "relay",
+        server_settings={"plan_cache_mode": "force_generic_plan"},
+    )
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+    refresher: asyncio.Task[None] | None = None
+    try:
+        await lease.acquire()
+        crypto = settings.crypto
+        cipher = PiiCipher.from_config(
+            crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key
+        )
+        reference = ReferenceCache(control, cipher, settings.reference_refresh_s)
+        await reference.load()
+        refresher = asyncio.create_task(reference.refresh_forever(), name="reference-refresh")
+        await pools.open()
+        external = settings.external
+        ids = IdGenerator(lease.worker, lease.valid)
+        relay = Relay(
+            pools=pools,
+            ids=ids,
+            cipher=cipher,
+            reference=reference,
+            core=CoreBankClient(session, external.core_url, external.core_timeout_s),
+            sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
+            settings=external,
+        )
+        # The bureau step of applications decides with the same services as the API;
+        # the Redis client is there for the type only: the relay never touches Redis.
+        svc = Services(
+            pools,
+            ids,
+            cipher,
+            reference,
+            RedisWire(settings.redis.url, timeout_s=settings.redis.timeout_s),
+            DrawdownBatches(pools),
+        )
+        origination = build_origination(settings.origination)
+        bureau = BureauClient(
+            session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
+        )
+
+        async def bureau_step(shard: str, row: Claimed) -> bool:
+            return await run_bureau_step(svc, origination, bureau, shard, row)
+
+        relay.handlers["bureau"] = bureau_step
+        yield relay
+    finally:
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        await session.close()
+        await pools.close()
+        await lease.release()
+        await control.close()
+
+
+async def _metrics_site(port: int) -> web.AppRunner:
+    """`/metrics` and `/healthz` of the relay, on loopback."""
+
+    async def metrics_endpoint(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def run_relay(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await _metrics_site(settings.external.relay_metrics_port)
+    try:
+        async with relay_resources(settings) as relay:
+            watchers = [
+                asyncio.create_task(watch_books(relay.pools), name="book-watch"),
+                asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),
+            ]
+            gc_tuning.settle_after_startup()
+            log.info("relay running", extra={"shards": len(settings.shards)})
+            await relay.run(stop)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+    finally:
+        await runner.cleanup()
+    log.info("relay stopped")

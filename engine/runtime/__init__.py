@@ -1,0 +1,2 @@
+"""Plumbing every engine process shares: Prometheus metrics, structured JSON logs,
+garbage-collector tuning."""

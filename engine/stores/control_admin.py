@@ -1,0 +1,124 @@
+"""Writes to the control database made by operators' commands (never by the hot path):
+channels and their secrets, the demo data of the local stack, the business clock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+
+import asyncpg
+
+from engine.security.pii import PiiCipher
+from engine.stores.reference import CHANNEL_SECRET_CONTEXT
+
+DEMO_TENANT = "demo"
+DEMO_CHANNEL = "demo"
+DEMO_SECRET = "demo-secret"  # noqa: S105 - the local stack's published demo secret (API.md)
+
+_PRODUCT_SQL = """
+INSERT INTO product (product_code, tenant_id, name, repayment_methods, term_months_min,
+    term_months_max, bullet_term_months_max, grace_months_max, line_limit_max_fen,
+    customer_cap_group, customer_outstanding_max_fen, annual_rate_pct_min, annual_rate_pct_max,
+    penalty_multiplier)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (product_code) DO UPDATE SET name = excluded.name,
+    repayment_methods = excluded.repayment_methods, term_months_min = excluded.term_months_min,
+    term_months_max = excluded.term_months_max,
+    bullet_term_months_max = excluded.bullet_term_months_max,
+    grace_months_max = excluded.grace_months_max, line_limit_max_fen = excluded.line_limit_max_fen,
+    customer_cap_group = excluded.customer_cap_group,
+    customer_outstanding_max_fen = excluded.customer_outstanding_max_fen,
+    annual_rate_pct_min = excluded.annual_rate_pct_min,
+    annual_rate_pct_max = excluded.annual_rate_pct_max,
+    penalty_multiplier = excluded.penalty_multiplier, updated_at = now()
+"""
+
+ALL_METHODS = [
+    "equal_installment",
+    "equal_principal",
+    "interest_only",
+    "bullet",
+    "grace_then_equal_installment",
+]
+
+
+class AdminError(RuntimeError):
+    """An operator command that cannot be carried out; the message says why."""
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+async def add_channel(
+    conn: asyncpg.Connection, cipher: PiiCipher, channel_id: str, tenant_id: str, secret: str
+) -> None:
+    if await conn.fetchval("SELECT 1 FROM tenant WHERE tenant_id = $1", tenant_id) is None:
+        raise AdminError(f"no tenant {tenant_id!r}")
+    done = await conn.fetchval(
+        """INSERT INTO channel (channel_id, tenant_id, secret_ciphertext) VALUES ($1, $2, $3)
+           ON CONFLICT (channel_id) DO NOTHING RETURNING 1""",
+        channel_id,
+        tenant_id,
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+    )
+    if done is None:
+        raise AdminError(f"channel {channel_id!r} exists; use rotate to change its secret")
+
+
+async def rotate_channel(
+    conn: asyncpg.Connection, cipher: PiiCipher, channel_id: str, secret: str
+) -> None:
+    done = await conn.fetchval(
+        """UPDATE channel SET secret_ciphertext = $2, updated_at = now()
+           WHERE channel_id = $1 RETURNING 1""",
+        channel_id,
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+    )
+    if done is None:
+        raise AdminError(f"no channel {channel_id!r}")
+
+
+async def set_channel_status(
+    conn: asyncpg.Connection, channel_id: str, status: str, reason: str
+) -> None:
+    done = await conn.fetchval(
+        """UPDATE channel SET status = $2, status_reason = $3, updated_at = now()
+           WHERE channel_id = $1 RETURNING 1""",
+        channel_id,
+        status,
+        reason,
+    )
+    if done is None:
+        raise AdminError(f"no channel {channel_id!r}")
+
+
+async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
+    """Tenant `demo`, products `demo-credit` and `demo-consumer`, channel `demo` (API.md)."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO tenant (tenant_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            DEMO_TENANT,
+            "演示农商银行 (demo)",
+        )
+        await conn.execute(
+            _PRODUCT_SQL,
+            "demo-credit", DEMO_TENANT, "农户经营性信用贷款 (demo)", ALL_METHODS,
+            1, 36, 12, 6, 300_000_00, None, None, "2.00", "18.00", "1.5",
+        )  # fmt: skip
+        await conn.execute(
+            _PRODUCT_SQL,
+            "demo-consumer", DEMO_TENANT, "个人消费信用贷款 (demo)",
+            ["equal_installment", "equal_principal", "bullet"],
+            1, 24, 12, 0, 200_000_00, "internet_consumer", 200_000_00, "2.00", "18.00", "1.5",
+        )  # fmt: skip
+        exists = await conn.fetchval("SELECT 1 FROM channel WHERE channel_id = $1", DEMO_CHANNEL)
+        if exists is None:
+            await add_channel(conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET)
+        else:
+            await rotate_channel(conn, cipher, DEMO_CHANNEL, DEMO_SECRET)
+            await set_channel_status(conn, DEMO_CHANNEL, "active", "demo data")
+
+
+async def set_business_date(conn: asyncpg.Connection, day: dt.date) -> None:
+    await conn.execute("UPDATE business_clock SET business_date = $1, updated_at = now()", day)

@@ -1,0 +1,141 @@
+"""Global reference data — tenants, channels, products, the business date — cached
+in every process.
+
+Read on the hot path, never written there: each process loads it from the
+control database at start-up and reloads it every `reference_refresh_s`
+seconds (so `channels disable` or a product change reaches every worker within
+that time). A failed reload keeps the last good copy and is logged; the
+engine does not start without a first good load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+
+from engine.security.pii import PiiCipher
+from engine.stores.shards import acquire
+from sharding.pools import PoolLimits
+
+log = logging.getLogger(__name__)
+
+CONTROL_POOL_LIMITS = PoolLimits(size_min=1, size_max=5)  # reference loads, leases: few
+CHANNEL_SECRET_CONTEXT = "channel_secret"  # noqa: S105 - a name, not a secret
+
+
+class Product(msgspec.Struct, frozen=True):
+    product_code: str
+    tenant_id: str
+    name: str
+    repayment_methods: tuple[str, ...]
+    term_months_min: int
+    term_months_max: int
+    bullet_term_months_max: int
+    grace_months_max: int
+    line_limit_max_fen: int
+    customer_cap_group: str | None
+    customer_outstanding_max_fen: int | None
+    annual_rate_pct_min: Decimal
+    annual_rate_pct_max: Decimal
+    penalty_multiplier: Decimal
+    prepay_rule_default: str
+
+
+class Channel(msgspec.Struct, frozen=True):
+    channel_id: str
+    tenant_id: str
+    secret: str
+    active: bool
+
+
+class ReferenceData(msgspec.Struct, frozen=True):
+    tenants: frozenset[str]
+    channels: dict[str, Channel]
+    products: dict[str, Product]
+    business_date: dt.date
+    sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+
+    def sms_template(self, tenant_id: str, kind: str) -> str:
+        """The tenant's own template, else the province-wide one (tenant '*')."""
+        return self.sms_templates.get((tenant_id, kind)) or self.sms_templates[("*", kind)]
+
+
+async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData:
+    async with acquire(pool) as conn, conn.transaction(readonly=True):
+        tenants = await conn.fetch("SELECT tenant_id FROM tenant")
+        channels = await conn.fetch(
+            "SELECT channel_id, tenant_id, secret_ciphertext, status FROM channel"
+        )
+        products = await conn.fetch("SELECT * FROM product")
+        business_date = await conn.fetchval("SELECT business_date FROM business_clock")
+        templates = await conn.fetch("SELECT tenant_id, kind, body FROM sms_template")
+    return ReferenceData(
+        tenants=frozenset(row["tenant_id"] for row in tenants),
+        channels={
+            row["channel_id"]: Channel(
+                channel_id=row["channel_id"],
+                tenant_id=row["tenant_id"],
+                secret=cipher.decrypt(row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT),
+                active=row["status"] == "active",
+            )
+            for row in channels
+        },
+        products={row["product_code"]: _product(row) for row in products},
+        business_date=business_date,
+        sms_templates={(row["tenant_id"], row["kind"]): row["body"] for row in templates},
+    )
+
+
+def _product(row: asyncpg.Record) -> Product:
+    return Product(
+        product_code=row["product_code"],
+        tenant_id=row["tenant_id"],
+        name=row["name"],
+        repayment_methods=tuple(row["repayment_methods"]),
+        term_months_min=row["term_months_min"],
+        term_months_max=row["term_months_max"],
+        bullet_term_months_max=row["bullet_term_months_max"],
+        grace_months_max=row["grace_months_max"],
+        line_limit_max_fen=row["line_limit_max_fen"],
+        customer_cap_group=row["customer_cap_group"],
+        customer_outstanding_max_fen=row["customer_outstanding_max_fen"],
+        annual_rate_pct_min=row["annual_rate_pct_min"],
+        annual_rate_pct_max=row["annual_rate_pct_max"],
+        penalty_multiplier=row["penalty_multiplier"],
+        prepay_rule_default=row["prepay_rule_default"],
+    )
+
+
+class ReferenceCache:
+    """Holds the current `ReferenceData`; `refresh_forever` keeps it fresh."""
+
+    def __init__(self, pool: asyncpg.Pool, cipher: PiiCipher, refresh_s: float) -> None:
+        self._pool = pool
+        self._cipher = cipher
+        self._refresh_s = refresh_s
+        self.current: ReferenceData | None = None
+
+    async def load(self) -> ReferenceData:
+        self.current = await load_reference(self._pool, self._cipher)
+        return self.current
+
+    @property
+    def data(self) -> ReferenceData:
+        assert self.current is not None, "reference data is loaded at start-up"
+        return self.current
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.load()
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning(
+                    "reference data reload failed; keeping the last copy",
+                    extra={"error": repr(exc)},
+                )
