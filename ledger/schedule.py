@@ -221,7 +221,15 @@ def amortize(
     rate = terms.monthly_rate
     if method is RepaymentMethod.EQUAL_PRINCIPAL:
         part_fen = round_fen_ratio(balance_fen, len(dates))
-        rows = _part_rows(balance_fen, rate, part_fen, first_seq, dates, stop_when_repaid=False)
+        rows = _amortized_rows(
+            balance_fen,
+            rate,
+            first_seq,
+            dates,
+            level_fen=part_fen,
+            level_is_payment=False,
+            stop_when_repaid=False,
+        )
         return rows, part_fen
     if method is RepaymentMethod.INTEREST_ONLY:
         rows = _interest_rows(balance_fen, rate, first_seq, dates, repay_last=True)
@@ -243,7 +251,15 @@ def amortize_keeping_payment(
     dates = _dates_between(terms, first_seq, last_seq)
     rate = terms.monthly_rate
     if terms.method is RepaymentMethod.EQUAL_PRINCIPAL:
-        return _part_rows(balance_fen, rate, payment_fen, first_seq, dates, stop_when_repaid=True)
+        return _amortized_rows(
+            balance_fen,
+            rate,
+            first_seq,
+            dates,
+            level_fen=payment_fen,
+            level_is_payment=False,
+            stop_when_repaid=True,
+        )
     assert terms.method in _LEVEL_PAYMENT_METHODS, terms.method
     rows, _ = _grace_then_level_rows(terms, balance_fen, first_seq, dates, payment_fen)
     return rows
@@ -266,12 +282,13 @@ def _grace_then_level_rows(
         payment_fen = level_payment_fen(balance_fen, rate, len(dates) - grace_count)
     else:
         payment_fen = kept_payment_fen
-    level_rows = _level_rows(
+    level_rows = _amortized_rows(
         balance_fen,
         rate,
-        payment_fen,
         first_seq + grace_count,
         dates[grace_count:],
+        level_fen=payment_fen,
+        level_is_payment=True,
         stop_when_repaid=kept_payment_fen is not None,
     )
     return grace_rows + level_rows, payment_fen
@@ -346,16 +363,19 @@ def _interest_rows(
     return tuple(rows)
 
 
-def _level_rows(
+def _amortized_rows(
     balance_fen: int,
     rate: RateRatio,
-    payment_fen: int,
     first_seq: int,
     dates: Sequence[date],
     *,
+    level_fen: int,
+    level_is_payment: bool,
     stop_when_repaid: bool,
 ) -> tuple[Installment, ...]:
-    # Equal installments: the principal part is what the payment leaves after interest.
+    # Interest on the balance before each installment; its principal part is what the
+    # level payment leaves after interest (equal installments) or the level part itself
+    # (equal principal), never more than the balance; the last takes what remains.
     rows = []
     last_index = len(dates) - 1
     numerator, denominator = rate  # unpacked once: this loop is the drawdown's hot path
@@ -364,30 +384,8 @@ def _level_rows(
         if index == last_index:
             principal_fen = balance_fen
         else:
-            principal_fen = min(payment_fen - interest_fen, balance_fen)
-        balance_fen -= principal_fen
-        rows.append(Installment(first_seq + index, due, principal_fen, interest_fen, balance_fen))
-        if stop_when_repaid and balance_fen == 0:
-            break
-    return tuple(rows)
-
-
-def _part_rows(
-    balance_fen: int,
-    rate: RateRatio,
-    part_fen: int,
-    first_seq: int,
-    dates: Sequence[date],
-    *,
-    stop_when_repaid: bool,
-) -> tuple[Installment, ...]:
-    # Equal principal parts, interest on the balance before each.
-    rows = []
-    last_index = len(dates) - 1
-    numerator, denominator = rate  # unpacked once: this loop is the drawdown's hot path
-    for index, due in enumerate(dates):
-        interest_fen = round_fen_ratio(balance_fen * numerator, denominator)
-        principal_fen = balance_fen if index == last_index else min(part_fen, balance_fen)
+            part_fen = level_fen - interest_fen if level_is_payment else level_fen
+            principal_fen = min(part_fen, balance_fen)
         balance_fen -= principal_fen
         rows.append(Installment(first_seq + index, due, principal_fen, interest_fen, balance_fen))
         if stop_when_repaid and balance_fen == 0:

@@ -1,14 +1,14 @@
-"""PostgreSQL's own CPU for booking one drawdown (`book_drawdown`), nothing else running.
+"""PostgreSQL's own CPU for booking drawdowns (`book_drawdowns`), nothing else running.
 
     python -m loadtest.bench_book [--calls N] [--rounds R] [--migrations DIR] [--batch K]
 
 A throw-away database on the stack's first server gets the shard schema (the
 migrations in DIR; by default this checkout's), the chart, and K customers with a
 line each. One client then books 12-month drawdowns, one statement and one commit
-each call as the engine does: through `book_drawdown` one at a time, or with
-`--batch K` through `book_drawdowns` K at a time (group booking, ledger migration
-0010), and reads the server process's CPU time (/proc/PID/stat) around each round:
-CPU per booking and bookings/s.
+each call as the engine does: one drawdown per `book_drawdowns` call, or with
+`--batch K` K at a time (group booking, ledger migrations 0010 and 0011), and reads
+the server process's CPU time (/proc/PID/stat) around each round: CPU per booking and
+bookings/s.
 
 The whole stack's benchmark (`loadtest.bench_api`) shares two cores among ten
 processes and moves by ±10 % from run to run; this isolates the database's part of
@@ -33,7 +33,7 @@ import asyncpg
 import msgspec
 
 from engine.migrate import SHARD_MIGRATIONS
-from engine.services.booking_batch import BATCH_SQL, SINGLE_SQL, batch_args
+from engine.services.booking_batch import BATCH_SQL, batch_args, book_alone
 from engine.services.loan_store import installment_arrays
 from ledger.chart import Code
 from ledger.overdue import fresh_state
@@ -103,10 +103,10 @@ def _cpu_s(pid: int) -> float:
 
 
 async def _book(conn: asyncpg.Connection, work: list[tuple[object, ...]], batch: int) -> None:
-    """Book `work`: one `book_drawdown` call each, or `book_drawdowns` calls of `batch`."""
+    """Book `work`: one drawdown per call (as the engine's locked path), or calls of `batch`."""
     if batch == 1:
         for args in work:
-            outcome = await conn.fetchval(SINGLE_SQL, *args)
+            outcome = await book_alone(conn, args)
             assert outcome == "booked", outcome
         return
     for start in range(0, len(work), batch):
@@ -157,9 +157,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--migrations", type=Path, default=SHARD_MIGRATIONS)
-    parser.add_argument(
-        "--batch", type=int, default=1, help="drawdowns per book_drawdowns call (1: book_drawdown)"
-    )
+    parser.add_argument("--batch", type=int, default=1, help="drawdowns per book_drawdowns call")
     args = parser.parse_args()
     dsn = control_dsn_from_env(os.environ)  # the first server's
     asyncio.run(bench(dsn, args.migrations, args.calls, args.rounds, args.batch))

@@ -1,6 +1,7 @@
-"""Group booking in the database (`book_drawdowns`, ledger migration 0010): each
-drawdown of a call is booked exactly as `book_drawdown` books it alone, or answered
-"recheck" / "replay" with nothing of it written, whatever the others in the call do."""
+"""Group booking in the database (`book_drawdowns`, ledger migrations 0010 and 0011): each
+drawdown of a call is booked exactly as it would be alone, or answered "recheck" /
+"replay" with nothing of it written, whatever the others in the call do. The single
+`book_drawdown` of earlier versions is now a wrapper of it and books the same."""
 
 from __future__ import annotations
 
@@ -11,11 +12,19 @@ import asyncpg
 import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
-from engine.services.booking_batch import BATCH_SQL, SINGLE_SQL, array_literal, batch_args
+from engine.services.booking_batch import (
+    ARGS,
+    BATCH_SQL,
+    array_literal,
+    batch_args,
+    book_alone,
+)
 from loadtest.bench_book import booking_args, prepare
 
 LINES = 6
-LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # `book_drawdown`'s argument order
+LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # a drawdown's argument order
+# The single booking of earlier versions (0006/0009), a wrapper of book_drawdowns since 0011.
+SINGLE_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, ARGS + 1)))
 
 
 @pytest.fixture
@@ -188,7 +197,7 @@ async def test_arrays_of_unequal_length_are_refused(shard: asyncpg.Connection) -
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *arrays)
     legs = batch_args([booking_args(0, line_id=1), booking_args(1, line_id=2)])
-    legs[-3] = legs[-3][:-1]  # one amount short
+    legs[-4] = legs[-4][:-1]  # one amount short (then the payment orders, the time-out)
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *legs)
     assert await _loan_ids(shard) == set()
@@ -220,3 +229,43 @@ async def test_calls_crossing_customers_do_not_wait_on_each_other(
             assert outcomes == [["booked", "booked"], ["booked", "booked"]]
     finally:
         await other.close()
+
+
+async def test_the_locked_path_books_without_an_idempotency_record(
+    shard: asyncpg.Connection,
+) -> None:
+    """The engine's locked path writes the record itself, in the same transaction."""
+    args = _with(_with(booking_args(0, line_id=1), 0, None), 1, None)
+    async with shard.transaction():
+        assert await book_alone(shard, args) == "booked"
+    assert await _loan_ids(shard) == {_id(args[LOAN_ID])}
+    assert await shard.fetchval("SELECT count(*) FROM idempotency_record") == 0
+
+
+async def test_a_group_call_waits_briefly_for_a_lock_the_locked_path_as_long_as_needed(
+    shard: asyncpg.Connection, scratch_db: str
+) -> None:
+    holder = await asyncpg.connect(scratch_db)
+    try:
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("SELECT 1 FROM credit_line WHERE credit_line_id = 1 FOR UPDATE")
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(asyncpg.LockNotAvailableError):
+            await _book(shard, [booking_args(0, line_id=1)])
+        assert asyncio.get_running_loop().time() - started < 5
+        # The time-out was the call's own transaction's: the session's setting is back.
+        assert await shard.fetchval("SHOW lock_timeout") == "0"
+        assert await _loan_ids(shard) == set()
+
+        async def alone() -> str:
+            async with shard.transaction():
+                return await book_alone(shard, booking_args(1, line_id=1))
+
+        booking = asyncio.create_task(alone())
+        await asyncio.sleep(0.6)  # longer than the group call's 250 ms
+        assert not booking.done()
+        await hold.rollback()
+        assert await booking == "booked"
+    finally:
+        await holder.close()

@@ -63,7 +63,11 @@ def test_a_batch_is_one_day_no_line_or_customer_twice_and_the_rest_stays_in_orde
 def test_batch_arguments_line_up_with_each_drawdown(count: int) -> None:
     items = [booking_args(n, line_id=n + 1) for n in range(count)]
     arrays = batch_args(items)
-    assert len(arrays) == ARGS + 1  # one business date instead of one per drawdown
+    # one business date instead of one per drawdown, then the group call's lock time-out
+    assert len(arrays) == ARGS + 2
+    assert arrays[-1] == booking_batch.GROUP_LOCK_TIMEOUT
+    assert batch_args(items, lock_timeout=None)[-1] is None
+    arrays = arrays[:-1]
     per_drawdown = [a for i, a in enumerate(arrays) if i not in (TODAY, 38, 39, 40, 41, 42)]
     assert all(isinstance(a, list) and len(a) == count for a in per_drawdown)
     assert arrays[TODAY] == items[0][TODAY]

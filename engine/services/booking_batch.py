@@ -22,9 +22,9 @@ A batch never holds two drawdowns of one credit line or of one customer: the sec
 waits for a later call, where its line's checks see the first one's writes (a call
 out at the same time waits for the line's lock, which the first holds to its commit).
 
-Each answer is `book_drawdown`'s: "booked", "recheck" or "replay"; a lone drawdown
-goes through `book_drawdowns` too, for its lock time-out. A call that fails (a lock
-held longer than the function's 250 ms lock_timeout, a constraint) is one statement
+Each answer is "booked", "recheck" or "replay"; a lone drawdown goes through
+`book_drawdowns` too, for its lock time-out. A call that fails (a lock held longer
+than its 250 ms lock time-out, a constraint) is one statement
 outside a transaction, so nothing of it was written — or, if the connection broke
 after its commit, all of it: each of its drawdowns answers "recheck", and the
 caller's locked path finds the durable record or books it alone, waiting for its own
@@ -60,17 +60,22 @@ IN_FLIGHT: Final = 2
 QUEUE_MAX: Final = 1024  # drawdowns waiting for one database, per process: then 503 SHARD_BUSY
 # The longest a call waits for drawdowns already reading their line (see `expecting`).
 GATHER_S: Final = 0.005
-# `book_drawdown`'s 44 arguments (engine/services/drawdowns.py lays them out): the
+# One drawdown's 44 arguments (engine/services/drawdowns.py lays them out): the
 # idempotency record 0-4, the checks 5-9 (5: the line), the loan 10-25 (11: the
 # customer), the plan's columns 26-36, the posting 37-41, the payment order 42-43.
+# `book_drawdowns` (ledger migration 0011) takes each as an array, then a lock time-out.
 ARGS: Final = 44
 _TODAY, _LINE, _CUSTOMER = 7, 5, 11
 _PLAN = range(26, 37)
 _TXN, _CODES, _OWNERS, _CUSTOMERS, _AMOUNTS = 37, 38, 39, 40, 41
 _LEG_COLUMNS = (_CODES, _OWNERS, _CUSTOMERS, _AMOUNTS)
 BATCH_SQL: Final = "SELECT book_drawdowns({})".format(
-    ", ".join(f"${n}" for n in range(1, ARGS + 2))  # the business date once: one more array
+    # the business date once (one more array), then the lock time-out
+    ", ".join(f"${n}" for n in range(1, ARGS + 3))
 )
+# A group call is a statement of its own: one line held by a long transaction must not
+# stall every drawdown of the shard behind it. It then fails whole, writing nothing.
+GROUP_LOCK_TIMEOUT: Final = "250ms"
 
 Args = tuple[object, ...]
 
@@ -138,13 +143,11 @@ class DrawdownBatches:
             lane.arrived.set()
 
     async def book(self, logical_shard: int, args: Args) -> str:
-        """Book one drawdown (`book_drawdown`'s arguments) with whatever else is waiting."""
+        """Book one drawdown (its `ARGS` arguments) with whatever else is waiting."""
         assert len(args) == ARGS, len(args)
         if self._batch_max == 1:  # group booking off: each alone, at once, as before
             metrics.BOOKING_BATCH.observe(1)
-            return str(
-                await read(self._pools, logical_shard, lambda c: c.fetchval(SINGLE_SQL, *args))
-            )
+            return await read(self._pools, logical_shard, lambda c: book_alone(c, args))
         lane = self._lane(logical_shard)
         if len(lane.queue) >= QUEUE_MAX:
             raise ShardBusyError(self._pools.physical_for(logical_shard).name, None)
@@ -262,9 +265,12 @@ class DrawdownBatches:
         return [str(outcome) for outcome in outcomes]
 
 
-SINGLE_SQL: Final = "SELECT book_drawdown({})".format(
-    ", ".join(f"${n}" for n in range(1, ARGS + 1))
-)
+async def book_alone(conn: asyncpg.Connection, args: Args) -> str:
+    """One drawdown through `book_drawdowns`, waiting for locks as long as the caller's
+    transaction allows (the locked path, and group booking turned off)."""
+    outcomes = await conn.fetchval(BATCH_SQL, *batch_args([args], lock_timeout=None))
+    assert isinstance(outcomes, list) and len(outcomes) == 1, outcomes
+    return str(outcomes[0])
 
 
 def _fail(waiting: _Waiting, exc: BaseException) -> None:
@@ -305,10 +311,12 @@ def array_literal(values: Sequence[object]) -> str:
     return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
 
 
-def batch_args(items: Sequence[Args]) -> list[object]:
-    """`book_drawdowns`' arguments: each of `book_drawdown`'s as an array, but one
-    business date, each plan column as one array literal per drawdown, and the legs
-    flattened, each naming its transaction."""
+def batch_args(
+    items: Sequence[Args], *, lock_timeout: str | None = GROUP_LOCK_TIMEOUT
+) -> list[object]:
+    """`book_drawdowns`' arguments: each of a drawdown's as an array, but one business
+    date, each plan column as one array literal per drawdown, and the legs flattened,
+    each naming its transaction; last the lock time-out (None: the caller's)."""
     columns = list(zip(*items, strict=True))
     out: list[object] = [list(column) for column in columns[:_TODAY]]
     out.append(columns[_TODAY][0])
@@ -324,4 +332,5 @@ def batch_args(items: Sequence[Args]) -> list[object]:
             leg_column.extend(cast("list[object]", item[index]))
     out.extend(legs)
     out.extend(list(column) for column in columns[_AMOUNTS + 1 :])
+    out.append(lock_timeout)
     return out

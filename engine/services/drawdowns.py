@@ -10,7 +10,7 @@
            ─► post: Dr loan_principal / Cr disbursement_clearing   (the loan is booked)
            ─► outbox: pay the card through core banking            (status `disbursing`)
     anything the locks find changed (`draw_down`, one locked transaction):
-      lock line ─► [lock customer] ─► the same checks, refusals named ─► book_drawdown
+      lock line ─► [lock customer] ─► the same checks, refusals named ─► book_drawdowns
 
 The relay carries the payment out and applies core's answer
 (`engine.services.disbursement`): `disbursed`, or `failed` with the booking
@@ -34,7 +34,7 @@ from engine.contract.errors import BadRequest, Unprocessable
 from engine.contract.messages import DrawdownCreate, DrawdownView, PlanSummary
 from engine.idempotency.records import AtOnce, Claim, StoredResponse
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.services.booking_batch import SINGLE_SQL
+from engine.services.booking_batch import book_alone
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
 from engine.services.customers import BANK_CARD, lock_customer
@@ -220,11 +220,12 @@ async def draw_down(
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
-    outcome = await conn.fetchval(SINGLE_SQL, None, None, None, None, None, *_book_args(svc, draft))
+    no_record = (None, None, None, None, None)  # the caller writes it in this transaction
+    outcome = await book_alone(conn, (*no_record, *_book_args(svc, draft)))
     if outcome != "booked":
         # Our locks hold the line and the customer; only loans of an uncapped product
         # in the same cap group can have moved the sum. Run the whole transaction again.
-        raise RetryTransaction(f"book_drawdown answered {outcome} under locks")
+        raise RetryTransaction(f"the booking answered {outcome} under locks")
     return _view(draft), draft.customer_id
 
 
@@ -291,10 +292,9 @@ def _view(draft: Draft) -> DrawdownView:
 
 
 def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
-    """`book_drawdown`'s arguments after the idempotency record's (5, or NULLs): the
+    """A drawdown's booking arguments after the idempotency record's (5, or NULLs): the
     checks (5), the loan (16), its plan's columns (11), the posting (5) and the payment
-    order (2); ledger/migrations/0006_one_call_booking.sql, its plan one row since
-    0009_plan_as_one_row.sql."""
+    order (2); `book_drawdowns` takes each as an array (ledger migration 0011)."""
     line, plan, product = draft.line, draft.plan, draft.product
     customer_id, shard = draft.customer_id, shard_of_id(draft.customer_id)
     legs = (
