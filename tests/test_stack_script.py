@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="only root runs the servers as another user"
 )
 
-PG_PORT = "55491"
-REDIS_PORT = "56491"
+# Free ports, so that another checkout's suite running beside this one is not touched.
+PG_PORT = str(free_port())
+REDIS_PORT = str(free_port())
 
 
 @pytest.fixture
