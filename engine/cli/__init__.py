@@ -23,4 +23,6 @@ COMMANDS: dict[str, str] = {
     "whitelist": "engine.cli.lists",
     "blacklist": "engine.cli.lists",
     "evidence": "engine.cli.evidence",
+    "eod": "engine.cli.eod",
+    "officers": "engine.cli.officers",
 }

@@ -10,6 +10,7 @@ from engine.http.auth import auth_middleware
 from engine.http.middlewares import request_middleware
 from engine.http.routes_ops import setup_ops_routes
 from engine.http.routes_origination import setup_origination_routes
+from engine.http.routes_post_loan import setup_post_loan_routes
 from engine.http.routes_v1 import setup_v1_routes
 from engine.settings import Settings
 
@@ -34,4 +35,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_ops_routes(app)
     setup_v1_routes(app)
     setup_origination_routes(app)
+    setup_post_loan_routes(app)
     return app

@@ -16,7 +16,10 @@ from aiohttp import web
 from engine.contract.errors import Unauthorized
 from engine.http import keys as app_keys
 
-OPERATOR_PATHS = re.compile(r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject))$")
+OPERATOR_PATHS = re.compile(
+    r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject)|collection-queue"
+    r"|collection-cases/[0-9]{1,19}/reassign|operator/credit-lines/[0-9]{1,19}/(freeze|unfreeze))$"
+)
 
 
 def is_operator_path(path: str) -> bool:

@@ -53,12 +53,30 @@ class Channel(msgspec.Struct, frozen=True):
     active: bool
 
 
+class Officer(msgspec.Struct, frozen=True):
+    """A loan officer a post-loan rule may hand a late loan to."""
+
+    officer_id: str
+    tenant_id: str
+    branch_code: str
+    name: str
+    active: bool
+
+
 class ReferenceData(msgspec.Struct, frozen=True):
     tenants: frozenset[str]
     channels: dict[str, Channel]
     products: dict[str, Product]
     business_date: dt.date
     sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+    officers: dict[str, Officer] = msgspec.field(default_factory=dict)
+
+    def branch_officers(self, tenant_id: str, branch_code: str) -> tuple[str, ...]:
+        """The active officers of a branch in id order; the member bank's others if the
+        branch has none."""
+        active = [o for o in self.officers.values() if o.active and o.tenant_id == tenant_id]
+        branch = sorted(o.officer_id for o in active if o.branch_code == branch_code)
+        return tuple(branch or sorted(o.officer_id for o in active))
 
     def sms_template(self, tenant_id: str, kind: str) -> str:
         """The tenant's own template, else the province-wide one (tenant '*')."""
@@ -74,6 +92,9 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
         templates = await conn.fetch("SELECT tenant_id, kind, body FROM sms_template")
+        officers = await conn.fetch(
+            "SELECT officer_id, tenant_id, branch_code, name, active FROM loan_officer"
+        )
     return ReferenceData(
         tenants=frozenset(row["tenant_id"] for row in tenants),
         channels={
@@ -88,6 +109,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         products={row["product_code"]: _product(row) for row in products},
         business_date=business_date,
         sms_templates={(row["tenant_id"], row["kind"]): row["body"] for row in templates},
+        officers={row["officer_id"]: Officer(**dict(row)) for row in officers},
     )
 
 
