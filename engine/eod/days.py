@@ -85,22 +85,28 @@ def dates_to_close(calendar: Calendar, requested: dt.date | None, today: dt.date
     return [requested]
 
 
-async def cut_over(conn: asyncpg.Connection, day: dt.date) -> bool:
+async def cut_over(conn: asyncpg.Connection, day: dt.date, settle_s: float) -> float:
     """Move the business date from `day` to the next, once; record `day` as cut over.
-    True if the date moved now (the caller then waits for the engines to see it)."""
+    Returns how long to wait still, from now, until `settle_s` after the business date
+    moved to the day after `day` (now, or a moment ago by another runner): by then every
+    engine dates its transactions the next day. Nothing to wait for a past date."""
     async with conn.transaction():
         current = await conn.fetchval("SELECT business_date FROM business_clock FOR UPDATE")
-        await conn.execute(
-            "INSERT INTO eod_day (business_date) VALUES ($1) ON CONFLICT DO NOTHING", day
-        )
+        if current < day:
+            raise DayRefused(f"{day} has not begun: the business date is {current}")
         if current == day:
             await conn.execute(
                 "UPDATE business_clock SET business_date = $1, updated_at = now()", day + ONE_DAY
             )
-            return True
-        if current < day:
-            raise DayRefused(f"{day} has not begun: the business date is {current}")
-        return False
+        await conn.execute(
+            "INSERT INTO eod_day (business_date) VALUES ($1) ON CONFLICT DO NOTHING", day
+        )
+        since_s = await conn.fetchval(
+            """SELECT extract(epoch FROM now() - updated_at) FROM business_clock
+               WHERE business_date = $1""",
+            day + ONE_DAY,
+        )
+    return 0.0 if since_s is None else max(0.0, settle_s - float(since_s))
 
 
 async def mark_finished(conn: asyncpg.Connection, day: dt.date) -> None:

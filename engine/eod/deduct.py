@@ -88,9 +88,9 @@ async def _deduct(
         body = RepaymentCreate(str(customer_id), items, card)
         key = f"autodebit:{day}:{customer_id}:{part}"
         claim = Claim(SYSTEM_CHANNEL, key, request_digest("EOD", "/eod/deduct", encode(body)))
-        if await find_durable(conn, claim) is not None:
-            continue  # opened by an earlier attempt of this chunk
         try:
+            if await find_durable(conn, claim) is not None:
+                continue  # opened already (the chunk's transaction makes this rare)
             async with conn.transaction():  # a savepoint: one refusal spares the others
                 view = await open_repayment(
                     conn,

@@ -25,7 +25,15 @@ class ShardBusy(RuntimeError):
 async def shard_lease(dsn: str, application_name: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection holding the shard's lease; the lock goes with the connection."""
     conn = await asyncpg.connect(
-        dsn, timeout=10, server_settings={"application_name": application_name}
+        dsn,
+        timeout=10,
+        server_settings={
+            "application_name": application_name,
+            # A row held by a stuck request must not stall the day-end: the chunk waits
+            # this long, is rolled back and done again (engine.eod.runner).
+            "lock_timeout": "5s",
+            "statement_timeout": "120s",
+        },
     )
     try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EOD_LOCK_KEY):

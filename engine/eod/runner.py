@@ -98,11 +98,11 @@ class EodRunner:
 
     async def run_day(self, day: dt.date, on_progress: Progress | None = None) -> DayOutcome:
         async with acquire(self._control) as conn:
-            moved = await days.cut_over(conn, day)
-        if moved:  # every engine must date its transactions D+1 before D's steps run
-            log.info("business date moved", extra={"closing": str(day)})
-            await asyncio.sleep(self._settings.eod.settle_s)
-            await self._reference.load()
+            wait_s = await days.cut_over(conn, day, self._settings.eod.settle_s)
+        if wait_s > 0:  # every engine must date its transactions D+1 before D's steps run
+            log.info("business date moved", extra={"closing": str(day), "settle_s": wait_s})
+            await asyncio.sleep(wait_s)
+        await self._reference.load()
         shards = await asyncio.gather(
             *(self.run_shard(shard, day, on_progress) for shard in self._settings.shards)
         )
@@ -136,6 +136,9 @@ class EodRunner:
                 extra={"shard": shard.name, "day": str(day), "error": type(exc).__name__},
             )
             return ShardOutcome(shard.name, False, f"{type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # a bug: loud, and this shard only (its chunk rolled back)
+            log.exception("day-end failed on a shard", extra={"shard": shard.name, "day": str(day)})
+            return ShardOutcome(shard.name, False, f"bug: {type(exc).__name__}: {exc}"[:300])
         return ShardOutcome(shard.name, True)
 
     async def shard_progress(self) -> dict[str, dict[str, progress.Checkpoint] | str]:
@@ -173,7 +176,7 @@ async def _run_step(
     chunks: AsyncIterator[list[int]] = step.chunks(conn, ctx, day, after)
     run_chunk: Callable[..., Awaitable[int]] = step.run_chunk
     async for keys in chunks:
-        rows = await run_chunk(conn, ctx, day, after, keys)
+        rows = await _with_retries(run_chunk, conn, ctx, day, after, keys)
         after = keys[-1]
         done += rows
         metrics.EOD_ROWS.labels(name, ctx.shard).inc(rows)
@@ -181,6 +184,27 @@ async def _run_step(
             on_progress(ctx.shard, name, done)
     await progress.finish(conn, day, name)
     metrics.EOD_STEP_SECONDS.labels(name, ctx.shard).observe(time.perf_counter() - started)
+
+
+# A chunk that lost a deadlock to online traffic, or waited past its lock time-out for a
+# row held by a request, is rolled back whole: it is simply done again.
+_RETRYABLE = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.LockNotAvailableError,
+)
+CHUNK_ATTEMPTS_MAX = 5
+
+
+async def _with_retries(run_chunk: Callable[..., Awaitable[int]], *args: object) -> int:
+    for attempt in range(1, CHUNK_ATTEMPTS_MAX + 1):
+        try:
+            return await run_chunk(*args)
+        except _RETRYABLE:
+            if attempt == CHUNK_ATTEMPTS_MAX:
+                raise
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
 
 
 def describe(outcomes: Sequence[DayOutcome]) -> list[str]:

@@ -15,7 +15,7 @@ import logging
 import signal
 
 from engine.eod import days
-from engine.eod.runner import EodRunner, describe
+from engine.eod.runner import FINAL_STEP, EodRunner, describe
 from engine.eod.setup import eod_runner
 from engine.runtime import gc_tuning, metrics
 from engine.runtime.metrics_site import start_metrics_site
@@ -65,7 +65,7 @@ async def _report_lag(runner: EodRunner) -> None:
             metrics.EOD_LAG_DAYS.labels(shard).set((ended - oldest).days + 1)
             continue
         last = calendar.last_finished
-        done = steps.get("prune")
+        done = steps.get(FINAL_STEP)
         if done is not None and done.finished and calendar.open_dates:
             last = calendar.open_dates[0]  # this shard finished the open date
         lag = 0 if last is None else max(0, (ended - last).days)
