@@ -42,4 +42,3 @@ def interest_accrued_fen(plan: Plan, on: date, extra_fen: int = 0) -> int:
             break  # later periods have not begun
         period_start = installment.due_date
     return total_fen
-
