@@ -91,7 +91,7 @@ class Op:
 class World:
     def __init__(
         self, settings: Settings, tmp: Path, *, proxied: bool = True, workers: int = 2,
-        extra_env: dict[str, str] | None = None,
+        extra_env: dict[str, str] | None = None, iso_env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.tmp = tmp
         self.proxied = proxied
@@ -100,7 +100,9 @@ class World:
         pg0, pg1 = (int(p) for p in os.environ.get("STACK_PG_PORTS", "55431 55432").split())
         self.pg_ports = {"pg0": pg0, "pg1": pg1}
         base = settings.control_dsn.rsplit("/", 1)[0]
-        self.iso = Isolated(base, tmp, second_base=base.replace(f":{pg0}", f":{pg1}"))
+        # iso_env reaches the engine, the relay and the CLIs (eod run, reconcile) alike.
+        second = base.replace(f":{pg0}", f":{pg1}")
+        self.iso = Isolated(base, tmp, iso_env, second_base=second)
         self.redis = OwnRedis(tmp)
         self.proxies: dict[str, FaultProxy] = {}
         self.fakes: Fakes | None = None
@@ -216,12 +218,18 @@ def repayment_op(borrower: Borrower, items: list[dict[str, Any]]) -> Op:
     return Op("/v1/repayments", body)
 
 
+IN_FLIGHT = [0]  # requests sent and not yet answered: a kill must catch some
+
+
 async def send(api: ApiClient, op: Op, timeout_s: float = 15.0) -> Reply | None:
     """One attempt; None when the connection broke or no answer came in time."""
+    IN_FLIGHT[0] += 1
     try:
         return await asyncio.wait_for(api.post(op.path, op.body, key=op.key), timeout_s)
     except (TimeoutError, aiohttp.ClientError):
         return None
+    finally:
+        IN_FLIGHT[0] -= 1
 
 
 async def burst(api: ApiClient, ops: list[Op], concurrency: int = 32) -> None:
@@ -359,6 +367,6 @@ def pii_problems(log_paths: list[Path], bodies: list[bytes] | None = None) -> li
 
 
 __all__ = [
-    "FULL", "Borrower", "Op", "Tally", "World", "books_of", "burst", "drawdown_op", "pii_problems",
+    "FULL", "IN_FLIGHT", "Borrower", "Op", "Tally", "World", "books_of", "burst", "drawdown_op", "pii_problems",
     "repayment_op", "retry_until_final", "scaled", "send", "shanghai_today", "tally",
 ]  # fmt: skip
