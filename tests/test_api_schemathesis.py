@@ -39,7 +39,9 @@ SENT: list[int] = []
 
 
 @pytest.fixture(scope="module")
-async def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
     started = World(settings, tmp_path_factory.mktemp("schemathesis"), proxied=False, workers=1)
     try:
         await started.start()

@@ -51,10 +51,14 @@ EOD_CONFIG = "[eod]\naccrual_chunk = 2\noverdue_chunk = 2\ndeduct_chunk = 2\npru
 
 
 @pytest.fixture(scope="module")
-async def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("crash")
     (tmp / "engine.toml").write_text(EOD_CONFIG)
-    started = World(settings, tmp, proxied=False, iso_env={"ENGINE_CONFIG": str(tmp / "engine.toml")})
+    started = World(
+        settings, tmp, proxied=False, iso_env={"ENGINE_CONFIG": str(tmp / "engine.toml")}
+    )
     try:
         await started.start()
         yield started
@@ -210,7 +214,7 @@ async def test_day_end_killed_under_load(world: World, http: aiohttp.ClientSessi
         proc = await _eod_process(world, day)
         deadline = time.monotonic() + 60
         try:
-            hit = await eventually(lambda: _step_open(world, day), bool, timeout_s=60,
+            hit = await eventually(lambda d=day: _step_open(world, d), bool, timeout_s=60,
                                    interval_s=0.01)  # fmt: skip
             await asyncio.sleep(RNG.uniform(0, 0.05))
             hits += hit and proc.returncode is None

@@ -50,7 +50,9 @@ REPAYMENTS = scaled(6, 20)
 
 
 @pytest.fixture(scope="module")
-async def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
     started = World(settings, tmp_path_factory.mktemp("faults"))
     try:
         await started.start()

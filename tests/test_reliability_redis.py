@@ -36,7 +36,9 @@ RUNS = scaled(1, 3)
 
 
 @pytest.fixture(scope="module")
-async def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
     started = World(settings, tmp_path_factory.mktemp("redis"), proxied=False)
     try:
         await started.start()

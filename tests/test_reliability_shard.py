@@ -35,7 +35,9 @@ from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
-async def world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
     started = World(settings, tmp_path_factory.mktemp("shard"), proxied=False)
     try:
         await started.start()
@@ -76,7 +78,10 @@ async def test_shard_server_stopped_under_load(
         await stack_command(*args)
         await load
         # While it is down: a fresh request for each side (retried below like the rest).
-        fresh = [drawdown_op(split["shard_0"][0], "10.00"), drawdown_op(split["shard_1"][0], "10.00")]
+        fresh = [
+            drawdown_op(split["shard_0"][0], "10.00"),
+            drawdown_op(split["shard_1"][0], "10.00"),
+        ]
         for op in fresh:
             op.first = await send(api, op)
         up_reply, down_reply = (op.first for op in fresh)
