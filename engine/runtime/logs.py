@@ -36,6 +36,10 @@ def mask_digits(text: str) -> str:
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return mask_digits(value)
+    # An int of 11+ digits is masked like a string: `extra={"phone": 13812345678}` must not
+    # reach the log in clear (nor, for the same rule, an 18-digit ID passed as an int).
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**10:
+        return mask_digits(str(value))
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return mask_digits(str(value))
