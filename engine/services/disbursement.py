@@ -89,7 +89,7 @@ async def complete_disbursements(
             tenant_id=loan.tenant_id,
             kind="drawdown",
             fields={
-                "channel": loan.channel_id,
+                "channel": reference.channel_name(loan.channel_id),
                 "amount": format_fen(loan.principal_fen),
                 "card_last4": loan.disburse_to_masked[-4:],
                 "receipt_no": loan.receipt_no,

@@ -51,6 +51,7 @@ class Channel(msgspec.Struct, frozen=True):
     tenant_id: str
     secret: str
     active: bool
+    display_name: str = ""  # what customers see in SMS; empty: not loaded (use the ID)
 
 
 class ReferenceData(msgspec.Struct, frozen=True):
@@ -59,6 +60,11 @@ class ReferenceData(msgspec.Struct, frozen=True):
     products: dict[str, Product]
     business_date: dt.date
     sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+
+    def channel_name(self, channel_id: str) -> str:
+        """The channel's display name for customers; its ID if it has none."""
+        channel = self.channels.get(channel_id)
+        return channel.display_name if channel is not None and channel.display_name else channel_id
 
     def sms_template(self, tenant_id: str, kind: str) -> str:
         """The tenant's own template, else the province-wide one (tenant '*')."""
@@ -69,7 +75,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
     async with acquire(pool) as conn, conn.transaction(readonly=True):
         tenants = await conn.fetch("SELECT tenant_id FROM tenant")
         channels = await conn.fetch(
-            "SELECT channel_id, tenant_id, secret_ciphertext, status FROM channel"
+            "SELECT channel_id, tenant_id, secret_ciphertext, status, display_name FROM channel"
         )
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
@@ -82,6 +88,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
                 tenant_id=row["tenant_id"],
                 secret=cipher.decrypt(row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT),
                 active=row["status"] == "active",
+                display_name=row["display_name"],
             )
             for row in channels
         },
