@@ -22,5 +22,6 @@ COMMANDS: dict[str, str] = {
     "reconcile": "engine.cli.reconcile",
     "whitelist": "engine.cli.lists",
     "blacklist": "engine.cli.lists",
+    "bureauflag": "engine.cli.lists",
     "evidence": "engine.cli.evidence",
 }
