@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             secret = control_admin.new_secret()
             if command == "add":
                 await control_admin.add_channel(
-                    conn, cipher, args.channel_id, args.tenant, secret, args.name
+                    conn, cipher, args.channel_id, args.tenant, secret, display_name=args.name
                 )
             else:
                 await control_admin.rotate_channel(conn, cipher, args.channel_id, secret)

@@ -69,6 +69,7 @@ async def add_channel(
     channel_id: str,
     tenant_id: str,
     secret: str,
+    *,
     display_name: str | None = None,
 ) -> None:
     if await conn.fetchval("SELECT 1 FROM tenant WHERE tenant_id = $1", tenant_id) is None:
@@ -146,7 +147,7 @@ async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
         exists = await conn.fetchval("SELECT 1 FROM channel WHERE channel_id = $1", DEMO_CHANNEL)
         if exists is None:
             await add_channel(
-                conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET, DEMO_CHANNEL_NAME
+                conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET, display_name=DEMO_CHANNEL_NAME
             )
         else:
             await rotate_channel(conn, cipher, DEMO_CHANNEL, DEMO_SECRET)
