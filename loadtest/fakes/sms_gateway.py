@@ -12,7 +12,7 @@
                             | {"reference", "status": "failed"}]}   one per message, in order;
            each message decided as if sent alone (a failed one may be resent)
            400 {"error", "detail"}         the whole batch refused, nothing recorded
-    GET  /fake/messages   GET|POST /fake/knobs   GET /healthz   GET /metrics
+    GET  /fake/messages[?reference=R]   GET|POST /fake/knobs   GET /healthz   GET /metrics
 
     arrive --latency_ms--> draw u in [0,1) --u < fail_ratio--> 503
                                           --otherwise-------> record (fsync) --> 200 accepted
@@ -201,6 +201,9 @@ class Outbox:
             for b in bodies
         ]
 
+    def by_reference(self, reference: str) -> SmsRecord | None:
+        return self._by_reference.get(reference)
+
     async def _repeat(self, reference: str) -> SmsRecord | None:
         """The first answer; a repeat of a send still in flight shares its fate."""
         future = self._in_flight.get(reference)
@@ -272,7 +275,13 @@ async def send_batch(request: web.Request) -> web.StreamResponse:
 
 
 async def fake_messages(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[OUTBOX].messages)
+    """Every accepted message, or with `?reference=R` the one sent under R (a test or a
+    load run reading the code a customer received)."""
+    reference = request.query.get("reference")
+    if reference is None:
+        return json_response(request.app[OUTBOX].messages)
+    found = request.app[OUTBOX].by_reference(reference)
+    return json_response([] if found is None else [found])
 
 
 async def _outbox_ctx(app: web.Application) -> AsyncIterator[None]:
