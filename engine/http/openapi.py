@@ -41,7 +41,19 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/repayments", "Repay one or several loans", t.RepaymentCreate, 201,
           t.RepaymentView),
     Route("get", "/v1/repayments/{repayment_id}", "Read a repayment", None, 200, t.RepaymentView),
+    Route("post", "/v1/applications", "Apply for a credit line", t.ApplicationCreate, 201,
+          t.ApplicationView),
+    Route("get", "/v1/applications/{application_id}", "Read an application", None, 200,
+          t.ApplicationView),
+    Route("post", "/v1/contracts/{contract_id}/otp", "Send the customer a signing code", None,
+          200, t.OtpIssued),
+    Route("post", "/v1/contracts/{contract_id}/sign", "Sign the contract", t.ContractSign, 200,
+          t.ContractSigned),
+    Route("get", "/v1/contracts/{contract_id}", "Read a contract and its evidence", None, 200,
+          t.ContractView),
 )  # fmt: skip
+# The signer as the channel saw them, recorded in the signature's evidence.
+_SIGNER_HEADERS = ("X-Signer-IP", "X-Signer-Device-Id")
 
 _AUTH_HEADERS = ("X-Channel-Id", "X-Timestamp", "X-Nonce", "X-Signature")
 
@@ -68,6 +80,11 @@ def _operation(
             {"name": "Idempotency-Key", "in": "header", "required": True,
              "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
         )  # fmt: skip
+    if path.endswith("/sign"):
+        parameters += [
+            {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+            for name in _SIGNER_HEADERS
+        ]
     if path.endswith("payoff-quote"):
         parameters.append(
             {"name": "on", "in": "query", "schema": {"type": "string", "format": "date"}}
