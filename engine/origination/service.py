@@ -576,7 +576,8 @@ def view_of(row: asyncpg.Record) -> ApplicationView:
             max_term_months=made.max_term_months,
             reasons=list(row["reasons"]),
             rule_set_version=made.rule_set_version,
-            face_to_face_required=bool(made.face_to_face) and made.outcome != "refused",
+            face_to_face_required=bool(made.face_to_face)
+            and row["status"] in ("pending_review", "approved"),
         )
     return ApplicationView(
         application_id=str(row["application_id"]),
