@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 CHECKED := engine ledger sharding
 
-.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench bench-scale load seed clean
+.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench bench-scale bench-eod load seed clean
 
 run: venv stack migrate demo          ## set up everything and serve on 127.0.0.1:8080 (Ctrl-C stops)
 	ENGINE_ENV=dev ops/engine.sh start fake-core fake-sms fake-bureau relay
@@ -52,6 +52,10 @@ bench: seed                           ## pgbench baseline, drawdown and repaymen
 bench-scale: up                       ## make bench's steps 2-3 again with 1,000,000 customers / 4,000,000 loans seeded (~7 min, ~19 GB)
 	$(PY) -m loadtest seed --customers 1000000 --loans-per-customer 4
 	$(PY) -m loadtest.bench_api --label "1,000,000 customers / 4,000,000 loans seeded" --append
+
+bench-eod: up                         ## the day-end over the bench-scale loans (1,000,000 customers / 4,000,000 loans; seeded if missing) while drawdowns and repayments run at half saturation
+	$(PY) -m loadtest seed --customers $${CUSTOMERS:-1000000} --loans-per-customer $${LOANS:-4}
+	$(PY) -m loadtest.bench_eod --append
 
 seed: up                              ## seed customers and loans for load runs (CUSTOMERS=, LOANS=)
 	$(PY) -m loadtest seed --customers $${CUSTOMERS:-20000} --loans-per-customer $${LOANS:-4}

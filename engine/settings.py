@@ -26,6 +26,8 @@ refused, so a typo cannot silently fall back to a default.
                                                       (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
+    ENGINE_EOD_SETTLE_S, ENGINE_EOD_POLL_S, ENGINE_EOD_CUTOFF_TIME,
+    ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE    see EodSettings
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
 logical shards explicitly, and `[pool]` limits.
@@ -189,6 +191,38 @@ class OriginationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             raise ValueError("origination.otp_lock_s must be 60..86400, otp_resend_s 0..300")
 
 
+class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The day-end batch (engine/eod): its chunks, its schedule, its rules."""
+
+    # Loans per chunk transaction: each chunk's loans are locked for its short commit.
+    accrual_chunk: int = 2000  # one SQL function call per chunk
+    overdue_chunk: int = 200  # computed in Python (ledger.overdue), rewritten plan by plan
+    deduct_chunk: int = 100  # customers: one repayment each, as POST /v1/repayments
+    prune_chunk: int = 5000
+    # After the business date moves, wait this long before the day's steps run: every
+    # engine sees the new date within reference_refresh_s, and requests in flight end.
+    settle_s: float = 5.0
+    # The scheduler (python -m engine eod schedule): the business day ends at this
+    # Asia/Shanghai time of the next calendar day ("00:00": at midnight).
+    cutoff_time: str = "00:00"
+    poll_s: float = 30.0  # how often it looks for a day to close or a shard to resume
+    metrics_port: int = 9102
+    rules_file: str = ""  # default: engine/eod/rules/default.json
+    outbox_retention_days: int = 30  # finished outbox rows older than this are deleted
+
+    def __post_init__(self) -> None:
+        chunks = (self.accrual_chunk, self.overdue_chunk, self.deduct_chunk, self.prune_chunk)
+        if not all(1 <= n <= 20_000 for n in chunks):
+            raise ValueError("eod chunk sizes must be 1..20000")
+        if not 0 <= self.settle_s <= 300 or not 0.1 <= self.poll_s <= 3600:
+            raise ValueError("eod.settle_s must be 0..300 and eod.poll_s 0.1..3600")
+        if not 1 <= self.outbox_retention_days <= 3650:
+            raise ValueError("eod.outbox_retention_days must be 1..3650")
+        hours, _, minutes = self.cutoff_time.partition(":")
+        if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+            raise ValueError("eod.cutoff_time must be HH:MM")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     env: Env = "dev"
     log_level: str = "INFO"
@@ -201,6 +235,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     crypto: CryptoSettings = msgspec.field(default_factory=CryptoSettings)
     external: ExternalSettings = msgspec.field(default_factory=ExternalSettings)
     origination: OriginationSettings = msgspec.field(default_factory=OriginationSettings)
+    eod: EodSettings = msgspec.field(default_factory=EodSettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
@@ -273,6 +308,9 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         origination["candidate_percent"] = int(environ["ENGINE_CANDIDATE_PERCENT"])
     if origination:
         raw["origination"] = origination
+    eod = _eod_overrides(environ)
+    if eod:
+        raw["eod"] = eod
     if "ENGINE_REFERENCE_REFRESH_S" in environ:
         raw["reference_refresh_s"] = float(environ["ENGINE_REFERENCE_REFRESH_S"])
     if "ENGINE_REDIS_URL" in environ:
@@ -291,6 +329,20 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     if http:
         raw["http"] = http
     return raw
+
+
+def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
+    eod: dict[str, object] = {}
+    for var, key in (("ENGINE_EOD_SETTLE_S", "settle_s"), ("ENGINE_EOD_POLL_S", "poll_s")):
+        if var in environ:
+            eod[key] = float(environ[var])
+    if "ENGINE_EOD_METRICS_PORT" in environ:
+        eod["metrics_port"] = int(environ["ENGINE_EOD_METRICS_PORT"])
+    if "ENGINE_EOD_CUTOFF_TIME" in environ:
+        eod["cutoff_time"] = environ["ENGINE_EOD_CUTOFF_TIME"]
+    if "ENGINE_EOD_RULES_FILE" in environ:
+        eod["rules_file"] = environ["ENGINE_EOD_RULES_FILE"]
+    return eod
 
 
 def _merge(base: dict[str, object], top: Mapping[str, object]) -> dict[str, object]:

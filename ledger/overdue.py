@@ -14,16 +14,23 @@ interest (罚息) and overdue interest bears compound interest (复利), both at
 the contract rate × a multiplier (1.3–1.5, 1.5 by default), daily; neither
 bears interest itself.
 
-Penalty accrues on the principal that is unpaid *now*. A service that takes a
-partial payment of an overdue installment first calls `accrue_overdue` for
-that day, which books the accrual so far into `penalty_unpaid_fen` /
-`compound_unpaid_fen` and moves `accrued_through`; later accrual then runs on
-the smaller remainder.
+Day by day, per loan (MONEY.md): the penalty of day `x` is the loan's principal
+unpaid at the start of `x` of the installments due before `x` × rate × multiplier /
+360, rounded half-up to the fen once for the loan; likewise the compound interest on
+their unpaid interest. The loan's fen are then shared among those installments in
+proportion to what each has unpaid (largest remainder, the oldest first on a tie), so
+that the waterfall can pay charges installment by installment.
+
+Penalty accrues on the principal that is unpaid *now*. The day-end books each day
+(`accrue_overdue(state, day)`), and a service that takes a payment of an overdue
+installment first calls it for the payment's day: the charges so far go into
+`penalty_unpaid_fen` / `compound_unpaid_fen` and `accrued_through` moves; later
+days then run on the smaller remainder.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Context, Decimal
 from enum import StrEnum
 
@@ -38,6 +45,7 @@ PENALTY_MULTIPLIER_MIN = Decimal("1.3")  # contract rate raised by 30 % ...
 PENALTY_MULTIPLIER_MAX = Decimal("1.5")  # ... to 50 %
 
 _RATE_CONTEXT = Context(prec=40)
+_ONE_DAY = timedelta(days=1)
 
 
 class OverdueError(ScheduleError):
@@ -232,65 +240,82 @@ def overdue_charges(
     state: LoanState, on: date, multiplier: Decimal = PENALTY_MULTIPLIER_DEFAULT
 ) -> OverdueCharges:
     """Unpaid parts of installments due on or before `on`, with penalty and compound to `on`."""
-    _check_multiplier(multiplier)
-    annual_rate_pct = state.plan.terms.annual_rate_pct
+    accrued = accrue_overdue(state, on, multiplier)
     totals = [0, 0, 0, 0]
-    for installment, status in zip(state.plan.installments, state.statuses, strict=True):
+    for installment, status in zip(accrued.plan.installments, accrued.statuses, strict=True):
         if installment.due_date > on:
             break
-        accrued = _accrue(installment, status, on, annual_rate_pct, multiplier)
         totals[0] += _unpaid_principal_fen(installment, status)
         totals[1] += _unpaid_interest_fen(installment, status)
-        totals[2] += accrued.penalty_unpaid_fen
-        totals[3] += accrued.compound_unpaid_fen
+        totals[2] += status.penalty_unpaid_fen
+        totals[3] += status.compound_unpaid_fen
     return OverdueCharges(*totals)
 
 
 def accrue_overdue(
     state: LoanState, on: date, multiplier: Decimal = PENALTY_MULTIPLIER_DEFAULT
 ) -> LoanState:
-    """Book penalty and compound interest accrued through `on` into the statuses.
+    """Book penalty and compound interest through `on` into the statuses, day by day.
 
-    Call it on the day of any payment that changes an overdue installment's
-    unpaid principal or interest, before applying the payment.
+    Every installment due before `on` is then booked through `on`. Call it on the day
+    of any payment that changes an overdue installment's unpaid principal or interest,
+    before applying the payment; the day-end calls it for each day.
     """
     _check_multiplier(multiplier)
-    annual_rate_pct = state.plan.terms.annual_rate_pct
-    statuses = tuple(
-        _accrue(installment, status, on, annual_rate_pct, multiplier)
-        if installment.due_date < on
-        else status
-        for installment, status in zip(state.plan.installments, state.statuses, strict=True)
-    )
-    return LoanState(state.plan, statuses)
-
-
-def _accrue(
-    installment: Installment,
-    status: InstallmentStatus,
-    on: date,
-    annual_rate_pct: Decimal,
-    multiplier: Decimal,
-) -> InstallmentStatus:
-    # Penalty/compound from the later of the due date and the last booking, to `on`.
-    since = installment.due_date if status.accrued_through is None else status.accrued_through
-    if on < since:
+    items = state.plan.installments
+    statuses = list(state.statuses)
+    overdue = [index for index, item in enumerate(items) if item.due_date < on]
+    if not overdue:
+        return state
+    since = [_booked_through(items[index], statuses[index]) for index in overdue]
+    if max(since) > on:
         raise OverdueError("DATE_BEFORE_ACCRUAL", "charges are already booked past this day")
-    if on == since:
-        return status
-    days = days_between(since, on)
-    penalty_fen = penalty_interest_fen(
-        _unpaid_principal_fen(installment, status), annual_rate_pct, days, multiplier
-    )
-    compound_fen = compound_interest_fen(
-        _unpaid_interest_fen(installment, status), annual_rate_pct, days, multiplier
-    )
-    return msgspec.structs.replace(
-        status,
-        penalty_unpaid_fen=status.penalty_unpaid_fen + penalty_fen,
-        compound_unpaid_fen=status.compound_unpaid_fen + compound_fen,
-        accrued_through=on,
-    )
+    ratio = _penalty_ratio(state.plan.terms.annual_rate_pct, multiplier, 1)
+    penalty = [0] * len(items)
+    compound = [0] * len(items)
+    day = min(since) + _ONE_DAY
+    while day <= on:
+        charged = [
+            index
+            for index, booked in zip(overdue, since, strict=True)
+            if items[index].due_date < day and booked < day
+        ]
+        principal = [_unpaid_principal_fen(items[i], statuses[i]) for i in charged]
+        interest = [_unpaid_interest_fen(items[i], statuses[i]) for i in charged]
+        for index, share in zip(charged, _apportion(ratio, principal), strict=True):
+            penalty[index] += share
+        for index, share in zip(charged, _apportion(ratio, interest), strict=True):
+            compound[index] += share
+        day += _ONE_DAY
+    for index in overdue:
+        statuses[index] = msgspec.structs.replace(
+            statuses[index],
+            penalty_unpaid_fen=statuses[index].penalty_unpaid_fen + penalty[index],
+            compound_unpaid_fen=statuses[index].compound_unpaid_fen + compound[index],
+            accrued_through=on,
+        )
+    return LoanState(state.plan, tuple(statuses))
+
+
+def _booked_through(installment: Installment, status: InstallmentStatus) -> date:
+    # Charges run from the later of the due date and the last booking.
+    return installment.due_date if status.accrued_through is None else status.accrued_through
+
+
+def _apportion(ratio: RateRatio, bases: list[int]) -> list[int]:
+    """One day's charge on the sum of `bases`, rounded once, shared by the largest
+    remainder in proportion to each base (the earliest first on equal remainders)."""
+    total_base = sum(bases)
+    if total_base == 0:
+        return [0] * len(bases)
+    total = ratio.interest_fen(total_base)
+    exact = [total * base for base in bases]  # each share is exact[i] / total_base
+    shares = [value // total_base for value in exact]
+    left = total - sum(shares)
+    order = sorted(range(len(bases)), key=lambda i: (-(exact[i] % total_base), i))
+    for index in order[:left]:
+        shares[index] += 1
+    return shares
 
 
 def _unpaid_principal_fen(installment: Installment, status: InstallmentStatus) -> int:

@@ -44,6 +44,9 @@ class Leg(msgspec.Struct, frozen=True):
     code: Code
     owner_id: int | None
     amount_fen: int
+    # A loan leg's customer, where a posting spans several (the day-end's): else the
+    # posting's customer.
+    customer_id: int | None = None
 
 
 class Posting(msgspec.Struct, frozen=True):

@@ -84,7 +84,7 @@ def posting_args(posting: Posting) -> tuple[object, ...]:
             customers.append(None)
         else:
             owners.append(leg.owner_id)
-            customers.append(posting.customer_id)
+            customers.append(posting.customer_id if leg.customer_id is None else leg.customer_id)
         amounts.append(leg.amount_fen)
     return (
         posting.txn_id,
@@ -103,6 +103,32 @@ async def post(conn: asyncpg.Connection, posting: Posting) -> None:
     """Write `posting` inside the caller's open transaction (asserted)."""
     assert conn.is_in_transaction(), "a posting is written inside the business transaction"
     await conn.execute(_POST_SQL, *posting_args(posting))
+
+
+_POST_MANY_SQL = "SELECT ledger_post_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
+
+async def post_many(conn: asyncpg.Connection, postings: list[Posting]) -> None:
+    """Write several postings of one business date in one call, inside the caller's
+    transaction (a day-end chunk's: one posting per LEGS_MAX − 1 loans)."""
+    assert conn.is_in_transaction(), "postings are written inside the business transaction"
+    if not postings:
+        return
+    day = postings[0].business_date
+    assert all(p.business_date == day for p in postings), "one business date per call"
+    heads: tuple[list[object], ...] = ([], [], [], [])
+    legs: tuple[list[object], ...] = ([], [], [], [], [])
+    for posting in postings:
+        args = posting_args(posting)
+        for column, value in zip(heads, (args[0], args[1], args[2], args[3]), strict=True):
+            column.append(value)
+        codes = args[5]
+        assert isinstance(codes, list)
+        legs[0].extend([posting.txn_id] * len(codes))
+        for column, values in zip(legs[1:], args[5:], strict=True):
+            assert isinstance(values, list)
+            column.extend(values)
+    await conn.execute(_POST_MANY_SQL, *heads, day, *legs)
 
 
 async def account_balance(

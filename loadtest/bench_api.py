@@ -447,10 +447,17 @@ def _versions(control_dsn: str) -> str:
     )
 
 
-def append_to_benchmarks(text: str, args: argparse.Namespace, control_dsn: str) -> None:
-    command = "python -m loadtest.bench_api " + " ".join(sys.argv[1:])
+def append_to_benchmarks(
+    text: str,
+    args: argparse.Namespace,
+    control_dsn: str,
+    *,
+    title: str = "Channel API",
+    module: str = "loadtest.bench_api",
+) -> None:
+    command = f"python -m {module} " + " ".join(sys.argv[1:])
     section = (
-        f"\n## Channel API ({dt.date.today().isoformat()}"
+        f"\n## {title} ({dt.date.today().isoformat()}"
         f"{', ' + args.label if args.label else ''})\n\n"
         f"`{command.strip()}`; {_versions(control_dsn)}.\n\n{text}\n"
     )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's own processes in the background, for `make up` / `make down`:
-#   fake-core, fake-sms (loadtest/fakes), engine (HTTP API), relay (outbox).
+#   fake-core, fake-sms (loadtest/fakes), engine (HTTP API), relay (outbox),
+#   eod (the day-end scheduler).
 #
 #   ops/engine.sh start [NAME...] | stop [NAME...] | status
 #
@@ -14,7 +15,7 @@ py=$here/.venv/bin/python
 port=${ENGINE_HTTP_PORT:-8080}
 host=${ENGINE_HTTP_HOST:-127.0.0.1}
 ready_timeout_s=${READY_TIMEOUT_S:-60}
-all=(fake-core fake-sms fake-bureau engine relay)
+all=(fake-core fake-sms fake-bureau engine relay eod)
 
 command_of() {
   case "$1" in
@@ -23,6 +24,7 @@ command_of() {
     fake-bureau) echo "$py -m loadtest.fakes.credit_bureau" ;;
     engine) echo "$py -m engine serve" ;;
     relay) echo "$py -m engine relay" ;;
+    eod) echo "$py -m engine eod schedule" ;;
     *) echo "engine.sh: unknown process $1" >&2; exit 2 ;;
   esac
 }
@@ -34,6 +36,7 @@ ready_url() {
     fake-bureau) echo "http://127.0.0.1:${FAKE_BUREAU_PORT:-18603}/healthz" ;;
     engine) echo "http://$host:$port/readyz" ;;
     relay) echo "http://127.0.0.1:${ENGINE_RELAY_METRICS_PORT:-9101}/metrics" ;;
+    eod) echo "http://127.0.0.1:${ENGINE_EOD_METRICS_PORT:-9102}/healthz" ;;
   esac
 }
 
@@ -82,5 +85,5 @@ case "$action" in
   start) for n in "${names[@]}"; do start_one "$n"; done ;;
   stop) for ((i=${#names[@]}-1; i>=0; i--)); do stop_one "${names[$i]}"; done ;;
   status) for n in "${names[@]}"; do if running "$n"; then echo "$n up"; else echo "$n down"; fi; done ;;
-  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms fake-bureau engine relay]" >&2; exit 2 ;;
+  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms fake-bureau engine relay eod]" >&2; exit 2 ;;
 esac

@@ -373,8 +373,11 @@ def test_worked_example_overdue_with_penalty_and_compound_paid_partly() -> None:
     # after the 10th + 20 in March), installment 2 (due 03-10) 10 days.
     on = date(2026, 3, 20)
     state = accrue_overdue(fresh_state(plan), on, multiplier)
-    # Penalty 1: 400,000 × 38 / 2000 = 7,600     compound 1: 12,000 × 38 / 2000 = 228
-    # Penalty 2: 400,000 × 10 / 2000 = 2,000     compound 2:  8,000 × 10 / 2000 = 40
+    # Each day is rounded once per loan and shared by what each installment has unpaid;
+    # here every day's amount is exact: 200 a day of penalty per installment, compound
+    # 12,000 / 2000 = 6 and 8,000 / 2000 = 4 a day.
+    # Penalty 1: 200 × 38 = 7,600     compound 1: 6 × 38 = 228
+    # Penalty 2: 200 × 10 = 2,000     compound 2: 4 × 10 = 40
     assert [(s.penalty_unpaid_fen, s.compound_unpaid_fen) for s in state.statuses] == [
         (7_600, 228),
         (2_000, 40),
@@ -401,18 +404,19 @@ def test_worked_example_overdue_with_penalty_and_compound_paid_partly() -> None:
     assert paid.state.statuses[2] == InstallmentStatus()
     assert due_total_fen(paid.state, on) == 829_868 - 100_000
 
-    # Ten days later penalty runs on the smaller remainder; interest is paid, so no compound:
-    #   inst 1: 329,868 × 10 / 2000 = 1,649.34 -> 1,649    inst 2: 400,000 × 10 / 2000 = 2,000
+    # Ten days later penalty runs on the smaller remainder; interest is paid, so no compound.
+    # Each day the loan's penalty is rounded once: (329,868 + 400,000) / 2000 = 364.934 -> 365,
+    # shared 164.97 : 200.03 -> 164 + 200 and the fen left to the larger remainder: 165 + 200.
     later = date(2026, 3, 30)
     state = accrue_overdue(paid.state, later, multiplier)
     assert [(s.penalty_unpaid_fen, s.compound_unpaid_fen) for s in state.statuses[:2]] == [
-        (1_649, 0),
+        (1_650, 0),
         (2_000, 0),
     ]
-    # Pay 50.00 yuan = 5,000 fen: charges 1,649 + 2,000 = 3,649, then 1,351 of inst 1's principal.
+    # Pay 50.00 yuan = 5,000 fen: charges 1,650 + 2,000 = 3,650, then 1,350 of inst 1's principal.
     again = allocate_due(state, later, 5_000)
-    assert (again.penalty_fen, again.interest_fen, again.principal_fen) == (3_649, 0, 1_351)
-    assert again.state.statuses[0].principal_paid_fen == 70_132 + 1_351
+    assert (again.penalty_fen, again.interest_fen, again.principal_fen) == (3_650, 0, 1_350)
+    assert again.state.statuses[0].principal_paid_fen == 70_132 + 1_350
     assert again.state.statuses[1].principal_paid_fen == 0
 
 

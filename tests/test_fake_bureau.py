@@ -1,6 +1,6 @@
 """The fake credit bureau as a real subprocess, and the engine's adapter talking to it.
 
-The fake is started with `tests.test_fakes.Fake` (a temporary record file, a
+The fake is started with tests/fakes_support.py (a temporary record file, a
 free port), so knobs set here never leak into another test. The adapter's
 answers to what the fake cannot produce (garbage, oversized bodies, a 400) come
 from a small in-process server. No database.
@@ -8,12 +8,8 @@ from a small in-process server. No database.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import os
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from engine.adapters.bureau import BureauClient, BureauOutcome, parse_report
-from tests.test_fakes import ROOT, START_TIMEOUT_S, Fake, _free_port, call
+from tests import fakes_support
+from tests.conftest import free_port
+from tests.fakes_support import BUREAU, Fakes, call, metrics, records, set_knobs
+
+fakes = fakes_support.fakes
+client = fakes_support.client
 
 AS_OF = dt.date(2026, 5, 20)
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -54,47 +55,10 @@ def query(query_id: str, id_number: str, **extra: Any) -> dict[str, Any]:
     } | extra
 
 
-class Bureaus:
-    """Starts fake bureaus for one test and stops them all at its end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.started: list[Fake] = []
-
-    async def start(self, record_path: Path | None = None, **env: str) -> Fake:
-        path = record_path or self.directory / f"bureau-{len(self.started)}.jsonl"
-        env = {"FAKE_BUREAU_LATENCY_MS": "1"} | env
-        fake = Fake("credit_bureau", "FAKE_BUREAU", path, self.directory, env)
-        self.started.append(fake)
-        await fake.start()
-        return fake
-
-
-@pytest.fixture
-async def bureaus(tmp_path: Path) -> AsyncIterator[Bureaus]:
-    launcher = Bureaus(tmp_path)
-    try:
-        yield launcher
-    finally:
-        await asyncio.gather(*(fake.stop() for fake in launcher.started))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        yield session
-
-
-async def queries(session: aiohttp.ClientSession, fake: Fake) -> list[dict[str, Any]]:
-    status, body = await call(session, "GET", f"{fake.base_url}/fake/queries")
-    assert status == 200 and isinstance(body, list)
-    return body
-
-
 async def test_each_profile_is_reported_and_every_query_recorded(
-    bureaus: Bureaus, client: aiohttp.ClientSession
+    fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    fake = await bureaus.start()
+    fake = await fakes.bureau()
     url = f"{fake.base_url}/bureau/v1/reports"
     for number, (year, expected) in enumerate(PROFILES.items()):
         body = query(f"q-{number}", id_number_born(year), as_of=AS_OF.isoformat())
@@ -119,46 +83,46 @@ async def test_each_profile_is_reported_and_every_query_recorded(
     )
     assert first["credit_accounts"] == again["credit_accounts"]
     assert first["header"]["report_id"] != again["header"]["report_id"]
-    recorded = await queries(client, fake)
+    recorded = await records(client, fake)
     assert [r["query_id"] for r in recorded] == [*(f"q-{n}" for n in range(5)), "q-a", "q-b"]
     assert [r["profile"] for r in recorded[:5]] == [p[0] for p in PROFILES.values()]
     assert {r["outcome"] for r in recorded} == {"ok"}
     assert recorded[1]["id_number_masked"] == "110***********" + id_number_born(1950)[-4:]
     assert recorded[1]["name_masked"] == "张*"
     assert id_number_born(1950) not in fake.record_path.read_text()
-    _, metrics = await call(client, "GET", f"{fake.base_url}/metrics")
-    assert 'fake_bureau_queries_total{outcome="ok"} 7.0' in metrics
-    assert 'fake_bureau_queries_total{outcome="failed"} 0.0' in metrics
+    text = await metrics(client, fake)
+    assert 'fake_bureau_queries_total{outcome="ok"} 7.0' in text
+    assert 'fake_bureau_queries_total{outcome="failed"} 0.0' in text
 
 
 async def test_the_adapter_reads_ok_and_unavailable(
-    bureaus: Bureaus, client: aiohttp.ClientSession
+    fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    fake = await bureaus.start(FAKE_BUREAU_TIMEOUT_HANG_S="2")
+    fake = await fakes.bureau(FAKE_BUREAU_TIMEOUT_HANG_S="2")
     adapter = BureauClient(client, fake.base_url, timeout_s=0.5)
     result = await adapter.report("a-1", "李四", id_number_born(1950))
     assert result.outcome is BureauOutcome.OK and result.raw is not None
     today = dt.datetime.now(SHANGHAI).date()
     assert parse_report(result.raw, today).current_overdue_fen == 865037
-    await call(client, "POST", f"{fake.base_url}/fake/knobs", {"fail_ratio": 1})
+    await set_knobs(client, fake, fail_ratio=1)
     failed = await adapter.report("a-2", "李四", id_number_born(1988))
     assert (failed.outcome, failed.reason, failed.raw) == (
         BureauOutcome.UNAVAILABLE,
         "HTTP_503",
         None,
     )
-    await call(client, "POST", f"{fake.base_url}/fake/knobs", {"fail_ratio": 0, "timeout_ratio": 1})
+    await set_knobs(client, fake, fail_ratio=0, timeout_ratio=1)
     started = time.monotonic()
     timed_out = await adapter.report("a-3", "李四", id_number_born(1988))
     assert timed_out.outcome is BureauOutcome.UNAVAILABLE and "Timeout" in str(timed_out.reason)
     assert time.monotonic() - started < 1.5
-    recorded = await queries(client, fake)
+    recorded = await records(client, fake)
     assert [(r["query_id"], r["outcome"]) for r in recorded] == [
         ("a-1", "ok"),
         ("a-2", "failed"),
         ("a-3", "timeout"),
     ]
-    nobody = BureauClient(client, f"http://127.0.0.1:{_free_port()}", timeout_s=0.5)
+    nobody = BureauClient(client, f"http://127.0.0.1:{free_port()}", timeout_s=0.5)
     refused = await nobody.report("a-4", "李四", id_number_born(1988))
     assert refused.outcome is BureauOutcome.UNAVAILABLE and refused.reason is not None
 
@@ -204,9 +168,9 @@ async def test_the_adapter_never_raises_on_odd_answers(
 
 
 async def test_bad_queries_are_400_and_not_recorded(
-    bureaus: Bureaus, client: aiohttp.ClientSession
+    fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    fake = await bureaus.start()
+    fake = await fakes.bureau()
     url = f"{fake.base_url}/bureau/v1/reports"
     good = id_number_born(1988)
     wrong_check = good[:17] + ("0" if good[17] != "0" else "1")
@@ -226,48 +190,34 @@ async def test_bad_queries_are_400_and_not_recorded(
         assert status == 400 and isinstance(error["error"], str), (body, error)
     status, error = await call(client, "POST", url, query("b-1", wrong_check))
     assert error["error"] == "invalid_id_number"
-    assert await queries(client, fake) == []
-    _, metrics = await call(client, "GET", f"{fake.base_url}/metrics")
-    assert 'fake_bureau_queries_total{outcome="bad_request"} 11.0' in metrics
+    assert await records(client, fake) == []
+    text = await metrics(client, fake)
+    assert 'fake_bureau_queries_total{outcome="bad_request"} 11.0' in text
 
 
 async def test_knobs_restart_and_a_bad_environment(
-    bureaus: Bureaus, client: aiohttp.ClientSession, tmp_path: Path
+    fakes: Fakes, client: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     path = tmp_path / "bureau" / "queries.jsonl"
-    fake = await bureaus.start(path)
-    knobs_url = f"{fake.base_url}/fake/knobs"
-    status, error = await call(client, "POST", knobs_url, {"inquiry_fail_ratio": 1})
-    assert (status, error["error"]) == (400, "invalid_knobs")
-    status, knobs = await call(client, "POST", knobs_url, {"latency_ms": 200})
+    fake = await fakes.bureau(path)
+    for core_only in ({"inquiry_fail_ratio": 1}, {"batch_timeout_mode": "whole"}):
+        status, error = await set_knobs(client, fake, **core_only)
+        assert (status, error["error"]) == (400, "invalid_knobs"), core_only
+    status, knobs = await set_knobs(client, fake, latency_ms=200)
     assert status == 200 and knobs["latency_ms"] == 200 and knobs["timeout_hang_s"] == 30.0
     started = time.monotonic()
     url = f"{fake.base_url}/bureau/v1/reports"
     assert (await call(client, "POST", url, query("k-1", id_number_born(1990))))[0] == 200
     assert time.monotonic() - started >= 0.2
-    before = await queries(client, fake)
+    before = await records(client, fake)
     await fake.stop()
-    fake = await bureaus.start(path)
-    assert await queries(client, fake) == before
+    fake = await fakes.bureau(path)
+    assert await records(client, fake) == before
     assert (await call(client, "GET", f"{fake.base_url}/fake/knobs"))[1]["latency_ms"] == 1
 
-    env = dict(os.environ) | {
-        "FAKE_BUREAU_PORT": str(_free_port()),
-        "FAKE_BUREAU_RECORD_FILE": str(tmp_path / "r.jsonl"),
-        "FAKE_BUREAU_FAIL_RATIO": "0.7",
-        "FAKE_BUREAU_TIMEOUT_RATIO": "0.7",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtest.fakes.credit_bureau",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
-    assert proc.returncode == 2 and b"fail_ratio + timeout_ratio" in stderr
+    bad = fakes.new(BUREAU, FAKE_BUREAU_FAIL_RATIO="0.7", FAKE_BUREAU_TIMEOUT_RATIO="0.7")
+    returncode, stderr = await bad.run_until_exit()
+    assert returncode == 2 and b"fail_ratio + timeout_ratio" in stderr
 
 
 @pytest.mark.parametrize(

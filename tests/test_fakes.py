@@ -1,9 +1,9 @@
 """The fakes of core banking and the SMS gateway, each a real subprocess on a free port.
 
 Everything goes over HTTP, as the engine's adapters will: no fake module is
-imported here. Each test starts its own fakes with a temporary record file, so
-knobs set by one test never leak into another. None of the DB-stack fixtures of
-conftest.py is used.
+imported here. Each test starts its own fakes (tests/fakes_support.py) with a
+temporary record file, so knobs set by one test never leak into another. None of
+the DB-stack fixtures of conftest.py is used.
 """
 
 from __future__ import annotations
@@ -11,22 +11,18 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
-import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CALL_TIMEOUT = aiohttp.ClientTimeout(total=5)
-START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
+from tests import fakes_support
+from tests.fakes_support import CORE, Fakes, call, metrics, records, set_knobs
+
+fakes = fakes_support.fakes
+client = fakes_support.client
+
 CARD = "6222020000001234"
 PHONE = "13800005678"
 PAYMENT_REASONS = {"CARD_FROZEN", "ACCOUNT_CLOSED", "CARD_NOT_FOUND"}
@@ -48,136 +44,8 @@ BAD_TRANSFERS: list[object] = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Fake:
-    """One fake as a subprocess: `python -m loadtest.fakes.<module>`."""
-
-    def __init__(
-        self, module: str, prefix: str, record_path: Path, log_directory: Path, env: dict[str, str]
-    ) -> None:
-        self.module = module
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.record_path = record_path
-        self.log_path = log_directory / f"{module}-{self.port}.log"
-        self.env = dict(os.environ) | env
-        self.env |= {
-            f"{prefix}_HOST": "127.0.0.1",
-            f"{prefix}_PORT": str(self.port),
-            f"{prefix}_RECORD_FILE": str(record_path),
-        }
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        assert self.proc is None
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                f"loadtest.fakes.{self.module}",
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-        await self._wait_ready()
-
-    async def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        timeout = aiohttp.ClientTimeout(total=0.5)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"{self.module} exited: {self.log_path.read_text()}")
-                try:
-                    async with session.get(f"{self.base_url}/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"{self.module} not ready in {START_TIMEOUT_S} s")
-
-    async def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-        except TimeoutError:
-            proc.kill()
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-
-
-class Fakes:
-    """Starts fakes for one test and stops them all at its end."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.started: list[Fake] = []
-
-    async def core(self, record_path: Path | None = None, **env: str) -> Fake:
-        path = record_path or self.directory / f"core-{len(self.started)}.jsonl"
-        env = {"FAKE_CORE_LATENCY_MS": "1"} | env
-        return await self._start(Fake("core_bank", "FAKE_CORE", path, self.directory, env))
-
-    async def sms(self, **env: str) -> Fake:
-        path = self.directory / f"sms-{len(self.started)}.jsonl"
-        env = {"FAKE_SMS_LATENCY_MS": "1"} | env
-        return await self._start(Fake("sms_gateway", "FAKE_SMS", path, self.directory, env))
-
-    async def _start(self, fake: Fake) -> Fake:
-        self.started.append(fake)
-        await fake.start()
-        return fake
-
-
-@pytest.fixture
-async def fakes(tmp_path: Path) -> AsyncIterator[Fakes]:
-    launcher = Fakes(tmp_path)
-    try:
-        yield launcher
-    finally:
-        await asyncio.gather(*(fake.stop() for fake in launcher.started))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=CALL_TIMEOUT) as session:
-        yield session
-
-
-async def call(
-    session: aiohttp.ClientSession,
-    method: str,
-    url: str,
-    body: Any = None,
-    timeout_s: float | None = None,
-) -> tuple[int, Any]:
-    timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else CALL_TIMEOUT
-    async with session.request(method, url, json=body, timeout=timeout) as resp:
-        if resp.content_type == "application/json":
-            return resp.status, await resp.json()
-        return resp.status, await resp.text()
-
-
 def transfer(reference: str, amount: str = "1000.00", card: str = CARD) -> dict[str, str]:
     return {"reference": reference, "card": card, "amount": amount, "memo": "test"}
-
-
-async def records(session: aiohttp.ClientSession, core: Fake) -> list[dict[str, Any]]:
-    status, body = await call(session, "GET", f"{core.base_url}/fake/records")
-    assert status == 200
-    assert isinstance(body, list)
-    return body
 
 
 async def test_payment_succeeds_and_a_repeat_returns_the_first_outcome(
@@ -216,10 +84,9 @@ async def test_payment_succeeds_and_a_repeat_returns_the_first_outcome(
     status, conflict = await call(client, "POST", url, transfer("pay-1", "1.00"))
     assert status == 409
     assert len(await records(client, core)) == 2
-    status, metrics = await call(client, "GET", f"{core.base_url}/metrics")
-    assert status == 200
-    assert 'fake_core_paid_amount_fen_total{kind="payment"} 124456.0' in metrics
-    assert 'fake_core_requests_total{endpoint="payments",outcome="duplicate"} 8.0' in metrics
+    text = await metrics(client, core)
+    assert 'fake_core_paid_amount_fen_total{kind="payment"} 124456.0' in text
+    assert 'fake_core_requests_total{endpoint="payments",outcome="duplicate"} 8.0' in text
 
 
 async def test_fail_ratio_one_fails_and_records_the_failure(
@@ -236,7 +103,7 @@ async def test_fail_ratio_one_fails_and_records_the_failure(
     assert status == 200 and debited["status"] == "failed"
     assert debited["reason"] in DEBIT_REASONS
     # A repeat returns the failure again, even though nothing would stop it now.
-    await call(client, "POST", f"{core.base_url}/fake/knobs", {"fail_ratio": 0})
+    await set_knobs(client, core, fail_ratio=0)
     status, again = await call(
         client, "POST", f"{core.base_url}/core/v1/payments", transfer("pay-f")
     )
@@ -290,7 +157,7 @@ async def test_statement_lists_the_days_rows(fakes: Fakes, client: aiohttp.Clien
     core = await fakes.core()
     await call(client, "POST", f"{core.base_url}/core/v1/payments", transfer("st-1", "50.00"))
     await call(client, "POST", f"{core.base_url}/core/v1/debits", transfer("st-2", "7.05"))
-    await call(client, "POST", f"{core.base_url}/fake/knobs", {"fail_ratio": 1})
+    await set_knobs(client, core, fail_ratio=1)
     await call(client, "POST", f"{core.base_url}/core/v1/payments", transfer("st-3", "9.99"))
     book = await records(client, core)
     day = book[0]["booked_at"][:10]
@@ -322,7 +189,7 @@ async def test_restart_keeps_the_records(
     core = await fakes.core(path)
     url = f"{core.base_url}/core/v1/payments"
     _, first = await call(client, "POST", url, transfer("rs-1"))
-    await call(client, "POST", f"{core.base_url}/fake/knobs", {"fail_ratio": 1})
+    await set_knobs(client, core, fail_ratio=1)
     _, failed = await call(client, "POST", url, transfer("rs-2"))
     before = await records(client, core)
     await core.stop()
@@ -347,7 +214,7 @@ async def test_knobs_endpoint_changes_behaviour(
     knobs_url = f"{core.base_url}/fake/knobs"
     url = f"{core.base_url}/core/v1/payments"
     assert (await call(client, "POST", url, transfer("kn-1")))[1]["status"] == "succeeded"
-    status, knobs = await call(client, "POST", knobs_url, {"fail_ratio": 1, "latency_ms": 300})
+    status, knobs = await set_knobs(client, core, fail_ratio=1, latency_ms=300)
     assert status == 200 and knobs["fail_ratio"] == 1.0 and knobs["latency_ms"] == 300
     started = time.monotonic()
     assert (await call(client, "POST", url, transfer("kn-2")))[1]["status"] == "failed"
@@ -358,14 +225,16 @@ async def test_knobs_endpoint_changes_behaviour(
         {"latency_ms": -1},
         {"latency_ms": 0.5},
         {"timeout_hang_s": 10_000},
+        {"batch_timeout_mode": "all"},
         {"volume": 11},
     ):
-        status, error = await call(client, "POST", knobs_url, bad)
+        status, error = await set_knobs(client, core, **bad)
         assert status == 400 and "error" in error, bad
     assert (await call(client, "GET", knobs_url))[1] == knobs
     sms = await fakes.sms()
-    status, error = await call(client, "POST", f"{sms.base_url}/fake/knobs", {"timeout_ratio": 1})
-    assert (status, error["error"]) == (400, "invalid_knobs")
+    for core_only in ({"timeout_ratio": 1}, {"batch_timeout_mode": "whole"}):
+        status, error = await set_knobs(client, sms, **core_only)
+        assert (status, error["error"]) == (400, "invalid_knobs"), core_only
 
 
 async def test_bad_transfer_is_400(fakes: Fakes, client: aiohttp.ClientSession) -> None:
@@ -389,17 +258,17 @@ async def test_sms_duplicate_reference_is_not_sent_twice(
     assert status == 200 and first["status"] == "accepted" and first["reference"] == "sms-1"
     answers = await asyncio.gather(*(call(client, "POST", url, body) for _ in range(5)))
     assert all(answer == (200, first) for answer in answers)
-    status, messages = await call(client, "GET", f"{sms.base_url}/fake/messages")
-    assert status == 200 and len(messages) == 1
+    messages = await records(client, sms)
+    assert len(messages) == 1
     assert messages[0]["message_id"] == first["message_id"]
     assert messages[0]["phone_masked"] == "138****5678" and messages[0]["text"] == body["text"]
     assert PHONE not in sms.record_path.read_text()
-    found = f"{sms.base_url}/fake/messages?reference="
-    assert (await call(client, "GET", found + "sms-1"))[1] == messages
-    assert (await call(client, "GET", found + "sms-none"))[1] == []
-    status, metrics = await call(client, "GET", f"{sms.base_url}/metrics")
-    assert 'fake_sms_messages_total{outcome="accepted"} 1.0' in metrics
-    assert 'fake_sms_messages_total{outcome="duplicate"} 5.0' in metrics
+    by_reference = f"{sms.base_url}/fake/messages?reference="
+    assert (await call(client, "GET", by_reference + "sms-1"))[1] == messages
+    assert (await call(client, "GET", by_reference + "sms-none"))[1] == []
+    text = await metrics(client, sms)
+    assert 'fake_sms_messages_total{outcome="accepted"} 1.0' in text
+    assert 'fake_sms_messages_total{outcome="duplicate"} 5.0' in text
 
 
 async def test_sms_failure_sends_nothing_and_a_resend_can_succeed(
@@ -409,11 +278,11 @@ async def test_sms_failure_sends_nothing_and_a_resend_can_succeed(
     url = f"{sms.base_url}/sms/v1/send"
     body = {"reference": "sms-f", "phone": PHONE, "text": "hello"}
     assert await call(client, "POST", url, body) == (503, {"status": "failed"})
-    assert (await call(client, "GET", f"{sms.base_url}/fake/messages"))[1] == []
-    await call(client, "POST", f"{sms.base_url}/fake/knobs", {"fail_ratio": 0})
+    assert await records(client, sms) == []
+    await set_knobs(client, sms, fail_ratio=0)
     status, accepted = await call(client, "POST", url, body)
     assert status == 200 and accepted["status"] == "accepted"
-    assert len((await call(client, "GET", f"{sms.base_url}/fake/messages"))[1]) == 1
+    assert len(await records(client, sms)) == 1
 
 
 async def test_sms_batch_decides_each_message_alone(
@@ -433,9 +302,9 @@ async def test_sms_batch_decides_each_message_alone(
     assert status == 200
     assert second["results"][0] == first["results"][1]
     assert second["results"][1]["status"] == "accepted"
-    status, recorded = await call(client, "GET", f"{sms.base_url}/fake/messages")
+    recorded = await records(client, sms)
     assert [m["reference"] for m in recorded] == ["b-0", "b-1", "b-2", "b-3"]
-    await call(client, "POST", f"{sms.base_url}/fake/knobs", {"fail_ratio": 1})
+    await set_knobs(client, sms, fail_ratio=1)
     status, failed = await call(client, "POST", url, {"messages": [
         {"reference": "b-4", "phone": PHONE, "text": "x"}]})  # fmt: skip
     assert (status, failed["results"]) == (200, [{"reference": "b-4", "status": "failed"}])
@@ -446,7 +315,7 @@ async def test_sms_batch_decides_each_message_alone(
     ):
         status, error = await call(client, "POST", url, bad)
         assert status == 400 and "error" in error
-    assert len((await call(client, "GET", f"{sms.base_url}/fake/messages"))[1]) == 4
+    assert len(await records(client, sms)) == 4
 
 
 async def test_bad_sms_is_400(fakes: Fakes, client: aiohttp.ClientSession) -> None:
@@ -462,28 +331,24 @@ async def test_bad_sms_is_400(fakes: Fakes, client: aiohttp.ClientSession) -> No
     ):
         status, error = await call(client, "POST", url, body)
         assert status == 400 and "error" in error, body
-    assert (await call(client, "GET", f"{sms.base_url}/fake/messages"))[1] == []
+    assert await records(client, sms) == []
 
 
-async def test_a_bad_environment_knob_stops_the_fake(tmp_path: Path) -> None:
-    env = dict(os.environ) | {
-        "FAKE_CORE_PORT": str(_free_port()),
-        "FAKE_CORE_RECORD_FILE": str(tmp_path / "r.jsonl"),
-        "FAKE_CORE_FAIL_RATIO": "0.9",
-        "FAKE_CORE_TIMEOUT_RATIO": "0.2",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "loadtest.fakes.core_bank",
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), START_TIMEOUT_S)
-    assert proc.returncode == 2
-    assert b"fail_ratio + timeout_ratio" in stderr
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FAKE_CORE_FAIL_RATIO": "0.9", "FAKE_CORE_TIMEOUT_RATIO": "0.2"},
+            b"fail_ratio + timeout_ratio",
+        ),
+        ({"FAKE_CORE_BATCH_TIMEOUT_MODE": "all"}, b"batch_timeout_mode must be"),
+    ],
+)
+async def test_a_bad_environment_knob_stops_the_fake(
+    fakes: Fakes, env: dict[str, str], message: bytes
+) -> None:
+    returncode, stderr = await fakes.new(CORE, **env).run_until_exit()
+    assert returncode == 2 and message in stderr, stderr
 
 
 async def test_sms_client_sends_alone_what_the_gateway_refuses_as_a_batch(
@@ -498,7 +363,7 @@ async def test_sms_client_sends_alone_what_the_gateway_refuses_as_a_batch(
     # One malformed phone makes the gateway refuse the batch (400): the others still go.
     mixed = [Sms("c-3", PHONE, "x"), Sms("c-4", "123", "x"), Sms("c-5", PHONE, "y")]
     assert await gateway.send_batch(mixed) == [True, False, True]
-    _, recorded = await call(client, "GET", f"{sms.base_url}/fake/messages")
+    recorded = await records(client, sms)
     assert [m["reference"] for m in recorded] == ["c-0", "c-1", "c-2", "c-3", "c-5"]
 
 
@@ -564,13 +429,118 @@ async def test_core_client_batch_outcomes(fakes: Fakes, client: aiohttp.ClientSe
         Outcome.SUCCEEDED,
         Outcome.FAILED,
     ]
-    # A time-out of the call is every item's unknown outcome; inquiry tells the truth.
-    await call(client, "POST", f"{core.base_url}/fake/knobs", {"timeout_ratio": 1})
-    late = [Transfer(f"cb-t{n}", CARD, 100, "m") for n in range(4)]
-    assert {r.outcome for r in await bank.move_batch("payment", late)} == {Outcome.UNKNOWN}
-    truths = [await bank.inquire(t.reference) for t in late]
-    assert {r.outcome for r in truths} <= {Outcome.SUCCEEDED, Outcome.FAILED}
+    # An item answered "unavailable" (batch_timeout_mode item), or a time-out of the
+    # whole call (mode whole), is an unknown outcome; inquiry tells the truth.
+    await set_knobs(client, core, timeout_ratio=1)
+    for mode in ("item", "whole"):
+        await set_knobs(client, core, batch_timeout_mode=mode)
+        late = [Transfer(f"cb-{mode}-{n}", CARD, 100, "m") for n in range(4)]
+        answers = await bank.move_batch("payment", late)
+        assert {r.outcome for r in answers} == {Outcome.UNKNOWN}, mode
+        assert {r.reason for r in answers} == {
+            "status 'unavailable'" if mode == "item" else "TimeoutError"
+        }
+        truths = [await bank.inquire(t.reference) for t in late]
+        assert {r.outcome for r in truths} <= {Outcome.SUCCEEDED, Outcome.FAILED}
     # A core that cannot be reached: nothing was sent.
     await core.stop()
     gone = await bank.move_batch("payment", [Transfer("cb-x", CARD, 100, "m")])
     assert [r.outcome for r in gone] == [Outcome.NOT_SENT]
+
+
+BATCH_SEED = "1"  # six new items draw: time-out, ok, time-out, ok, time-out, ok
+
+
+async def test_batch_timeout_item_mode_answers_the_others_at_once(
+    fakes: Fakes, client: aiohttp.ClientSession
+) -> None:
+    core = await fakes.core(
+        FAKE_CORE_TIMEOUT_RATIO="0.5", FAKE_CORE_TIMEOUT_HANG_S="5", FAKE_CORE_SEED=BATCH_SEED
+    )
+    knobs = (await call(client, "GET", f"{core.base_url}/fake/knobs"))[1]
+    assert knobs["batch_timeout_mode"] == "item"  # the default
+    url = f"{core.base_url}/core/v1/payments/batch"
+    items = [transfer(f"bi-{n}", f"{n + 1}.00") for n in range(6)]
+    started = time.monotonic()
+    status, body = await call(client, "POST", url, {"items": items}, timeout_s=2)
+    assert status == 200 and time.monotonic() - started < 1.0  # well under the 5 s hang
+    answers = {a["reference"]: a for a in body["items"]}
+    assert list(answers) == [item["reference"] for item in items]
+    book = {r["reference"]: r for r in await records(client, core)}
+    assert set(book) == set(answers)  # every item recorded, the timed-out ones too
+    timed_out = {reference for reference, r in book.items() if r["timed_out"]}
+    assert timed_out and timed_out != set(book)  # some of each (seed 1)
+    assert {book[reference]["status"] for reference in timed_out} == {"succeeded", "failed"}
+    for reference, answer in answers.items():
+        record = book[reference]
+        if reference in timed_out:
+            assert answer == {"reference": reference, "status": "unavailable"}
+        else:
+            assert answer["status"] == record["status"] == "succeeded"
+            assert answer["core_txn_id"] == record["core_txn_id"]
+        # The outcome was recorded before the answer: inquiry gives the final truth.
+        status, inquiry = await call(
+            client, "GET", f"{core.base_url}/core/v1/transactions/{reference}"
+        )
+        assert status == 200
+        assert (inquiry["status"], inquiry["core_txn_id"]) == (
+            record["status"],
+            record["core_txn_id"],
+        )
+        assert inquiry.get("reason") == record.get("reason")
+    # Sent again, a timed-out item is a repeat: its recorded outcome, at once.
+    again = next(item for item in items if item["reference"] in timed_out)
+    status, body = await call(client, "POST", url, {"items": [again]}, timeout_s=2)
+    record = book[again["reference"]]
+    assert status == 200
+    assert (body["items"][0]["status"], body["items"][0]["core_txn_id"]) == (
+        record["status"],
+        record["core_txn_id"],
+    )
+    assert len(await records(client, core)) == 6
+
+
+async def test_batch_timeout_whole_mode_withholds_the_whole_answer(
+    fakes: Fakes, client: aiohttp.ClientSession
+) -> None:
+    core = await fakes.core(
+        FAKE_CORE_TIMEOUT_RATIO="0.5",
+        FAKE_CORE_TIMEOUT_HANG_S="1",
+        FAKE_CORE_SEED=BATCH_SEED,
+        FAKE_CORE_BATCH_TIMEOUT_MODE="whole",
+    )
+    knobs = (await call(client, "GET", f"{core.base_url}/fake/knobs"))[1]
+    assert knobs["batch_timeout_mode"] == "whole"
+    url = f"{core.base_url}/core/v1/debits/batch"
+    items = [transfer(f"bw-{n}", f"{n + 1}.00") for n in range(6)]
+    with pytest.raises(TimeoutError):  # nothing comes back before the hang is over
+        await call(client, "POST", url, {"items": items}, timeout_s=0.5)
+    book = {r["reference"]: r for r in await records(client, core)}
+    assert set(book) == {item["reference"] for item in items}  # recorded before the hang
+    timed_out = {reference for reference, r in book.items() if r["timed_out"]}
+    assert timed_out and timed_out != set(book)  # the same draws as in item mode (seed 1)
+    for reference, record in book.items():
+        status, inquiry = await call(
+            client, "GET", f"{core.base_url}/core/v1/transactions/{reference}"
+        )
+        assert (status, inquiry["status"]) == (200, record["status"])
+    # Waited out, the answer gives every item its outcome, the timed-out ones too.
+    await set_knobs(client, core, timeout_ratio=1)
+    fresh = [transfer(f"bw-{n}") for n in range(6, 9)]
+    started = time.monotonic()
+    status, body = await call(client, "POST", url, {"items": [*fresh, items[1]]}, timeout_s=5)
+    assert status == 200 and time.monotonic() - started >= 0.9
+    book = {r["reference"]: r for r in await records(client, core)}
+    for answer in body["items"]:
+        assert answer["status"] == book[answer["reference"]]["status"] != "unavailable"
+        assert answer["core_txn_id"] == book[answer["reference"]]["core_txn_id"]
+    assert all(book[item["reference"]]["timed_out"] for item in fresh)
+    # Switched to item mode at run time, the same kind of batch answers at once.
+    await set_knobs(client, core, batch_timeout_mode="item")
+    started = time.monotonic()
+    status, body = await call(
+        client, "POST", url, {"items": [transfer("bw-9"), items[1]]}, timeout_s=2
+    )
+    assert status == 200 and time.monotonic() - started < 0.9
+    assert body["items"][0] == {"reference": "bw-9", "status": "unavailable"}
+    assert body["items"][1]["status"] == book[items[1]["reference"]]["status"]

@@ -7,7 +7,7 @@ import pytest
 
 from ledger.chart import Code
 from ledger.postings import InvalidLegError, Leg, Posting, UnbalancedPostingError, reversal
-from ledger.store import account_balance, post, trial_balance
+from ledger.store import account_balance, post, post_many, trial_balance
 from tests.ledger_helpers import TODAY, fresh_id, two_leg
 
 
@@ -86,6 +86,49 @@ async def test_legs_cannot_be_added_to_a_committed_transaction(
                 posting.txn_id,
                 posting.ref_id,
             )
+
+
+async def test_a_leg_added_after_an_early_check_is_checked_again(
+    shard_conns: dict[str, asyncpg.Connection],
+) -> None:
+    """The pair check sums a transaction's legs once per database transaction; a leg
+    added after that sum (SET CONSTRAINTS IMMEDIATE fired it early) is summed again."""
+    conn = shard_conns["shard_3"]
+    posting = two_leg(fresh_id(), 1, 300)
+    with pytest.raises(asyncpg.CheckViolationError, match="unbalanced"):
+        async with conn.transaction():
+            await post(conn, posting)
+            await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # checked now: balanced
+            await conn.execute("SET CONSTRAINTS ALL DEFERRED")
+            await conn.execute(
+                """INSERT INTO ledger_leg (txn_id, leg_no, code, owner_id, amount_fen)
+                   VALUES ($1, 3, 'loan_principal', $2, 5)""",
+                posting.txn_id,
+                posting.ref_id,
+            )
+    assert await _txn_rows(conn, posting.txn_id) == 0
+
+
+async def test_a_posting_of_many_legs_is_checked_once_and_still_refused_unbalanced(
+    shard_conns: dict[str, asyncpg.Connection],
+) -> None:
+    conn = shard_conns["shard_0"]
+    loans = [fresh_id() for _ in range(1500)]
+    txn_id = fresh_id()
+    legs = [Leg(Code.LOAN_INTEREST_RECEIVABLE, loan, 7, loan) for loan in loans]
+    good = Posting(
+        txn_id, None, "many", None, TODAY, (*legs[:63], Leg(Code.INTEREST_INCOME, None, -441))
+    )
+    async with conn.transaction():
+        await post_many(conn, [good])
+    codes = ["loan_interest_receivable"] * len(loans) + ["interest_income"]
+    amounts = [7] * len(loans) + [-7 * len(loans) + 1]  # one fen out
+    with pytest.raises(asyncpg.CheckViolationError, match="unbalanced"):
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT ledger_post($1, NULL, 'many', NULL, $2, $3, $4, $5, $6)",
+                fresh_id(), TODAY, codes, [*loans, 0], [*loans, None], amounts,
+            )  # fmt: skip
 
 
 async def test_history_is_append_only(shard_conns: dict[str, asyncpg.Connection]) -> None:

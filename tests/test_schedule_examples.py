@@ -351,13 +351,13 @@ def test_payoff_quote_current_loan_by_hand() -> None:
 def test_payoff_quote_overdue_loan_by_hand() -> None:
     state = settled_through(cli_example_plan(), 1)  # #2 (8181.11 + 375.06) due 03-31, unpaid
     quote = payoff_quote(state, PREPAY_DAY)
-    # penalty rate 4.9 % × 1.5 = 7.35 %; 10 days (03-31 -> 04-10)
-    #   penalty:  8181.11 × 0.0735/360 × 10 = 16.7031 -> 16.70
-    #   compound:  375.06 × 0.0735/360 × 10 =  0.7657 ->  0.77
+    # penalty rate 4.9 % × 1.5 = 7.35 %; 10 days (03-31 -> 04-10), each day rounded once:
+    #   penalty:  8181.11 × 0.0735/360 = 1.67031 -> 1.67 a day, 16.70
+    #   compound:  375.06 × 0.0735/360 = 0.07658 -> 0.08 a day,  0.80
     assert (quote.due_principal_fen, quote.due_interest_fen) == (818_111, 37_506)
-    assert (quote.penalty_fen, quote.compound_fen) == (1_670, 77)
+    assert (quote.penalty_fen, quote.compound_fen) == (1_670, 80)
     assert (quote.principal_fen, quote.interest_fen) == (8_367_105, 11_389)
-    assert quote.total_fen == 8_367_105 + 11_389 + 818_111 + 37_506 + 1_670 + 77
+    assert quote.total_fen == 8_367_105 + 11_389 + 818_111 + 37_506 + 1_670 + 80
     assert days_past_due(state, PREPAY_DAY) == 10
     assert classification_floor(10) is LoanClass.SPECIAL_MENTION
 
@@ -365,19 +365,19 @@ def test_payoff_quote_overdue_loan_by_hand() -> None:
 def test_partial_payment_of_overdue_principal_by_hand() -> None:
     state = settled_through(cli_example_plan(), 1)
     # On 04-05 (5 days late) book the accrual, then 4000.00 of #2's principal is paid:
-    #   penalty  8181.11 × 0.0735/360 × 5 = 8.3515 -> 8.35;  compound 375.06 × ... × 5 = 0.38
+    #   penalty 1.67 a day (above) × 5 = 8.35;  compound 0.08 a day × 5 = 0.40
     booked = accrue_overdue(state, date(2026, 4, 5))
     assert (booked.statuses[1].penalty_unpaid_fen, booked.statuses[1].compound_unpaid_fen) == (
         835,
-        38,
+        40,
     )
     paid = msgspec.structs.replace(booked.statuses[1], principal_paid_fen=400_000)
     state = LoanState(booked.plan, (booked.statuses[0], paid, *booked.statuses[2:]))
-    # On 04-10 five more days on 4181.11: 4181.11 × 0.0735/360 × 5 = 4.2682 -> 4.27;
-    # penalty 8.35 + 4.27 = 12.62; compound 0.38 + 0.38 = 0.76.
+    # On 04-10 five more days on 4181.11: 4181.11 × 0.0735/360 = 0.85364 -> 0.85 a day,
+    # 4.25; penalty 8.35 + 4.25 = 12.60; compound 0.40 + 0.40 = 0.80.
     charges = overdue_charges(state, PREPAY_DAY)
     assert (charges.principal_fen, charges.interest_fen) == (418_111, 37_506)
-    assert (charges.penalty_fen, charges.compound_fen) == (1_262, 76)
+    assert (charges.penalty_fen, charges.compound_fen) == (1_260, 80)
     with pytest.raises(OverdueError):
         overdue_charges(state, date(2026, 4, 4))  # before what is already booked
 

@@ -13,6 +13,7 @@ import asyncpg
 
 from engine.settings import Settings
 from ledger.store import trial_balance
+from tests import books
 from tests.api_client import BODIES_SEEN, PERSONAL_SENT
 from tests.conftest import ROOT, run_cli
 
@@ -46,3 +47,15 @@ async def test_trial_balance_zero_on_every_shard(settings: Settings) -> None:
     done = run_cli("ledger", "trial-balance", "--deep")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NOT BALANCED" not in done.stdout
+
+
+async def test_every_books_invariant_holds_on_every_shard(settings: Settings) -> None:
+    """Lines against their loans, receivables against plans and repayments (tests/books.py)."""
+    found = []
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            found += [f"{shard.name}: {p}" for p in await books.problems(conn)]
+        finally:
+            await conn.close()
+    assert found == []

@@ -24,4 +24,6 @@ COMMANDS: dict[str, str] = {
     "blacklist": "engine.cli.lists",
     "bureauflag": "engine.cli.lists",
     "evidence": "engine.cli.evidence",
+    "eod": "engine.cli.eod",
+    "officers": "engine.cli.officers",
 }

@@ -1,7 +1,9 @@
 """`python -m engine clock show | set YYYY-MM-DD`: the one business date.
 
 Setting it by hand is for the local stack and tests only (ENGINE_ENV dev or
-test); in production the day-end batch advances it. Engines see a change
+test); in production the day-end batch advances it. Setting it back to or before
+a date the day-end has closed drops the day-end's records of those dates (control
+database and shards), so that it closes them again. Engines see a change
 within `reference_refresh_s` seconds.
 """
 
@@ -23,7 +25,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.stores.control_admin import set_business_date
+    from engine.stores.control_admin import forget_day_ends_from, set_business_date
 
     async def work(conn: Any, cipher: Any, settings: Any) -> int:
         if args.action == "set":
@@ -37,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
                 print("clock: set needs a date YYYY-MM-DD", file=sys.stderr)
                 return 2
             await set_business_date(conn, args.date)
+            forgotten = await forget_day_ends_from(conn, settings, args.date)
+            if forgotten:
+                print(
+                    f"clock: the day-end's records of {forgotten} dates from {args.date} on "
+                    "were dropped: it closes them again from the books as they stand",
+                    file=sys.stderr,
+                )
         print(await conn.fetchval("SELECT business_date FROM business_clock"))
         return 0
 

@@ -88,6 +88,9 @@ class CreditLineView(msgspec.Struct):
     repayment_methods: list[str]
     max_term_months: int
     expires_on: dt.date
+    # Who froze it: "channel" (the channel may lift it), "rule" (a post-loan rule of the
+    # day-end) or "operator" (only an operator lifts those); None when active.
+    frozen_by: str | None = None
 
 
 class StatusChange(_Request):
@@ -168,6 +171,10 @@ class LoanView(msgspec.Struct):
     requested_at: dt.datetime
     disbursed_at: dt.datetime | None
     failure_reason: str | None = None
+    # The day-end's record: the class it gave the loan and since when (None: never late),
+    # and the penalty and compound interest booked and unpaid.
+    classification_since: dt.date | None = None
+    penalty_accrued: str = "0.00"
 
 
 class ScheduleView(msgspec.Struct):
@@ -304,6 +311,32 @@ class ApplicationView(msgspec.Struct):
 
 class ReviewQueue(msgspec.Struct):
     applications: list[ApplicationView]
+
+
+class CollectionCaseView(msgspec.Struct):
+    """A late loan handed to a loan officer by a post-loan rule (engine.eod)."""
+
+    loan_id: str
+    customer_id: str
+    tenant_id: str
+    branch_code: str
+    officer_id: str
+    status: Literal["open", "closed"]
+    opened_on: dt.date
+    dpd_at_open: int
+    days_past_due: int
+    classification: str
+    receipt_no: str
+    outstanding_principal: str
+    closed_on: dt.date | None = None
+
+
+class CollectionQueue(msgspec.Struct):
+    cases: list[CollectionCaseView]
+
+
+class Reassign(_Request):
+    officer_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 
 
 class ReviewAction(_Request):

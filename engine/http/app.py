@@ -11,6 +11,7 @@ from engine.http.middlewares import request_middleware
 from engine.http.routes_contracts import setup_contract_routes
 from engine.http.routes_ops import setup_ops_routes
 from engine.http.routes_origination import setup_origination_routes
+from engine.http.routes_post_loan import setup_post_loan_routes
 from engine.http.routes_v1 import setup_v1_routes
 from engine.settings import Settings
 
@@ -36,4 +37,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_v1_routes(app)
     setup_origination_routes(app)
     setup_contract_routes(app)
+    setup_post_loan_routes(app)
     return app

@@ -18,7 +18,8 @@ from engine.contract.errors import Unauthorized
 from engine.http import keys as app_keys
 
 OPERATOR_PATHS = re.compile(
-    r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject)"
+    r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject)|collection-queue"
+    r"|collection-cases/[0-9]{1,19}/reassign|operator/credit-lines/[0-9]{1,19}/(freeze|unfreeze)"
     r"|contracts/[0-9]{1,19}/face-to-face)$"
 )
 # Read by channels and operators alike: an operator's request is one with the token.

@@ -16,8 +16,6 @@ import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.adapters.bureau import BureauClient
 from engine.adapters.core_bank import CoreBankClient
@@ -25,7 +23,8 @@ from engine.adapters.sms import SmsClient
 from engine.origination.bureau_step import run_bureau_step
 from engine.origination.setup import build_origination
 from engine.relay.executor import Relay
-from engine.runtime import gc_tuning, metrics
+from engine.runtime import gc_tuning
+from engine.runtime.metrics_site import start_metrics_site
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
@@ -107,30 +106,12 @@ async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
         await control.close()
 
 
-async def _metrics_site(port: int) -> web.AppRunner:
-    """`/metrics` and `/healthz` of the relay, on loopback."""
-
-    async def metrics_endpoint(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
-
-
 async def run_relay(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = await _metrics_site(settings.external.relay_metrics_port)
+    runner = await start_metrics_site(settings.external.relay_metrics_port)
     try:
         async with relay_resources(settings) as relay:
             watchers = [

@@ -18,7 +18,7 @@ from sharding.ids import shard_of_id
 
 _LINE_COLUMNS = """credit_line_id, customer_id, tenant_id, product_code, limit_fen, used_fen,
     annual_rate_pct, repayment_methods, max_term_months, expires_on, status, status_reason,
-    application_id, contract_signed_at"""
+    frozen_by, application_id, contract_signed_at"""
 
 
 def line_view(row: asyncpg.Record) -> CreditLineView:
@@ -32,6 +32,7 @@ def line_view(row: asyncpg.Record) -> CreditLineView:
         available=format_fen(row["limit_fen"] - row["used_fen"]),
         status=row["status"],
         status_reason=row["status_reason"],
+        frozen_by=row["frozen_by"],
         annual_rate_pct=format_rate_pct(row["annual_rate_pct"]),
         repayment_methods=list(row["repayment_methods"]),
         max_term_months=row["max_term_months"],
@@ -132,16 +133,32 @@ async def fetch_line(
 
 
 async def set_line_status(
-    conn: asyncpg.Connection, channel: Channel, line_id: int, status: str, reason: str
+    conn: asyncpg.Connection,
+    channel: Channel,
+    line_id: int,
+    status: str,
+    reason: str,
+    *,
+    by: str = "channel",
 ) -> CreditLineView:
-    assert status in ("active", "frozen"), status
-    await fetch_line(conn, channel, line_id, lock=True)
+    """Freeze or unfreeze a line. A freeze by a post-loan rule or an operator is lifted
+    only by an operator: a channel asking gets `CREDIT_LINE_FROZEN_BY_BANK`."""
+    assert status in ("active", "frozen") and by in ("channel", "operator"), (status, by)
+    line = await fetch_line(conn, channel, line_id, lock=True)
+    if by == "channel" and line["frozen_by"] in ("rule", "operator"):
+        raise Unprocessable(
+            "CREDIT_LINE_FROZEN_BY_BANK",
+            f"the line was frozen by the bank ({line['status_reason']}): only an operator "
+            "can change it",
+        )
     row = await conn.fetchrow(
-        f"""UPDATE credit_line SET status = $2, status_reason = $3, updated_at = now()
+        f"""UPDATE credit_line SET status = $2, status_reason = $3, updated_at = now(),
+                frozen_by = CASE WHEN $2 = 'frozen' THEN $4 END
             WHERE credit_line_id = $1 RETURNING {_LINE_COLUMNS}""",
         line_id,
         status,
         reason,
+        by,
     )
     assert row is not None
     return line_view(row)

@@ -68,10 +68,17 @@ def _next_due(loan: StoredLoan) -> NextDue | None:
     return None
 
 
-def loan_view(loan: StoredLoan, today: dt.date) -> LoanView:
+def loan_view(loan: StoredLoan, today: dt.date, risk: asyncpg.Record | None = None) -> LoanView:
+    """The loan as the API shows it; `risk` is its `loan_risk` row, if the day-end wrote
+    one: then the class is the day-end's, with its date."""
     row = loan.row
     active = row.status == "disbursed"
     dpd = days_past_due(loan.state, today) if active else 0
+    if risk is not None and active:
+        classification, since = str(risk["classification"]), risk["classified_on"]
+    else:
+        classification, since = str(classification_floor(dpd)), None
+    charges = sum(s.penalty_unpaid_fen + s.compound_unpaid_fen for s in loan.state.statuses)
     return LoanView(
         loan_id=str(row.loan_id),
         receipt_no=row.receipt_no,
@@ -87,7 +94,9 @@ def loan_view(loan: StoredLoan, today: dt.date) -> LoanView:
         start_date=row.start_date,
         maturity_date=row.maturity_date,
         days_past_due=dpd,
-        classification=str(classification_floor(dpd)),
+        classification=classification,
+        classification_since=since,
+        penalty_accrued=format_fen(charges),
         next_due=_next_due(loan) if active else None,
         disburse_to_masked=row.disburse_to_masked,
         requested_at=row.requested_at,
@@ -99,7 +108,11 @@ def loan_view(loan: StoredLoan, today: dt.date) -> LoanView:
 async def get_loan(
     conn: asyncpg.Connection, channel: Channel, loan_id: int, today: dt.date
 ) -> LoanView:
-    return loan_view(await fetch_loan(conn, channel, loan_id), today)
+    loan = await fetch_loan(conn, channel, loan_id)
+    risk = await conn.fetchrow(
+        "SELECT classification, classified_on FROM loan_risk WHERE loan_id = $1", loan_id
+    )
+    return loan_view(loan, today, risk)
 
 
 async def get_schedule(

@@ -14,8 +14,16 @@ all or nothing, booked only after core banking debited the card.
         succeeded ─► the same allocation again on phase A's date (the loans were held)
                      ─► plans, loans, lines (revolving) ─► `succeeded`, one merged SMS
                      ─► last, one posting (its stripe rows held briefly)
-                        Dr core_settlement / Cr loan_principal, interest_income, penalty_income
+                        Dr core_settlement / Cr loan_principal and the loans' receivables
         failed    ─► `failed` with core's reason; nothing booked
+
+Income is booked on the accrual basis (engine/eod): the day-end posts interest and
+penalty to each loan's receivables day by day, and a repayment settles them. Charges
+this repayment books for its own day (penalty since the last day-end) are posted to the
+penalty receivable and income first. A loan the repayment settles leaves the day-end:
+both its receivables are zeroed, what was not accrued (or accrued beyond what was paid)
+going to income. Interest a prepayment settles on the prepaid principal is earned at
+once and counted in the loan's accrual figure (`loan_accrual.interest_extra_fen`).
 
 Loans are locked in ascending ID order and their lines after them, so two
 repayments never deadlock.
@@ -38,6 +46,7 @@ from engine.contract.messages import (
     RepaymentView,
 )
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
+from engine.security.pii import PiiCipher
 from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import StoredLoan, fetch_loan, rewrite_plan
@@ -48,7 +57,7 @@ from engine.stores.reference import Channel, ReferenceData
 from ledger import allocation
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, parse_amount
-from ledger.overdue import accrue_overdue, unpaid_fen
+from ledger.overdue import LoanState, accrue_overdue, unpaid_fen
 from ledger.postings import Leg, Posting
 from ledger.prepayment import PrepaymentRule, payoff_quote, prepay, principal_for_cash_fen
 from ledger.schedule import ScheduleError
@@ -70,8 +79,9 @@ class Item(msgspec.Struct, frozen=True):
 
 class ItemResult(msgspec.Struct, frozen=True):
     item: Item
-    loan: StoredLoan
+    loan: StoredLoan  # with its charges booked through the day
     result: allocation.Allocation
+    charges_booked_fen: int  # penalty and compound this repayment booked for its day
 
 
 def debit_reference(repayment_id: int) -> str:
@@ -92,6 +102,7 @@ def _apply(loan: StoredLoan, item: Item, cash_fen: int | None, day: dt.date) -> 
     """The allocation of one item on `day` (phase A sizes it, phase B books it)."""
     multiplier = loan.row.penalty_multiplier
     state = accrue_overdue(loan.state, day, multiplier)
+    booked_fen = _charges_fen(state) - _charges_fen(loan.state)
     if item.mode == "due":
         due_fen = allocation.due_total_fen(state, day)
         if due_fen == 0:
@@ -114,7 +125,12 @@ def _apply(loan: StoredLoan, item: Item, cash_fen: int | None, day: dt.date) -> 
             )
         result = allocation.settle_payoff(state, day, quote)
     loan = msgspec.structs.replace(loan, state=state)
-    return ItemResult(msgspec.structs.replace(item, amount_fen=result.total_fen), loan, result)
+    sized = msgspec.structs.replace(item, amount_fen=result.total_fen)
+    return ItemResult(sized, loan, result, booked_fen)
+
+
+def _charges_fen(state: LoanState) -> int:
+    return sum(s.penalty_unpaid_fen + s.compound_unpaid_fen for s in state.statuses)
 
 
 def _evaluate(loan: StoredLoan, item: Item, cash_fen: int | None, day: dt.date) -> ItemResult:
@@ -141,7 +157,32 @@ async def _locked_loans(
 async def repay(
     svc: Services, conn: asyncpg.Connection, channel: Channel, body: RepaymentCreate, key: str
 ) -> RepaymentView:
-    """Phase A: check and size every item, hold the loans, queue the debit."""
+    """Phase A of a channel's repayment, on the business date."""
+    return await open_repayment(
+        conn,
+        ids=svc.ids,
+        cipher=svc.cipher,
+        reference=svc.reference.data,
+        channel=channel,
+        body=body,
+        key=key,
+        today=svc.business_date,
+    )
+
+
+async def open_repayment(
+    conn: asyncpg.Connection,
+    *,
+    ids: IdGenerator,
+    cipher: PiiCipher,
+    reference: ReferenceData,
+    channel: Channel,
+    body: RepaymentCreate,
+    key: str,
+    today: dt.date,
+) -> RepaymentView:
+    """Phase A: check and size every item on `today`, hold the loans, queue the debit.
+    The day-end's auto-deduction comes here too, with the date it closes."""
     customer_id = int(body.customer_id)
     try:
         card = parse_bank_card(body.debit_from)
@@ -154,7 +195,6 @@ async def repay(
     if len(set(loan_ids)) != len(loan_ids):
         raise BadRequest("LOAN_REPEATED", "each loan may appear once in a repayment")
     await lock_customer(conn, channel, customer_id)
-    today = svc.business_date
     loans = await _locked_loans(conn, channel, customer_id, loan_ids)
     busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
     if busy:
@@ -162,7 +202,7 @@ async def repay(
             "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
         )
     results = []
-    products = svc.reference.data.products
+    products = reference.products
     for request_item in body.items:
         loan = loans[int(request_item.loan_id)]
         rule = None
@@ -171,7 +211,7 @@ async def repay(
         item = Item(loan.row.loan_id, request_item.mode, rule, 0)
         results.append(_evaluate(loan, item, _cash(request_item), today))
     items = [_sized(r) for r in results]
-    repayment_id = svc.ids.next_id(shard_of_id(customer_id))
+    repayment_id = ids.next_id(shard_of_id(customer_id))
     total_fen = sum(item.amount_fen for item in items)
     await conn.execute(
         """INSERT INTO repayment (repayment_id, customer_id, tenant_id, channel_id, status,
@@ -184,7 +224,7 @@ async def repay(
         channel.channel_id,
         total_fen,
         mask_bank_card(card),
-        svc.cipher.encrypt(card, context=BANK_CARD),
+        cipher.encrypt(card, context=BANK_CARD),
         today,
         msgspec.json.encode(items).decode(),
         key,
@@ -196,7 +236,7 @@ async def repay(
     )
     await enqueue(
         conn,
-        outbox_id=svc.ids.next_id(shard_of_id(customer_id)),
+        outbox_id=ids.next_id(shard_of_id(customer_id)),
         customer_id=customer_id,
         kind="debit",
         ref_id=repayment_id,
@@ -294,8 +334,10 @@ async def _book(
     for before, after in zip(items, results, strict=True):
         # The loans were held since phase A: the same cash splits the same way.
         assert _sized(after) == before, (before, after)
-    await _store(conn, results)
-    posting = _posting(ids, row, results)
+    settled = await _store(conn, results)
+    receivables = await _receivables(conn, settled)
+    await _record_prepaid_interest(conn, row["customer_id"], results)
+    posting = _posting(ids, row, results, receivables)
     await _record_items(conn, row, results)
     await conn.execute(
         "UPDATE repayment SET status = 'succeeded', completed_at = now() WHERE repayment_id = $1",
@@ -332,12 +374,16 @@ def _penalty_paid(r: ItemResult) -> tuple[int, ...]:
     )
 
 
-async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> None:
+async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> list[int]:
+    """Plans, loans and lines after the payment; returns the loans it settles."""
     line_principal: dict[int, int] = {}
+    settled_loans: list[int] = []
     for r in results:
         row = r.loan.row
         await rewrite_plan(conn, row, r.result.state, _penalty_paid(r))
         settled = _settled(r.result)
+        if settled:
+            settled_loans.append(row.loan_id)
         await conn.execute(
             """UPDATE loan SET outstanding_principal_fen = outstanding_principal_fen - $2,
                    payment_fen = $3, prepaid_fen = $4, plan_version = plan_version + $5,
@@ -361,20 +407,80 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> None:
             line_id,
             line_principal[line_id],
         )
+    return settled_loans
 
 
-def _posting(ids: IdGenerator, row: asyncpg.Record, results: list[ItemResult]) -> Posting:
+async def _receivables(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[tuple[int, str], int]:
+    """The interest and penalty receivables of the loans being settled, before this
+    repayment: (loan, code) -> debit balance. Read under the loans' locks, which the
+    day-end's chunks also take, so no accrual lands between this read and the commit."""
+    if not loan_ids:
+        return {}
+    rows = await conn.fetch(
+        """SELECT owner_id, code, debit_total_fen - credit_total_fen AS balance
+           FROM ledger_account WHERE owner_id = ANY($1::bigint[]) AND code = ANY($2::text[])""",
+        loan_ids,
+        [str(Code.LOAN_INTEREST_RECEIVABLE), str(Code.LOAN_PENALTY_RECEIVABLE)],
+    )
+    balances = {(loan_id, str(code)): 0 for loan_id in loan_ids for code in _RECEIVABLES}
+    balances.update({(row["owner_id"], row["code"]): int(row["balance"]) for row in rows})
+    return balances
+
+
+_RECEIVABLES = (Code.LOAN_INTEREST_RECEIVABLE, Code.LOAN_PENALTY_RECEIVABLE)
+
+
+async def _record_prepaid_interest(
+    conn: asyncpg.Connection, customer_id: int, results: list[ItemResult]
+) -> None:
+    """Interest a prepayment settled on the prepaid principal: earned now, so part of
+    the loan's accrual figure from here on (ledger.accrual)."""
+    extras = [(r.item.loan_id, r.result.interest_fen) for r in results if r.item.mode == "prepay"]
+    extras = [(loan_id, fen) for loan_id, fen in extras if fen > 0]
+    if not extras:
+        return
+    await conn.executemany(
+        """INSERT INTO loan_accrual AS a (loan_id, customer_id, interest_extra_fen)
+           VALUES ($1, $2, $3)
+           ON CONFLICT (loan_id) DO UPDATE
+           SET interest_extra_fen = a.interest_extra_fen + excluded.interest_extra_fen""",
+        [(loan_id, customer_id, fen) for loan_id, fen in extras],
+    )
+
+
+def _posting(
+    ids: IdGenerator,
+    row: asyncpg.Record,
+    results: list[ItemResult],
+    receivables: dict[tuple[int, str], int],
+) -> Posting:
+    """Dr core_settlement / Cr each loan's principal and receivables; the charges booked
+    for the day and the income of settled loans' receivables go through income."""
     legs: list[Leg] = []
-    interest_fen = penalty_fen = 0
+    interest_income_fen = penalty_income_fen = 0
     for r in results:
+        loan_id = r.loan.row.loan_id
+        interest_fen = -r.result.interest_fen  # credited to the receivable
+        penalty_fen = r.charges_booked_fen - r.result.penalty_fen
+        penalty_income_fen -= r.charges_booked_fen
+        if (loan_id, str(Code.LOAN_INTEREST_RECEIVABLE)) in receivables:  # settled: zero both
+            interest_before = receivables[(loan_id, str(Code.LOAN_INTEREST_RECEIVABLE))]
+            penalty_before = receivables[(loan_id, str(Code.LOAN_PENALTY_RECEIVABLE))]
+            # The receivable's leg moves from "what was paid" to "all it holds": the
+            # difference is income not accrued (a credit) or accrued beyond what was paid.
+            interest_income_fen += interest_before + interest_fen
+            penalty_income_fen += penalty_before + penalty_fen
+            interest_fen, penalty_fen = -interest_before, -penalty_before
         if r.result.principal_fen:
-            legs.append(Leg(Code.LOAN_PRINCIPAL, r.loan.row.loan_id, -r.result.principal_fen))
-        interest_fen += r.result.interest_fen
-        penalty_fen += r.result.penalty_fen
-    if interest_fen:
-        legs.append(Leg(Code.INTEREST_INCOME, None, -interest_fen))
-    if penalty_fen:
-        legs.append(Leg(Code.PENALTY_INCOME, None, -penalty_fen))
+            legs.append(Leg(Code.LOAN_PRINCIPAL, loan_id, -r.result.principal_fen))
+        if interest_fen:
+            legs.append(Leg(Code.LOAN_INTEREST_RECEIVABLE, loan_id, interest_fen))
+        if penalty_fen:
+            legs.append(Leg(Code.LOAN_PENALTY_RECEIVABLE, loan_id, penalty_fen))
+    if interest_income_fen:
+        legs.append(Leg(Code.INTEREST_INCOME, None, interest_income_fen))
+    if penalty_income_fen:
+        legs.append(Leg(Code.PENALTY_INCOME, None, penalty_income_fen))
     total_fen = -sum(leg.amount_fen for leg in legs)
     assert total_fen == row["total_fen"], (total_fen, row["total_fen"])
     legs.insert(0, Leg(Code.CORE_SETTLEMENT, None, total_fen))

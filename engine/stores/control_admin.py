@@ -9,6 +9,7 @@ import secrets
 import asyncpg
 
 from engine.security.pii import PiiCipher
+from engine.settings import Settings
 from engine.stores.reference import CHANNEL_SECRET_CONTEXT
 
 DEMO_TENANT = "demo"
@@ -157,3 +158,17 @@ async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
 
 async def set_business_date(conn: asyncpg.Connection, day: dt.date) -> None:
     await conn.execute("UPDATE business_clock SET business_date = $1, updated_at = now()", day)
+
+
+async def forget_day_ends_from(conn: asyncpg.Connection, settings: Settings, day: dt.date) -> int:
+    """The day-end's records of `day` and later, in the control database and every shard
+    (dev and test only: the business date was set back by hand). Returns how many dates."""
+    assert settings.env in ("dev", "test"), settings.env
+    status = await conn.execute("DELETE FROM eod_day WHERE business_date >= $1", day)
+    for shard in settings.shards:
+        shard_conn = await asyncpg.connect(shard.dsn, timeout=10)
+        try:
+            await shard_conn.execute("DELETE FROM eod_progress WHERE business_date >= $1", day)
+        finally:
+            await shard_conn.close()
+    return int(status.split()[-1])

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CONTROL_POOL_LIMITS = PoolLimits(size_min=1, size_max=5)  # reference loads, leases: few
 CHANNEL_SECRET_CONTEXT = "channel_secret"  # noqa: S105 - a name, not a secret
+# What customers are told of operations no channel made: the day-end's automatic debits
+# (engine.eod.deduct.SYSTEM_CHANNEL) have no row in the channel table.
+SYSTEM_CHANNEL_NAMES = {"eod": "到期自动扣款"}
 
 
 class Product(msgspec.Struct, frozen=True):
@@ -54,17 +57,37 @@ class Channel(msgspec.Struct, frozen=True):
     display_name: str = ""  # what customers see in SMS; empty: not loaded (use the ID)
 
 
+class Officer(msgspec.Struct, frozen=True):
+    """A loan officer a post-loan rule may hand a late loan to."""
+
+    officer_id: str
+    tenant_id: str
+    branch_code: str
+    name: str
+    active: bool
+
+
 class ReferenceData(msgspec.Struct, frozen=True):
     tenants: frozenset[str]
     channels: dict[str, Channel]
     products: dict[str, Product]
     business_date: dt.date
     sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
+    officers: dict[str, Officer] = msgspec.field(default_factory=dict)
+
+    def branch_officers(self, tenant_id: str, branch_code: str) -> tuple[str, ...]:
+        """The active officers of a branch in id order; the member bank's others if the
+        branch has none."""
+        active = [o for o in self.officers.values() if o.active and o.tenant_id == tenant_id]
+        branch = sorted(o.officer_id for o in active if o.branch_code == branch_code)
+        return tuple(branch or sorted(o.officer_id for o in active))
 
     def channel_name(self, channel_id: str) -> str:
         """The channel's display name for customers; its ID if it has none."""
         channel = self.channels.get(channel_id)
-        return channel.display_name if channel is not None and channel.display_name else channel_id
+        if channel is not None and channel.display_name:
+            return channel.display_name
+        return SYSTEM_CHANNEL_NAMES.get(channel_id, channel_id)
 
     def sms_template(self, tenant_id: str, kind: str) -> str:
         """The tenant's own template, else the province-wide one (tenant '*')."""
@@ -80,6 +103,9 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
         templates = await conn.fetch("SELECT tenant_id, kind, body FROM sms_template")
+        officers = await conn.fetch(
+            "SELECT officer_id, tenant_id, branch_code, name, active FROM loan_officer"
+        )
     return ReferenceData(
         tenants=frozenset(row["tenant_id"] for row in tenants),
         channels={
@@ -95,6 +121,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
         products={row["product_code"]: _product(row) for row in products},
         business_date=business_date,
         sms_templates={(row["tenant_id"], row["kind"]): row["body"] for row in templates},
+        officers={row["officer_id"]: Officer(**dict(row)) for row in officers},
     )
 
 

@@ -1,26 +1,32 @@
 """Fakes of the systems we do not own, each its own aiohttp process on its own port.
 
-    engine relay --HTTP--> fake core bank    :18601  python -m loadtest.fakes.core_bank
-                 --HTTP--> fake SMS gateway  :18602  python -m loadtest.fakes.sms_gateway
-    tests -------HTTP--> GET /fake/records, POST /fake/knobs, GET /metrics
+    engine relay ------HTTP--> fake core bank     :18601  python -m loadtest.fakes.core_bank
+                 ------HTTP--> fake SMS gateway   :18602  python -m loadtest.fakes.sms_gateway
+    engine origination -HTTP--> fake credit bureau :18603  python -m loadtest.fakes.credit_bureau
+    tests -------------HTTP--> GET /fake/records|messages|queries, POST /fake/knobs, GET /metrics
 
 They talk HTTP only and import nothing from `engine/`. Each keeps a durable
 record of what it did (JSON lines, fsync'd before each answer, reloaded at start-up),
 so that a test can hold it against our ledger.
 
-This module holds the pieces both fakes share:
+This module holds the pieces the fakes' handlers and records share:
 
     Journal[T]        append-only JSON-lines file of msgspec Structs
+    BadRequest        a request refused with 400, nothing recorded
     error_middleware  BadRequest / msgspec errors -> 400 {"error", "detail"}
     read_json         request body -> Struct, bounded in size and time
     json_response     Struct -> application/json
-    metrics_handler   GET /metrics from the fake's registry
-    run               serve an app until SIGINT/SIGTERM
+    SHANGHAI          the time zone of every recorded time (+08:00)
+
+How a fake is configured, started and served (its settings from the
+environment, its state, its app with the routes every fake has, its `main`) is
+in `loadtest.fakes.service`; its knobs are in `loadtest.fakes.knobs`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,15 +34,13 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
-import uvloop
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 BODY_MAX_BYTES = 64 * 1024
 BODY_READ_TIMEOUT_S = 5.0
-SHUTDOWN_TIMEOUT_S = 1.0  # hanging "time-outs" are not waited for: their record is written
+SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
 
-T = TypeVar("T", bound=msgspec.Struct)
+T = TypeVar("T")  # a msgspec Struct
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _log = logging.getLogger("loadtest.fakes")
@@ -158,84 +162,3 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_response({"error": "invalid_field", "detail": str(exc)}, status=400)
     except msgspec.DecodeError as exc:
         return json_response({"error": "invalid_json", "detail": str(exc)}, status=400)
-
-
-def metrics_handler(registry: CollectorRegistry) -> Handler:
-    async def metrics(_request: web.Request) -> web.StreamResponse:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    return metrics
-
-
-async def healthz(_request: web.Request) -> web.StreamResponse:
-    return json_response({"status": "ok"})
-
-
-def run(app: web.Application, host: str, port: int, name: str) -> None:
-    """Serve until SIGINT/SIGTERM; no access log (the record and /metrics say enough)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    _log.info("%s listening on http://%s:%d", name, host, port)
-    web.run_app(
-        app,
-        loop=uvloop.new_event_loop(),
-        host=host,
-        port=port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        handler_cancellation=False,
-    )
-
-
-def add_common_routes(
-    app: web.Application,
-    state_key: web.AppKey[Any],
-    supported: frozenset[str],
-    registry: CollectorRegistry,
-) -> None:
-    """What every fake serves alike: `/fake/knobs` (GET, POST), `/healthz`, `/metrics`.
-
-    `app[state_key]` is the fake's state, with a `knobs` attribute that POST replaces.
-    """
-    from loadtest.fakes.knobs import KnobsError, KnobsUpdate, apply_update
-
-    decoder = msgspec.json.Decoder(KnobsUpdate)
-
-    async def get_knobs(request: web.Request) -> web.StreamResponse:
-        return json_response(request.app[state_key].knobs)
-
-    async def post_knobs(request: web.Request) -> web.StreamResponse:
-        state = request.app[state_key]
-        update = await read_json(request, decoder)
-        try:
-            state.knobs = apply_update(state.knobs, update, supported)
-        except KnobsError as exc:
-            raise BadRequest("invalid_knobs", str(exc)) from exc
-        return json_response(state.knobs)
-
-    app.router.add_get("/fake/knobs", get_knobs)
-    app.router.add_post("/fake/knobs", post_knobs)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_handler(registry))
-
-
-def serve_main(
-    name: str,
-    config_from_env: Callable[[Any], Any],
-    create_app: Callable[[Any, CollectorRegistry], web.Application],
-) -> None:
-    """`python -m loadtest.fakes.X`: knobs from the environment (bad ones: exit 2), then serve."""
-    import sys
-
-    from prometheus_client import REGISTRY
-
-    from loadtest.fakes.knobs import KnobsError
-
-    try:
-        config = config_from_env(os.environ)
-    except KnobsError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from exc
-    run(create_app(config, REGISTRY), config.host, config.port, name)

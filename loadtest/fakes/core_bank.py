@@ -15,8 +15,14 @@
                                           {"reference", "status": "conflict"|"unavailable"}]}
                                      400 the batch refused whole (an invalid item,
                                          references repeated): nothing recorded
-                                  An item that draws a time-out withholds the whole
-                                  answer for timeout_hang_s.
+                                  An item that draws a time-out, by
+                                  FAKE_CORE_BATCH_TIMEOUT_MODE (knob batch_timeout_mode):
+                                    item  (default) the batch is answered at once, that
+                                          item as {"reference", "status": "unavailable"}
+                                          (outcome unknown to the caller; an inquiry
+                                          gives the outcome recorded for it)
+                                    whole the whole answer is withheld timeout_hang_s,
+                                          then every item answered with its outcome
     GET  /core/v1/transactions/{reference}
                                   -> 200 {"reference", "kind", "status", "amount",
                                           "core_txn_id", "booked_at", "reason"?}
@@ -35,12 +41,20 @@ Life of a new reference (a repeated one waits for and returns the first outcome)
         u < fail_ratio + timeout_ratio   "time-out": half the time booked succeeded,
                                          half the time failed (TIMEOUT_NOT_BOOKED);
                                          the answer is then withheld timeout_hang_s
+                                         (a batch item: see batch_timeout_mode above)
         otherwise                        succeeded
     --> appended to the record (fsync) --> answered
 
-The outcome is recorded before any hang, so an inquiry after the caller's
-time-out always tells the final truth. A reference is decided once: at most one
-record per reference, so money moves at most once per reference.
+The outcome is recorded before any hang or answer, so an inquiry after the
+caller's time-out (or an item's "unavailable") always tells the final truth. A
+reference is decided once: at most one record per reference, so money moves at
+most once per reference.
+
+Knobs (environment at start-up, or POST /fake/knobs): FAKE_CORE_LATENCY_MS (20),
+FAKE_CORE_FAIL_RATIO (0), FAKE_CORE_TIMEOUT_RATIO (0), FAKE_CORE_TIMEOUT_HANG_S (30),
+FAKE_CORE_INQUIRY_FAIL_RATIO (0), FAKE_CORE_BATCH_TIMEOUT_MODE (item); also
+FAKE_CORE_SEED and FAKE_CORE_RECORD_FILE (.run/fake-core/records.jsonl). This
+module imports nothing from `engine/`.
 """
 
 from __future__ import annotations
@@ -50,42 +64,17 @@ import csv
 import datetime as dt
 import enum
 import io
-import random
 import re
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from loadtest.fakes import (
-    BODY_MAX_BYTES,
-    BadRequest,
-    Journal,
-    add_common_routes,
-    error_middleware,
-    json_response,
-    read_json,
-    serve_main,
-)
-from loadtest.fakes.knobs import (
-    Knobs,
-    env_path,
-    env_port,
-    env_seed,
-    env_text,
-    knobs_from_env,
-)
+from loadtest.fakes import SHANGHAI, BadRequest, Journal, json_response, read_json
+from loadtest.fakes.knobs import Knobs
+from loadtest.fakes.service import FakeConfig, FakeSpec, OncePerReference
 
-ENV_PREFIX = "FAKE_CORE"
-DEFAULT_KNOBS = Knobs(latency_ms=20, timeout_hang_s=30.0)
-SUPPORTED_KNOBS = frozenset(
-    {"latency_ms", "fail_ratio", "timeout_ratio", "timeout_hang_s", "inquiry_fail_ratio"}
-)
-SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
-DUPLICATE_WAIT_S_MAX = 60.0  # a repeat waits at most this long for the first to be decided
 STATEMENT_HEADER = ("reference", "kind", "status", "amount", "card_last4", "core_txn_id")
 STATEMENT_COLUMNS = (*STATEMENT_HEADER, "booked_at")
 
@@ -164,7 +153,9 @@ class CoreRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     core_txn_id: str
     booked_at: str  # ISO 8601, +08:00
     reason: str | None = None
-    timed_out: bool = False  # the caller's answer was withheld for timeout_hang_s
+    # The caller got no outcome: the answer was withheld for timeout_hang_s (or, a
+    # batch item in batch_timeout_mode "item", answered "unavailable").
+    timed_out: bool = False
     memo: str = ""
 
 
@@ -186,14 +177,6 @@ class Decision(enum.Enum):
     TIMEOUT_NOT_BOOKED = "timeout_not_booked"
 
 
-class CoreConfig(msgspec.Struct, frozen=True):
-    host: str
-    port: int
-    record_path: Path
-    knobs: Knobs
-    seed: int | None
-
-
 Transferred = tuple[CoreRecord, Decision | None]  # the record; the decision, None for a repeat
 
 
@@ -205,16 +188,6 @@ class FirstAttemptLost(Exception):
     """A repeat waited for the first attempt, which ended without an outcome (shutdown)."""
 
 
-def config_from_env(environ: Mapping[str, str]) -> CoreConfig:
-    return CoreConfig(
-        host=env_text(environ, "FAKE_CORE_HOST", "127.0.0.1"),
-        port=env_port(environ, "FAKE_CORE_PORT", 18601),
-        record_path=env_path(environ, "FAKE_CORE_RECORD_FILE", ".run/fake-core/records.jsonl"),
-        knobs=knobs_from_env(ENV_PREFIX, DEFAULT_KNOBS, SUPPORTED_KNOBS, environ),
-        seed=env_seed(environ, "FAKE_CORE_SEED"),
-    )
-
-
 def decide(knobs: Knobs, draw_outcome: float, draw_booked: float) -> Decision:
     """Pure: the outcome of a new reference from two uniform draws in [0, 1)."""
     assert 0.0 <= draw_outcome < 1.0 and 0.0 <= draw_booked < 1.0
@@ -223,6 +196,14 @@ def decide(knobs: Knobs, draw_outcome: float, draw_booked: float) -> Decision:
     if draw_outcome < knobs.fail_ratio + knobs.timeout_ratio:
         return Decision.TIMEOUT_BOOKED if draw_booked < 0.5 else Decision.TIMEOUT_NOT_BOOKED
     return Decision.SUCCEEDED
+
+
+def decision_of(record: CoreRecord) -> Decision:
+    """The decision `record` was booked from (see `CoreBook._book`)."""
+    if record.timed_out:
+        booked = record.status == "succeeded"
+        return Decision.TIMEOUT_BOOKED if booked else Decision.TIMEOUT_NOT_BOOKED
+    return Decision.SUCCEEDED if record.status == "succeeded" else Decision.FAILED
 
 
 def parse_order(kind: Kind, body: TransferRequest) -> Order:
@@ -264,114 +245,51 @@ class CoreMetrics:
             self.paid_amount_fen.labels(kind)  # both series exist from the start, at zero
 
 
-class CoreBook:
+class CoreBook(OncePerReference[CoreRecord, CoreMetrics, Order]):
     """The fake's state: every record by reference, in booking order, and the in-flight ones."""
 
     def __init__(
-        self, journal: Journal[CoreRecord], knobs: Knobs, seed: int | None, metrics: CoreMetrics
+        self, journal: Journal[CoreRecord], config: FakeConfig, metrics: CoreMetrics
     ) -> None:
-        self.knobs = knobs
-        self.metrics = metrics
-        self._journal = journal
-        self._rng = random.Random(seed)
-        self.records: list[CoreRecord] = journal.load()
-        self._by_reference = {record.reference: record for record in self.records}
-        assert len(self._by_reference) == len(self.records), "one record per reference"
-        self._in_flight: dict[str, asyncio.Future[CoreRecord]] = {}
-        self._orders_in_flight: dict[str, Order] = {}
+        super().__init__(journal, config, metrics)
         self._txn_seq = max((int(r.core_txn_id[2:]) for r in self.records), default=0)
 
     def lookup(self, reference: str) -> CoreRecord | Order | None:
         """The record, or the order still being decided, or None when never received."""
-        record = self._by_reference.get(reference)
-        return record if record is not None else self._orders_in_flight.get(reference)
-
-    async def transfer(self, order: Order) -> tuple[CoreRecord, Decision | None]:
-        """The outcome for this reference; Decision is None for a repeat. A repeat
-        raises ReferenceConflict or FirstAttemptLost when it has no outcome."""
-        [outcome] = await self.transfer_many([order])
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        record = self.by_reference.get(reference)
+        return record if record is not None else self.in_flight(reference)
 
     async def transfer_many(self, orders: list[Order]) -> list[Transferred | Exception]:
-        """`transfer` for each order (references distinct), each decided as if sent
-        alone but all with one latency wait and one journal write: a batch costs the
-        machine the fake shares about what one transfer does. A repeat's
-        ReferenceConflict or FirstAttemptLost stands in its place."""
-        loop = asyncio.get_running_loop()
-        fresh: dict[str, asyncio.Future[CoreRecord]] = {}
-        for order in orders:
-            if order.reference not in self._by_reference and order.reference not in self._in_flight:
-                fresh[order.reference] = self._in_flight[order.reference] = loop.create_future()
-                self._orders_in_flight[order.reference] = order
-        repeats = asyncio.gather(
-            *(self._repeat(o) for o in orders if o.reference not in fresh), return_exceptions=True
-        )
-        booked: dict[str, Transferred] = {}
-        try:
-            if fresh:
-                knobs = self.knobs
-                await asyncio.sleep(knobs.latency_ms / 1000)
-                for order in orders:
-                    if order.reference in fresh:
-                        decision = decide(knobs, self._rng.random(), self._rng.random())
-                        booked[order.reference] = (self._book(order, decision), decision)
-                records = [record for record, _ in booked.values()]
-                await self._journal.append_many(records)
-                for record in records:
-                    self.records.append(record)
-                    self._by_reference[record.reference] = record
-                    fresh[record.reference].set_result(record)
-        except BaseException:
-            repeats.cancel()
-            raise
-        finally:
-            for reference, future in fresh.items():
-                del self._in_flight[reference]
-                del self._orders_in_flight[reference]
-                if not future.done():
-                    future.cancel()
-        for record, _ in booked.values():
-            if record.status == "succeeded":
-                self.metrics.paid_amount_fen.labels(record.kind).inc(record.amount_fen)
-        repeated = iter(await repeats)
+        """The outcome of each order (references distinct), each decided as if sent
+        alone (`decide_once`); Decision is None for a repeat. A repeat with no outcome
+        of its own gets ReferenceConflict or FirstAttemptLost in its place."""
         outcomes: list[Transferred | Exception] = []
-        for order in orders:
-            if order.reference in fresh:
-                outcomes.append(booked[order.reference])
-                continue
-            first = next(repeated)
-            if not isinstance(first, (CoreRecord, Exception)):
-                raise first  # a cancellation
-            outcomes.append(first if isinstance(first, Exception) else (first, None))
+        for order, (record, repeat) in zip(orders, await self.decide_once(orders), strict=True):
+            if record is None:  # only a repeat: every new order is recorded
+                outcomes.append(FirstAttemptLost(order.reference))
+            elif not repeat:
+                if record.status == "succeeded":
+                    self.metrics.paid_amount_fen.labels(record.kind).inc(record.amount_fen)
+                outcomes.append((record, decision_of(record)))
+            elif (record.kind, record.amount_fen, record.card_last4) != (
+                order.kind,
+                order.amount_fen,
+                order.card_last4,
+            ):
+                outcomes.append(ReferenceConflict(order.reference))
+            else:
+                outcomes.append((record, None))
         return outcomes
 
-    async def _repeat(self, order: Order) -> CoreRecord:
-        """The first outcome; a repeat of a transfer still in flight waits for it."""
-        future = self._in_flight.get(order.reference)
-        await asyncio.sleep(self.knobs.latency_ms / 1000)
-        record = self._by_reference.get(order.reference)
-        if record is None:
-            assert future is not None, "a reference is recorded or in flight"
-            await asyncio.wait([future], timeout=DUPLICATE_WAIT_S_MAX)
-            if not future.done() or future.cancelled():
-                raise FirstAttemptLost(order.reference)
-            record = future.result()
-        if (record.kind, record.amount_fen, record.card_last4) != (
-            order.kind,
-            order.amount_fen,
-            order.card_last4,
-        ):
-            raise ReferenceConflict(order.reference)
-        return record
+    def _decide(self, knobs: Knobs, item: Order) -> CoreRecord:
+        return self._book(item, decide(knobs, self.rng.random(), self.rng.random()))
 
     def _book(self, order: Order, decision: Decision) -> CoreRecord:
         self._txn_seq += 1
         succeeded = decision in (Decision.SUCCEEDED, Decision.TIMEOUT_BOOKED)
         reason: str | None = None
         if decision is Decision.FAILED:
-            reason = self._rng.choice(FAILURE_REASONS[order.kind])
+            reason = self.rng.choice(FAILURE_REASONS[order.kind])
         elif decision is Decision.TIMEOUT_NOT_BOOKED:
             reason = TIMEOUT_NOT_BOOKED
         return CoreRecord(
@@ -391,12 +309,10 @@ class CoreBook:
     def inquiry_fails(self) -> bool:
         """Drawn only when the ratio is set, so inquiries never shift a seeded run's outcomes."""
         ratio = self.knobs.inquiry_fail_ratio
-        return ratio > 0 and self._rng.random() < ratio
+        return ratio > 0 and self.rng.random() < ratio
 
 
-CONFIG = web.AppKey("config", CoreConfig)
 BOOK = web.AppKey("book", CoreBook)
-METRICS = web.AppKey("metrics", CoreMetrics)
 
 _transfer_decoder = msgspec.json.Decoder(TransferRequest)
 _batch_decoder = msgspec.json.Decoder(BatchTransferRequest)
@@ -459,8 +375,17 @@ async def _transfer_batch(request: web.Request, kind: Kind) -> web.StreamRespons
     except (BadRequest, msgspec.MsgspecError):
         book.metrics.requests.labels(endpoint, "bad_request").inc()
         raise
-    knobs = book.knobs
-    decided = await _decided(book, endpoint, orders)
+    knobs = book.knobs  # as at arrival, as for a single transfer
+    decided = await _decided(book, endpoint, orders)  # recorded before any answer
+    if knobs.batch_timeout_mode == "item":
+        return json_response(
+            BatchTransferResponse(
+                [
+                    ItemNotDone(answer.reference, "unavailable") if timed_out else answer
+                    for answer, timed_out in decided
+                ]
+            )
+        )
     if any(timed_out for _, timed_out in decided):
         await asyncio.sleep(knobs.timeout_hang_s)
     return json_response(BatchTransferResponse([answer for answer, _ in decided]))
@@ -530,37 +455,36 @@ async def statement(request: web.Request) -> web.StreamResponse:
     return web.Response(text=statement_csv(book.records, day), content_type="text/csv")
 
 
-async def fake_records(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[BOOK].records)
-
-
-async def _book_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    journal = Journal(config.record_path, CoreRecord)
-    app[BOOK] = CoreBook(journal, config.knobs, config.seed, app[METRICS])
-    yield
-    await journal.close()
-
-
-def create_app(config: CoreConfig, registry: CollectorRegistry) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=BODY_MAX_BYTES)
-    app[CONFIG] = config
-    app[METRICS] = CoreMetrics(registry)
-    app.cleanup_ctx.append(_book_ctx)
-    app.router.add_post("/core/v1/payments", payments)
-    app.router.add_post("/core/v1/debits", debits)
-    app.router.add_post("/core/v1/payments/batch", payments_batch)
-    app.router.add_post("/core/v1/debits/batch", debits_batch)
-    app.router.add_get("/core/v1/transactions/{reference}", transaction)
-    app.router.add_get("/core/v1/statements/{day}", statement)
-    app.router.add_get("/fake/records", fake_records)
-    add_common_routes(app, BOOK, SUPPORTED_KNOBS, registry)
-    return app
-
-
-def main() -> None:
-    serve_main("fake core banking", config_from_env, create_app)
-
+FAKE: FakeSpec[CoreRecord, CoreMetrics, CoreBook] = FakeSpec(
+    name="fake core banking",
+    env_prefix="FAKE_CORE",
+    default_port=18601,
+    default_record_file=".run/fake-core/records.jsonl",
+    default_knobs=Knobs(latency_ms=20, timeout_hang_s=30.0),
+    supported_knobs=frozenset(
+        {
+            "latency_ms",
+            "fail_ratio",
+            "timeout_ratio",
+            "timeout_hang_s",
+            "inquiry_fail_ratio",
+            "batch_timeout_mode",
+        }
+    ),
+    record_type=CoreRecord,
+    records_route="/fake/records",
+    state_key=BOOK,
+    new_metrics=CoreMetrics,
+    new_state=CoreBook,
+    routes=(
+        web.post("/core/v1/payments", payments),
+        web.post("/core/v1/debits", debits),
+        web.post("/core/v1/payments/batch", payments_batch),
+        web.post("/core/v1/debits/batch", debits_batch),
+        web.get("/core/v1/transactions/{reference}", transaction),
+        web.get("/core/v1/statements/{day}", statement),
+    ),
+)
 
 if __name__ == "__main__":
-    main()
+    FAKE.main()

@@ -54,38 +54,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import random
-from collections.abc import AsyncIterator, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from loadtest.fakes import (
-    BODY_MAX_BYTES,
-    BadRequest,
-    Journal,
-    add_common_routes,
-    error_middleware,
-    json_response,
-    read_json,
-    serve_main,
-)
-from loadtest.fakes.knobs import (
-    Knobs,
-    env_path,
-    env_port,
-    env_seed,
-    env_text,
-    knobs_from_env,
-)
-
-ENV_PREFIX: Final = "FAKE_BUREAU"
-DEFAULT_KNOBS: Final = Knobs(latency_ms=50)
-SUPPORTED_KNOBS: Final = frozenset({"latency_ms", "fail_ratio", "timeout_ratio", "timeout_hang_s"})
-SHANGHAI: Final = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+from loadtest.fakes import SHANGHAI, BadRequest, json_response, read_json
+from loadtest.fakes.knobs import Knobs
+from loadtest.fakes.service import FakeSpec, FakeState
 
 QUERY_ID_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
 ID_NUMBER_PATTERN: Final = r"^[1-9][0-9]{16}[0-9X]$"
@@ -142,24 +119,6 @@ class QueryRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     outcome: Outcome
     report_id: str
     received_at: str  # ISO 8601, +08:00
-
-
-class BureauConfig(msgspec.Struct, frozen=True):
-    host: str
-    port: int
-    record_path: Path
-    knobs: Knobs
-    seed: int | None
-
-
-def config_from_env(environ: Mapping[str, str]) -> BureauConfig:
-    return BureauConfig(
-        host=env_text(environ, "FAKE_BUREAU_HOST", "127.0.0.1"),
-        port=env_port(environ, "FAKE_BUREAU_PORT", 18603),
-        record_path=env_path(environ, "FAKE_BUREAU_RECORD_FILE", ".run/fake-bureau/queries.jsonl"),
-        knobs=knobs_from_env(ENV_PREFIX, DEFAULT_KNOBS, SUPPORTED_KNOBS, environ),
-        seed=env_seed(environ, "FAKE_BUREAU_SEED"),
-    )
 
 
 def id_number_check_ok(id_number: str) -> bool:
@@ -389,22 +348,16 @@ class BureauMetrics:
             self.queries.labels(outcome)  # every series exists from the start, at zero
 
 
-class Bureau:
-    """The fake's state: every query received, in order, and the knobs in force."""
-
-    def __init__(self, journal: Journal[QueryRecord], knobs: Knobs, seed: int | None) -> None:
-        self.knobs = knobs
-        self._journal = journal
-        self._rng = random.Random(seed)
-        self.queries: list[QueryRecord] = journal.load()
+class Bureau(FakeState[QueryRecord, BureauMetrics]):
+    """The fake's state: every query received (`records`), in order, and the knobs in force."""
 
     async def query(self, body: ReportRequest) -> tuple[QueryRecord, dict[str, Any]]:
         knobs = self.knobs  # as at arrival: the hang the caller sees is the one it drew
         await asyncio.sleep(knobs.latency_ms / 1000)
-        outcome = decide(knobs, self._rng.random())
+        outcome = decide(knobs, self.rng.random())
         now = dt.datetime.now(SHANGHAI)
         as_of = body.as_of or now.date()
-        report_id = f"R{as_of:%Y%m%d}{len(self.queries) + 1:08d}"
+        report_id = f"R{as_of:%Y%m%d}{len(self.records) + 1:08d}"
         report_time = f"{as_of.isoformat()}T{now.time().isoformat(timespec='seconds')}+08:00"
         record = QueryRecord(
             query_id=body.query_id,
@@ -416,21 +369,19 @@ class Bureau:
             report_id=report_id,
             received_at=now.isoformat(timespec="milliseconds"),
         )
-        self.queries.append(record)
-        await self._journal.append(record)
+        self.records.append(record)
+        await self.journal.append(record)
         return record, build_report(body, as_of, report_id, report_time)
 
 
-CONFIG = web.AppKey("config", BureauConfig)
 BUREAU = web.AppKey("bureau", Bureau)
-METRICS = web.AppKey("metrics", BureauMetrics)
 
 _report_decoder = msgspec.json.Decoder(ReportRequest)
 
 
 async def reports(request: web.Request) -> web.StreamResponse:
     bureau = request.app[BUREAU]
-    metrics = request.app[METRICS]
+    metrics = bureau.metrics
     try:
         body = await read_json(request, _report_decoder)
         if not id_number_check_ok(body.id_number):
@@ -481,33 +432,20 @@ async def verify(request: web.Request) -> web.StreamResponse:
     return json_response({"verified": not mismatch, "mismatch": mismatch})
 
 
-async def fake_queries(request: web.Request) -> web.StreamResponse:
-    return json_response(request.app[BUREAU].queries)
-
-
-async def _bureau_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[CONFIG]
-    journal = Journal(config.record_path, QueryRecord)
-    app[BUREAU] = Bureau(journal, config.knobs, config.seed)
-    yield
-    await journal.close()
-
-
-def create_app(config: BureauConfig, registry: CollectorRegistry) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=BODY_MAX_BYTES)
-    app[CONFIG] = config
-    app[METRICS] = BureauMetrics(registry)
-    app.cleanup_ctx.append(_bureau_ctx)
-    app.router.add_post("/bureau/v1/reports", reports)
-    app.router.add_post("/verify/v1/four-factors", verify)
-    app.router.add_get("/fake/queries", fake_queries)
-    add_common_routes(app, BUREAU, SUPPORTED_KNOBS, registry)
-    return app
-
-
-def main() -> None:
-    serve_main("fake credit bureau", config_from_env, create_app)
-
+FAKE: FakeSpec[QueryRecord, BureauMetrics, Bureau] = FakeSpec(
+    name="fake credit bureau",
+    env_prefix="FAKE_BUREAU",
+    default_port=18603,
+    default_record_file=".run/fake-bureau/queries.jsonl",
+    default_knobs=Knobs(latency_ms=50),
+    supported_knobs=frozenset({"latency_ms", "fail_ratio", "timeout_ratio", "timeout_hang_s"}),
+    record_type=QueryRecord,
+    records_route="/fake/queries",
+    state_key=BUREAU,
+    new_metrics=BureauMetrics,
+    new_state=Bureau,
+    routes=(web.post("/bureau/v1/reports", reports), web.post("/verify/v1/four-factors", verify)),
+)
 
 if __name__ == "__main__":
-    main()
+    FAKE.main()

@@ -4,6 +4,7 @@
     FAKE_CORE_LATENCY_MS=20     --+    {"fail_ratio": 1.0}
     FAKE_CORE_FAIL_RATIO=0.2      +--> Knobs (frozen, validated) <-- KnobsUpdate (only the
     FAKE_CORE_TIMEOUT_RATIO=0.1 --+                                    fields it names)
+    FAKE_CORE_BATCH_TIMEOUT_MODE=whole
 
 Every value is checked against a bound here, in one place; a bad value stops the
 fake at start-up (`KnobsError`) or answers 400 at run time. A fake says which
@@ -16,14 +17,18 @@ Also here: the few environment helpers the fakes share (host, port, path, seed).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 import msgspec
 
 LATENCY_MS_MAX = 60_000
 TIMEOUT_HANG_S_MAX = 600.0
 PORT_MAX = 65_535
+
+BatchTimeoutMode = Literal["item", "whole"]
+BATCH_TIMEOUT_MODES: tuple[BatchTimeoutMode, ...] = get_args(BatchTimeoutMode)
 
 
 class KnobsError(ValueError):
@@ -38,6 +43,9 @@ class Knobs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_ratio: float = 0.0  # answer withheld for timeout_hang_s (core only)
     timeout_hang_s: float = 30.0  # how long a "time-out" hangs (core only)
     inquiry_fail_ratio: float = 0.0  # status inquiry answers 503 (core only)
+    # A batch item that draws a time-out (core only): "item", that item alone is answered
+    # {"status": "unavailable"} at once; "whole", the whole batch's answer is withheld.
+    batch_timeout_mode: BatchTimeoutMode = "item"
 
 
 class KnobsUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -48,9 +56,15 @@ class KnobsUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_ratio: float | None = None
     timeout_hang_s: float | None = None
     inquiry_fail_ratio: float | None = None
+    batch_timeout_mode: BatchTimeoutMode | None = None
 
 
 KNOB_NAMES: tuple[str, ...] = Knobs.__struct_fields__
+# How `{prefix}_{KNOB}` is read from the environment; any knob not named here is a float.
+_ENV_PARSERS: dict[str, Callable[[str], int | float | str]] = {
+    "latency_ms": int,
+    "batch_timeout_mode": str.strip,
+}
 
 
 def _check_ratio(name: str, value: float) -> None:
@@ -70,6 +84,9 @@ def validate(knobs: Knobs) -> Knobs:
     hang_s = knobs.timeout_hang_s
     if not (math.isfinite(hang_s) and 0.0 <= hang_s <= TIMEOUT_HANG_S_MAX):
         raise KnobsError(f"timeout_hang_s must be between 0 and {TIMEOUT_HANG_S_MAX}")
+    if knobs.batch_timeout_mode not in BATCH_TIMEOUT_MODES:
+        modes = " or ".join(repr(mode) for mode in BATCH_TIMEOUT_MODES)
+        raise KnobsError(f"batch_timeout_mode must be {modes}, got {knobs.batch_timeout_mode!r}")
     return knobs
 
 
@@ -89,14 +106,14 @@ def knobs_from_env(
 ) -> Knobs:
     """Read `{prefix}_{KNOB}` (e.g. FAKE_CORE_FAIL_RATIO) for each supported knob."""
     assert supported <= set(KNOB_NAMES), supported
-    changes: dict[str, int | float] = {}
+    changes: dict[str, int | float | str] = {}
     for name in sorted(supported):
         variable = f"{prefix}_{name.upper()}"
         raw = environ.get(variable)
         if raw is None or raw.strip() == "":
             continue
         try:
-            changes[name] = int(raw) if name == "latency_ms" else float(raw)
+            changes[name] = _ENV_PARSERS.get(name, float)(raw)
         except ValueError as exc:
             raise KnobsError(f"{variable}={raw!r} is not a number") from exc
     try:

@@ -11,7 +11,7 @@ ALTER TABLE channel ADD CONSTRAINT channel_display_name_length
 
 ALTER TABLE sms_template DROP CONSTRAINT sms_template_kind_check;
 ALTER TABLE sms_template ADD CONSTRAINT sms_template_kind_check
-    CHECK (kind IN ('drawdown', 'repayment', 'contract_otp'));
+    CHECK (kind IN ('drawdown', 'repayment', 'reminder', 'contract_otp'));
 
 -- Only the province-wide default, and only if nobody has edited it.
 UPDATE sms_template

@@ -1,0 +1,250 @@
+"""The day-end over the seeded loans while online traffic runs, in one run.
+
+    .venv/bin/python -m loadtest.bench_eod [--seconds 20] [--append]
+
+    1. drawdowns and repayments at saturation (closed loops, `--seconds` each)
+    2. both at once, each at a quarter of its saturated rate (half the machine), open
+       loops, `--seconds`, no day-end: the online p99 without it
+    3. the same open loops again while `python -m engine eod run` closes the business
+       date (the cut-over, then every step on every shard at once): the online p99
+       during it, the day-end's wall time, and each shard's rows and time per step
+       (from its checkpoints)
+
+Prints a markdown table (loans/s in all and per shard, the projection to 20,000,000
+loans on 4 shards, the two p99s and their ratio, against the issue's targets: 10
+minutes, at most 2×); with `--append` adds it to BENCHMARKS.md. Needs `make up` and
+seeded customers (`make bench-eod` seeds the bench-scale 1,000,000 × 4 first). The
+scheduler of `make up` is stopped for the run (a second runner would take shards
+from this one) and started again afterwards. Talks to the engine over HTTP and runs
+the day-end as its command: no engine code is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+
+from loadtest.bench_api import (
+    ROOT,
+    Client,
+    Tally,
+    append_to_benchmarks,
+    closed_loop,
+    drawdown_maker,
+    open_loop,
+    repayment_maker,
+    say,
+)
+from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
+from loadtest.seed import control_dsn_from_env, shards_from_env
+
+TARGET_MINUTES_20M: Final = 10.0
+TARGET_P99_RATIO: Final = 2.0
+PROJECTED_LOANS: Final = 20_000_000
+SEEDED_READ_MAX: Final = 200_000
+
+
+@dataclass
+class StepStats:
+    shard: str
+    step: str
+    rows: int
+    seconds: float
+
+
+@dataclass
+class Run:
+    business_date: dt.date
+    wall_s: float
+    returncode: int
+    steps: list[StepStats]
+    before_draw: Tally
+    before_pay: Tally
+    during_draw: Tally
+    during_pay: Tally
+    draw_rate: float
+    pay_rate: float
+
+
+async def _business_date() -> dt.date:
+    conn = await asyncpg.connect(control_dsn_from_env(os.environ), timeout=10)
+    try:
+        value = await conn.fetchval("SELECT business_date FROM business_clock")
+    finally:
+        await conn.close()
+    assert isinstance(value, dt.date)
+    return value
+
+
+async def _steps(day: dt.date) -> list[StepStats]:
+    out = []
+    for shard in shards_from_env(os.environ):
+        conn = await asyncpg.connect(shard.dsn, timeout=10)
+        try:
+            rows = await conn.fetch(
+                """SELECT step, rows_done, extract(epoch FROM finished_at - started_at) AS s
+                   FROM eod_progress WHERE business_date = $1 ORDER BY started_at""",
+                day,
+            )
+        finally:
+            await conn.close()
+        out += [StepStats(shard.name, r["step"], r["rows_done"], float(r["s"] or 0)) for r in rows]
+    return out
+
+
+async def _loops_until(
+    client: Client,
+    customers: list[SeededCustomer],
+    rates: tuple[float, float],
+    done: asyncio.Event | None,
+    seconds: float,
+) -> tuple[Tally, Tally]:
+    """Drawdowns and repayments at `rates` in windows of `seconds`, once, or until `done`."""
+    draw_all, pay_all = Tally(), Tally()
+    window = 0
+    while True:
+        sample = customers[window % 2 :: 2][::-1]
+        draw, pay = await asyncio.gather(
+            open_loop(client, drawdown_maker(sample, 1), rates[0], seconds),
+            open_loop(client, repayment_maker(sample, 1), rates[1], seconds),
+        )
+        for total, part in ((draw_all, draw), (pay_all, pay)):
+            total.latencies_s += part.latencies_s
+            total.errors += part.errors
+            total.late += part.late
+            total.window_s += part.window_s
+            for code, n in part.refused.items():
+                total.refused[code] = total.refused.get(code, 0) + n
+        window += 1
+        if done is None or done.is_set():
+            return draw_all, pay_all
+
+
+async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
+    client = Client(args.base_url)
+    try:
+        say(f"drawdowns and repayments at saturation, {args.seconds} s each")
+        draw = await closed_loop(client, drawdown_maker(customers, 32), 32, args.seconds, 2.0)
+        pay = await closed_loop(client, repayment_maker(customers, 32), 32, args.seconds, 2.0)
+        # Half the machine: drawdowns at a quarter of their saturated rate and repayments
+        # at a quarter of theirs, at once (each alone at half would be all of it).
+        rates = (max(draw.per_s / 4, 1.0), max(pay.per_s / 4, 1.0))
+        say(f"open loops: {rates[0]:.0f} drawdowns/s, {rates[1]:.0f} repayments/s, no day-end")
+        before = await _loops_until(client, customers, rates, None, args.seconds)
+        day = await _business_date()
+        say(f"the day-end of {day}, with the same open loops")
+        done = asyncio.Event()
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine", "eod", "run", "--date", str(day), "--quiet",
+            cwd=ROOT,
+        )  # fmt: skip
+
+        async def wait_eod() -> int:
+            code = await proc.wait()
+            done.set()
+            return code
+
+        returncode, during = await asyncio.gather(
+            wait_eod(), _loops_until(client, customers, rates, done, 10.0)
+        )
+        wall_s = time.perf_counter() - started
+    finally:
+        client.http.close()
+    return Run(day, wall_s, returncode, await _steps(day), *before, *during, *rates)
+
+
+def table(result: Run) -> str:
+    accrual = [s for s in result.steps if s.step == "accrual"]
+    loans = sum(s.rows for s in accrual)
+    per_shard = [s.rows / s.seconds for s in accrual if s.seconds]
+    total_rate = loans / result.wall_s if result.wall_s else 0.0
+    by_shard: dict[str, float] = {}
+    for s in result.steps:
+        by_shard[s.shard] = by_shard.get(s.shard, 0.0) + s.seconds
+    steps_s = max(by_shard.values(), default=0.0)
+    minutes_20m = PROJECTED_LOANS / total_rate / 60 if total_rate else float("inf")
+    p99 = [t.percentile_ms(0.99) for t in (result.before_draw, result.during_draw,
+                                            result.before_pay, result.during_pay)]  # fmt: skip
+    ratios = [p99[1] / p99[0] if p99[0] else 0.0, p99[3] / p99[2] if p99[2] else 0.0]
+    verdict_time = "met" if minutes_20m <= TARGET_MINUTES_20M else "MISSED"
+    verdict_p99 = "met" if max(ratios) <= TARGET_P99_RATIO else "MISSED"
+    rows = [
+        "| measure | value | target |",
+        "|---|---:|---|",
+        f"| business date closed | {result.business_date} (exit {result.returncode}) | |",
+        f"| loans accrued | {loans:,} | |",
+        f"| day-end wall time (cut-over and its 5 s settle included) | {result.wall_s:,.1f} s | |",
+        f"| loans/s in all (4 shards on this 2-core machine) | {total_rate:,.0f} | |",
+        f"| steps' time (the slowest shard, cut-over excluded) | {steps_s:,.1f} s | |",
+        f"| accrual loans/s per shard (each, all at once) | "
+        f"{', '.join(f'{r:,.0f}' for r in per_shard)} | >= 8,400 |",
+        f"| projected: 20,000,000 loans at the rate in all | {minutes_20m:,.1f} min | "
+        f"<= {TARGET_MINUTES_20M:.0f} min {verdict_time} |",
+        f"| drawdown p99 without / during the day-end ({result.draw_rate:.0f}/s) | "
+        f"{p99[0]:.1f} / {p99[1]:.1f} ms ({ratios[0]:.2f}x) | <= {TARGET_P99_RATIO:.0f}x "
+        f"{verdict_p99} |",
+        f"| repayment p99 without / during ({result.pay_rate:.0f}/s) | "
+        f"{p99[2]:.1f} / {p99[3]:.1f} ms ({ratios[1]:.2f}x) | |",
+        f"| online problems during | drawdowns: {result.during_draw.problems()}; repayments: "
+        f"{result.during_pay.problems()} | none |",
+    ]
+    steps = ["", "| shard | step | rows | seconds | rows/s |", "|---|---|---:|---:|---:|"]
+    steps += [
+        f"| {s.shard} | {s.step} | {s.rows:,} | {s.seconds:,.1f} | "
+        f"{(s.rows / s.seconds if s.seconds else 0):,.0f} |"
+        for s in result.steps
+    ]
+    return "\n".join(rows + steps)
+
+
+def _scheduler(action: str) -> None:
+    subprocess.run([str(ROOT / "ops" / "engine.sh"), action, "eod"], check=False, cwd=ROOT)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench_eod", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--append", action="store_true", help="append to BENCHMARKS.md")
+    parser.add_argument(
+        "--base-url", default=f"http://127.0.0.1:{os.environ.get('ENGINE_HTTP_PORT', '8080')}"
+    )
+    parser.add_argument("--label", default="", help="a line above the table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    customers = read_seeded(seeded_file_path(), SEEDED_READ_MAX)
+    if not customers:
+        print("bench_eod: no seeded customers: run `make seed` first", file=sys.stderr)
+        return 2
+    _scheduler("stop")
+    try:
+        result = asyncio.run(run(args, customers))
+    finally:
+        _scheduler("start")
+    text = table(result)
+    print(text)
+    if args.append:
+        append_to_benchmarks(
+            text,
+            args,
+            control_dsn_from_env(os.environ),
+            title="Day-end while online",
+            module="loadtest.bench_eod",
+        )
+    return 0 if result.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
