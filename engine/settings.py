@@ -27,7 +27,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
     ENGINE_EOD_SETTLE_S, ENGINE_EOD_POLL_S, ENGINE_EOD_CUTOFF_TIME,
-    ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE    see EodSettings
+    ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE,
+    ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE  see EodSettings
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
 logical shards explicitly, and `[pool]` limits.
@@ -209,6 +210,11 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_port: int = 9102
     rules_file: str = ""  # default: engine/eod/rules/default.json
     outbox_retention_days: int = 30  # finished outbox rows older than this are deleted
+    # Pacing, for a database that online traffic shares: how many shard databases the
+    # day-end works on at once (0: all), and the share of its time a shard's runner
+    # works (after a chunk of t seconds it rests t × (1 − duty) / duty).
+    shards_at_once: int = 0
+    duty_cycle: float = 1.0
 
     def __post_init__(self) -> None:
         chunks = (self.accrual_chunk, self.overdue_chunk, self.deduct_chunk, self.prune_chunk)
@@ -218,6 +224,8 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod.settle_s must be 0..300 and eod.poll_s 0.1..3600")
         if not 1 <= self.outbox_retention_days <= 3650:
             raise ValueError("eod.outbox_retention_days must be 1..3650")
+        if not 0 <= self.shards_at_once <= 1024 or not 0.05 <= self.duty_cycle <= 1.0:
+            raise ValueError("eod.shards_at_once must be 0..1024 and eod.duty_cycle 0.05..1")
         hours, _, minutes = self.cutoff_time.partition(":")
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
             raise ValueError("eod.cutoff_time must be HH:MM")
@@ -340,6 +348,10 @@ def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         eod["metrics_port"] = int(environ["ENGINE_EOD_METRICS_PORT"])
     if "ENGINE_EOD_CUTOFF_TIME" in environ:
         eod["cutoff_time"] = environ["ENGINE_EOD_CUTOFF_TIME"]
+    if "ENGINE_EOD_SHARDS_AT_ONCE" in environ:
+        eod["shards_at_once"] = int(environ["ENGINE_EOD_SHARDS_AT_ONCE"])
+    if "ENGINE_EOD_DUTY_CYCLE" in environ:
+        eod["duty_cycle"] = float(environ["ENGINE_EOD_DUTY_CYCLE"])
     if "ENGINE_EOD_RULES_FILE" in environ:
         eod["rules_file"] = environ["ENGINE_EOD_RULES_FILE"]
     return eod

@@ -103,9 +103,14 @@ class EodRunner:
             log.info("business date moved", extra={"closing": str(day), "settle_s": wait_s})
             await asyncio.sleep(wait_s)
         await self._reference.load()
-        shards = await asyncio.gather(
-            *(self.run_shard(shard, day, on_progress) for shard in self._settings.shards)
-        )
+        at_once = self._settings.eod.shards_at_once or len(self._settings.shards)
+        gate = asyncio.Semaphore(at_once)
+
+        async def paced(shard: PhysicalShard) -> ShardOutcome:
+            async with gate:
+                return await self.run_shard(shard, day, on_progress)
+
+        shards = await asyncio.gather(*(paced(shard) for shard in self._settings.shards))
         closed = all(s.finished for s in shards)
         if closed:
             async with acquire(self._control) as conn:
@@ -175,8 +180,12 @@ async def _run_step(
     after, done = checkpoint.last_key, checkpoint.rows_done
     chunks: AsyncIterator[list[int]] = step.chunks(conn, ctx, day, after)
     run_chunk: Callable[..., Awaitable[int]] = step.run_chunk
+    duty = ctx.settings.duty_cycle
     async for keys in chunks:
+        began = time.perf_counter()
         rows = await _with_retries(run_chunk, conn, ctx, day, after, keys)
+        if duty < 1.0:  # leave the database to online traffic for a while
+            await asyncio.sleep((time.perf_counter() - began) * (1 - duty) / duty)
         after = keys[-1]
         done += rows
         metrics.EOD_ROWS.labels(name, ctx.shard).inc(rows)
