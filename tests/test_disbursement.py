@@ -188,7 +188,7 @@ async def test_core_down_then_back(
     assert set(statuses.values()) == {"disbursed"}, statuses
 
 
-async def test_combined_repayment_sends_one_sms_naming_all_loans(
+async def test_combined_repayment_sends_one_sms_naming_all_loans_and_the_channel(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
     customer_id = await api.customer()
@@ -218,6 +218,10 @@ async def test_combined_repayment_sends_one_sms_naming_all_loans(
         m for m in messages if any(r in m["text"] for r in receipts) and "借款" in m["text"]
     ]
     assert len(drawdown_texts) == 3  # one per drawdown, once paid
+    # Every message names the channel as customers know it, never its internal ID.
+    for message in [*naming, *drawdown_texts]:
+        assert "通过演示手机银行" in message["text"], message
+        assert "通过demo" not in message["text"], message
 
 
 async def test_slow_core_leaves_repayment_processing_then_completes(

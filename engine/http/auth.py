@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from engine.contract.errors import Unauthorized
 from engine.http import keys as app_keys
-from engine.http.operator_auth import authenticate_operator, is_operator_path
+from engine.http.operator_auth import authenticate_operator, is_operator_request
 from engine.idempotency.once import Caller
 from engine.runtime import metrics
 from engine.security.signing import NONCE_RE, verify
@@ -101,7 +101,7 @@ def caller_of(request: web.Request) -> Caller:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_operator_path(request.path):
+    if is_operator_request(request):
         authenticate_operator(request)
         request[BODY] = await request.read()
     elif request.path.startswith("/v1/"):

@@ -48,12 +48,18 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/repayments", "Repay one or several loans", t.RepaymentCreate, 201,
           t.RepaymentView),
     Route("get", "/v1/repayments/{repayment_id}", "Read a repayment", None, 200, t.RepaymentView),
-    Route("post", "/v1/applications", "Apply for credit", t.ApplicationCreate, 201,
+    Route("post", "/v1/applications", "Apply for a credit line", t.ApplicationCreate, 201,
           t.ApplicationView),
     Route("get", "/v1/applications/{application_id}", "Read an application", None, 200,
           t.ApplicationView),
-    Route("post", "/v1/contracts/{contract_id}/sign", "Sign a contract", t.ContractSign, 200,
+    Route("post", "/v1/contracts/{contract_id}/otp", "Send the customer a signing code", None,
+          200, t.OtpIssued),
+    Route("post", "/v1/contracts/{contract_id}/sign", "Sign the contract", t.ContractSign, 200,
           t.ContractSigned),
+    Route("get", "/v1/contracts/{contract_id}", "Read a contract and its evidence", None, 200,
+          t.ContractView),
+    Route("post", "/v1/contracts/{contract_id}/face-to-face", "Record the 面签",
+          t.FaceToFaceCreate, 200, t.FaceToFaceView, operator=True),
     Route("get", "/v1/review-queue", "Applications awaiting review", None, 200, t.ReviewQueue,
           operator=True),
     Route("post", "/v1/applications/{application_id}/approve", "Approve after review",
@@ -69,6 +75,8 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/operator/credit-lines/{line_id}/unfreeze", "The bank lifts its freeze",
           t.StatusChange, 200, t.CreditLineView, operator=True),
 )  # fmt: skip
+# The signer as the channel saw them, recorded in the signature's evidence.
+_SIGNER_HEADERS = ("X-Signer-IP", "X-Signer-Device-Id")
 
 _AUTH_HEADERS = ("X-Channel-Id", "X-Timestamp", "X-Nonce", "X-Signature")
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -123,6 +131,11 @@ def _operation(
              "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
         )  # fmt: skip
     parameters += _QUERY.get(path, [])
+    if path.endswith("/sign"):
+        parameters += [
+            {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+            for name in _SIGNER_HEADERS
+        ]
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     operation: dict[str, Any] = {
         "summary": summary,

@@ -53,6 +53,17 @@ from sharding.ids import shard_of_id
 def _check_request(
     product: Product, line: asyncpg.Record, body: DrawdownCreate, today: dt.date
 ) -> None:
+    # The customer's standing first: it can change long after the line was granted.
+    if line["blacklisted"]:
+        raise Unprocessable(
+            "CUSTOMER_BLACKLISTED", "the customer is on the black list: no new drawdowns"
+        )
+    if line["bureau_flag"] is not None:
+        raise Unprocessable(
+            "CUSTOMER_BUREAU_FLAGGED",
+            f"the customer's credit report was flagged ({line['bureau_flag']}): "
+            "no new drawdowns until the flag is cleared",
+        )
     if line["application_id"] is not None and line["contract_signed_at"] is None:
         raise Unprocessable(
             "CONTRACT_NOT_SIGNED",
@@ -166,7 +177,9 @@ async def draw_down_at_once(
     line_id = int(body.credit_line_id)
     shard = shard_of_id(line_id)
     with svc.bookings.expecting(shard):
-        line = await read(svc.pools, shard, lambda c: fetch_line(c, channel, line_id))
+        line = await read(
+            svc.pools, shard, lambda c: fetch_line(c, channel, line_id, standing=True)
+        )
         return await _book_at_once(
             svc,
             channel,
@@ -216,7 +229,7 @@ async def draw_down(
     stores the idempotency record); returns the response and the customer ID."""
     amount_fen, card = _parse(body)
     today = svc.business_date
-    line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True)
+    line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True, standing=True)
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
