@@ -7,7 +7,7 @@ import json
 
 from engine.http.app import create_app
 from engine.http.openapi import build_openapi
-from engine.http.operator_auth import is_operator_path
+from engine.http.operator_auth import OPERATOR_PATHS
 from engine.settings import Settings
 
 
@@ -30,11 +30,13 @@ def test_operator_routes_use_the_operator_scheme() -> None:
     assert set(doc["components"]["securitySchemes"]) == {"channelSignature", "operatorToken"}
     for path, ops in doc["paths"].items():
         concrete = path.replace("{", "").replace("}", "")
-        for digits in ("application_id", "loan_id", "line_id"):
+        for digits in ("application_id", "loan_id", "line_id", "contract_id"):
             concrete = concrete.replace(digits, "12345")
         for op in ops.values():
             [scheme] = op["security"]
-            want = "operatorToken" if is_operator_path(concrete) else "channelSignature"
+            # GET /v1/contracts/{id} is read by both: documented as the channel's
+            operator = OPERATOR_PATHS.match(concrete) is not None
+            want = "operatorToken" if operator else "channelSignature"
             assert set(scheme) == {want}, path
             headers = {p["name"] for p in op["parameters"] if p["in"] == "header"}
             assert ("X-Signature" in headers) == (want == "channelSignature"), path
