@@ -145,7 +145,7 @@ async def set_knobs(http: aiohttp.ClientSession, base_url: str, **knobs: Any) ->
         assert resp.status == 200, await resp.text()
 
 
-async def engine_sees_date(base_url: str, probe_loan: str, day: dt.date, probes: int = 6) -> bool:
+async def engine_sees_date(base_url: str, probe_loan: str, day: dt.date, probes: int = 12) -> bool:
     """Whether every worker of the engine at `base_url` works on `day`: `probes` answers in
     a row, each on a fresh connection (the kernel spreads them over the workers), quote
     `probe_loan`'s payoff on `day`."""

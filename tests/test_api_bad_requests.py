@@ -41,7 +41,7 @@ async def other_api(
     yield ApiClient(http, engine.base_url, "other-ch", OTHER_SECRET)
 
 
-async def _channel_known(base_url: str, probes: int = 6) -> bool:
+async def _channel_known(base_url: str, probes: int = 12) -> bool:
     """`probes` answers in a row, each on a fresh connection (so over every worker),
     authenticate channel other-ch: a loan that does not exist is 404, not 401."""
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
