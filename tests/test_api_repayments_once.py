@@ -307,6 +307,16 @@ async def test_inquiry_fails_until_core_answers(
     async with shard_of(settings, who.customer_id) as conn:
         postings = await postings_of(conn, "repayment", reply.json["repayment_id"])
         books = await loan_books(conn, who.loan_id)
+    schedule = (await api.get(f"/v1/loans/{who.loan_id}/schedule")).json
+    if debit["status"] == "succeeded":
+        want = hand.prepay_before_first_due(
+            PRINCIPAL, RATE, 12, who.start, principal, "reduce_nearest"
+        )
+    else:
+        want = hand.equal_installment(PRINCIPAL, RATE, 12, who.start)[1]
+    assert [(i["due_date"], hand.fen(i["principal"]), hand.fen(i["interest"]))
+            for i in schedule["installments"]] == [
+        (r.due_date.isoformat(), r.principal_fen, r.interest_fen) for r in want]  # fmt: skip
     if debit["status"] == "succeeded":
         assert debit["amount_fen"] == principal + interest
         assert postings == [
@@ -357,12 +367,18 @@ async def test_engine_killed_mid_burst_of_repayments(
             op.first = await send(api, op)
 
     load = asyncio.ensure_future(asyncio.gather(*(one(op) for op in ops)))
-    await eventually(lambda: asyncio.sleep(0, IN_FLIGHT[0]), lambda n: n >= 6, timeout_s=30,
-                     interval_s=0.005)  # fmt: skip
-    in_flight = IN_FLIGHT[0]
+
+    def progress() -> tuple[int, int]:
+        return sum(op.first is not None for op in ops), IN_FLIGHT[0]
+
+    # The kill lands once the engine is answering and debits are under way (the first
+    # answers are in) with requests still in flight: sent, and not answered.
+    await eventually(lambda: asyncio.sleep(0, progress()), lambda p: p[0] >= 1 and p[1] >= 6,
+                     timeout_s=60, interval_s=0.005)  # fmt: skip
+    answered, in_flight = progress()
     await asyncio.to_thread(own_engine.kill)
     await load
-    assert in_flight > 0, "the kill must land while repayments are in flight"
+    assert answered >= 1 and in_flight >= 6, "the kill must land while repayments are in flight"
     assert any(op.first is None for op in ops), "some requests must have been cut off"
     await set_knobs(http, core_knobs, latency_ms=5)
     own_engine.proc = own_engine._spawn()
