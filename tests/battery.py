@@ -347,17 +347,23 @@ async def _in_books(world: World, lines: set[str], customers: set[str]) -> dict[
 _LONG_DIGITS = re.compile(rb"(?<![0-9A-Za-z_-])\d{11,}(?![0-9A-Za-z_-])")
 
 
-def pii_problems(log_paths: list[Path], bodies: list[bytes] | None = None) -> list[str]:
+def pii_problems(
+    log_paths: list[Path] | dict[Path, int], bodies: list[bytes] | None = None
+) -> list[str]:
     """Any personal number the tests sent, in clear, in a log or a response body; and any
-    run of 11+ digits in a log (the engine masks every such run, IDs included)."""
+    run of 11+ digits in a log (the engine masks every such run, IDs included). Given a
+    dict, each log is read from its offset (what this session wrote)."""
+    offsets = log_paths if isinstance(log_paths, dict) else dict.fromkeys(log_paths, 0)
     needles = [value.encode() for value in PERSONAL_SENT if len(value) >= 11]
     found = []
     for body in BODIES_SEEN if bodies is None else bodies:
         found += [f"a response body holds {n[:3]!r}…" for n in needles if n in body]
-    for path in log_paths:
+    for path, offset in offsets.items():
         if not path.exists():
             continue
-        text = path.read_bytes()
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read()
         found += [f"{path.name} holds {n[:3]!r}…" for n in needles if n in text]
         if path.name.startswith(("test-engine", "test-relay")):
             match = _LONG_DIGITS.search(text)

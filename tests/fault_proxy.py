@@ -49,6 +49,9 @@ class _Pipe:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
     torn: bool = False  # lost bytes in a blackhole: unusable once the hole closes
+    # The last bytes forwarded went to the server: a request (HTTP/1.1: one at a time per
+    # connection) that has had no answer yet.
+    awaiting: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def abort(self) -> None:
@@ -114,6 +117,16 @@ class FaultProxy:
     @property
     def open_connections(self) -> int:
         return len(self._pipes)
+
+    @property
+    def calls_open(self) -> int:
+        """Connections whose last bytes went to the server with no answer since: for an
+        HTTP/1.1 client, requests in flight through the proxy."""
+
+        async def count() -> int:
+            return sum(pipe.awaiting for pipe in self._pipes)
+
+        return int(self._call(count()))
 
     @contextlib.contextmanager
     def fault(
@@ -204,6 +217,7 @@ class FaultProxy:
                 writer.write(chunk)
                 await writer.drain()
                 self.stats.chunks_forwarded += 1
+                pipe.awaiting = upstream
                 if upstream and self.mode == "drop" and self._rng.random() < self.drop_ratio:
                     self._cut(pipe)
                     return
