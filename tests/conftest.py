@@ -25,6 +25,9 @@ from engine.settings import Settings, load_settings
 from tests.api_client import ApiClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# The engine assumes production when ENGINE_ENV is unset; the suite is `test` (make test
+# sets it too), for this process and every process it starts.
+os.environ.setdefault("ENGINE_ENV", "test")
 
 
 def pytest_asyncio_loop_factories(
