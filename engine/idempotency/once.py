@@ -100,6 +100,25 @@ class _Once:
             self.svc.pools, self.logical_shard, lambda conn: idempotency.find_durable(conn, claim)
         )
 
+    async def release(self) -> None:
+        await idempotency.release(self.svc.redis, self.claim)
+
+    async def after_refusal(self, exc: ApiError | asyncpg.UniqueViolationError) -> web.Response:
+        """The work refused, or lost a race to a twin: replay the twin's record if there
+        is one, else refuse. The in-flight marker goes on every path that does not end
+        in a cached answer — a key reused for another request (the record read raises
+        IDEMPOTENCY_KEY_REUSED) included, or the genuine retry would be told the same
+        for the marker's whole TTL."""
+        try:
+            stored = await self.durable()
+        except BaseException:
+            await self.release()
+            raise
+        if stored is not None:
+            return await self.replay(stored)
+        await self.release()
+        raise exc from None
+
     async def replay(self, stored: StoredResponse) -> web.Response:
         """Answer a stored response; cache it in Redis only if it is final."""
         if status_of(stored.body) in self.pending_states:
@@ -180,13 +199,9 @@ async def run_once(
     except _Replay as replay:
         return await once.replay(replay.stored)
     except (ApiError, asyncpg.UniqueViolationError) as exc:
-        stored = await once.durable()
-        if stored is not None:
-            return await once.replay(stored)
-        await idempotency.release(svc.redis, claim)
-        raise exc from None
+        return await once.after_refusal(exc)
     except BaseException:
-        await idempotency.release(svc.redis, claim)
+        await once.release()
         raise
     if after is not None:
         try:

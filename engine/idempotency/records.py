@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from engine.contract.errors import BadRequest, Conflict, Unprocessable
 from engine.runtime import metrics
-from engine.stores.redis_wire import RedisWire
+from engine.stores.redis_wire import RedisWire, Script
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,18 @@ async def finish(client: RedisWire, claim_: Claim, response: StoredResponse) -> 
         log.warning("idempotency response not cached", extra={"error": type(exc).__name__})
 
 
+# Deletes the key only while it still holds this request's own in-flight marker: a
+# marker that expired and was taken by another request, or a finished answer, stays.
+_RELEASE = Script(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 async def release(client: RedisWire, claim_: Claim) -> None:
+    """Drop this request's in-flight marker (and nothing else), so a retry may run."""
     try:
-        await client.delete(claim_.redis_key)
+        marker = _IN_FLIGHT + claim_.request_sha256
+        await client.run_script(_RELEASE, (claim_.redis_key,), (marker,))
     except (RedisError, OSError) as exc:
         metrics.REDIS_ERRORS.inc()
         log.warning("idempotency marker not released", extra={"error": type(exc).__name__})
