@@ -276,3 +276,32 @@ async def test_four_factor_mismatch_is_refused_and_verifier_down_is_503(
     finally:
         engine.fakes.bureau.restart()
         engine.fakes.bureau.wait_ready()
+
+
+@pytest.mark.parametrize(
+    ("amount", "code"),
+    [
+        ("0.00", "AMOUNT_NOT_POSITIVE"),  # the schema's form, refused by value
+        ("00.50", "VALIDATION_FAILED"),  # a leading zero: not the schema's form
+        ("12345678901234.00", "VALIDATION_FAILED"),  # 14 digits of yuan
+        ("9999999999999.99", "AMOUNT_TOO_LARGE"),  # the form, beyond the engine's limit
+    ],
+)
+async def test_bad_requested_amount_is_a_400_and_stores_nothing(
+    api: ApiClient, settings: Settings, amount: str, code: str
+) -> None:
+    """Issue 21, item 6: these answered 500. Now a problem with a code, nothing stored."""
+    body = _application(_born(1985), requested_amount=amount)
+    reply = await api.post("/v1/applications", body)
+    assert (reply.status, reply.json["code"]) == (400, code), reply
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM application WHERE channel_serial = $1",
+                body["channel_serial"],
+            )
+        finally:
+            await conn.close()
+        assert found == 0

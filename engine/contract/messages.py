@@ -25,7 +25,16 @@ IdStr = Annotated[
         description="64-bit ID as a string of digits",
     ),
 ]
-AmountStr = Annotated[str, Meta(pattern=r"^[0-9]+\.[0-9]{2}$", examples=["5000.00"])]
+# As ledger.money parses it: no leading zero, at most 13 digits of yuan, two decimals.
+AmountStr = Annotated[
+    str,
+    Meta(
+        pattern=r"^(0|[1-9][0-9]{0,12})\.[0-9]{2}$",
+        max_length=16,
+        description="yuan with exactly two decimals",
+        examples=["5000.00"],
+    ),
+]
 RateStr = Annotated[
     str, Meta(max_length=12, description="annual rate in percent", examples=["4.35"])
 ]

@@ -68,7 +68,7 @@ from engine.services.credit_lines import grant_line
 from engine.services.customers import ID_NUMBER, NewCustomer, insert_customer, mask_name
 from engine.stores.outbox import enqueue
 from engine.stores.reference import Channel
-from ledger.money import format_fen, format_rate_pct, parse_amount
+from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
 from sharding.routing import logical_shard_for_id_number
 
 APPLICANT = "applicant"
@@ -115,7 +115,7 @@ async def check_request(
         phone = parse_phone(body.applicant.phone)
         card = parse_bank_card(body.applicant.bank_card)
         amount_fen = parse_amount(body.requested_amount)
-    except IdentityError as exc:
+    except (IdentityError, MoneyFormatError) as exc:
         raise BadRequest(exc.code, exc.detail) from exc
     check = await verifier.verify(body.applicant.name, id_number.value, phone, card)
     if check.verified is None:
