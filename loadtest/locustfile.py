@@ -138,9 +138,10 @@ class _SignedUser(FastHttpUser):
         """One signed request; the decoded body if it is an expected outcome, else None."""
         data = b"" if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
-        headers.update(auth_headers(CHANNEL_ID, CHANNEL_SECRET, method, path, data))
-        if method == "POST":
-            headers["Idempotency-Key"] = secrets.token_urlsafe(18)
+        key = secrets.token_urlsafe(18) if method == "POST" else None
+        headers.update(
+            auth_headers(CHANNEL_ID, CHANNEL_SECRET, method, path, data, idempotency_key=key)
+        )
         with self.client.request(
             method, path, data=data, headers=headers, name=name, catch_response=True
         ) as response:

@@ -85,10 +85,12 @@ class ApiClient:
     ) -> Reply:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         sent: dict[str, str] = {"Content-Type": "application/json"}
-        if sign:
-            sent.update(signed_headers(self.channel, self.secret, method, path, data))
         if method == "POST" and key is None:
             key = secrets.token_hex(12)
+        if sign:  # version 2: the key is signed too
+            sent.update(
+                signed_headers(self.channel, self.secret, method, path, data, idempotency_key=key)
+            )
         if key:
             sent["Idempotency-Key"] = key
         sent.update(headers or {})

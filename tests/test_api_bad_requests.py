@@ -60,6 +60,8 @@ async def _raw_post(api: ApiClient, path: str, data: bytes, headers: dict[str, s
 
 
 def _signed(api: ApiClient, data: bytes, **overrides: Any) -> dict[str, str]:
+    """Signed (version 2) with a fresh Idempotency-Key, which the headers carry."""
+    overrides.setdefault("idempotency_key", "k-" + str(time.time_ns()))
     return signed_headers(api.channel, api.secret, "POST", "/v1/drawdowns", data, **overrides)
 
 
@@ -136,7 +138,7 @@ async def test_bad_drawdown_bodies(
 
 async def test_missing_idempotency_key(api: ApiClient, line: tuple[str, str]) -> None:
     data = json.dumps(_drawdown(line[1])).encode()
-    headers = _signed(api, data) | {"Content-Type": "application/json"}
+    headers = _signed(api, data, idempotency_key=None) | {"Content-Type": "application/json"}
     async with api.session.post(api.base_url + "/v1/drawdowns", data=data, headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json(content_type=None))["code"] == "IDEMPOTENCY_KEY_REQUIRED"

@@ -7,6 +7,7 @@
     ├── NotFound          404
     ├── Conflict          409  in-flight idempotency key, customer exists
     ├── Unprocessable     422  a business rule refused it (frozen line, limit exceeded ...)
+    ├── TooManyRequests   429  the channel's rate limit (with Retry-After)
     └── ServiceUnavailable 503 a shard or dependency is down: retry later
 
 A handler raises one; the error middleware renders it. Anything else becomes a
@@ -91,6 +92,11 @@ class PayloadTooLarge(ApiError):
 class Unprocessable(ApiError):
     status = 422
     title = "Unprocessable request"
+
+
+class TooManyRequests(ApiError):
+    status = 429
+    title = "Too many requests"
 
 
 class ServiceUnavailable(ApiError):

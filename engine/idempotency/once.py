@@ -1,6 +1,7 @@
 """Running one money-moving POST exactly once per (channel, Idempotency-Key).
 
-    claim in Redis ─► shard transaction: durable record? replay : work + store record ─► commit
+    claim in Redis ─► shard transaction: durable record? replay
+                                         : record the nonce, work, store record ─► commit
                   ─► cache the response in Redis
 
 A twin that raced us to the shard fails on the record's primary key, or with
@@ -45,6 +46,7 @@ class Caller(msgspec.Struct, frozen=True):
     path: str
     body: bytes
     idempotency_key: str | None  # the header as sent; None if absent
+    nonce: str | None = None  # X-Nonce: recorded in the shard with the durable record
 
 
 class Stores(Protocol):
@@ -167,7 +169,7 @@ async def run_once(
     in a locked transaction as usual and finds out why."""
     key = idempotency.parse_key(caller.idempotency_key)
     digest = idempotency.request_digest(caller.method, caller.path, caller.body)
-    claim = Claim(caller.channel_id, key, digest)
+    claim = Claim(caller.channel_id, key, digest, caller.nonce)
     once = _Once(svc, logical_shard, claim, pending_states)
     cached = await once.claim_fast_path()
     if cached is not None:
@@ -177,6 +179,7 @@ async def run_once(
         stored = await idempotency.find_durable(conn, claim)
         if stored is not None:
             raise _Replay(stored)
+        await idempotency.record_nonce(conn, claim)
         view, customer_id = await work(conn)
         response = StoredResponse(status, encode(view))
         await idempotency.store_durable(conn, claim, customer_id, response)

@@ -202,7 +202,7 @@ async def _book_at_once(
     view = _view(draft)
     response = StoredResponse(201, encode(view))
     idempotency = (claim.channel_id, claim.key, claim.request_sha256, 201, response.body)
-    args = (*idempotency, *_book_args(svc, draft))
+    args = (*idempotency, *_book_args(svc, draft), claim.nonce)
     outcome = await svc.bookings.book(shard, args)
     if outcome == "booked":
         return view, response
@@ -221,7 +221,7 @@ async def draw_down(
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
     no_record = (None, None, None, None, None)  # the caller writes it in this transaction
-    outcome = await book_alone(conn, (*no_record, *_book_args(svc, draft)))
+    outcome = await book_alone(conn, (*no_record, *_book_args(svc, draft), None))
     if outcome != "booked":
         # Our locks hold the line and the customer; only loans of an uncapped product
         # in the same cap group can have moved the sum. Run the whole transaction again.
