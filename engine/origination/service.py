@@ -178,7 +178,7 @@ async def submit(
         body.channel_serial,
         body.product_code,
         index,
-        svc.cipher.encrypt(applicant, context=APPLICANT),
+        svc.cipher.encrypt(applicant, context=APPLICANT, row=application_id),
         checked.amount_fen,
         body.requested_term_months,
         body.repayment_method,
@@ -308,7 +308,9 @@ async def decide_application(
         # deciding again would grant a second line. The stored decision stands.
         return msgspec.json.decode(app["decision"], type=rules.Decision)
     applicant = json.loads(
-        svc.cipher.decrypt(bytes(app["applicant_ciphertext"]), context=APPLICANT)
+        svc.cipher.decrypt(
+            bytes(app["applicant_ciphertext"]), context=APPLICANT, row=app["application_id"]
+        )
     )
     facts = await _facts(svc, conn, app, applicant, report)
     product = app["product_code"]
@@ -448,7 +450,9 @@ async def approve_reviewed(svc: Services, conn: asyncpg.Connection, app: asyncpg
     """An operator approved a pre-approved application: grant what the rules pre-approved."""
     verdict = msgspec.json.decode(app["decision"], type=rules.Decision)
     applicant = json.loads(
-        svc.cipher.decrypt(bytes(app["applicant_ciphertext"]), context=APPLICANT)
+        svc.cipher.decrypt(
+            bytes(app["applicant_ciphertext"]), context=APPLICANT, row=app["application_id"]
+        )
     )
     await approve(svc, conn, app, applicant, verdict)
 

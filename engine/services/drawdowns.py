@@ -324,7 +324,7 @@ def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
         draft.body.grace_months,
         plan.terms.start,
         plan.installments[-1].due_date,
-        svc.cipher.encrypt(draft.card, context=BANK_CARD),
+        svc.cipher.encrypt(draft.card, context=BANK_CARD, row=draft.loan_id),
         mask_bank_card(draft.card),
         plan.payment_fen,
         *installment_arrays(fresh_state(plan), ()),

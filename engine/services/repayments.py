@@ -224,7 +224,7 @@ async def open_repayment(
         channel.channel_id,
         total_fen,
         mask_bank_card(card),
-        cipher.encrypt(card, context=BANK_CARD),
+        cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
         today,
         msgspec.json.encode(items).decode(),
         key,

@@ -61,7 +61,7 @@ async def add_channel(
            ON CONFLICT (channel_id) DO NOTHING RETURNING 1""",
         channel_id,
         tenant_id,
-        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT, row=channel_id),
     )
     if done is None:
         raise AdminError(f"channel {channel_id!r} exists; use rotate to change its secret")
@@ -74,7 +74,7 @@ async def rotate_channel(
         """UPDATE channel SET secret_ciphertext = $2, updated_at = now()
            WHERE channel_id = $1 RETURNING 1""",
         channel_id,
-        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT, row=channel_id),
     )
     if done is None:
         raise AdminError(f"no channel {channel_id!r}")

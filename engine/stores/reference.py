@@ -115,7 +115,9 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
             row["channel_id"]: Channel(
                 channel_id=row["channel_id"],
                 tenant_id=row["tenant_id"],
-                secret=cipher.decrypt(row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT),
+                secret=cipher.decrypt(
+                    row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT, row=row["channel_id"]
+                ),
                 active=row["status"] == "active",
                 signature_v1_until=row["signature_v1_until"],
                 rate_limit_per_s=(
