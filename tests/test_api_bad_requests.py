@@ -37,15 +37,22 @@ async def other_api(
     yield ApiClient(http, engine.base_url, "other-ch", OTHER_SECRET)
 
 
+# The card bound to each line's customer (its registered card): drawdowns pay it.
+_CARDS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 async def line(api: ApiClient) -> tuple[str, str]:
     customer_id = await api.customer()
-    return customer_id, await api.line(customer_id, limit="20000.00", max_term_months=24)
+    line_id = await api.line(customer_id, limit="20000.00", max_term_months=24)
+    _CARDS[line_id] = api.card_of(customer_id)
+    return customer_id, line_id
 
 
 def _drawdown(line_id: str, **fields: Any) -> dict[str, Any]:
+    card = _CARDS.get(line_id) or new_bank_card()
     return {"credit_line_id": line_id, "amount": "1000.00", "term_months": 12,
-            "repayment_method": "equal_installment", "disburse_to": new_bank_card()} | fields  # fmt: skip
+            "repayment_method": "equal_installment", "disburse_to": card} | fields  # fmt: skip
 
 
 async def _raw_post(api: ApiClient, path: str, data: bytes, headers: dict[str, str]) -> Reply:

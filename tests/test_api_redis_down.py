@@ -51,7 +51,7 @@ async def test_redis_killed_and_back(
     api = ApiClient(http, engine_on_own_redis.base_url)
     customer_id = await api.customer()
     line_id = await api.line(customer_id)
-    card = "6222021234567890128"
+    card = api.card_of(customer_id)
     before = secrets.token_hex(8)
     first = await api.drawdown(line_id, "1000.00", key=before, disburse_to=card)
     assert first.status == 201, first

@@ -49,7 +49,11 @@ async def _loan(
 async def _repay(api: ApiClient, customer_id: str, *items: dict[str, Any]) -> Any:
     """POST a repayment; if core was slower than the inline wait (a loaded machine),
     poll it to its final state as a channel would, and return that."""
-    body = {"customer_id": customer_id, "items": list(items), "debit_from": "6222021234567890128"}
+    body = {
+        "customer_id": customer_id,
+        "items": list(items),
+        "debit_from": api.card_of(customer_id),
+    }
     reply = await api.settled_repayment(await api.post("/v1/repayments", body))
     if reply.status == 201:
         assert reply.json["status"] == "succeeded", reply.json
@@ -84,7 +88,7 @@ async def test_the_answer_is_the_repayment_as_read_back(
     customer_id, loan = await _loan(api)
     await set_business_date(dt.date.fromisoformat(loan["start_date"]) + dt.timedelta(days=5))
     item = {"loan_id": loan["loan_id"], "mode": "prepay", "amount": "2000.00"}
-    body = {"customer_id": customer_id, "items": [item], "debit_from": "6222021234567890128"}
+    body = {"customer_id": customer_id, "items": [item], "debit_from": api.card_of(customer_id)}
     reply = await api.post("/v1/repayments", body)  # core (20 ms) well inside the inline wait
     assert reply.status == 201 and reply.json["status"] == "succeeded", reply
     read_back = await api.get(f"/v1/repayments/{reply.json['repayment_id']}")

@@ -196,7 +196,7 @@ async def test_combined_repayment_sends_one_sms_naming_all_loans(
     loans = [await api.disbursed_loan(line_id, "2000.00") for _ in range(3)]
     body = {
         "customer_id": customer_id,
-        "debit_from": "6222021234567890128",
+        "debit_from": api.card_of(customer_id),
         "items": [{"loan_id": loan["loan_id"], "mode": "payoff"} for loan in loans],
     }
     reply = await api.settled_repayment(await api.post("/v1/repayments", body))
@@ -213,7 +213,7 @@ async def test_combined_repayment_sends_one_sms_naming_all_loans(
         await asyncio.sleep(0.2)
     assert len(naming) == 1, naming
     assert all(receipt in naming[0]["text"] for receipt in receipts)
-    assert "6222021234567890128" not in naming[0]["text"]
+    assert api.card_of(customer_id) not in naming[0]["text"]
     drawdown_texts = [
         m for m in messages if any(r in m["text"] for r in receipts) and "借款" in m["text"]
     ]
@@ -230,14 +230,14 @@ async def test_slow_core_leaves_repayment_processing_then_completes(
     item = {"loan_id": loan["loan_id"], "mode": "payoff"}
     reply = await api.post(
         "/v1/repayments",
-        {"customer_id": customer_id, "debit_from": "6222021234567890128", "items": [item]},
+        {"customer_id": customer_id, "debit_from": api.card_of(customer_id), "items": [item]},
     )
     assert reply.status == 201 and reply.json["status"] == "processing", reply
     # Phase A answered from what its transaction held: the repayment as a read shows it.
     assert (await api.get(f"/v1/repayments/{reply.json['repayment_id']}")).json == reply.json
     again = await api.post(
         "/v1/repayments",
-        {"customer_id": customer_id, "debit_from": "6222021234567890128", "items": [item]},
+        {"customer_id": customer_id, "debit_from": api.card_of(customer_id), "items": [item]},
     )
     assert (again.status, again.json["code"]) == (422, "REPAYMENT_IN_PROGRESS")
     await _knobs(http, engine.fakes.core, latency_ms=5)

@@ -139,7 +139,7 @@ async def test_a_loan_from_missed_debit_to_cure(
     # The customer pays everything due; the next day-end cures the loan.
     await _core(http, own_engine, fail_ratio=0.0)
     paid = await api.settled_repayment(await api.post("/v1/repayments", {
-        "customer_id": customer, "debit_from": "6222021234567890128",
+        "customer_id": customer, "debit_from": api.card_of(customer),
         "items": [{"loan_id": loan_id, "mode": "due"}]}))  # fmt: skip
     assert (paid.status, paid.json["status"]) == (201, "succeeded"), paid
     await _day_end(books, due + 4 * ONE)

@@ -73,6 +73,26 @@ class CustomerView(msgspec.Struct):
     created_at: dt.datetime
 
 
+class CardBind(_Request):
+    """POST /v1/customers/{customer_id}/cards: a card the customer's money may use."""
+
+    bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class CardView(msgspec.Struct):
+    customer_id: str
+    card_masked: str
+    source: str  # "registered" (with the customer) | "added" (POST .../cards)
+    bound_by_channel: str | None  # None: registered before bindings were recorded
+    verified: bool  # four-factor verified when bound
+    bound_at: dt.datetime
+
+
+class CustomerCardsView(msgspec.Struct):
+    customer_id: str
+    cards: list[CardView]
+
+
 class CreditLineCreate(_Request):
     customer_id: IdStr
     product_code: Code

@@ -27,6 +27,10 @@ class Route(NamedTuple):
 ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/customers", "Register a customer", t.CustomerCreate, 201, t.CustomerView),
     Route("get", "/v1/customers/{customer_id}/loans", "A customer's loans", None, 200, t.LoanList),
+    Route("post", "/v1/customers/{customer_id}/cards", "Bind a card (four-factor verified)",
+          t.CardBind, 201, t.CardView),
+    Route("get", "/v1/customers/{customer_id}/cards", "Cards bound to a customer", None, 200,
+          t.CustomerCardsView),
     Route("post", "/v1/credit-lines", "Grant a line", t.CreditLineCreate, 201, t.CreditLineView),
     Route("get", "/v1/credit-lines/{line_id}", "Read a line", None, 200, t.CreditLineView),
     Route("post", "/v1/credit-lines/{line_id}/freeze", "Freeze a line", t.StatusChange, 200,

@@ -34,6 +34,7 @@ from engine.contract.errors import BadRequest, Unprocessable
 from engine.contract.messages import DrawdownCreate, DrawdownView, PlanSummary
 from engine.idempotency.records import AtOnce, Claim, StoredResponse
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
+from engine.services import cards
 from engine.services.booking_batch import book_alone
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
@@ -165,8 +166,9 @@ async def draw_down_at_once(
     today = svc.business_date
     line_id = int(body.credit_line_id)
     shard = shard_of_id(line_id)
+    index = cards.card_index(svc.cipher, card)
     with svc.bookings.expecting(shard):
-        line = await read(svc.pools, shard, lambda c: fetch_line(c, channel, line_id))
+        line = await read(svc.pools, shard, lambda c: _line_paying(c, channel, line_id, index))
         return await _book_at_once(
             svc,
             channel,
@@ -216,7 +218,9 @@ async def draw_down(
     stores the idempotency record); returns the response and the customer ID."""
     amount_fen, card = _parse(body)
     today = svc.business_date
-    line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True)
+    line = await _line_paying(
+        conn, channel, int(body.credit_line_id), cards.card_index(svc.cipher, card), lock=True
+    )
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
@@ -227,6 +231,15 @@ async def draw_down(
         # in the same cap group can have moved the sum. Run the whole transaction again.
         raise RetryTransaction(f"the booking answered {outcome} under locks")
     return _view(draft), draft.customer_id
+
+
+async def _line_paying(
+    conn: asyncpg.Connection, channel: Channel, line_id: int, index: bytes, *, lock: bool = False
+) -> asyncpg.Record:
+    """The line, if the card to pay is bound to its customer (else CARD_NOT_BOUND)."""
+    line = await fetch_line(conn, channel, line_id, lock=lock)
+    await cards.require_bound(conn, line["customer_id"], index)
+    return line
 
 
 def _check_line(
