@@ -80,7 +80,9 @@ async def test_white_listed_customer_from_application_to_money(
     )
     done = run_cli("whitelist", "import", str(csv), env=engine.env)
     assert done.returncode == 0, done.stderr
-    reply = await _apply(api, _application(id_number))
+    body = _application(id_number)
+    card = body["applicant"]["bank_card"]  # registered with the customer: bound to them
+    reply = await _apply(api, body)
     assert reply.status == 201, reply
     app = reply.json
     assert app["status"] == "approved", app
@@ -90,7 +92,7 @@ async def test_white_listed_customer_from_application_to_money(
     assert set(decision["repayment_methods"]) <= {"equal_installment", "equal_principal"}
     assert decision["rule_set_version"] in ("v1", "v2")
     line_id, contract_id = app["credit_line_id"], app["contract_id"]
-    early = await api.drawdown(line_id, "10000.00")
+    early = await api.drawdown(line_id, "10000.00", disburse_to=card)
     assert (early.status, early.json["code"]) == (422, "CONTRACT_NOT_SIGNED")
     signed = await api.post(
         f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
@@ -101,7 +103,7 @@ async def test_white_listed_customer_from_application_to_money(
         f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
     )
     assert again.json == signed.json  # signing twice changes nothing
-    await api.disbursed_loan(line_id, "10000.00")
+    await api.disbursed_loan(line_id, "10000.00", disburse_to=card)
     view = (await api.get(f"/v1/applications/{app['application_id']}")).json
     steps = [step["step"] for step in view["steps"]]
     assert steps[:2] == ["received", "identity_verified"]
@@ -305,3 +307,40 @@ async def test_bad_requested_amount_is_a_400_and_stores_nothing(
         finally:
             await conn.close()
         assert found == 0
+
+
+async def test_a_report_pulled_for_another_member_bank_is_not_reused(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """Issue 21, item 4: a report is kept per member bank. One pulled under bank A's
+    consent (here: the demo bank's, then handed to bank A) is not reused in another
+    bank's decision: that bank queries under its own applicant's consent."""
+    from sharding.routing import logical_shard_for_id_number
+
+    id_number = _born(1991)
+    before = len(await _bureau_queries(http, engine))
+    body = _application(id_number)
+    assert (await _apply(api, body)).status == 201
+    shard = settings.shard_map().physical_for(logical_shard_for_id_number(id_number))
+    conn = await asyncpg.connect(shard.dsn)
+    try:
+        index = await conn.fetchval(
+            "SELECT id_number_index FROM application WHERE channel_serial = $1",
+            body["channel_serial"],
+        )
+        tenants = await conn.fetch(
+            "SELECT tenant_id FROM bureau_report WHERE id_number_index = $1", index
+        )
+        assert [r["tenant_id"] for r in tenants] == ["demo"]
+        await conn.execute(
+            "UPDATE bureau_report SET tenant_id = 'bank-a' WHERE id_number_index = $1", index
+        )
+        again = await _apply(api, _application(id_number))
+        assert again.status == 201
+        assert len(await _bureau_queries(http, engine)) - before == 2  # queried again
+        tenants = await conn.fetch(
+            "SELECT tenant_id FROM bureau_report WHERE id_number_index = $1 ORDER BY 1", index
+        )
+        assert [r["tenant_id"] for r in tenants] == ["bank-a", "demo"]
+    finally:
+        await conn.close()

@@ -197,7 +197,7 @@ async def submit(
             "APPLICATION_EXISTS",
             f"channel serial {body.channel_serial!r} was used by application {existing}",
         )
-    report = await _valid_report(conn, index)
+    report = await _valid_report(conn, index, channel.tenant_id)
     if report is None:
         await _set(conn, application_id, status="pending_bureau")
         await enqueue(
@@ -213,11 +213,17 @@ async def submit(
     return await application_view(conn, channel.tenant_id, application_id), application_id
 
 
-async def _valid_report(conn: asyncpg.Connection, index: bytes) -> BureauIndicators | None:
+async def _valid_report(
+    conn: asyncpg.Connection, index: bytes, tenant_id: str
+) -> BureauIndicators | None:
+    """A report this member bank queried and may still use (another bank's is not ours:
+    each queries under its own authorization, and pays for it)."""
     raw = await conn.fetchval(
-        """SELECT indicators FROM bureau_report WHERE id_number_index = $1 AND valid_until > now()
+        """SELECT indicators FROM bureau_report
+           WHERE id_number_index = $1 AND tenant_id = $2 AND valid_until > now()
            ORDER BY fetched_at DESC LIMIT 1""",
         index,
+        tenant_id,
     )
     return None if raw is None else msgspec.json.decode(raw, type=BureauIndicators)
 
@@ -233,15 +239,18 @@ async def store_report(
     if result.outcome is not BureauOutcome.OK or result.raw is None:
         return None
     indicators = parse_report(result.raw, today)
-    index = await conn.fetchval(
-        "SELECT id_number_index FROM application WHERE application_id = $1", application_id
+    app = await conn.fetchrow(
+        "SELECT id_number_index, tenant_id FROM application WHERE application_id = $1",
+        application_id,
     )
+    assert app is not None
     await conn.execute(
-        """INSERT INTO bureau_report (id_number_index, valid_until, indicators)
-           VALUES ($1, now() + make_interval(days => $2), $3::jsonb)""",
-        index,
+        """INSERT INTO bureau_report (id_number_index, valid_until, indicators, tenant_id)
+           VALUES ($1, now() + make_interval(days => $2), $3::jsonb, $4)""",
+        app["id_number_index"],
         ctx.report_valid_days,
         msgspec.json.encode(indicators).decode(),
+        app["tenant_id"],
     )
     return indicators
 
