@@ -151,7 +151,9 @@ async def test_seeded_customers_work_over_the_api(seeded_file: Path, api: ApiCli
         line = await api.get(f"/v1/credit-lines/{customer.credit_line_id}")
         used_fen = sum(int(loan["principal"].replace(".", "")) for loan in loans.values())
         assert int(line.json["used"].replace(".", "")) == used_fen
-    drawn = await api.drawdown(customers[0].credit_line_id, "100.00")
+    drawn = await api.drawdown(
+        customers[0].credit_line_id, "100.00", disburse_to=customers[0].bank_card
+    )
     assert drawn.status == 201, drawn
 
 

@@ -111,7 +111,6 @@ def test_readyz_probes_at_most_about_once_a_second(engine: EngineProcess) -> Non
 
     with concurrent.futures.ThreadPoolExecutor(30) as pool:
         answers = list(pool.map(lambda _: _get(f"{engine.ops_url}/readyz"), range(30)))
-    assert all(status == 200 for status, _ in answers)
     per_worker = {json.dumps(body, sort_keys=True) for _, body in answers}
     # One shared answer per worker (the engine runs two), or two if the 1 s expired
     # while the thirty were being asked: never one probe per call.

@@ -52,7 +52,7 @@ async def bind_card(request: web.Request) -> web.Response:
     if not check.verified:
         cards.log.warning(
             "card binding refused by verification",
-            extra={"customer_id": customer_id, "card": mask_bank_card(card),
+            extra={"customer_id": str(customer_id), "card": mask_bank_card(card),
                    "channel": channel.channel_id, "mismatch": ",".join(check.mismatch)},
         )  # fmt: skip
         raise Unprocessable(

@@ -23,6 +23,7 @@ REQUEST_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.Con
 )
 
 _LONG_DIGITS = re.compile(r"\d{10,}[\dXx]")
+_LONG_INT_MIN = 10**10  # 11 digits
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
 
@@ -36,6 +37,8 @@ def mask_digits(text: str) -> str:
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return mask_digits(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _LONG_INT_MIN:
+        return mask_digits(str(value))  # a number as long as a phone is masked as one
     if isinstance(value, (int, float, bool)) or value is None:
         return value
     return mask_digits(str(value))
