@@ -5,7 +5,7 @@ CHECKED := engine ledger sharding
 # The engine assumes production unless told: everything here is the local stack.
 export ENGINE_ENV ?= dev
 
-.PHONY: run test up down venv stack migrate demo lint typecheck pytest bench bench-scale bench-eod load seed clean
+.PHONY: run test up down venv stack migrate demo lint typecheck pytest reliability bench bench-scale bench-eod load seed clean
 
 run: venv stack migrate demo          ## set up everything and serve on 127.0.0.1:8080 (Ctrl-C stops)
 	ENGINE_ENV=dev ops/engine.sh start fake-core fake-sms fake-bureau relay
@@ -46,6 +46,17 @@ pytest: venv stack migrate
 	ops/engine.sh stop
 	ENGINE_ENV=test $(PY) -m engine demo load
 	ENGINE_ENV=test $(PY) -m pytest -q -p no:cacheprovider
+
+# The reliability battery at full scale (RELIABILITY.md): ten kills each, 2,200 generated
+# cases, every proxy fault, longer bursts; `make test` runs the same files at a fast scale.
+# Each test runs on databases, fakes and a Redis of its own; the shard test stops the
+# stack's server 1 and starts it again. Results: .run/reliability/results.jsonl.
+RELIABILITY_TESTS := tests/test_reliability_faults.py tests/test_reliability_crash.py \
+	tests/test_reliability_redis.py tests/test_reliability_shard.py \
+	tests/test_reliability_stateful.py tests/test_api_schemathesis.py
+reliability: venv stack migrate      ## the reliability battery at full scale (about 15 min)
+	ops/engine.sh stop
+	RELIABILITY=full ENGINE_ENV=test $(PY) -m pytest -q -p no:cacheprovider --durations=10 $(RELIABILITY_TESTS)
 
 bench: seed                           ## pgbench baseline, drawdown and repayment throughput, the calculator
 	$(PY) -m loadtest.bench_schedule

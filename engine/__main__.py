@@ -12,7 +12,7 @@ from engine.cli import COMMANDS
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or of `only` (then only its module is imported).
-    A module may register several commands (`lists`: whitelist and blacklist): each
+    A module may register several commands (`lists`: whitelist, blacklist, bureauflag): each
     module is registered once."""
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

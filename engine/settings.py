@@ -235,10 +235,20 @@ class OriginationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     current_versions: dict[str, str] = msgspec.field(default_factory=dict)
     # Operators (review queue) authenticate with a token; only its SHA-256 is configured.
     operator_token_sha256: list[str] = msgspec.field(default_factory=list)
+    # The contract's one-time signing code (engine.origination.otp): how long it lives,
+    # how many wrong codes lock the contract and for how long, the wait between codes.
+    otp_ttl_s: int = 300
+    otp_attempts_max: int = 5
+    otp_lock_s: int = 1800
+    otp_resend_s: int = 60
 
     def __post_init__(self) -> None:
         if not 0 <= self.candidate_percent <= 100:
             raise ValueError("origination.candidate_percent must be 0..100")
+        if not 60 <= self.otp_ttl_s <= 900 or not 1 <= self.otp_attempts_max <= 10:
+            raise ValueError("origination.otp_ttl_s must be 60..900, otp_attempts_max 1..10")
+        if not 60 <= self.otp_lock_s <= 86_400 or not 0 <= self.otp_resend_s <= 300:
+            raise ValueError("origination.otp_lock_s must be 60..86400, otp_resend_s 0..300")
 
 
 class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

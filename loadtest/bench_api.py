@@ -12,6 +12,8 @@
        client down and hide its own queueing)                        -> p50, p99
     4. repayments at saturation: the closed loop again, each a prepayment of
        1.00 on a seeded loan                                         -> repayments/s
+    5. repayments at half that rate, open loop                       -> p50, p99
+    6. repayment day: 70 % repayments, 30 % drawdowns, at saturation -> requests/s, p99 each
 
 Prints a markdown table with the ratios to the pgbench baseline and the issue's
 targets (drawdowns/s >= 0.25 x tps; p99 at half saturation <= 100 ms) and the CPU
@@ -62,6 +64,8 @@ REQUEST_TIMEOUT_S: Final = 10.0
 IN_FLIGHT_MAX: Final = 1024  # the open loop never holds more requests than this
 TARGET_DRAWDOWN_RATIO: Final = 0.25
 TARGET_P99_MS: Final = 100.0
+TARGET_REPAYMENT_RATIO: Final = 0.25  # issue 20: repayments/s against pgbench tps
+TARGET_REPAY_P99_MS: Final = 50.0
 PGBENCH_DATABASE: Final = "pgbench"
 SEEDED_READ_MAX: Final = 200_000
 
@@ -288,6 +292,10 @@ class Results:
     half_rate_per_s: float
     repayments: Tally
     loans_estimate: int
+    repay_half: Tally = dataclasses.field(default_factory=Tally)
+    repay_half_rate_per_s: float = 0.0
+    mixed_draw: Tally = dataclasses.field(default_factory=Tally)
+    mixed_pay: Tally = dataclasses.field(default_factory=Tally)
     cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
     cpu_ms_per_repayment: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -325,10 +333,51 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         before = cpu_by_role()
         repaid = await closed_loop(client, pay, args.concurrency, args.seconds, 0.0)
         repay_cpu_ms = per_operation_ms(before, cpu_by_role(), repaid.ok)
+        repay_rate = max(repaid.per_s / 2, 1.0)
+        say(f"{repaid.per_s:.0f}/s; now repayments open loop at {repay_rate:.0f}/s")
+        repay_half = await open_loop(
+            client, repayment_maker(customers[::-1], 1), repay_rate, args.seconds
+        )
+        say("repayment day: 70 % repayments, 30 % drawdowns, at saturation")
+        mixed_draw, mixed_pay = await mixed_closed_loop(
+            client, draw, pay, args.concurrency, args.seconds, draw_share=0.3
+        )
     finally:
         client.http.close()
     loans = await _loans_estimate()
-    return Results(0.0, saturated, half, half_rate, repaid, loans, cpu_ms, repay_cpu_ms)
+    return Results(
+        0.0, saturated, half, half_rate, repaid, loans, cpu_ms, repay_cpu_ms,
+        repay_half, repay_rate, mixed_draw, mixed_pay,
+    )  # fmt: skip
+
+
+async def mixed_closed_loop(
+    client: Client,
+    draw: Maker,
+    pay: Maker,
+    concurrency: int,
+    seconds: float,
+    *,
+    draw_share: float,
+) -> tuple[Tally, Tally]:
+    """`concurrency` requests in flight, each a drawdown with probability `draw_share`
+    (every tenth request's place fixed, so the mix is exact), else a repayment."""
+    tallies = (Tally(), Tally())
+    end = time.perf_counter() + seconds
+    draws_in_ten = round(draw_share * 10)
+
+    async def worker(w: int) -> None:
+        n = 0
+        while (now := time.perf_counter()) < end:
+            is_draw = (w + n) % 10 < draws_in_ten
+            path, body = (draw if is_draw else pay)(w, n)
+            n += 1
+            await client.post(path, body, tallies[0 if is_draw else 1], now)
+
+    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    for tally in tallies:
+        tally.window_s = seconds
+    return tallies
 
 
 async def saturated_round(
@@ -406,8 +455,30 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"{'met' if p99 <= TARGET_P99_MS else 'MISSED'} | |",
         f"| drawdown p99 at saturation (closed loop) | {draw.percentile_ms(0.99):.1f} ms | | | |",
         f"| repayments/s at saturation (prepay {PREPAY_AMOUNT}, {args.concurrency} in flight) | "
-        f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | | {repay.problems()} |",
+        f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | >= {TARGET_REPAYMENT_RATIO} "
+        f"{'met' if tps and repay.per_s >= TARGET_REPAYMENT_RATIO * tps else 'MISSED'} | "
+        f"{repay.problems()} |",
     ]
+    if results.repay_half.latencies_s:
+        repay_p99 = results.repay_half.percentile_ms(0.99)
+        rows.append(
+            f"| repayment p99 at half saturation ({results.repay_half_rate_per_s:,.0f}/s open "
+            f"loop) | {repay_p99:.1f} ms | | <= {TARGET_REPAY_P99_MS:.0f} ms "
+            f"{'met' if repay_p99 <= TARGET_REPAY_P99_MS else 'MISSED'} | "
+            f"{results.repay_half.problems()} |"
+        )
+    mixed = (results.mixed_draw, results.mixed_pay)
+    if any(t.latencies_s for t in mixed):
+        total = mixed[0].per_s + mixed[1].per_s
+        rows.append(
+            f"| repayment day (70 % repayments, 30 % drawdowns), requests/s at saturation | "
+            f"{total:,.0f} ({mixed[1].per_s:,.0f} repayments, {mixed[0].per_s:,.0f} drawdowns) "
+            f"| {_ratio(total, tps)} | | {mixed[1].problems()}; {mixed[0].problems()} |"
+        )
+        rows.append(
+            f"| repayment day p99: repayments / drawdowns | {mixed[1].percentile_ms(0.99):.1f} / "
+            f"{mixed[0].percentile_ms(0.99):.1f} ms | | | |"
+        )
     for what, cpu in (
         ("drawdown", results.cpu_ms_per_drawdown),
         ("repayment", results.cpu_ms_per_repayment),

@@ -178,10 +178,16 @@ def table(result: Run) -> str:
     ratios = [p99[1] / p99[0] if p99[0] else 0.0, p99[3] / p99[2] if p99[2] else 0.0]
     verdict_time = "met" if minutes_20m <= TARGET_MINUTES_20M else "MISSED"
     verdict_p99 = "met" if max(ratios) <= TARGET_P99_RATIO else "MISSED"
+    pacing = ", ".join(
+        f"{name}={os.environ[name]}"
+        for name in sorted(os.environ)
+        if name.startswith("ENGINE_EOD_")
+    )
     rows = [
         "| measure | value | target |",
         "|---|---:|---|",
         f"| business date closed | {result.business_date} (exit {result.returncode}) | |",
+        f"| day-end settings from the environment | {pacing or 'the defaults'} | |",
         f"| loans accrued | {loans:,} | |",
         f"| day-end wall time (cut-over and its 5 s settle included) | {result.wall_s:,.1f} s | |",
         f"| loans/s in all (4 shards on this 2-core machine) | {total_rate:,.0f} | |",

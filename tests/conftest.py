@@ -78,6 +78,12 @@ async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
+# Every log of a process this session started (engines, relays, fakes, schedulers), with
+# its size when the session first started it: the suite-end PII scan reads what this
+# session wrote to each, whichever tests ran.
+STARTED_LOGS: dict[Path, int] = {}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,6 +101,9 @@ class ServiceProcess:
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = ROOT / ".run" / "log" / f"test-{name}-{port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.log_path not in STARTED_LOGS:
+            exists = self.log_path.exists()
+            STARTED_LOGS[self.log_path] = self.log_path.stat().st_size if exists else 0
         self.env = dict(os.environ) | env
         self._argv = [sys.executable, "-m", module, *args]
         self.proc = self._spawn()

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, STARTED_LOGS, free_port
 
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=5)
 START_TIMEOUT_S = 15.0
@@ -61,6 +61,7 @@ class FakeProcess:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.record_path = record_path
         self.log_path = log_directory / f"{kind.module}-{self.port}.log"
+        STARTED_LOGS.setdefault(self.log_path, 0)  # the suite-end PII scan reads it too
         self.env = dict(os.environ) | env
         self.env |= {
             f"{kind.prefix}_HOST": "127.0.0.1",

@@ -35,12 +35,17 @@ TEST_WORKER = 126  # IDs made by the tests' own completions: a worker no engine 
 
 
 class Isolated:
-    def __init__(self, base_dsn: str, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, base_dsn: str, tmp: Path, extra_env: dict[str, str] | None = None,
+        second_base: str | None = None,
+    ) -> None:  # fmt: skip
+        """All three databases on `base_dsn`'s server, or shard s1 on `second_base`'s (a
+        test that stops one server then loses one shard of two, not both)."""
         tag = secrets.token_hex(3)
         self.names = {"control": f"iso_control_{tag}", "s0": f"iso_s0_{tag}", "s1": f"iso_s1_{tag}"}
-        self._base = base_dsn
+        self._bases = {"control": base_dsn, "s0": base_dsn, "s1": second_base or base_dsn}
         self.tmp = tmp
-        dsn = {key: f"{base_dsn}/{name}" for key, name in self.names.items()}
+        dsn = {key: f"{self._bases[key]}/{name}" for key, name in self.names.items()}
         self.env = {
             "ENGINE_ENV": "test",
             "ENGINE_CONTROL_DSN": dsn["control"],
@@ -55,12 +60,12 @@ class Isolated:
         return [s.dsn for s in self.settings.shards]
 
     async def create(self, business_date: dt.date) -> None:
-        admin = await asyncpg.connect(self._base + "/postgres")
-        try:
-            for name in self.names.values():
+        for key, name in self.names.items():
+            admin = await asyncpg.connect(self._bases[key] + "/postgres")
+            try:
                 await admin.execute(f"CREATE DATABASE {name}")
-        finally:
-            await admin.close()
+            finally:
+                await admin.close()
         await migrate_all(self.settings)
         conn = await asyncpg.connect(self.settings.control_dsn)
         try:
@@ -70,12 +75,12 @@ class Isolated:
             await conn.close()
 
     async def drop(self) -> None:
-        admin = await asyncpg.connect(self._base + "/postgres")
-        try:
-            for name in self.names.values():
+        for key, name in self.names.items():
+            admin = await asyncpg.connect(self._bases[key] + "/postgres", timeout=30)
+            try:
                 await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
+            finally:
+                await admin.close()
 
     def _cipher(self) -> PiiCipher:
         crypto = self.settings.crypto

@@ -1,8 +1,8 @@
-"""A table of bad requests: each gets its status and stable code, and nothing is written."""
+"""A table of bad requests: each gets its status and stable code, and nothing is written.
+Each test has a line of its own: none depends on what another wrote."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +19,7 @@ from engine.stores.control_admin import add_channel
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient, Reply, new_bank_card
 from tests.conftest import EngineProcess
+from tests.waiting import eventually
 
 OTHER_SECRET = "other-tenant-secret"
 
@@ -33,7 +34,10 @@ async def other_api(
     )
     if await control_conn.fetchval("SELECT 1 FROM channel WHERE channel_id = 'other-ch'") is None:
         await add_channel(control_conn, dev_cipher(), "other-ch", "other", OTHER_SECRET)
-    await asyncio.sleep(0.6)  # the engine reloads reference data every 0.2 s in tests
+    # Until every worker knows the channel (they reload reference data every 0.2 s).
+    known = await eventually(lambda: _channel_known(engine.base_url), bool, timeout_s=30,
+                             interval_s=0.1)  # fmt: skip
+    assert known, "the engine did not take up channel other-ch"
     yield ApiClient(http, engine.base_url, "other-ch", OTHER_SECRET)
 
 
@@ -41,8 +45,20 @@ async def other_api(
 _CARDS: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module")
+async def _channel_known(base_url: str, probes: int = 12) -> bool:
+    """`probes` answers in a row, each on a fresh connection (so over every worker),
+    authenticate channel other-ch: a loan that does not exist is 404, not 401."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        other = ApiClient(s, base_url, "other-ch", OTHER_SECRET)
+        for _ in range(probes):
+            if (await other.get("/v1/loans/1")).status != 404:
+                return False
+    return True
+
+
+@pytest.fixture
 async def line(api: ApiClient) -> tuple[str, str]:
+    """A customer and a line of this test's own."""
     customer_id = await api.customer()
     line_id = await api.line(customer_id, limit="20000.00", max_term_months=24)
     _CARDS[line_id] = api.card_of(customer_id)

@@ -1,25 +1,26 @@
-"""An engine worker killed with SIGKILL during a burst of drawdowns: every drawdown
-answered 201 exists exactly once, retries with the same key never make a second
-loan, and the ledger balances."""
+"""An engine worker killed with SIGKILL during a burst of drawdowns: the kill lands
+while requests are in flight (some are cut off, no answer), every drawdown answered 201
+exists exactly once, retries with the same key never make a second loan, the line holds
+exactly the loans' principal and the ledger balances."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 from collections.abc import Iterator
 
 import aiohttp
-import asyncpg
 import pytest
 
 from engine.settings import Settings
 from ledger.store import trial_balance
-from sharding.ids import shard_of_id
-from tests.api_client import ApiClient, Reply
+from tests.api_client import ApiClient, new_bank_card
+from tests.battery import IN_FLIGHT, Op, burst, retry_until_final
 from tests.conftest import EngineProcess, Fakes
+from tests.money_checks import loan_books, shard_of
+from tests.waiting import eventually
 
 BURST = 80
 
@@ -45,50 +46,48 @@ async def test_worker_killed_mid_burst(
     own_engine: EngineProcess, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
     api = ApiClient(http, own_engine.base_url)
-    customer_id = await api.customer()
+    card = new_bank_card()
+    customer_id = await api.customer(bank_card=card)
     line_id = await api.line(customer_id, limit="300000.00")
-    keys = [secrets.token_hex(8) for _ in range(BURST)]
+    body = {"credit_line_id": line_id, "amount": "100.00", "term_months": 12,
+            "repayment_method": "equal_installment", "disburse_to": card}  # fmt: skip
+    ops = [Op("/v1/drawdowns", dict(body)) for _ in range(BURST)]
+    victims = _worker_pids(own_engine.proc.pid)
+    assert len(victims) == 2
+    load = asyncio.ensure_future(burst(api, ops, concurrency=BURST))
 
-    async def attempt(key: str) -> Reply | None:
-        try:
-            return await api.drawdown(line_id, "100.00", key=key)
-        except (TimeoutError, aiohttp.ClientError):
-            return None  # the outcome is unknown: the client will retry with the same key
+    # The kill lands once the workers are answering (the first answers are in) and most
+    # requests are still in flight: sent, and not answered.
+    def progress() -> tuple[int, int]:
+        return sum(op.first is not None for op in ops), IN_FLIGHT[0]
 
-    async def killer() -> None:
-        await asyncio.sleep(0.15)
-        victims = _worker_pids(own_engine.proc.pid)
-        assert victims
-        os.kill(victims[0], signal.SIGKILL)
-
-    results = await asyncio.gather(*(attempt(k) for k in keys), killer())
-    first = dict(zip(keys, results[:BURST], strict=True))
-    answered = {k: r.json["loan_id"] for k, r in first.items() if r is not None and r.status == 201}
-    own_engine.wait_ready()
-    # Retry everything not answered 201, same key, until each has an answer (bounded).
-    final = dict(answered)
-    for _ in range(40):
-        pending = [k for k in keys if k not in final]
-        if not pending:
-            break
-        replies = await asyncio.gather(*(attempt(k) for k in pending))
-        for key, reply in zip(pending, replies, strict=True):
-            if reply is not None and reply.status == 201:
-                final[key] = reply.json["loan_id"]
-        await asyncio.sleep(0.5)
-    assert len(final) == BURST
-    for key, loan_id in answered.items():
-        assert final[key] == loan_id  # a 201 is never contradicted by a retry
-    shard = settings.shard_map().physical_for(shard_of_id(int(customer_id)))
-    conn = await asyncpg.connect(shard.dsn)
-    try:
+    await eventually(lambda: asyncio.sleep(0, progress()), lambda p: p[0] >= 1 and p[1] >= 20,
+                     timeout_s=30, interval_s=0.002)  # fmt: skip
+    answered, in_flight = progress()
+    os.kill(victims[0], signal.SIGKILL)
+    await load
+    assert answered >= 1 and in_flight >= 20, "the kill must land while requests are in flight"
+    cut_off = [op for op in ops if op.first is None]
+    assert cut_off, "the killed worker's requests must have been cut off (no answer)"
+    assert len(cut_off) < BURST  # the other worker answered its own
+    # A new worker takes the dead one's place; every request again, same key, to its end.
+    await eventually(lambda: asyncio.sleep(0, _worker_pids(own_engine.proc.pid)),
+                     lambda pids: len(pids) == 2 and victims[0] not in pids)  # fmt: skip
+    await retry_until_final(api, ops)
+    final = {op.key: op.final.json["loan_id"] for op in ops if op.final is not None}
+    assert all(op.final is not None and op.final.status == 201 for op in ops), ops
+    for op in ops:
+        if op.acknowledged:
+            assert op.first is not None and final[op.key] == op.first.json["loan_id"]
+    async with shard_of(settings, customer_id) as conn:
         loans = await conn.fetch("SELECT loan_id FROM loan WHERE credit_line_id = $1", int(line_id))
         used = await conn.fetchval(
             "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
         )
+        for loan_id in final.values():
+            assert (await loan_books(conn, loan_id)).principal == 10_000
         balance = await trial_balance(conn, deep=True)
-    finally:
-        await conn.close()
     assert sorted(str(r["loan_id"]) for r in loans) == sorted(final.values())  # each exactly once
+    assert len(set(final.values())) == BURST
     assert used == BURST * 10_000
     assert balance.balanced

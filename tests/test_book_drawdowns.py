@@ -20,6 +20,7 @@ from engine.services.booking_batch import (
     book_alone,
 )
 from loadtest.bench_book import booking_args, prepare
+from tests.waiting import eventually
 
 LINES = 6
 LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # a drawdown's argument order
@@ -264,8 +265,18 @@ async def test_a_group_call_waits_briefly_for_a_lock_the_locked_path_as_long_as_
                 return await book_alone(shard, booking_args(1, line_id=1))
 
         booking = asyncio.create_task(alone())
-        await asyncio.sleep(0.6)  # longer than the group call's 250 ms
-        assert not booking.done()
+
+        async def blocked() -> bool:
+            await holder.execute("SELECT pg_stat_clear_snapshot()")
+            return bool(await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                shard.get_server_pid(),
+            ))  # fmt: skip
+
+        # Once it waits for the line's lock, it keeps waiting past the group call's 250 ms.
+        assert await eventually(blocked, bool, timeout_s=30, interval_s=0.02)
+        done, _ = await asyncio.wait([booking], timeout=0.6)
+        assert not done and await blocked()
         await hold.rollback()
         assert await booking == "booked"
     finally:

@@ -167,6 +167,7 @@ def test_pre_approval_terms_follow_the_score_band() -> None:
         repayment_methods=["equal_installment", "equal_principal", "interest_only", "bullet"],
         max_term_months=24,
         score=670,
+        face_to_face=["FACE_TO_FACE_NOT_WHITELISTED"],
     )
     thin = decide(
         CREDIT_V1, facts(age=25, requested_amount_fen=300_000_00, bureau_accounts_total=0)
@@ -448,3 +449,42 @@ def test_the_loader_refuses_misplaced_files(tmp_path: Path) -> None:
     (tmp_path / "other" / "v1.json").write_bytes(good)  # product demo-credit in other/
     with pytest.raises(RuleSetError, match="must match its path"):
         load_rule_sets(tmp_path)
+
+
+# ---- 面签: the rule sets say which approvals are signed face to face ---------------------
+
+
+@pytest.mark.parametrize("rule_set", [CREDIT_V1, CREDIT_V2, CONSUMER_V1])
+def test_pre_approved_without_a_white_list_entry_is_signed_face_to_face(
+    rule_set: RuleSet,
+) -> None:
+    queued = decide(rule_set, facts())
+    assert (queued.outcome, queued.face_to_face) == (
+        "pending_review",
+        ["FACE_TO_FACE_NOT_WHITELISTED"],
+    )
+    assert decide(rule_set, facts(whitelist=WHITE)).face_to_face == []
+    refused = decide(rule_set, facts(bureau_current_overdue_fen=1))
+    assert (refused.outcome, refused.face_to_face) == ("refused", [])
+
+
+def test_a_hard_face_to_face_rule_reaches_white_listed_applicants() -> None:
+    def large_in_person(data: dict[str, Any]) -> None:
+        data["rules"].append(
+            {"code": "LARGE_IN_PERSON", "field": "applicant.requested_amount_fen", "op": "gt",
+             "value": 50_000_00, "action": "face_to_face", "hard": True}
+        )  # fmt: skip
+
+    rule_set = rule_set_from_json(_mutated(large_in_person), "demo-credit/v1.json")
+    large = decide(rule_set, facts(whitelist=WHITE, requested_amount_fen=60_000_00))
+    assert (large.outcome, large.face_to_face) == ("approved", ["LARGE_IN_PERSON"])
+    small = decide(rule_set, facts(whitelist=WHITE, requested_amount_fen=40_000_00))
+    assert (small.outcome, small.face_to_face) == ("approved", [])
+
+
+def test_face_to_face_cannot_stand_in_for_a_hard_refusal() -> None:
+    with pytest.raises(RuleSetError, match="must be a hard refusal"):
+        rule_set_from_json(
+            _mutated(lambda d: _rule(d, "ID_EXPIRED").update(action="face_to_face")),
+            "demo-credit/v1.json",
+        )

@@ -19,8 +19,11 @@ from engine.services.reconcile import reconcile
 from engine.settings import Settings
 from ledger.store import trial_balance
 from sharding.ids import shard_of_id
-from tests.api_client import ApiClient
-from tests.conftest import EngineProcess, ServiceProcess
+from tests.api_client import ApiClient, new_bank_card
+from tests.conftest import EngineProcess, ServiceProcess, free_port
+from tests.fault_proxy import FaultProxy
+from tests.money_checks import core_clock, debits_at_core, loan_books, postings_of, shard_of
+from tests.waiting import eventually
 
 SHANGHAI_TODAY = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)).date()
 
@@ -133,6 +136,38 @@ async def test_failures_and_timeouts_under_concurrent_drawdowns(
     assert [b for b in report.breaks if b.problem != "missing_at_core"] == []
 
 
+async def _leased(settings: Settings, customer_id: str) -> int:
+    """This customer's payment orders leased by a relay now (`sending`, lease running)."""
+    async with shard_of(settings, customer_id) as conn:
+        return int(
+            await conn.fetchval(
+                """SELECT count(*) FROM outbox WHERE customer_id = $1 AND kind = 'disburse'
+                   AND state = 'sending' AND lease_until > now()""",
+                int(customer_id),
+            )
+        )
+
+
+async def _money_of(
+    settings: Settings, http: aiohttp.ClientSession, core: ServiceProcess, customer_id: str,
+    line_id: str, loans: dict[int, int],
+) -> None:  # fmt: skip
+    """Each loan paid once at core, of its principal; the line holds exactly their
+    principal; each loan's principal account holds it; the shard's books balance."""
+    paid = [r for r in await _records(http, core, "/fake/records")
+            if r["reference"] in {f"D{i}" for i in loans}]  # fmt: skip
+    assert sorted((r["reference"], r["amount_fen"], r["status"]) for r in paid) == sorted(
+        (f"D{i}", fen, "succeeded") for i, fen in loans.items())  # fmt: skip
+    async with shard_of(settings, customer_id) as conn:
+        used = await conn.fetchval(
+            "SELECT used_fen FROM credit_line WHERE credit_line_id = $1", int(line_id)
+        )
+        assert used == sum(loans.values())
+        for loan_id, fen in loans.items():
+            assert (await loan_books(conn, str(loan_id))).principal == fen
+        assert (await trial_balance(conn, deep=True)).balanced
+
+
 async def test_relay_killed_mid_batch(
     api: ApiClient,
     engine: EngineProcess,
@@ -140,116 +175,172 @@ async def test_relay_killed_mid_batch(
     settings: Settings,
     healthy_core: None,
 ) -> None:
+    """A relay of the test's own reaches core through a proxy that sees each request go
+    out and its answer come back; it is SIGKILLed while its payment orders are leased and
+    a call to core is open, and core books that call after the relay is dead. The next
+    relay inquires: every loan paid exactly once."""
     assert engine.relay is not None
     core = engine.fakes.core
     engine.relay.stop()
+    proxy = FaultProxy(core.port).start()
+    ours: ServiceProcess | None = None
     try:
         duplicates_before = await _duplicates(http, core)
-        await _knobs(http, core, latency_ms=400)
-        customer_id = await api.customer()
+        await _knobs(http, core, latency_ms=400)  # each core call open 400 ms (time-out 1 s)
+        card = new_bank_card()
+        customer_id = await api.customer(bank_card=card)
         line_id = await api.line(customer_id)
+        loans = {}
         for _ in range(40):
-            assert (await api.drawdown(line_id, "100.00")).status == 201
-        engine.relay.restart()
-        await asyncio.sleep(1.0)  # mid-batch: requests to core in flight
-        engine.relay.kill()
+            reply = await api.drawdown(line_id, "100.00", disburse_to=card)
+            assert reply.status == 201, reply
+            loans[int(reply.json["loan_id"])] = 10_000
+        metrics_port = free_port()
+        env = engine.env | {"ENGINE_CORE_URL": f"http://127.0.0.1:{proxy.port}",
+                            "ENGINE_RELAY_METRICS_PORT": str(metrics_port)}  # fmt: skip
+        ours = ServiceProcess("relay", "engine", ["relay"], env, metrics_port)
+
+        async def in_flight() -> tuple[int, int]:
+            return await _leased(settings, customer_id), proxy.calls_open
+
+        seen = await eventually(in_flight, lambda s: s[0] > 0 and s[1] > 0, timeout_s=30,
+                                interval_s=0.01)  # fmt: skip
+        killed_at = core_clock()
+        ours.kill()
+        assert seen[0] > 0 and seen[1] > 0, "the kill must land with rows leased, a call open"
+        assert await _leased(settings, customer_id) > 0  # nobody closed them
+        # No relay runs now: a payment core books from here was sent by the dead relay.
+        late = await eventually(
+            lambda: _records(http, core, "/fake/records"),
+            lambda rs: any(r["reference"] in {f"D{i}" for i in loans}
+                           and r["booked_at"] >= killed_at for r in rs),
+            timeout_s=10,
+        )  # fmt: skip
+        assert any(r["reference"] in {f"D{i}" for i in loans} and r["booked_at"] >= killed_at
+                   for r in late), "core must book a call the relay left open"  # fmt: skip
         await _knobs(http, core, latency_ms=5)
         engine.relay.restart()
-        statuses = await _settle(settings, [customer_id], timeout_s=30)
+        statuses = await _settle(settings, [customer_id], timeout_s=60)
     finally:
+        if ours is not None:
+            ours.kill()
+        proxy.stop()
         if engine.relay.proc.poll() is not None:
             engine.relay.restart()
     assert set(statuses.values()) == {"disbursed"}, statuses
-    records = [
-        r
-        for r in await _records(http, core, "/fake/records")
-        if r["reference"] in {f"D{i}" for i in statuses}
-    ]
-    assert len(records) == 40 and all(r["status"] == "succeeded" for r in records)
+    await _money_of(settings, http, core, customer_id, line_id, loans)
     assert await _duplicates(http, core) == duplicates_before  # nothing sent twice
 
 
+async def _attempts(settings: Settings, customer_id: str) -> list[int]:
+    async with shard_of(settings, customer_id) as conn:
+        rows = await conn.fetch(
+            "SELECT attempts FROM outbox WHERE customer_id = $1 AND kind = 'disburse'",
+            int(customer_id),
+        )
+    return [int(r[0]) for r in rows]
+
+
 async def test_core_down_then_back(
-    api: ApiClient, engine: EngineProcess, settings: Settings
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession, settings: Settings
 ) -> None:
     core = engine.fakes.core
+    duplicates_before = await _duplicates(http, core)
     core.stop()
     try:
-        customer_id = await api.customer()
+        card = new_bank_card()
+        customer_id = await api.customer(bank_card=card)
         line_id = await api.line(customer_id)
-        replies = [await api.drawdown(line_id, "500.00") for _ in range(5)]
+        replies = [await api.drawdown(line_id, "500.00", disburse_to=card) for _ in range(5)]
         assert all(r.status == 201 and r.json["status"] == "disbursing" for r in replies)
-        await asyncio.sleep(2.0)
+        # Until the relay has tried each order and failed (claimed again after its lease).
+        tries = await eventually(lambda: _attempts(settings, customer_id),
+                                 lambda a: len(a) == 5 and min(a) >= 2, timeout_s=60)  # fmt: skip
+        assert len(tries) == 5 and min(tries) >= 2, tries
         assert set((await _loan_statuses(settings, customer_id)).values()) == {"disbursing"}
     finally:
         core.restart()
         core.wait_ready()
-    statuses = await _settle(settings, [customer_id], timeout_s=40)
+    statuses = await _settle(settings, [customer_id], timeout_s=60)
     assert set(statuses.values()) == {"disbursed"}, statuses
+    await _money_of(settings, http, core, customer_id, line_id, dict.fromkeys(statuses, 50_000))
+    assert await _duplicates(http, core) == duplicates_before
 
 
-async def test_combined_repayment_sends_one_sms_naming_all_loans(
+async def test_combined_repayment_sends_one_sms_naming_all_loans_and_the_channel(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
-    customer_id = await api.customer()
+    card = new_bank_card()
+    customer_id = await api.customer(bank_card=card)
     line_id = await api.line(customer_id)
-    loans = [await api.disbursed_loan(line_id, "2000.00") for _ in range(3)]
+    loans = [await api.disbursed_loan(line_id, "2000.00", disburse_to=card) for _ in range(3)]
     body = {
         "customer_id": customer_id,
-        "debit_from": api.card_of(customer_id),
+        "debit_from": card,
         "items": [{"loan_id": loan["loan_id"], "mode": "payoff"} for loan in loans],
     }
     reply = await api.settled_repayment(await api.post("/v1/repayments", body))
     assert reply.status == 201 and reply.json["status"] == "succeeded", reply
     receipts = [loan["receipt_no"] for loan in loans]
-    deadline = time.monotonic() + 15
-    while True:
-        messages = await _records(http, engine.fakes.sms, "/fake/messages")
-        naming = [
-            m for m in messages if any(r in m["text"] for r in receipts) and "还款" in m["text"]
-        ]
-        if naming or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
+
+    def texts(messages: list[dict[str, Any]], word: str) -> list[dict[str, Any]]:
+        return [m for m in messages if any(r in m["text"] for r in receipts) and word in m["text"]]
+
+    messages = await eventually(
+        lambda: _records(http, engine.fakes.sms, "/fake/messages"),
+        lambda ms: len(texts(ms, "还款")) >= 1 and len(texts(ms, "借款")) >= 3,
+        timeout_s=30, interval_s=0.2,
+    )  # fmt: skip
+    naming = texts(messages, "还款")
     assert len(naming) == 1, naming
     assert all(receipt in naming[0]["text"] for receipt in receipts)
-    assert api.card_of(customer_id) not in naming[0]["text"]
-    drawdown_texts = [
-        m for m in messages if any(r in m["text"] for r in receipts) and "借款" in m["text"]
-    ]
+    assert card not in naming[0]["text"] and card[-4:] in naming[0]["text"]
+    drawdown_texts = texts(messages, "借款")
     assert len(drawdown_texts) == 3  # one per drawdown, once paid
+    # Every message names the channel as customers know it, never its internal ID.
+    for message in [*naming, *drawdown_texts]:
+        assert "通过演示手机银行" in message["text"], message
+        assert "通过demo" not in message["text"], message
 
 
 async def test_slow_core_leaves_repayment_processing_then_completes(
-    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession, healthy_core: None
+    api: ApiClient,
+    engine: EngineProcess,
+    http: aiohttp.ClientSession,
+    settings: Settings,
+    healthy_core: None,
 ) -> None:
-    customer_id = await api.customer()
+    card = new_bank_card()
+    customer_id = await api.customer(bank_card=card)
     line_id = await api.line(customer_id)
-    loan = await api.disbursed_loan(line_id, "3000.00")
+    loan = await api.disbursed_loan(line_id, "3000.00", disburse_to=card)
+    duplicates_before = await _duplicates(http, engine.fakes.core)
+    since = core_clock()
     await _knobs(http, engine.fakes.core, latency_ms=1500)  # above the 1 s inline wait
     item = {"loan_id": loan["loan_id"], "mode": "payoff"}
-    reply = await api.post(
-        "/v1/repayments",
-        {"customer_id": customer_id, "debit_from": api.card_of(customer_id), "items": [item]},
-    )
+    body = {"customer_id": customer_id, "debit_from": card, "items": [item]}
+    reply = await api.post("/v1/repayments", body)
     assert reply.status == 201 and reply.json["status"] == "processing", reply
     # Phase A answered from what its transaction held: the repayment as a read shows it.
     assert (await api.get(f"/v1/repayments/{reply.json['repayment_id']}")).json == reply.json
-    again = await api.post(
-        "/v1/repayments",
-        {"customer_id": customer_id, "debit_from": api.card_of(customer_id), "items": [item]},
-    )
+    again = await api.post("/v1/repayments", body)
     assert (again.status, again.json["code"]) == (422, "REPAYMENT_IN_PROGRESS")
     await _knobs(http, engine.fakes.core, latency_ms=5)
-    repayment_id = reply.json["repayment_id"]
-    deadline = time.monotonic() + 30
-    while (view := (await api.get(f"/v1/repayments/{repayment_id}")).json)[
-        "status"
-    ] == "processing":
-        assert time.monotonic() < deadline, view
-        await asyncio.sleep(0.2)
-    assert view["status"] == "succeeded"
+    view = (await api.settled_repayment(reply, timeout_s=30)).json
+    assert view["status"] == "succeeded", view
     assert (await api.get(f"/v1/loans/{loan['loan_id']}")).json["status"] == "settled"
+    # Paid off on the day drawn: 3,000.00 of principal, debited once, booked once.
+    repayment_id = view["repayment_id"]
+    debits = await debits_at_core(http, engine.fakes.core.base_url, card, since)
+    assert [(d["reference"], d["amount_fen"], d["status"]) for d in debits] == [
+        (f"R{repayment_id}", 300_000, "succeeded")]  # fmt: skip
+    assert await _duplicates(http, engine.fakes.core) == duplicates_before
+    async with shard_of(settings, customer_id) as conn:
+        assert await postings_of(conn, "repayment", repayment_id) == [
+            {"core_settlement": 300_000, f"loan_principal:{loan['loan_id']}": -300_000}]  # fmt: skip
+        books = await loan_books(conn, loan["loan_id"])
+        assert (books.principal, books.interest_receivable, books.penalty_receivable) == (0, 0, 0)
+    assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "0.00"
 
 
 async def test_sms_gateway_down_never_holds_up_money_and_each_sms_goes_once(

@@ -218,3 +218,21 @@ async def test_knobs_restart_and_a_bad_environment(
     bad = fakes.new(BUREAU, FAKE_BUREAU_FAIL_RATIO="0.7", FAKE_BUREAU_TIMEOUT_RATIO="0.7")
     returncode, stderr = await bad.run_until_exit()
     assert returncode == 2 and b"fail_ratio + timeout_ratio" in stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "year", "profile"),
+    [
+        ("钱逾期", 1984, "current_overdue"),
+        ("钱多头", 1984, "multi_lending"),
+        ("钱多查", 1984, "many_queries"),
+        ("钱白户", 1984, "thin_file"),
+        ("钱七", 1984, "clean"),
+        ("逾期钱", 1984, "clean"),  # a marker counts only at the end of the name
+        ("钱白户", 1950, "current_overdue"),  # the birth year first, as before
+    ],
+)
+def test_profile_by_birth_year_then_name_marker(name: str, year: int, profile: str) -> None:
+    from loadtest.fakes.credit_bureau import profile_for
+
+    assert profile_for(id_number_born(year), name) == profile

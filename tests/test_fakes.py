@@ -263,6 +263,9 @@ async def test_sms_duplicate_reference_is_not_sent_twice(
     assert messages[0]["message_id"] == first["message_id"]
     assert messages[0]["phone_masked"] == "138****5678" and messages[0]["text"] == body["text"]
     assert PHONE not in sms.record_path.read_text()
+    by_reference = f"{sms.base_url}/fake/messages?reference="
+    assert (await call(client, "GET", by_reference + "sms-1"))[1] == messages
+    assert (await call(client, "GET", by_reference + "sms-none"))[1] == []
     text = await metrics(client, sms)
     assert 'fake_sms_messages_total{outcome="accepted"} 1.0' in text
     assert 'fake_sms_messages_total{outcome="duplicate"} 5.0' in text

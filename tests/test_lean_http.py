@@ -12,6 +12,7 @@ from aiohttp import web
 
 from loadtest.lean_http import HttpError, LeanHttp
 from tests.conftest import free_port
+from tests.waiting import eventually
 
 
 class Server:
@@ -87,7 +88,14 @@ async def test_concurrent_requests_each_get_their_own_answer(server: Server) -> 
     http = LeanHttp("127.0.0.1", server.port, timeout_s=5)
     answers = await asyncio.gather(*(http.post("/echo", {}, b"%d" % n) for n in range(40)))
     assert answers == [(200, b"echo:%d" % n) for n in range(40)]
-    assert len(server.peers) <= 40
+    opened = set(server.peers)
+    assert len(opened) == 40  # all at once: none was free, each opened its own
+    # Another 40 at once, then 10 in a row: every one on a connection kept from the first.
+    again = await asyncio.gather(*(http.post("/echo", {}, b"b%d" % n) for n in range(40)))
+    assert again == [(200, b"echo:b%d" % n) for n in range(40)]
+    for n in range(10):
+        assert await http.post("/echo", {}, b"c%d" % n) == (200, b"echo:c%d" % n)
+    assert server.peers == opened  # 90 requests, 40 connections: each reused, none opened
     http.close()
 
 
@@ -109,12 +117,20 @@ async def test_unreadable_answers_are_errors(server: Server, path: str) -> None:
 
 
 async def _close_after(request: web.Request) -> web.Response:
-    return web.Response(body=b"bye", headers={"Connection": "close"})
+    server: Server = request.app[SERVER]
+    server.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+    response = web.Response(body=b"bye")
+    response.force_close()  # "Connection: close", and the server closes it after the answer
+    return response
 
 
 async def test_a_connection_the_server_closed_is_not_reused(server: Server) -> None:
     http = LeanHttp("127.0.0.1", server.port, timeout_s=2)
     assert await http.post("/close", {}, b"") == (200, b"bye")
-    await asyncio.sleep(0.05)  # the server's FIN arrives
+    # Until the server's FIN has arrived: the kept connection is then seen closed.
+    kept = await eventually(lambda: asyncio.sleep(0, list(http._free)),
+                            lambda free: not any(c.usable for c in free), timeout_s=10)  # fmt: skip
+    assert not any(c.usable for c in kept)
     assert await http.post("/echo", {}, b"again") == (200, b"echo:again")
+    assert len(server.peers) == 2  # the answer after the close came on a new connection
     http.close()

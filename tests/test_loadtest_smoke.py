@@ -6,7 +6,7 @@
   the deep trial balance stays balanced, the customers' loans are readable and
   their lines take drawdowns over the API, and a second run skips them all.
 - A 20-second headless Locust run against the suite's engine, gating on
-  failures only, exits 0.
+  failures and on the system time of its originations, exits 0 with originations in it.
 """
 
 from __future__ import annotations
@@ -160,7 +160,8 @@ async def test_seeded_customers_work_over_the_api(seeded_file: Path, api: ApiCli
 def test_locust_smoke(seeded_file: Path, engine: EngineProcess, tmp_path: Path) -> None:
     env = dict(os.environ) | {
         "LOADTEST_SEEDED": str(seeded_file),
-        "LOADTEST_SLO_GATES": "failures",
+        "LOADTEST_SLO_GATES": "failures,system",
+        "LOADTEST_SMS_URL": engine.fakes.sms.base_url,
     }
     done = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "locust"), "-f", "loadtest/locustfile.py", "--headless",
@@ -172,3 +173,5 @@ def test_locust_smoke(seeded_file: Path, engine: EngineProcess, tmp_path: Path) 
     with (tmp_path / "smoke_stats.csv").open() as handle:
         rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
     assert int(rows[("POST", "/v1/drawdowns")]["Request Count"]) > 0, rows
+    originations = rows[("SYSTEM", "application to money (system time)")]
+    assert int(originations["Request Count"]) > 0 and originations["Failure Count"] == "0", rows

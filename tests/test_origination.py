@@ -19,6 +19,7 @@ from engine.settings import Settings
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient, new_bank_card, new_id_number, new_phone
 from tests.conftest import EngineProcess, run_cli
+from tests.origination_helpers import bureau_query_ids, sign, signed
 
 OPERATOR = {"X-Operator-Token": "demo-operator"}
 
@@ -69,7 +70,7 @@ async def _bureau_queries(
 
 
 async def test_white_listed_customer_from_application_to_money(
-    api: ApiClient, tmp_path: Path, engine: EngineProcess
+    api: ApiClient, tmp_path: Path, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
     id_number = _born(1985)
     csv = tmp_path / "white.csv"
@@ -91,35 +92,47 @@ async def test_white_listed_customer_from_application_to_money(
     assert (decision["limit"], decision["annual_rate_pct"]) == ("30000.00", "5.40")
     assert set(decision["repayment_methods"]) <= {"equal_installment", "equal_principal"}
     assert decision["rule_set_version"] in ("v1", "v2")
+    assert app["decision"]["face_to_face_required"] is False
     line_id, contract_id = app["credit_line_id"], app["contract_id"]
     early = await api.drawdown(line_id, "10000.00", disburse_to=card)
     assert (early.status, early.json["code"]) == (422, "CONTRACT_NOT_SIGNED")
-    signed = await api.post(
-        f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
-    )
-    assert signed.status == 200, signed
-    assert len(signed.json["document_sha256"]) == 64 and signed.json["evidence_seq"] >= 1
-    again = await api.post(
-        f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "123456"}
-    )
-    assert again.json == signed.json  # signing twice changes nothing
+    done = await signed(api, http, engine, contract_id)
+    assert len(done.json["document_sha256"]) == 64 and done.json["evidence_seq"] >= 1
+    again = await sign(api, contract_id, "000000")
+    assert again.json == done.json  # signing twice changes nothing
     await api.disbursed_loan(line_id, "10000.00", disburse_to=card)
     view = (await api.get(f"/v1/applications/{app['application_id']}")).json
     steps = [step["step"] for step in view["steps"]]
     assert steps[:2] == ["received", "identity_verified"]
-    assert {"bureau", "decided", "contract_signed", "disbursed"} <= set(steps)
+    assert {"decided", "contract_signed", "disbursed"} <= set(steps)
+    # The white list decided it: no report was needed, so the bureau was never asked.
+    assert "bureau" not in steps and "consent_recorded" not in steps
+    assert f"B{app['application_id']}" not in await bureau_query_ids(http, engine)
 
 
 @pytest.mark.parametrize(
-    ("year", "reason"),
-    [(1950, "BUREAU_CURRENT_OVERDUE"), (1951, "MULTI_LENDING"), (1952, "BUREAU_QUERIES_3M")],
+    ("marker", "reason"),
+    [("逾期", "BUREAU_CURRENT_OVERDUE"), ("多头", "MULTI_LENDING"), ("多查", "BUREAU_QUERIES_3M")],
 )
-async def test_refused_with_reasons(api: ApiClient, year: int, reason: str) -> None:
-    reply = await _apply(api, _application(_born(year)))
+async def test_refused_with_reasons(api: ApiClient, marker: str, reason: str) -> None:
+    body = _application(_born(1984))
+    body["applicant"]["name"] = "钱" + marker  # the fake bureau's profile (its docstring)
+    reply = await _apply(api, body)
     assert reply.status == 201, reply
     assert reply.json["status"] == "refused"
     assert reason in reply.json["decision"]["reasons"]
     assert reply.json["credit_line_id"] is None
+    steps = [step["step"] for step in reply.json["steps"]]
+    assert steps.index("consent_recorded") < steps.index("bureau") < steps.index("decided")
+
+
+async def test_fake_bureau_profiles_by_year_are_refused_by_age_without_a_query(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    reply = await _apply(api, _application(_born(1950)))
+    assert reply.json["status"] == "refused", reply
+    assert reply.json["decision"]["reasons"] == ["AGE_OUT_OF_BAND"]
+    assert f"B{reply.json['application_id']}" not in await bureau_query_ids(http, engine)
 
 
 async def test_under_age_and_blacklisted_are_refused_not_queued(
@@ -187,8 +200,10 @@ async def test_bureau_timeout_leaves_it_pending_then_decides(
     knobs = f"{engine.fakes.bureau.base_url}/fake/knobs"
     async with http.post(knobs, json={"timeout_ratio": 1.0, "timeout_hang_s": 5}) as resp:
         assert resp.status == 200
+    body = _application(_born(1984))
+    body["applicant"]["name"] = "钱逾期"
     try:
-        reply = await api.post("/v1/applications", _application(_born(1950)))
+        reply = await api.post("/v1/applications", body)
         assert reply.json["status"] == "pending_bureau", reply
         assert reply.json["decision"] is None  # never a decision without the rules
     finally:
@@ -205,7 +220,11 @@ async def test_bureau_timeout_leaves_it_pending_then_decides(
 
 
 async def test_evidence_chain_detects_changed_document_and_entry(
-    api: ApiClient, settings: Settings, engine: EngineProcess, tmp_path: Path
+    api: ApiClient,
+    settings: Settings,
+    engine: EngineProcess,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
 ) -> None:
     id_number = _born(1986)
     csv = tmp_path / "white.csv"
@@ -217,7 +236,7 @@ async def test_evidence_chain_detects_changed_document_and_entry(
     assert run_cli("whitelist", "import", str(csv), env=engine.env).returncode == 0
     app = (await _apply(api, _application(id_number))).json
     contract_id = int(app["contract_id"])
-    await api.post(f"/v1/contracts/{contract_id}/sign", {"confirmed": True, "otp": "654321"})
+    await signed(api, http, engine, str(contract_id))
     assert run_cli("evidence", "verify", env=engine.env).returncode == 0
     shard = settings.shard_map().physical_for(shard_of_id(contract_id))
     conn = await asyncpg.connect(shard.dsn)

@@ -84,7 +84,11 @@ def test_openapi_document_lists_every_route(engine: EngineProcess) -> None:
         "/v1/drawdowns",
         "/v1/repayments",
         "/v1/loans/{loan_id}/payoff-quote",
+        "/v1/contracts/{contract_id}",
+        "/v1/contracts/{contract_id}/otp",
     } <= set(doc["paths"])
+    sign = doc["paths"]["/v1/contracts/{contract_id}/sign"]["post"]
+    assert {"X-Signer-IP", "X-Signer-Device-Id"} <= {p["name"] for p in sign["parameters"]}
     drawdown = doc["components"]["schemas"]["DrawdownCreate"]
     assert drawdown["additionalProperties"] is False  # unknown fields are refused
     assert set(drawdown["required"]) >= {"credit_line_id", "amount", "term_months", "disburse_to"}

@@ -18,6 +18,7 @@ from engine.settings import Settings
 from engine.stores import redis_wire
 from engine.stores.redis_wire import RedisWire
 from tests.conftest import OwnRedis
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -103,7 +104,10 @@ async def test_a_silent_redis_fails_every_waiting_call_in_bounded_time(
 async def test_calls_beyond_pending_max_fail_at_once(silent_server: int) -> None:
     wire = RedisWire(f"redis://127.0.0.1:{silent_server}/0", timeout_s=1.0, pending_max=2)
     waiting = [asyncio.ensure_future(wire.get(f"k{n}")) for n in range(2)]
-    await asyncio.sleep(0.05)
+    # Until both are sent and waiting for their answers.
+    pending = await eventually(lambda: asyncio.sleep(0, wire._wire.pending if wire._wire else 0),
+                               lambda n: n == 2, timeout_s=10, interval_s=0.005)  # fmt: skip
+    assert pending == 2
     with pytest.raises(RedisConnectionError, match="more than 2"):
         await wire.get("k3")
     await wire.aclose()
@@ -123,7 +127,10 @@ async def test_killed_redis_fails_fast_and_is_used_again_once_back(
     await check.aclose()
 
     own_redis.kill()
-    await asyncio.sleep(0.05)  # the client sees the connection go
+    # Until the client has seen the connection go.
+    lost = await eventually(lambda: asyncio.sleep(0, wire._wire and wire._wire.lost),
+                            lambda x: x is not None, timeout_s=10, interval_s=0.005)  # fmt: skip
+    assert lost is not None
     started = time.monotonic()
     with pytest.raises(RedisConnectionError):
         await wire.get("k")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "reconcile": "engine.cli.reconcile",
     "whitelist": "engine.cli.lists",
     "blacklist": "engine.cli.lists",
+    "bureauflag": "engine.cli.lists",
     "evidence": "engine.cli.evidence",
     "eod": "engine.cli.eod",
     "officers": "engine.cli.officers",

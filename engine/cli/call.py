@@ -75,6 +75,14 @@ def register(subparsers: Any) -> None:
         help="env ENGINE_CHANNEL_SECRET (better: arguments show in ps), else the demo secret",
     )
     parser.add_argument("--idempotency-key", help="default for POST: a fresh random key")
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="one more header, e.g. 'X-Signer-IP: 203.0.113.7' (repeatable)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             secret=args.secret or os.environ.get("ENGINE_CHANNEL_SECRET") or SECRET_DEFAULT,
             idempotency_key=args.idempotency_key,
         )
+        call.headers.update(extra_headers(args.header))
     except UsageError as exc:
         print(f"engine call: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +117,20 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print_result(result)
     return 0 if 200 <= result.status <= 299 else 1
+
+
+def extra_headers(lines: list[str]) -> dict[str, str]:
+    """`NAME: VALUE` lines as headers; the signature's own cannot be overridden."""
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not name.isascii() or not name.replace("-", "").isalnum():
+            raise UsageError(f"--header must be 'NAME: VALUE': {line!r}")
+        if name.lower() in {"x-channel-id", "x-timestamp", "x-nonce", "x-signature"}:
+            raise UsageError(f"--header {name} is made by the signing")
+        headers[name] = value
+    return headers
 
 
 def read_body(method: str, body_file: str | None) -> bytes:

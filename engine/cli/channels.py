@@ -1,4 +1,6 @@
-"""`python -m engine channels add|rotate|disable|enable|signature-v1|rate-limit|list`.
+"""`python -m engine channels add|rotate|rename|disable|enable|signature-v1|rate-limit|list`:
+channel credentials, the display name customers see in their SMS, the signature
+changeover window and the channel's rate limit.
 
 Secrets are stored encrypted (AES-GCM, bound to the channel id) in the control
 database and printed once, when made; they are never logged. Engines pick up a
@@ -24,6 +26,10 @@ def register(subparsers: Any) -> None:
     add = sub.add_parser("add", help="add a channel with a new secret")
     add.add_argument("channel_id")
     add.add_argument("--tenant", required=True)
+    add.add_argument("--name", help="display name in SMS (default: the channel ID)")
+    rename = sub.add_parser("rename", help="set the display name customers see in SMS")
+    rename.add_argument("channel_id")
+    rename.add_argument("--name", required=True)
     rotate = sub.add_parser("rotate", help="replace a channel's secret")
     rotate.add_argument("channel_id")
     for name in ("disable", "enable"):
@@ -70,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         command = args.channels_command
         if command == "list":
             for row in await conn.fetch(
-                """SELECT channel_id, tenant_id, status, signature_v1_until, rate_limit_per_s
+                """SELECT channel_id, tenant_id, status, display_name, signature_v1_until,
+                          rate_limit_per_s
                    FROM channel ORDER BY 1"""
             ):
                 v1 = row["signature_v1_until"]
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 rate = f"rate {row['rate_limit_per_s'] or 'default'}/s"
                 print(
                     f"{row['channel_id']}\t{row['tenant_id']}\t{row['status']}",
+                    row["display_name"],
                     signature,
                     rate,
                     sep="\t",
@@ -86,10 +94,16 @@ def run(args: argparse.Namespace) -> int:
         if command in ("signature-v1", "rate-limit"):
             print(await _set_security(conn, args))
             return 0
+        if command == "rename":
+            await control_admin.rename_channel(conn, args.channel_id, args.name)
+            print(f"channel {args.channel_id} is shown as {args.name.strip()!r}")
+            return 0
         if command in ("add", "rotate"):
             secret = control_admin.new_secret()
             if command == "add":
-                await control_admin.add_channel(conn, cipher, args.channel_id, args.tenant, secret)
+                await control_admin.add_channel(
+                    conn, cipher, args.channel_id, args.tenant, secret, display_name=args.name
+                )
             else:
                 await control_admin.rotate_channel(conn, cipher, args.channel_id, secret)
             print(f"channel {args.channel_id} secret (shown once): {secret}")

@@ -1,4 +1,4 @@
-"""`python -m engine whitelist import FILE.csv` and `python -m engine blacklist import FILE.csv`.
+"""`python -m engine whitelist|blacklist|bureauflag import FILE.csv`.
 
 The whole file is checked first; any bad row (reported with its line number)
 and nothing is imported (exit 1).
@@ -11,10 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+COMMANDS = ("whitelist", "blacklist", "bureauflag")
+
 
 def register(subparsers: Any) -> None:
-    for name in ("whitelist", "blacklist"):
-        parser = subparsers.add_parser(name, help=f"import a {name} CSV file")
+    helps = {
+        "whitelist": "import a whitelist CSV file",
+        "blacklist": "import a blacklist CSV file",
+        "bureauflag": "set or clear customers' bureau flags from a CSV file",
+    }
+    for name in COMMANDS:
+        parser = subparsers.add_parser(name, help=helps[name])
         parser.add_argument("action", choices=["import"])
         parser.add_argument("file", type=Path)
         parser.set_defaults(func=run, list_kind=name)
@@ -34,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.list_kind == "whitelist":
             white = lists.read_white_list(args.file, today)
-        else:
+        elif args.list_kind == "blacklist":
             black = lists.read_black_list(args.file, today)
+        else:
+            flags = lists.read_bureau_flags(args.file, today)
     except lists.ListFileError as exc:
         for problem in exc.problems:
             print(f"{args.file}: {problem}", file=sys.stderr)
@@ -55,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.list_kind == "whitelist":
                 return await lists.store_white_list(pools, cipher, white)
-            return await lists.store_black_list(pools, cipher, black)
+            if args.list_kind == "blacklist":
+                return await lists.store_black_list(pools, cipher, black)
+            return await lists.store_bureau_flags(pools, cipher, flags)
         finally:
             await pools.close()
 
     count = asyncio.run(store())
-    print(f"{args.list_kind}: {count} entries imported")
+    what = "customers changed" if args.list_kind == "bureauflag" else "entries imported"
+    print(f"{args.list_kind}: {count} {what}")
     return 0

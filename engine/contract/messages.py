@@ -272,16 +272,30 @@ class RepaymentView(msgspec.Struct):
 # --- Origination -------------------------------------------------------------
 
 
+Sha256Hex = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="SHA-256, lowercase hex")]
+AwareTime = Annotated[dt.datetime, Meta(tz=True)]
+FreeText = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f{}]+$")]
+
+
 class Applicant(_Request):
     name: Annotated[str, Meta(min_length=1, max_length=64)]
     id_number: Annotated[str, Meta(min_length=1, max_length=32)]
     phone: Annotated[str, Meta(min_length=1, max_length=20)]
     bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+    # The ID card's validity (有效期): `id_valid_until` or, for a long-term card (长期),
+    # `id_long_term`. An ID past its validity is refused by the rules (ID_EXPIRED).
+    id_valid_from: dt.date | None = None
+    id_valid_until: dt.date | None = None
+    id_long_term: bool = False
 
 
 class Consent(_Request):
     credit_report: bool
     terms_version: Annotated[str, Meta(min_length=1, max_length=32)]
+    # What the applicant was shown and when they agreed, as the channel knows it; the
+    # engine's own rendering of the authorization (and the request's time) otherwise.
+    text_sha256: Sha256Hex | None = None
+    consented_at: AwareTime | None = None
 
 
 class ApplicationCreate(_Request):
@@ -304,6 +318,7 @@ class DecisionView(msgspec.Struct):
     max_term_months: int | None
     reasons: list[str]
     rule_set_version: str | None
+    face_to_face_required: bool = False  # 面签 before the contract can be signed
 
 
 class Step(msgspec.Struct):
@@ -367,3 +382,66 @@ class ContractSigned(msgspec.Struct):
     signed_at: dt.datetime
     document_sha256: str
     evidence_seq: int
+    # The chain entry of the signature record (signer IP, device, code check); None
+    # for contracts signed before signature records were kept.
+    signature_evidence_seq: int | None = None
+
+
+class OtpIssued(msgspec.Struct):
+    contract_id: str
+    phone_masked: str
+    expires_at: dt.datetime
+    resend_after_s: int
+    attempts_left: int
+    sms_reference: str
+
+
+class FaceToFaceCreate(_Request):
+    officer: FreeText  # the loan officer's name or staff number
+    place: FreeText  # the branch or place of the meeting
+    met_at: AwareTime
+
+
+class FaceToFaceView(msgspec.Struct):
+    required: bool
+    reasons: list[str]
+    officer: str | None = None
+    place: str | None = None
+    met_at: dt.datetime | None = None
+    evidence_seq: int | None = None
+
+
+class ChainPlace(msgspec.Struct):
+    """Where a digest sits in the shard's hash chain."""
+
+    evidence_seq: int
+    prev_hash: str
+    entry_hash: str
+    at: dt.datetime
+
+
+class ContractDocumentView(msgspec.Struct):
+    kind: str
+    text: str
+    document_sha256: str
+    chain: ChainPlace | None  # None until signed
+
+
+class EvidenceRecordView(msgspec.Struct):
+    kind: Literal["credit_query_consent", "face_to_face", "signature"]
+    subject_id: str
+    document: str
+    document_sha256: str
+    chain: ChainPlace
+
+
+class ContractView(msgspec.Struct):
+    contract_id: str
+    application_id: str
+    customer_id: str
+    credit_line_id: str
+    status: Literal["awaiting_face_to_face", "awaiting_signature", "signed"]
+    signed_at: dt.datetime | None
+    face_to_face: FaceToFaceView
+    documents: list[ContractDocumentView]
+    evidence: list[EvidenceRecordView]  # consent, face-to-face and signature records

@@ -12,6 +12,7 @@ from engine.http import resources
 from engine.http.auth import auth_middleware
 from engine.http.middlewares import request_middleware
 from engine.http.routes_cards import setup_card_routes
+from engine.http.routes_contracts import setup_contract_routes
 from engine.http.routes_ops import create_ops_app, setup_public_ops_routes
 from engine.http.routes_origination import setup_origination_routes
 from engine.http.routes_post_loan import setup_post_loan_routes
@@ -41,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     setup_public_ops_routes(app)
     setup_v1_routes(app)
     setup_origination_routes(app)
+    setup_contract_routes(app)
     setup_post_loan_routes(app)
     setup_card_routes(app)
     return app

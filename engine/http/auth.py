@@ -35,7 +35,7 @@ from aiohttp.typedefs import Handler
 
 from engine.contract.errors import TooManyRequests, Unauthorized
 from engine.http import keys as app_keys
-from engine.http.operator_auth import authenticate_operator, is_operator_path
+from engine.http.operator_auth import authenticate_operator, is_operator_request
 from engine.idempotency.once import Caller
 from engine.runtime import metrics
 from engine.security.signing import HEADER_IDEMPOTENCY_KEY, NONCE_RE, key_to_sign, verify
@@ -132,7 +132,7 @@ def caller_of(request: web.Request) -> Caller:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_operator_path(request.path):
+    if is_operator_request(request):
         authenticate_operator(request)
         request[BODY] = await request.read()
     elif request.path.startswith("/v1/"):

@@ -6,6 +6,7 @@ import asyncpg
 from aiohttp import web
 
 from engine.adapters.bureau import BureauClient, FourFactorClient
+from engine.adapters.sms import SmsClient
 from engine.origination.service import Origination
 from engine.relay.executor import Relay
 from engine.security.pii import PiiCipher
@@ -30,3 +31,4 @@ INLINE_RELAY = web.AppKey("inline_relay", Relay)
 ORIGINATION = web.AppKey("origination", Origination)
 BUREAU = web.AppKey("bureau", BureauClient)
 VERIFIER = web.AppKey("verifier", FourFactorClient)
+SMS = web.AppKey("sms", SmsClient)

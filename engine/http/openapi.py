@@ -1,8 +1,15 @@
 """The OpenAPI 3.1 document of the channel API, generated from the msgspec types.
 
-Made once at start-up (`build_openapi`) and served as bytes at `/openapi.json`.
+Made once at start-up (`build_openapi`) and served as bytes at `/openapi.json` on the
+operations listener (not the channel port).
 Each route names its request and response Struct; the schemas come from
 `msgspec.json.schema_components`, so the document cannot drift from the code.
+
+Every route the engine serves under `/v1/` is here (tests/test_openapi_complete.py
+compares the document with the router), each with its security scheme: the channel
+signature (API.md's four headers) for channel routes, `X-Operator-Token` for the
+operator routes (review queue, collection queue, the bank's freeze), which a channel
+signature does not open.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ class Route(NamedTuple):
     request: type | None
     status: int
     response: type
+    operator: bool = False  # X-Operator-Token instead of the channel signature
 
 
 ROUTES: tuple[Route, ...] = (
@@ -45,9 +53,65 @@ ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/repayments", "Repay one or several loans", t.RepaymentCreate, 201,
           t.RepaymentView),
     Route("get", "/v1/repayments/{repayment_id}", "Read a repayment", None, 200, t.RepaymentView),
+    Route("post", "/v1/applications", "Apply for a credit line", t.ApplicationCreate, 201,
+          t.ApplicationView),
+    Route("get", "/v1/applications/{application_id}", "Read an application", None, 200,
+          t.ApplicationView),
+    Route("post", "/v1/contracts/{contract_id}/otp", "Send the customer a signing code", None,
+          200, t.OtpIssued),
+    Route("post", "/v1/contracts/{contract_id}/sign", "Sign the contract", t.ContractSign, 200,
+          t.ContractSigned),
+    Route("get", "/v1/contracts/{contract_id}", "Read a contract and its evidence", None, 200,
+          t.ContractView),
+    Route("post", "/v1/contracts/{contract_id}/face-to-face", "Record the 面签",
+          t.FaceToFaceCreate, 200, t.FaceToFaceView, operator=True),
+    Route("get", "/v1/review-queue", "Applications awaiting review", None, 200, t.ReviewQueue,
+          operator=True),
+    Route("post", "/v1/applications/{application_id}/approve", "Approve after review",
+          t.ReviewAction, 200, t.ApplicationView, operator=True),
+    Route("post", "/v1/applications/{application_id}/reject", "Reject after review",
+          t.ReviewAction, 200, t.ApplicationView, operator=True),
+    Route("get", "/v1/collection-queue", "Open collection cases", None, 200, t.CollectionQueue,
+          operator=True),
+    Route("post", "/v1/collection-cases/{loan_id}/reassign", "Hand a case to another officer",
+          t.Reassign, 200, t.CollectionCaseView, operator=True),
+    Route("post", "/v1/operator/credit-lines/{line_id}/freeze", "The bank freezes a line",
+          t.StatusChange, 200, t.CreditLineView, operator=True),
+    Route("post", "/v1/operator/credit-lines/{line_id}/unfreeze", "The bank lifts its freeze",
+          t.StatusChange, 200, t.CreditLineView, operator=True),
 )  # fmt: skip
+# The signer as the channel saw them, recorded in the signature's evidence.
+_SIGNER_HEADERS = ("X-Signer-IP", "X-Signer-Device-Id")
 
 _AUTH_HEADERS = ("X-Channel-Id", "X-Timestamp", "X-Nonce", "X-Signature")
+SECURITY_SCHEMES: dict[str, Any] = {
+    "channelSignature": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Signature",
+        "description": "HMAC-SHA256 of the request with the channel's secret, with "
+        "X-Channel-Id, X-Timestamp and X-Nonce; version 2 also signs X-Channel-Id and "
+        "the Idempotency-Key (API.md, Authentication; README, Security)",
+    },
+    "operatorToken": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Operator-Token",
+        "description": "a bank operator's token; channels cannot call these routes",
+    },
+}
+# Query parameters of the routes that take any, as the handlers read them.
+_QUERY: dict[str, list[dict[str, Any]]] = {
+    "/v1/loans/{loan_id}/payoff-quote": [
+        {"name": "on", "in": "query", "schema": {"type": "string", "format": "date"}}
+    ],
+    "/v1/collection-queue": [
+        {"name": "officer", "in": "query",
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+    ],
+}  # fmt: skip
 
 
 def _ref(schema: dict[str, Any]) -> dict[str, Any]:
@@ -57,10 +121,10 @@ def _ref(schema: dict[str, Any]) -> dict[str, Any]:
 def _operation(
     route: Route, response_ref: dict[str, Any], request_ref: dict[str, Any] | None
 ) -> dict[str, Any]:
-    method, path, summary, _, status, _ = route
+    method, path, summary, _, status, _, operator = route
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-        for name in _AUTH_HEADERS
+        for name in (() if operator else _AUTH_HEADERS)
     ]
     parameters += [
         {"name": part[1:-1], "in": "path", "required": True,
@@ -72,13 +136,16 @@ def _operation(
             {"name": "Idempotency-Key", "in": "header", "required": True,
              "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
         )  # fmt: skip
-    if path.endswith("payoff-quote"):
-        parameters.append(
-            {"name": "on", "in": "query", "schema": {"type": "string", "format": "date"}}
-        )
+    parameters += _QUERY.get(path, [])
+    if path.endswith("/sign"):
+        parameters += [
+            {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+            for name in _SIGNER_HEADERS
+        ]
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     operation: dict[str, Any] = {
         "summary": summary,
+        "security": [{"operatorToken" if operator else "channelSignature": []}],
         "parameters": parameters,
         "responses": {
             str(status): {
@@ -122,6 +189,6 @@ def build_openapi() -> bytes:
             "decimal strings in yuan, IDs as strings of digits.",
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY_SCHEMES},
     }
     return msgspec.json.encode(document)

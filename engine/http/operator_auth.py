@@ -1,5 +1,6 @@
-"""Operators (loan officers reviewing applications) are not channels: they send
-`X-Operator-Token`, whose SHA-256 must be one of `origination.operator_token_sha256`.
+"""Operators (loan officers reviewing applications, recording 面签, reading contracts) are
+not channels: they send `X-Operator-Token`, whose SHA-256 must be one of
+`origination.operator_token_sha256`.
 
 The local stack's token is `demo-operator`; production configures its own
 hashes (the tokens themselves are never stored).
@@ -18,16 +19,26 @@ from engine.http import keys as app_keys
 
 OPERATOR_PATHS = re.compile(
     r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject)|collection-queue"
-    r"|collection-cases/[0-9]{1,19}/reassign|operator/credit-lines/[0-9]{1,19}/(freeze|unfreeze))$"
+    r"|collection-cases/[0-9]{1,19}/reassign|operator/credit-lines/[0-9]{1,19}/(freeze|unfreeze)"
+    r"|contracts/[0-9]{1,19}/face-to-face)$"
 )
+# Read by channels and operators alike: an operator's request is one with the token.
+SHARED_READS = re.compile(r"^/v1/contracts/[0-9]{1,19}$")
+OPERATOR_TOKEN_HEADER = "X-Operator-Token"  # noqa: S105 - a header name
 
 
-def is_operator_path(path: str) -> bool:
-    return OPERATOR_PATHS.match(path) is not None
+def is_operator_request(request: web.Request) -> bool:
+    if OPERATOR_PATHS.match(request.path) is not None:
+        return True
+    return (
+        request.method == "GET"
+        and SHARED_READS.match(request.path) is not None
+        and OPERATOR_TOKEN_HEADER in request.headers
+    )
 
 
 def authenticate_operator(request: web.Request) -> None:
-    token = request.headers.get("X-Operator-Token", "")
+    token = request.headers.get(OPERATOR_TOKEN_HEADER, "")
     if not token:
         raise Unauthorized(
             "AUTH_OPERATOR_REQUIRED", "this endpoint is for operators: send X-Operator-Token"

@@ -133,6 +133,9 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
     app[app_keys.VERIFIER] = FourFactorClient(
         session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
     )
+    # The contract's signing codes go straight to the gateway, never through the outbox
+    # (whose rows would hold the code in clear).
+    app[app_keys.SMS] = SmsClient(session, external.sms_url, external.sms_timeout_s)
     app[app_keys.INLINE_RELAY] = Relay(
         pools=svc.pools,
         ids=svc.ids,

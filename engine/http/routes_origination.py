@@ -1,5 +1,5 @@
-"""Origination endpoints: applications (channels), contracts (channels), the review
-queue and its decisions (operators, `X-Operator-Token`)."""
+"""Origination endpoints: applications (channels), the review queue and its decisions
+(operators, `X-Operator-Token`). Contracts: `routes_contracts`."""
 
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ from engine.contract.errors import Unprocessable
 from engine.contract.messages import (
     ApplicationCreate,
     ApplicationView,
-    ContractSign,
     ReviewAction,
     ReviewQueue,
 )
 from engine.http import keys as app_keys
 from engine.http.auth import BODY, CHANNEL, caller_of
 from engine.idempotency.once import run_once
-from engine.origination import contracts
 from engine.origination import service as origination
 from engine.origination.bureau_step import run_bureau_step
 from engine.services.context import Services, parse_id
@@ -88,18 +86,6 @@ async def get_application(request: web.Request) -> web.Response:
     return json_response(encode(view))
 
 
-async def sign_contract(request: web.Request) -> web.Response:
-    svc, channel = _svc(request), request[CHANNEL]
-    contract_id = parse_id(request.match_info["contract_id"], "contract")
-    body = decode(request[BODY], ContractSign)
-    view = await in_transaction(
-        svc.pools,
-        shard_of_id(contract_id),
-        lambda c: contracts.sign(c, channel, contract_id, body.confirmed),
-    )
-    return json_response(encode(view))
-
-
 async def review_queue(request: web.Request) -> web.Response:
     svc = _svc(request)
 
@@ -160,7 +146,6 @@ def setup_origination_routes(app: web.Application) -> None:
     add = app.router.add_route
     add("POST", "/v1/applications", create_application)
     add("GET", "/v1/applications/{application_id}", get_application)
-    add("POST", "/v1/contracts/{contract_id}/sign", sign_contract)
     add("GET", "/v1/review-queue", review_queue)
     add("POST", "/v1/applications/{application_id}/approve", _review(approve=True))
     add("POST", "/v1/applications/{application_id}/reject", _review(approve=False))

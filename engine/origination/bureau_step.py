@@ -1,7 +1,11 @@
 """The bureau step of an application: query, keep the parsed report, decide.
 
 Run inline by the request (bounded by the bureau's time-out) and, when that
-could not finish it, by the relay from the application's `bureau` outbox row.
+could not finish it, by the relay from the application's `bureau` outbox row. The
+row is written only when the decision depends on a report, in the transaction that
+evidenced the applicant's authorization (`engine.origination.consent`). Each query is
+counted per member bank (`bureau_queries_total{tenant,outcome}`; the reports kept
+carry their tenant too).
 A time-out or an unreadable answer leaves the application `pending_bureau` and
 the row is tried again later: no decision is ever made without the rules
 having run on a report.
@@ -14,6 +18,7 @@ import logging
 
 from engine.adapters.bureau import BureauOutcome, BureauReportError, CreditBureau
 from engine.origination.service import APPLICANT, Origination, decide_application, store_report
+from engine.runtime import metrics
 from engine.services.context import Services
 from engine.stores import outbox
 from engine.stores.outbox import Claimed
@@ -31,7 +36,8 @@ async def run_bureau_step(
     pool = svc.pools.pool(shard)
     async with acquire(pool) as conn:
         row = await conn.fetchrow(
-            "SELECT status, applicant_ciphertext FROM application WHERE application_id = $1",
+            """SELECT status, tenant_id, applicant_ciphertext FROM application
+               WHERE application_id = $1""",
             claimed.ref_id,
         )
     assert row is not None, claimed
@@ -45,6 +51,8 @@ async def run_bureau_step(
         )
     )
     result = await bureau.report(f"B{claimed.ref_id}", applicant["name"], applicant["id_number"])
+    # Counted whatever the answer: a query that timed out may still be billed.
+    metrics.BUREAU_QUERIES.labels(row["tenant_id"], result.outcome.value).inc()
     if result.outcome is BureauOutcome.OK:
         try:
             async with acquire(pool) as conn, conn.transaction():

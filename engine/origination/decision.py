@@ -16,6 +16,12 @@
             a "refuse" hit ................................. refused, reasons = codes hit
             otherwise .................................... pending_review, policy terms
                                                              (score band), reasons = review hits
+        and, unless refused, the "face_to_face" hits of the rules that were evaluated
+        (the hard ones for a white-listed applicant): the contract is signed in person
+        (面签) before it can be signed online; `face_to_face` lists their codes
+
+A decision with no report that is not `pending_bureau` needs none: the caller asks
+the bureau only for `pending_bureau` (a hard refusal never causes a query).
 
 A rule is `{code, field, op, value, action, hard?, description?}` and hits when
 `<field> <op> <value>` holds, e.g. `bureau.queries_3m ge 6`. Amount fields end
@@ -67,7 +73,7 @@ VERSION_PATTERN: Final = r"^v[1-9][0-9]{0,5}$"
 PRODUCT_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 Op = Literal["lt", "le", "gt", "ge", "eq", "ne", "in", "not_in"]
-Action = Literal["refuse", "review"]
+Action = Literal["refuse", "review", "face_to_face"]
 Outcome = Literal["approved", "refused", "pending_review", "pending_bureau"]
 RuleValue = int | bool | list[int | bool]
 FieldValue = int | bool
@@ -172,6 +178,7 @@ class Decision(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_term_months: int | None = None
     score: int | None = None  # the pre-approval score, when the policy set the terms
     whitelisted: bool = False
+    face_to_face: list[str] = []  # codes of the rules asking for 面签; empty: online only
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,7 @@ FIELDS: Final[Mapping[str, _FieldSpec]] = {
     "id.valid": _FieldSpec(bool, lambda f: f.id_valid),
     "id.expired": _FieldSpec(bool, lambda f: f.id_expired),
     "blacklist.hit": _FieldSpec(bool, lambda f: f.blacklisted),
+    "whitelist.hit": _FieldSpec(bool, lambda f: f.whitelist is not None),
     "internal.overdue_loans": _FieldSpec(int, lambda f: f.internal_overdue_loans),
     "bureau.accounts_total": _FieldSpec(int, _bureau(lambda b: b.accounts_total)),
     "bureau.overdue_accounts_24m": _FieldSpec(int, _bureau(lambda b: b.overdue_accounts_24m)),
@@ -396,6 +404,7 @@ def decide(rule_set: RuleSet, facts: ApplicantFacts) -> Decision:
     hard_hits = _hits([rule for rule in rule_set.rules if rule.hard], facts)
     if facts.whitelist is not None and not _codes(hard_hits, "refuse"):
         decision = _whitelisted(rule_set, facts, facts.whitelist, _codes(hard_hits, "review"))
+        decision = msgspec.structs.replace(decision, face_to_face=_codes(hard_hits, "face_to_face"))
     elif facts.bureau is None and not _codes(hard_hits, "refuse"):
         decision = Decision("pending_bureau", [], product_code, version)
     else:
@@ -405,10 +414,12 @@ def decide(rule_set: RuleSet, facts: ApplicantFacts) -> Decision:
             decision = Decision("refused", refusals, product_code, version)
         else:
             decision = _pre_approved(rule_set, facts, _codes(hits, "review"))
+            decision = msgspec.structs.replace(decision, face_to_face=_codes(hits, "face_to_face"))
     # The loader's promises, checked once more on the result.
     if facts.blacklisted or not facts.id_valid or facts.age < ADULT_AGE:
         assert decision.outcome == "refused", (decision, "a hard refusal was not applied")
     assert decision.outcome != "approved" or facts.whitelist is not None
+    assert decision.outcome in ("approved", "pending_review") or not decision.face_to_face
     return decision
 
 

@@ -3,6 +3,9 @@
     white list  tenant_id,id_number,limit,annual_rate_pct,repayment_methods,max_term_months
                 (repayment_methods separated by '|')
     black list  tenant_id,id_number,reason      (tenant_id '*' lists for every tenant)
+    bureau flags  tenant_id,id_number,flag      (a code, e.g. BUREAU_OVERDUE; empty clears;
+                tenant_id '*': the person's customers in every tenant) — set on existing
+                customers, whose drawdowns it stops (the day-end sets the same column)
 
 A file is checked whole before anything is written: one bad row and nothing is
 imported, and every bad row is reported with its line number. Rows are stored
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import re
 from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +42,8 @@ WHITE_COLUMNS = [
     "max_term_months",
 ]
 BLACK_COLUMNS = ["tenant_id", "id_number", "reason"]
+FLAG_COLUMNS = ["tenant_id", "id_number", "flag"]
+FLAG_PATTERN = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
 ROWS_MAX = 1_000_000
 BATCH_ROWS = 1000
 
@@ -63,6 +69,12 @@ class BlackEntry(msgspec.Struct, frozen=True):
     tenant_id: str
     id_number: str
     reason: str
+
+
+class FlagEntry(msgspec.Struct, frozen=True):
+    tenant_id: str
+    id_number: str
+    flag: str | None  # None: cleared
 
 
 def _rows(path: Path, columns: list[str]) -> Iterable[tuple[int, dict[str, str]]]:
@@ -124,6 +136,46 @@ def read_black_list(path: Path, today: dt.date) -> list[BlackEntry]:
     if problems:
         raise ListFileError(problems)
     return entries
+
+
+def read_bureau_flags(path: Path, today: dt.date) -> list[FlagEntry]:
+    entries, problems = [], []
+    for number, row in _rows(path, FLAG_COLUMNS):
+        try:
+            flag = (row["flag"] or "").strip() or None
+            if flag is not None and FLAG_PATTERN.match(flag) is None:
+                raise ValueError("flag must be a code like BUREAU_OVERDUE (or empty to clear)")
+            value = parse_id_number(row["id_number"], today=today).value
+            entries.append(FlagEntry(row["tenant_id"].strip(), value, flag))
+        except IdentityError as exc:
+            problems.append(f"line {number}: {exc.code}: {exc.detail}")
+        except (ValueError, AttributeError) as exc:
+            problems.append(f"line {number}: {exc}")
+    if problems:
+        raise ListFileError(problems)
+    return entries
+
+
+async def store_bureau_flags(pools: ShardPools, cipher: PiiCipher, entries: list[FlagEntry]) -> int:
+    """Set (or clear) the flag of the customers named; returns how many customers changed
+    (a person who is not a customer of the tenant has nothing to flag)."""
+    by_shard: dict[str, list[tuple[object, ...]]] = {}
+    for e in entries:
+        shard = pools.physical_for(logical_shard_for_id_number(e.id_number)).name
+        row = (e.tenant_id, cipher.index(e.id_number, context=ID_NUMBER), e.flag)
+        by_shard.setdefault(shard, []).append(row)
+    sql = """UPDATE customer SET bureau_flag = $3,
+                 bureau_flagged_at = CASE WHEN $3::text IS NULL THEN NULL ELSE now() END
+             WHERE id_number_index = $2 AND ($1 = '*' OR tenant_id = $1)"""
+    changed = 0
+    for shard, rows in by_shard.items():
+        async with acquire(pools.pool(shard)) as conn:
+            for start in range(0, len(rows), BATCH_ROWS):
+                async with conn.transaction():
+                    for args in rows[start : start + BATCH_ROWS]:
+                        status = await conn.execute(sql, *args)
+                        changed += int(status.split()[-1])
+    return changed
 
 
 async def store_white_list(pools: ShardPools, cipher: PiiCipher, entries: list[WhiteEntry]) -> int:

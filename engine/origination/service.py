@@ -4,13 +4,20 @@
       phase A (one shard transaction, the applicant's shard by ID number)
         identity checked (four factors through the verifier) ─► application `received`
         facts: existing customer, white list, black list, our own overdue loans,
-               a bureau report still valid (reused: one query per window)
-        report at hand ─► decide now;  else `pending_bureau` + outbox `bureau`
+               the ID card's validity
+        the rules without a report: a hard refusal (age, ID invalid or expired, black
+               list, overdue with us), or a white-listed approval, is final: the bureau
+               is never asked (a query shows on the person's credit report)
+        otherwise the decision depends on the report:
+               the applicant's authorization evidenced in the hash chain (`consent`)
+               ─► a report of this member bank still valid (reused: one query per
+               window) ─► decide now;  else `pending_bureau` + outbox `bureau`
       inline (bounded by the bureau time-out), or later by the relay:
         query the bureau ─► phase B: store the parsed report, decide
       decide (rule set as data, gray release by application ID)
         approved       ─► customer, credit line (same service as POST /v1/credit-lines),
-                          contracts rendered, unsigned ─► `approved`
+                          contracts rendered, unsigned [面签 first, if the rules say so]
+                          ─► `approved`
         refused        ─► `refused` with the reason codes
         pending_review ─► the operators' review queue (approve ─► as approved)
 
@@ -42,6 +49,7 @@ from engine.contract.errors import (
     Unprocessable,
 )
 from engine.contract.messages import (
+    Applicant,
     ApplicationCreate,
     ApplicationView,
     CreditLineCreate,
@@ -50,10 +58,11 @@ from engine.contract.messages import (
     DecisionView,
     Step,
 )
+from engine.origination import consent, evidence, face_to_face
 from engine.origination import decision as rules
-from engine.origination import evidence
 from engine.origination.contracts import ContractDocument, create_contracts
 from engine.origination.lists import blacklisted, white_entry
+from engine.origination.otp import OtpPolicy
 from engine.runtime import metrics
 from engine.security.identity import (
     IdentityError,
@@ -83,6 +92,7 @@ class Origination(msgspec.Struct, frozen=True):
     candidate_versions: dict[str, str]
     candidate_percent: int
     report_valid_days: int
+    otp: OtpPolicy
 
 
 class Checked(msgspec.Struct, frozen=True):
@@ -110,6 +120,8 @@ async def check_request(
         raise Unprocessable(
             "CONSENT_REQUIRED", "the applicant must authorize the credit report query"
         )
+    consent.check_consent_time(body.consent, dt.datetime.now(dt.UTC))
+    _check_id_validity(body.applicant, svc.business_date)
     try:
         id_number = parse_id_number(body.applicant.id_number, today=svc.business_date)
         phone = parse_phone(body.applicant.phone)
@@ -134,6 +146,27 @@ async def check_request(
         amount_fen,
         logical_shard_for_id_number(id_number.value),
     )
+
+
+def _check_id_validity(applicant: Applicant, today: dt.date) -> None:
+    """400 ID_VALIDITY_INVALID for dates no ID card has (an expired one is the rules'
+    business: ID_EXPIRED)."""
+    start, end = applicant.id_valid_from, applicant.id_valid_until
+    problem = None
+    if applicant.id_long_term and end is not None:
+        problem = "give id_valid_until or id_long_term, not both"
+    elif start is not None and start > today:
+        problem = "id_valid_from is after the business date"
+    elif start is not None and end is not None and end < start:
+        problem = "id_valid_until is before id_valid_from"
+    if problem is not None:
+        raise BadRequest("ID_VALIDITY_INVALID", problem)
+
+
+def id_expired(app: asyncpg.Record, today: dt.date) -> bool:
+    """The card's validity ended before `today` (unknown or long-term: not expired)."""
+    until: dt.date | None = app["id_valid_until"]
+    return not app["id_long_term"] and until is not None and until < today
 
 
 def now_iso() -> str:
@@ -167,9 +200,9 @@ async def submit(
         """INSERT INTO application (application_id, tenant_id, channel_id, channel_serial,
                product_code, id_number_index, applicant_ciphertext, requested_amount_fen,
                requested_term_months, repayment_method, terms_version, attachments, status, steps,
-               identity_verified)
+               identity_verified, id_valid_from, id_valid_until, id_long_term)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'received', $13::jsonb,
-                   $14)
+                   $14, $15, $16, $17)
            ON CONFLICT (channel_id, channel_serial) DO NOTHING
            RETURNING application_id""",
         application_id,
@@ -186,6 +219,9 @@ async def submit(
         list(body.attachments),
         json.dumps(steps),
         checked.identity_verified,
+        body.applicant.id_valid_from,
+        body.applicant.id_valid_until,
+        body.applicant.id_long_term,
     )
     if inserted is None:
         existing = await conn.fetchval(
@@ -197,20 +233,58 @@ async def submit(
             "APPLICATION_EXISTS",
             f"channel serial {body.channel_serial!r} was used by application {existing}",
         )
-    report = await _valid_report(conn, index, channel.tenant_id)
-    if report is None:
-        await _set(conn, application_id, status="pending_bureau")
-        await enqueue(
+    # The rules that need no report first: a refusal or a white-listed approval is
+    # final, and the bureau is not asked.
+    verdict = await decide_application(svc, ctx, conn, application_id, None)
+    if verdict.outcome == "pending_bureau":
+        await _needs_report(
+            svc,
+            ctx,
             conn,
-            outbox_id=svc.ids.next_id(checked.logical_shard),
-            customer_id=application_id,
-            kind="bureau",
-            ref_id=application_id,
-            payload={"reference": f"B{application_id}"},
+            channel=channel,
+            checked=checked,
+            application_id=application_id,
+            index=index,
         )
-    else:
-        await decide_application(svc, ctx, conn, application_id, report)
     return await application_view(conn, channel.tenant_id, application_id), application_id
+
+
+async def _needs_report(
+    svc: Services,
+    ctx: Origination,
+    conn: asyncpg.Connection,
+    *,
+    channel: Channel,
+    checked: Checked,
+    application_id: int,
+    index: bytes,
+) -> None:
+    """The decision depends on a report: the authorization evidenced first, then this
+    member bank's valid report, or a query (outbox `bureau`, committed with the evidence)."""
+    product = svc.reference.data.products[checked.body.product_code]
+    facts = consent.ConsentFacts(
+        application_id=application_id,
+        tenant_id=channel.tenant_id,
+        product_name=product.name,
+        channel_id=channel.channel_id,
+        channel_name=svc.reference.data.channel_name(channel.channel_id),
+        applicant_name=checked.body.applicant.name,
+        id_number=checked.id_number,
+    )
+    await consent.record(conn, facts, checked.body.consent, svc.business_date)
+    report = await _valid_report(conn, index, channel.tenant_id)
+    if report is not None:
+        await decide_application(svc, ctx, conn, application_id, report)
+        return
+    await _set(conn, application_id, status="pending_bureau")
+    await enqueue(
+        conn,
+        outbox_id=svc.ids.next_id(checked.logical_shard),
+        customer_id=application_id,
+        kind="bureau",
+        ref_id=application_id,
+        payload={"reference": f"B{application_id}"},
+    )
 
 
 async def _valid_report(
@@ -245,12 +319,14 @@ async def store_report(
     )
     assert app is not None
     await conn.execute(
-        """INSERT INTO bureau_report (id_number_index, valid_until, indicators, tenant_id)
-           VALUES ($1, now() + make_interval(days => $2), $3::jsonb, $4)""",
+        """INSERT INTO bureau_report (id_number_index, valid_until, indicators, tenant_id,
+               application_id)
+           VALUES ($1, now() + make_interval(days => $2), $3::jsonb, $4, $5)""",
         app["id_number_index"],
         ctx.report_valid_days,
         msgspec.json.encode(indicators).decode(),
         app["tenant_id"],
+        application_id,
     )
     return indicators
 
@@ -260,7 +336,7 @@ async def _facts(
     conn: asyncpg.Connection,
     app: asyncpg.Record,
     applicant: dict[str, str],
-    report: BureauIndicators,
+    report: BureauIndicators | None,
 ) -> rules.ApplicantFacts:
     today = svc.business_date
     birth = parse_id_number(applicant["id_number"], today=today).birth_date
@@ -284,6 +360,7 @@ async def _facts(
     return rules.ApplicantFacts(
         age=age_on(birth, today),
         id_valid=app["identity_verified"],
+        id_expired=id_expired(app, today),
         blacklisted=await blacklisted(conn, app["tenant_id"], index),
         whitelist=None
         if white is None
@@ -306,8 +383,10 @@ async def decide_application(
     ctx: Origination,
     conn: asyncpg.Connection,
     application_id: int,
-    report: BureauIndicators,
+    report: BureauIndicators | None,
 ) -> rules.Decision:
+    """Decide on what is known; `report` None: the rules that need no report. A
+    `pending_bureau` verdict (the decision depends on the report) writes nothing."""
     app = await conn.fetchrow(
         "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
     )
@@ -330,14 +409,20 @@ async def decide_application(
         ctx.candidate_percent,
     )
     verdict = rules.decide(rule_set, facts)
+    if verdict.outcome == "pending_bureau":
+        return verdict
     # Every decision, whichever path made it: the gray release is compared on this.
     metrics.RULE_SET_DECISIONS.labels(
         verdict.product_code, verdict.rule_set_version, verdict.outcome
     ).inc()
-    steps = _step(_step(json.loads(app["steps"]), "bureau"), "decided")
+    steps = json.loads(app["steps"])
+    if report is not None:
+        steps = _step(steps, "bureau")
+    steps = _step(steps, "decided")
     await conn.execute(
         """UPDATE application SET decision = $2::jsonb, reasons = $3, rule_set_version = $4,
-               steps = $5::jsonb, updated_at = now() WHERE application_id = $1""",
+               steps = $5::jsonb, decided_at = clock_timestamp(), updated_at = now()
+           WHERE application_id = $1""",
         application_id,
         msgspec.json.encode(verdict).decode(),
         list(verdict.reasons),
@@ -412,6 +497,7 @@ async def approve(
         credit_line_id=line_id,
         documents=_documents(svc, app, applicant, line=line, contract_id=contract_id),
     )
+    await face_to_face.require(conn, contract_id, list(verdict.face_to_face))
     await conn.execute(
         """UPDATE application SET status = 'approved', customer_id = $2, credit_line_id = $3,
                contract_id = $4, updated_at = now() WHERE application_id = $1""",
@@ -494,6 +580,8 @@ def view_of(row: asyncpg.Record) -> ApplicationView:
             max_term_months=made.max_term_months,
             reasons=list(row["reasons"]),
             rule_set_version=made.rule_set_version,
+            face_to_face_required=bool(made.face_to_face)
+            and row["status"] in ("pending_review", "approved"),
         )
     return ApplicationView(
         application_id=str(row["application_id"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.origination import decision
+from engine.origination.otp import OtpPolicy
 from engine.origination.service import Origination
 from engine.settings import OriginationSettings
 
@@ -35,4 +36,10 @@ def build_origination(settings: OriginationSettings) -> Origination:
         candidate_versions=dict(settings.candidate_versions),
         candidate_percent=settings.candidate_percent,
         report_valid_days=settings.bureau_report_valid_days,
+        otp=OtpPolicy(
+            ttl_s=settings.otp_ttl_s,
+            attempts_max=settings.otp_attempts_max,
+            lock_s=settings.otp_lock_s,
+            resend_s=settings.otp_resend_s,
+        ),
     )

@@ -26,26 +26,21 @@ from engine.origination.setup import build_origination
 from engine.relay.executor import Relay
 from engine.runtime import gc_tuning
 from engine.runtime.metrics_site import start_metrics_site
-from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
 from engine.settings import Settings
+from engine.stores.control_plane import ControlPlane, control_plane
 from engine.stores.nonce_sweep import sweep_forever
 from engine.stores.outbox import Claimed
 from engine.stores.redis_wire import RedisWire
-from engine.stores.reference import CONTROL_POOL_LIMITS, ReferenceCache
 from engine.stores.watch import watch_books, watch_shards
-from sharding.ids import IdGenerator
-from sharding.pools import ShardPools, create_pool
-from sharding.worker_lease import WorkerLease
+from sharding.pools import ShardPools
 
 log = logging.getLogger("engine.relay")
 
 
 @contextlib.asynccontextmanager
 async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
-    control = await create_pool(settings.control_dsn, CONTROL_POOL_LIMITS, "relay")
-    lease = WorkerLease(control)
     # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
     # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
     pools = ShardPools(
@@ -55,57 +50,48 @@ async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
         server_settings={"plan_cache_mode": "force_generic_plan"},
     )
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-    refresher: asyncio.Task[None] | None = None
     try:
-        await lease.acquire()
-        crypto = settings.crypto
-        cipher = PiiCipher.from_config(
-            crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key
-        )
-        reference = ReferenceCache(control, cipher, settings.reference_refresh_s)
-        await reference.load()
-        refresher = asyncio.create_task(reference.refresh_forever(), name="reference-refresh")
-        await pools.open()
-        external = settings.external
-        ids = IdGenerator(lease.worker, lease.valid)
-        relay = Relay(
-            pools=pools,
-            ids=ids,
-            cipher=cipher,
-            reference=reference,
-            core=CoreBankClient(session, external.core_url, external.core_timeout_s),
-            sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
-            settings=external,
-        )
-        # The bureau step of applications decides with the same services as the API;
-        # the Redis client is there for the type only: the relay never touches Redis.
-        svc = Services(
-            pools,
-            ids,
-            cipher,
-            reference,
-            RedisWire(settings.redis.url, timeout_s=settings.redis.timeout_s),
-            DrawdownBatches(pools),
-        )
-        origination = build_origination(settings.origination)
-        bureau = BureauClient(
-            session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
-        )
-
-        async def bureau_step(shard: str, row: Claimed) -> bool:
-            return await run_bureau_step(svc, origination, bureau, shard, row)
-
-        relay.handlers["bureau"] = bureau_step
-        yield relay
+        async with control_plane(settings, "relay") as plane:
+            await pools.open()
+            yield _relay(settings, plane, pools, session)
     finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
         await session.close()
         await pools.close()
-        await lease.release()
-        await control.close()
+
+
+def _relay(
+    settings: Settings, plane: ControlPlane, pools: ShardPools, session: aiohttp.ClientSession
+) -> Relay:
+    external = settings.external
+    relay = Relay(
+        pools=pools,
+        ids=plane.ids,
+        cipher=plane.cipher,
+        reference=plane.reference,
+        core=CoreBankClient(session, external.core_url, external.core_timeout_s),
+        sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
+        settings=external,
+    )
+    # The bureau step of applications decides with the same services as the API;
+    # the Redis client is there for the type only: the relay never touches Redis.
+    svc = Services(
+        pools,
+        plane.ids,
+        plane.cipher,
+        plane.reference,
+        RedisWire(settings.redis.url, timeout_s=settings.redis.timeout_s),
+        DrawdownBatches(pools),
+    )
+    origination = build_origination(settings.origination)
+    bureau = BureauClient(
+        session, settings.origination.bureau_url, settings.origination.bureau_timeout_s
+    )
+
+    async def bureau_step(shard: str, row: Claimed) -> bool:
+        return await run_bureau_step(svc, origination, bureau, shard, row)
+
+    relay.handlers["bureau"] = bureau_step
+    return relay
 
 
 async def run_relay(settings: Settings) -> None:

@@ -75,6 +75,18 @@ JOURNEY = Histogram(
     "From the application to the money on the card (customer's own signing time included).",
     buckets=DISBURSEMENT_BUCKETS_S,
 )
+ORIGINATION_SYSTEM = Histogram(
+    "origination_system_seconds",
+    "The system's own time of an online loan, the 30 s of the call: application to "
+    "decision plus drawdown request to money on the card (the customer's reading and "
+    "signing, and the officers' review and 面签, excluded).",
+    buckets=DISBURSEMENT_BUCKETS_S,
+)
+BUREAU_QUERIES = Counter(
+    "bureau_queries_total",
+    "Credit-bureau queries by member bank (each pays for its own) and outcome.",
+    ["tenant", "outcome"],
+)
 RULE_SET_DECISIONS = Counter(
     "origination_decisions_total",
     "Decisions by product, rule-set version and outcome (gray release).",

@@ -64,7 +64,7 @@ GATHER_S: Final = 0.005
 # idempotency record 0-4, the checks 5-9 (5: the line), the loan 10-25 (11: the
 # customer), the plan's columns 26-36, the posting 37-41, the payment order 42-43, the
 # request's nonce 44. `book_drawdowns` (ledger migration 0011) takes 0-43 each as an
-# array, then a lock time-out; `record_request_nonces` (0014) the nonces of those it
+# array, then a lock time-out; `record_request_nonces` (0017) the nonces of those it
 # booked, in the same statement (a replayed one fails the call: each is redone alone).
 ARGS: Final = 45
 _TODAY, _LINE, _CUSTOMER = 7, 5, 11

@@ -102,11 +102,30 @@ async def grant_line(
     return line_view(row)
 
 
+# A drawdown also reads its customer's standing, which may have changed since the line
+# was granted: listed on the black list (by ID number, this tenant's or every tenant's),
+# or flagged by the day-end's bureau check or an import. Subqueries, not a join, so that
+# FOR UPDATE locks the line alone (line first, then customer: the drawdowns' lock order).
+_STANDING_COLUMNS = """,
+    EXISTS (SELECT 1 FROM customer cu JOIN blacklist_entry b USING (id_number_index)
+            WHERE cu.customer_id = credit_line.customer_id
+              AND b.tenant_id IN (credit_line.tenant_id, '*')) AS blacklisted,
+    (SELECT cu.bureau_flag FROM customer cu
+     WHERE cu.customer_id = credit_line.customer_id) AS bureau_flag"""
+
+
 async def fetch_line(
-    conn: asyncpg.Connection, channel: Channel, line_id: int, *, lock: bool = False
+    conn: asyncpg.Connection,
+    channel: Channel,
+    line_id: int,
+    *,
+    lock: bool = False,
+    standing: bool = False,
 ) -> asyncpg.Record:
-    """The line of this channel's tenant (locked if asked), or 404 as if it did not exist."""
-    sql = f"SELECT {_LINE_COLUMNS} FROM credit_line WHERE credit_line_id = $1"
+    """The line of this channel's tenant (locked if asked), or 404 as if it did not exist;
+    with `standing`, its customer's too (`blacklisted`, `bureau_flag`)."""
+    columns = _LINE_COLUMNS + (_STANDING_COLUMNS if standing else "")
+    sql = f"SELECT {columns} FROM credit_line WHERE credit_line_id = $1"
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), line_id)
     if row is None or row["tenant_id"] != channel.tenant_id:
         raise NotFound("CREDIT_LINE_NOT_FOUND", f"no credit line {line_id}")

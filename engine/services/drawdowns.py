@@ -54,6 +54,17 @@ from sharding.ids import shard_of_id
 def _check_request(
     product: Product, line: asyncpg.Record, body: DrawdownCreate, today: dt.date
 ) -> None:
+    # The customer's standing first: it can change long after the line was granted.
+    if line["blacklisted"]:
+        raise Unprocessable(
+            "CUSTOMER_BLACKLISTED", "the customer is on the black list: no new drawdowns"
+        )
+    if line["bureau_flag"] is not None:
+        raise Unprocessable(
+            "CUSTOMER_BUREAU_FLAGGED",
+            f"the customer's credit report was flagged ({line['bureau_flag']}): "
+            "no new drawdowns until the flag is cleared",
+        )
     if line["application_id"] is not None and line["contract_signed_at"] is None:
         raise Unprocessable(
             "CONTRACT_NOT_SIGNED",
@@ -236,8 +247,9 @@ async def draw_down(
 async def _line_paying(
     conn: asyncpg.Connection, channel: Channel, line_id: int, index: bytes, *, lock: bool = False
 ) -> asyncpg.Record:
-    """The line, if the card to pay is bound to its customer (else CARD_NOT_BOUND)."""
-    line = await fetch_line(conn, channel, line_id, lock=lock)
+    """The line with its customer's standing, if the card to pay is bound to its customer
+    (else CARD_NOT_BOUND)."""
+    line = await fetch_line(conn, channel, line_id, lock=lock, standing=True)
     await cards.require_bound(conn, line["customer_id"], index)
     return line
 

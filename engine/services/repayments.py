@@ -354,6 +354,7 @@ async def _book(
         ref_id=row["repayment_id"],
         kind="repayment",
         fields={
+            "channel": reference.channel_name(row["channel_id"]),
             "amount": format_fen(row["total_fen"]),
             "card_last4": row["debit_from_masked"][-4:],
             "receipt_nos": "、".join(loans[item.loan_id].row.receipt_no for item in items),

@@ -15,6 +15,7 @@ from engine.stores.reference import CHANNEL_SECRET_CONTEXT
 DEMO_TENANT = "demo"
 DEMO_CHANNEL = "demo"
 DEMO_SECRET = "demo-secret"  # noqa: S105 - the local stack's published demo secret (API.md)
+DEMO_CHANNEL_NAME = "演示手机银行"
 
 _PRODUCT_SQL = """
 INSERT INTO product (product_code, tenant_id, name, repayment_methods, term_months_min,
@@ -51,20 +52,51 @@ def new_secret() -> str:
     return secrets.token_urlsafe(32)
 
 
+DISPLAY_NAME_CHARS_MAX = 32
+
+
+def check_display_name(name: str) -> str:
+    """The name customers see in their SMS ("农信手机银行"): 1..32 characters, one line,
+    no braces (it is filled into SMS templates)."""
+    name = name.strip()
+    if not 1 <= len(name) <= DISPLAY_NAME_CHARS_MAX or any(c in name for c in "{}\n"):
+        raise AdminError(f"a display name is 1..{DISPLAY_NAME_CHARS_MAX} characters, no braces")
+    return name
+
+
 async def add_channel(
-    conn: asyncpg.Connection, cipher: PiiCipher, channel_id: str, tenant_id: str, secret: str
+    conn: asyncpg.Connection,
+    cipher: PiiCipher,
+    channel_id: str,
+    tenant_id: str,
+    secret: str,
+    *,
+    display_name: str | None = None,
 ) -> None:
     if await conn.fetchval("SELECT 1 FROM tenant WHERE tenant_id = $1", tenant_id) is None:
         raise AdminError(f"no tenant {tenant_id!r}")
     done = await conn.fetchval(
-        """INSERT INTO channel (channel_id, tenant_id, secret_ciphertext) VALUES ($1, $2, $3)
+        """INSERT INTO channel (channel_id, tenant_id, secret_ciphertext, display_name)
+           VALUES ($1, $2, $3, $4)
            ON CONFLICT (channel_id) DO NOTHING RETURNING 1""",
         channel_id,
         tenant_id,
         cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT, row=channel_id),
+        check_display_name(display_name or channel_id),
     )
     if done is None:
         raise AdminError(f"channel {channel_id!r} exists; use rotate to change its secret")
+
+
+async def rename_channel(conn: asyncpg.Connection, channel_id: str, display_name: str) -> None:
+    done = await conn.fetchval(
+        """UPDATE channel SET display_name = $2, updated_at = now()
+           WHERE channel_id = $1 RETURNING 1""",
+        channel_id,
+        check_display_name(display_name),
+    )
+    if done is None:
+        raise AdminError(f"no channel {channel_id!r}")
 
 
 async def rotate_channel(
@@ -148,10 +180,13 @@ async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
         )  # fmt: skip
         exists = await conn.fetchval("SELECT 1 FROM channel WHERE channel_id = $1", DEMO_CHANNEL)
         if exists is None:
-            await add_channel(conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET)
+            await add_channel(
+                conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET, display_name=DEMO_CHANNEL_NAME
+            )
         else:
             await rotate_channel(conn, cipher, DEMO_CHANNEL, DEMO_SECRET)
             await set_channel_status(conn, DEMO_CHANNEL, "active", "demo data")
+            await rename_channel(conn, DEMO_CHANNEL, DEMO_CHANNEL_NAME)
         await set_signature_v1_until(conn, DEMO_CHANNEL, None)
         await set_rate_limit(conn, DEMO_CHANNEL, DEMO_RATE_LIMIT_PER_S)
 

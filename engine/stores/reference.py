@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 CONTROL_POOL_LIMITS = PoolLimits(size_min=1, size_max=5)  # reference loads, leases: few
 CHANNEL_SECRET_CONTEXT = "channel_secret"  # noqa: S105 - a name, not a secret
+# What customers are told of operations no channel made: the day-end's automatic debits
+# (engine.eod.deduct.SYSTEM_CHANNEL) have no row in the channel table.
+SYSTEM_CHANNEL_NAMES = {"eod": "到期自动扣款"}
 
 
 class Product(msgspec.Struct, frozen=True):
@@ -51,6 +54,7 @@ class Channel(msgspec.Struct, frozen=True):
     tenant_id: str
     secret: str
     active: bool
+    display_name: str = ""  # what customers see in SMS; empty: not loaded (use the ID)
     # Until when signature version 1 is still accepted (a changeover window); None: never.
     signature_v1_until: dt.datetime | None = None
     rate_limit_per_s: float | None = None  # None: the engine's default
@@ -81,6 +85,13 @@ class ReferenceData(msgspec.Struct, frozen=True):
         branch = sorted(o.officer_id for o in active if o.branch_code == branch_code)
         return tuple(branch or sorted(o.officer_id for o in active))
 
+    def channel_name(self, channel_id: str) -> str:
+        """The channel's display name for customers; its ID if it has none."""
+        channel = self.channels.get(channel_id)
+        if channel is not None and channel.display_name:
+            return channel.display_name
+        return SYSTEM_CHANNEL_NAMES.get(channel_id, channel_id)
+
     def sms_template(self, tenant_id: str, kind: str) -> str:
         """The tenant's own template, else the province-wide one (tenant '*')."""
         return self.sms_templates.get((tenant_id, kind)) or self.sms_templates[("*", kind)]
@@ -100,8 +111,8 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
     async with acquire(pool) as conn, conn.transaction(readonly=True):
         tenants = await conn.fetch("SELECT tenant_id FROM tenant")
         channels = await conn.fetch(
-            """SELECT channel_id, tenant_id, secret_ciphertext, status, signature_v1_until,
-                      rate_limit_per_s FROM channel"""
+            """SELECT channel_id, tenant_id, secret_ciphertext, status, display_name,
+                      signature_v1_until, rate_limit_per_s FROM channel"""
         )
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
@@ -119,6 +130,7 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
                     row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT, row=row["channel_id"]
                 ),
                 active=row["status"] == "active",
+                display_name=row["display_name"],
                 signature_v1_until=row["signature_v1_until"],
                 rate_limit_per_s=(
                     None if row["rate_limit_per_s"] is None else float(row["rate_limit_per_s"])

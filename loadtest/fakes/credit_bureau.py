@@ -41,6 +41,10 @@ the same for the same ID number and date, and dated back from `as_of` (D):
                            outside 24 months), a loan, a settled one;
                            inquiries of other kinds or older
 
+The same profiles go to anyone whose name ends in 逾期 (current_overdue), 多头
+(multi_lending), 多查 (many_queries) or 白户 (thin_file): the years above are past the
+demo rules' age band, which now refuses them before any query.
+
 The report is stateless: queries made here do not appear on later reports.
 This module imports nothing from `engine/`.
 """
@@ -71,6 +75,12 @@ PROFILE_BY_BIRTH_YEAR: Final[dict[int, Profile]] = {
     1951: "multi_lending",
     1952: "many_queries",
     1953: "thin_file",
+}
+PROFILE_BY_NAME_MARKER: Final[dict[str, Profile]] = {
+    "逾期": "current_overdue",
+    "多头": "multi_lending",
+    "多查": "many_queries",
+    "白户": "thin_file",
 }
 Outcome = Literal["ok", "failed", "timeout"]
 OUTCOMES: Final[tuple[Outcome, ...]] = ("ok", "failed", "timeout")
@@ -117,8 +127,15 @@ def id_number_check_ok(id_number: str) -> bool:
     return _ID_CHECK_CHARS[total % 11] == id_number[17]
 
 
-def profile_for(id_number: str) -> Profile:
-    return PROFILE_BY_BIRTH_YEAR.get(int(id_number[6:10]), "clean")
+def profile_for(id_number: str, name: str = "") -> Profile:
+    """By the birth year, else by a marker at the end of the name (applicants of working
+    age, whom the age rules let through to the bureau)."""
+    by_year = PROFILE_BY_BIRTH_YEAR.get(int(id_number[6:10]))
+    if by_year is not None:
+        return by_year
+    return next(
+        (p for marker, p in PROFILE_BY_NAME_MARKER.items() if name.endswith(marker)), "clean"
+    )
 
 
 def mask_id_number(id_number: str) -> str:
@@ -290,7 +307,7 @@ def build_report(
     request: ReportRequest, as_of: dt.date, report_id: str, report_time: str
 ) -> dict[str, Any]:
     """Pure: the report of `request.id_number` drawn up on `as_of` (see the module's table)."""
-    profile = profile_for(request.id_number)
+    profile = profile_for(request.id_number, request.name)
     builder = _Builder(request.id_number, as_of)
     _PROFILES[profile](builder)
     return {
@@ -347,7 +364,7 @@ class Bureau(FakeState[QueryRecord, BureauMetrics]):
             id_number_masked=mask_id_number(body.id_number),
             name_masked=mask_name(body.name),
             purpose=body.purpose,
-            profile=profile_for(body.id_number),
+            profile=profile_for(body.id_number, body.name),
             outcome=outcome,
             report_id=report_id,
             received_at=now.isoformat(timespec="milliseconds"),

@@ -16,7 +16,8 @@ A fake module describes itself in one `FakeSpec` and gets the rest from here:
                       transfers, the SMS gateway's sends): the new references of a call
                       decided together, a repeat given the first outcome
     spec.create_app   the aiohttp app: the fake's routes, GET <records route> (every
-                      record, in order), GET|POST /fake/knobs, GET /healthz, GET /metrics;
+                      record, in order; ?reference=R: R's alone), GET|POST /fake/knobs,
+                      GET /healthz, GET /metrics;
                       the journal is loaded at start-up and closed at shutdown
     spec.main         `python -m loadtest.fakes.X`: a bad environment exits 2, otherwise
                       serve (uvloop) until SIGINT/SIGTERM
@@ -226,7 +227,19 @@ class FakeSpec(Generic[R, M, S]):
             await journal.close()
 
         async def records(request: web.Request) -> web.StreamResponse:
-            return json_response(request.app[state_key].records)
+            """Every record, or with `?reference=R` the one decided for R (a test or a load
+            run reading the code an SMS carried), found in its index where there is one."""
+            state = request.app[state_key]
+            reference = request.query.get("reference")
+            if reference is None:
+                return json_response(state.records)
+            index = getattr(state, "by_reference", None)
+            if isinstance(index, dict):
+                found = index.get(reference)
+                return json_response([] if found is None else [found])
+            return json_response(
+                [r for r in state.records if getattr(r, "reference", None) == reference]
+            )
 
         app.cleanup_ctx.append(state_ctx)
         app.add_routes(self.routes)

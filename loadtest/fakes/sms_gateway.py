@@ -12,7 +12,7 @@
                             | {"reference", "status": "failed"}]}   one per message, in order;
            each message decided as if sent alone (a failed one may be resent)
            400 {"error", "detail"}         the whole batch refused, nothing recorded
-    GET  /fake/messages   GET|POST /fake/knobs   GET /healthz   GET /metrics
+    GET  /fake/messages[?reference=R]   GET|POST /fake/knobs   GET /healthz   GET /metrics
 
     arrive --latency_ms--> draw u in [0,1) --u < fail_ratio--> 503
                                           --otherwise-------> record (fsync) --> 200 accepted
