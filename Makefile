@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 CHECKED := engine ledger sharding
+# The engine assumes production unless told: everything here is the local stack.
+export ENGINE_ENV ?= dev
 
 .PHONY: run test up down venv stack migrate demo lint typecheck pytest reliability bench bench-scale bench-eod load seed clean
 

@@ -30,7 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = argv[0] if argv[0] in COMMANDS else None
     args = build_parser(only).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    from engine.settings import SettingsError
+
+    try:
+        return func(args)
+    except SettingsError as exc:  # one line that says which key, not a traceback
+        print(f"engine: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
     master ──fork──► worker 1 ─┐
            ──fork──► worker 2 ─┼─ each: uvloop, its own app, SO_REUSEPORT on host:port
-           ──fork──► worker N ─┘
+           ──fork──► worker N ─┘  (TLS if a certificate is configured), and the
+                                  operations app on ops_host:ops_port (SO_REUSEPORT too)
 
 The master only supervises: it restarts a worker that died (at most
 `RESTARTS_MAX` within `RESTART_WINDOW_S`, then it gives up and exits 1), and on
@@ -18,15 +19,16 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 
 from aiohttp import web
 
-from engine.http.app import create_app
+from engine.http.app import create_app, create_ops_app
 from engine.runtime import gc_tuning
 from engine.runtime.logs import setup_logging
-from engine.settings import Settings
+from engine.settings import HttpSettings, Settings
 
 log = logging.getLogger("engine.serve")
 
@@ -35,30 +37,51 @@ RESTART_WINDOW_S = 60.0
 STOP_GRACE_EXTRA_S = 5.0
 
 
+def tls_context(http: HttpSettings) -> ssl.SSLContext | None:
+    """The public port's TLS, when a certificate is configured (TLS 1.2 at least)."""
+    if not http.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    return context
+
+
 async def _worker_main(settings: Settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    http = settings.http
+    api = create_app(settings)
     runner = web.AppRunner(
-        create_app(settings),
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=settings.http.shutdown_timeout_s,
+        api, handle_signals=False, access_log=None, shutdown_timeout=http.shutdown_timeout_s
     )
     await runner.setup()
     site = web.TCPSite(
         runner,
-        settings.http.host,
-        settings.http.port,
+        http.host,
+        http.port,
         reuse_port=True,
-        backlog=settings.http.backlog,
+        backlog=http.backlog,
+        ssl_context=tls_context(http),
     )
     await site.start()
+    # After the API: when the ops listener answers /readyz, the API port is open too.
+    ops_runner = web.AppRunner(create_ops_app(api), handle_signals=False, access_log=None)
+    if http.ops_port:
+        await ops_runner.setup()
+        await web.TCPSite(ops_runner, http.ops_host, http.ops_port, reuse_port=True).start()
     gc_tuning.settle_after_startup()
-    log.info("worker serving", extra={"host": settings.http.host, "port": settings.http.port})
+    log.info(
+        "worker serving",
+        extra={"host": http.host, "port": http.port, "tls": bool(http.tls_cert_file),
+               "ops_port": http.ops_port},
+    )  # fmt: skip
     await stop.wait()
     log.info("worker stopping")
+    if http.ops_port:
+        await ops_runner.cleanup()
     await runner.cleanup()
 
 
@@ -143,6 +166,7 @@ class _Master:
 
 def serve(settings: Settings) -> int:
     setup_logging(settings.log_level)
+    tls_context(settings.http)  # a bad certificate stops the master, not each worker
     master = _Master(settings)
     signal.signal(signal.SIGTERM, master.on_signal)
     signal.signal(signal.SIGINT, master.on_signal)

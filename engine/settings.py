@@ -4,9 +4,20 @@ Precedence: defaults (the local stack of `ops/stack.sh`) < the TOML file named
 by `ENGINE_CONFIG` < environment variables. Unknown keys in the file are
 refused, so a typo cannot silently fall back to a default.
 
-    ENGINE_ENV            dev | test | prod           (dev: demo data, settable clock)
+    ENGINE_ENV            prod | dev | test           (default prod: a host started without
+                                                      it runs on its own keys or not at all;
+                                                      dev and test: demo data, settable clock,
+                                                      the published dev keys)
     ENGINE_HTTP_HOST      127.0.0.1
-    ENGINE_HTTP_PORT      8080
+    ENGINE_HTTP_PORT      8080                        the channel API (/v1/, /healthz)
+    ENGINE_OPS_HOST       127.0.0.1                   the operations listener: /readyz,
+    ENGINE_OPS_PORT       8081                        /metrics, /openapi.json, /healthz
+    ENGINE_TLS_CERT_FILE, ENGINE_TLS_KEY_FILE         PEM files: the API is served over TLS
+    ENGINE_BEHIND_TLS_PROXY  0 | 1                    prod without a certificate: TLS ends at
+                                                      a proxy in front (see README)
+    ENGINE_RATE_LIMIT_PER_S  200                      requests per second per channel (a
+                                                      channel's own `rate_limit_per_s` wins)
+    ENGINE_RATE_LIMIT_BURST_S  1.0                    a burst of this many seconds' worth
     ENGINE_WORKERS        1                           prefork worker processes (one per core
                                                       of a host of the engine's own)
     ENGINE_CONTROL_DSN    postgresql://postgres@127.0.0.1:55431/control
@@ -36,6 +47,8 @@ logical shards explicitly, and `[pool]` limits.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tomllib
 from collections.abc import Mapping
@@ -79,10 +92,26 @@ class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     booking_batch_max: int = 32
     booking_gather_s: float = 0.005
     booking_in_flight: int = 2  # calls per shard database at once, per worker
+    # The operations endpoints (/readyz, /metrics, /openapi.json) have a listener of
+    # their own, on an internal address: /readyz touches every pool, /metrics shows
+    # volumes per tenant. The public port keeps /healthz only.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 8081
+    # TLS on the public port when both are set (PEM); else plain HTTP, which prod
+    # accepts off loopback only with `behind_tls_proxy` (TLS ends at a proxy in front).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    behind_tls_proxy: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= 64:
             raise ValueError("http.workers must be 1..64")
+        if not 0 <= self.ops_port <= 65535:
+            raise ValueError("http.ops_port must be 0..65535")
+        if self.ops_port != 0 and self.ops_port == self.port:
+            raise ValueError("http.ops_port must differ from http.port")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("http.tls_cert_file and http.tls_key_file go together")
         if not 1 <= self.booking_batch_max <= 256 or not 0 <= self.booking_gather_s <= 0.1:
             raise ValueError("http.booking_batch_max must be 1..256, booking_gather_s 0..0.1")
         if not 1 <= self.booking_in_flight <= 64:
@@ -103,6 +132,35 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("redis.timeout_s must be in (0, 30], redis.pending_max 1..1000000")
 
 
+class RateLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Requests per channel (engine.http.throttle), shared by every worker through Redis."""
+
+    # The default of a channel without its own `rate_limit_per_s` (control database).
+    per_channel_per_s: float = 200.0
+    # How many seconds' worth a channel may send at once after a quiet spell.
+    burst_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.per_channel_per_s <= 100_000 or not 0 < self.burst_s <= 60:
+            raise ValueError("rate_limit.per_channel_per_s must be 0.1..100000, burst_s (0, 60]")
+
+
+class SecuritySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Durable nonces (the shards' `request_nonce`) and how long they are kept."""
+
+    # A signed request is accepted within ±300 s of its timestamp, so a nonce can be
+    # replayed at most 600 s after it was first seen: kept longer than that, then swept.
+    nonce_retention_s: int = 900
+    nonce_sweep_s: float = 60.0  # how often the relay sweeps, per shard
+    nonce_sweep_batch: int = 5000  # rows per DELETE; at most 20 per sweep
+
+    def __post_init__(self) -> None:
+        if not 660 <= self.nonce_retention_s <= 86_400:
+            raise ValueError("security.nonce_retention_s must be 660..86400 (skew window x2)")
+        if not 1 <= self.nonce_sweep_s <= 3600 or not 100 <= self.nonce_sweep_batch <= 100_000:
+            raise ValueError("security.nonce_sweep_s must be 1..3600, nonce_sweep_batch 100..1e5")
+
+
 class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pii_keys: dict[str, str] = msgspec.field(default_factory=dict)
     pii_key_version: int = 0
@@ -115,7 +173,8 @@ class CryptoSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             return CryptoSettings(self.pii_keys, version, self.pii_index_key)
         if env == "prod":
             raise ValueError(
-                "crypto.pii_keys and crypto.pii_index_key are required when env = prod"
+                "crypto.pii_keys and crypto.pii_index_key are required when env = prod "
+                "(ENGINE_ENV unset means prod; the local stack sets ENGINE_ENV=dev)"
             )
         # The published dev keys: the local stack and tests only; prod refuses them above.
         return CryptoSettings(dict(DEV_KEYS_B64), DEV_CURRENT_VERSION, DEV_INDEX_KEY_B64)
@@ -232,7 +291,9 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    env: Env = "dev"
+    # Production unless told otherwise: a host started without ENGINE_ENV must not fall
+    # back to the published dev keys, the demo operator token or demo data.
+    env: Env = "prod"
     log_level: str = "INFO"
     control_dsn: str = f"{_PG_0}/control"
     shards: list[PhysicalShard] = msgspec.field(default_factory=_default_shards)
@@ -244,6 +305,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     external: ExternalSettings = msgspec.field(default_factory=ExternalSettings)
     origination: OriginationSettings = msgspec.field(default_factory=OriginationSettings)
     eod: EodSettings = msgspec.field(default_factory=EodSettings)
+    rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
@@ -266,7 +329,6 @@ def _parse_shard_dsns(text: str) -> list[dict[str, str]]:
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     raw: dict[str, object] = {}
-    http: dict[str, object] = {}
     simple = {
         "ENGINE_ENV": "env",
         "ENGINE_LOG_LEVEL": "log_level",
@@ -323,20 +385,43 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         raw["reference_refresh_s"] = float(environ["ENGINE_REFERENCE_REFRESH_S"])
     if "ENGINE_REDIS_URL" in environ:
         raw["redis"] = {"url": environ["ENGINE_REDIS_URL"]}
+    http = _http_overrides(environ)
+    if http:
+        raw["http"] = http
+    rate_limit = {
+        key: float(environ[var])
+        for var, key in (
+            ("ENGINE_RATE_LIMIT_PER_S", "per_channel_per_s"),
+            ("ENGINE_RATE_LIMIT_BURST_S", "burst_s"),
+        )
+        if var in environ
+    }
+    if rate_limit:
+        raw["rate_limit"] = rate_limit
+    return raw
+
+
+def _http_overrides(environ: Mapping[str, str]) -> dict[str, object]:
+    http: dict[str, object] = {}
     for var, key in (
         ("ENGINE_HTTP_HOST", "host"),
         ("ENGINE_HTTP_PORT", "port"),
         ("ENGINE_WORKERS", "workers"),
         ("ENGINE_BOOKING_BATCH_MAX", "booking_batch_max"),
         ("ENGINE_BOOKING_IN_FLIGHT", "booking_in_flight"),
+        ("ENGINE_OPS_HOST", "ops_host"),
+        ("ENGINE_OPS_PORT", "ops_port"),
+        ("ENGINE_TLS_CERT_FILE", "tls_cert_file"),
+        ("ENGINE_TLS_KEY_FILE", "tls_key_file"),
     ):
         if var in environ:
-            http[key] = environ[var] if key == "host" else int(environ[var])
+            text_valued = key in ("host", "ops_host", "tls_cert_file", "tls_key_file")
+            http[key] = environ[var] if text_valued else int(environ[var])
     if "ENGINE_BOOKING_GATHER_S" in environ:
         http["booking_gather_s"] = float(environ["ENGINE_BOOKING_GATHER_S"])
-    if http:
-        raw["http"] = http
-    return raw
+    if "ENGINE_BEHIND_TLS_PROXY" in environ:
+        http["behind_tls_proxy"] = environ["ENGINE_BEHIND_TLS_PROXY"] in ("1", "true", "yes")
+    return http
 
 
 def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
@@ -387,6 +472,43 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 settings.origination, operator_token_sha256=[DEV_OPERATOR_TOKEN_SHA256]
             )
             settings = msgspec.structs.replace(settings, origination=origination)
+        if settings.env == "prod":
+            _refuse_published_secrets(settings)
+            _refuse_plain_http_off_loopback(settings.http)
     except (msgspec.ValidationError, ValueError) as exc:
         raise SettingsError(f"invalid configuration: {exc}") from exc
     return settings
+
+
+def _refuse_published_secrets(settings: Settings) -> None:
+    """Production never runs on a key or token that is in this repository."""
+    crypto = settings.crypto
+    published = {_key_bytes(key) for key in (*DEV_KEYS_B64.values(), DEV_INDEX_KEY_B64)}
+    configured = {_key_bytes(key) for key in (*crypto.pii_keys.values(), crypto.pii_index_key)}
+    if configured & published:
+        raise ValueError("env = prod refuses the published dev PII keys: configure your own")
+    tokens = {token.strip().lower() for token in settings.origination.operator_token_sha256}
+    if DEV_OPERATOR_TOKEN_SHA256 in tokens:
+        raise ValueError("env = prod refuses the demo operator token (demo-operator)")
+
+
+def _key_bytes(key_b64: str) -> bytes:
+    """The key's bytes, however its base64 is written (a bad one is PiiCipher's to refuse)."""
+    try:
+        return base64.b64decode(key_b64.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return key_b64.encode()
+
+
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _refuse_plain_http_off_loopback(http: HttpSettings) -> None:
+    """Channel secrets sign requests but do not hide them: off loopback, production
+    speaks TLS itself or says that a proxy in front ends it."""
+    if http.host in _LOOPBACK_HOSTS or http.tls_cert_file or http.behind_tls_proxy:
+        return
+    raise ValueError(
+        f"env = prod on {http.host} needs TLS: set http.tls_cert_file and http.tls_key_file, "
+        "or http.behind_tls_proxy = true when a proxy in front terminates TLS"
+    )

@@ -121,9 +121,9 @@ class Client:
     async def post(self, path: str, body: bytes, tally: Tally | None, sent_s: float) -> None:
         """One POST; its outcome goes to `tally` (None: warm-up, not counted)."""
         self._key += 1
-        headers = auth_headers(CHANNEL_ID, CHANNEL_SECRET, "POST", path, body)
+        key = f"bench-{self._run}-{self._key}"
+        headers = auth_headers(CHANNEL_ID, CHANNEL_SECRET, "POST", path, body, idempotency_key=key)
         headers["Content-Type"] = "application/json"
-        headers["Idempotency-Key"] = f"bench-{self._run}-{self._key}"
         try:
             status, payload = await self.http.post(path, headers, body)
         except (HttpError, OSError, TimeoutError):

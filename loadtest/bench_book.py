@@ -94,6 +94,7 @@ def booking_args(n: int, *, line_id: int = 1, customer_id: int | None = None) ->
         *installment_arrays(fresh_state(plan), ()),
         txn_id, *posting_args(posting)[5:],
         outbox_id, msgspec.json.encode({"reference": f"D{loan_id}"}).decode(),
+        f"nonce-{n:016d}",
     )  # fmt: skip
 
 

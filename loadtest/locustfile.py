@@ -168,12 +168,15 @@ class _SignedUser(FastHttpUser):
         decoded body if it is an expected outcome, else None."""
         data = b"" if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
+        key = secrets.token_urlsafe(18) if method == "POST" else None
         if operator:
             headers["X-Operator-Token"] = OPERATOR_TOKEN
+            if key is not None:
+                headers["Idempotency-Key"] = key
         else:
-            headers.update(auth_headers(CHANNEL_ID, CHANNEL_SECRET, method, path, data))
-        if method == "POST":
-            headers["Idempotency-Key"] = secrets.token_urlsafe(18)
+            headers.update(
+                auth_headers(CHANNEL_ID, CHANNEL_SECRET, method, path, data, idempotency_key=key)
+            )
         headers.update(extra_headers or {})
         with self.client.request(
             method, path, data=data, headers=headers, name=name, catch_response=True

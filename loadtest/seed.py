@@ -26,9 +26,11 @@ writes exactly the same rows and can skip what is there):
 
 - tenant `demo`, ID number `loadtest.client_data.seeded_id_number(i)`, name,
   phone and card likewise; personal fields sealed with AES-256-GCM under the
-  published dev key (version 1, the column name as AAD) and the ID number's
-  keyed HMAC index, as `engine.security.pii` does it (the constants are declared again
-  here: the load test does not import the engine);
+  published dev key (version 1, the column name and the row's id as AAD) and the ID
+  number's keyed HMAC index, as `engine.security.pii` does it (the constants are
+  declared again here: the load test does not import the engine); the registered
+  card bound to the customer (`customer_card`, by its keyed HMAC), as registration
+  does it, so that the load runs may pay and debit it;
 - one `demo-credit` line of 200000.00 at 4.35 %, every method, 36 months;
 - K loans (status `disbursed`), together at most half the limit, so the lines
   keep room for the load runs' drawdowns; terms 3, 6, 12, 12 months, methods
@@ -163,6 +165,7 @@ COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
         "id_number_index", "phone_ciphertext", "bank_card_ciphertext", "id_number_masked",
         "phone_masked", "bank_card_masked", "birth_date",
     ),
+    "customer_card": ("customer_id", "card_index", "card_masked", "source", "verified"),
     "credit_line": (
         "credit_line_id", "customer_id", "tenant_id", "product_code", "limit_fen", "used_fen",
         "annual_rate_pct", "repayment_methods", "max_term_months", "expires_on",
@@ -390,28 +393,39 @@ class RowMaker:
         self._aead = AESGCM(DEV_PII_KEY)
         self._amount_steps = max(1, LINE_LIMIT_FEN // 2 // loans // LOAN_AMOUNT_STEP_FEN)
 
-    def seal(self, plaintext: str, context: str) -> bytes:
-        """engine.security.pii's blob: version || nonce || ciphertext+tag, the context as AAD."""
+    def seal(self, plaintext: str, context: str, row: int) -> bytes:
+        """engine.security.pii's blob: version || nonce || ciphertext+tag; as AAD the
+        context (the column), a NUL and the id of the row that holds it."""
         nonce = os.urandom(_PII_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode("ascii"))
+        aad = context.encode("ascii") + b"\x00" + str(row).encode("ascii")
+        sealed = self._aead.encrypt(nonce, plaintext.encode("utf-8"), aad)
         return bytes((DEV_PII_KEY_VERSION,)) + nonce + sealed
 
     @staticmethod
-    def id_number_index(id_number: str) -> bytes:
-        message = b"id_number\x00" + id_number.encode("ascii")
+    def lookup_index(plaintext: str, context: str) -> bytes:
+        """engine.security.pii's keyed lookup hash: HMAC(index key, context NUL value)."""
+        message = context.encode("ascii") + b"\x00" + plaintext.encode("ascii")
         return hmac.new(DEV_INDEX_KEY, message, hashlib.sha256).digest()
+
+    @classmethod
+    def id_number_index(cls, id_number: str) -> bytes:
+        return cls.lookup_index(id_number, "id_number")
 
     def add_customer(self, batch: ShardBatch, ids: CustomerIds) -> None:
         """Every row of one customer into `batch`."""
         index, id_number = ids.index, ids.id_number
         card, phone = seeded_bank_card(index), seeded_phone(index)
         birth = dt.date(int(id_number[6:10]), int(id_number[10:12]), int(id_number[12:14]))
+        customer_id = ids.customer_id
         batch.tables["customer"].append(
-            (ids.customer_id, TENANT, self.seal(seeded_name(index), "name"),
-             self.seal(id_number, "id_number"), self.id_number_index(id_number),
-             self.seal(phone, "phone"), self.seal(card, "bank_card"), _mask(id_number),
-             _mask(phone), _mask(card), birth)
+            (customer_id, TENANT, self.seal(seeded_name(index), "name", customer_id),
+             self.seal(id_number, "id_number", customer_id), self.id_number_index(id_number),
+             self.seal(phone, "phone", customer_id), self.seal(card, "bank_card", customer_id),
+             _mask(id_number), _mask(phone), _mask(card), birth)
         )  # fmt: skip
+        batch.tables["customer_card"].append(
+            (customer_id, self.lookup_index(card, "bank_card"), _mask(card), "registered", False)
+        )
         used_fen = sum(self._add_loan(batch, ids, n, card) for n in range(len(ids.loan_ids)))
         assert used_fen <= LINE_LIMIT_FEN // 2, used_fen
         batch.tables["credit_line"].append(
@@ -433,7 +447,7 @@ class RowMaker:
             (loan_id, customer_id, ids.credit_line_id, TENANT, CHANNEL, PRODUCT,
              f"JJ{start:%Y%m%d}{loan_id:019d}", amount_fen, amount_fen, LINE_RATE_PCT,
              self.penalty_multiplier, method, months, start, maturity, "disbursed",
-             self.seal(card, "bank_card"), _mask(card), payment_fen, at, at)
+             self.seal(card, "bank_card", loan_id), _mask(card), payment_fen, at, at)
         )  # fmt: skip
         batch.tables["loan_plan"].append((loan_id, customer_id, *plan))
         book = (

@@ -5,15 +5,18 @@
 #
 #   ops/engine.sh start [NAME...] | stop [NAME...] | status
 #
-# start returns once each is ready (the engine: /readyz is 200) or fails after
+# start returns once each is ready (the engine: /readyz on its operations listener
+# is 200) or fails after
 # READY_TIMEOUT_S; every process runs in its own process group, so stop leaves
 # nothing behind. Knobs of the fakes pass through (FAKE_CORE_LATENCY_MS, ...).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 run_dir=${STACK_RUN_DIR:-$here/.run}
 py=$here/.venv/bin/python
-port=${ENGINE_HTTP_PORT:-8080}
-host=${ENGINE_HTTP_HOST:-127.0.0.1}
+# The local stack: the engine itself assumes production (its own keys) when unset.
+export ENGINE_ENV=${ENGINE_ENV:-dev}
+ops_port=${ENGINE_OPS_PORT:-8081}
+ops_host=${ENGINE_OPS_HOST:-127.0.0.1}
 ready_timeout_s=${READY_TIMEOUT_S:-60}
 all=(fake-core fake-sms fake-bureau engine relay eod)
 
@@ -34,7 +37,7 @@ ready_url() {
     fake-core) echo "http://127.0.0.1:${FAKE_CORE_PORT:-18601}/healthz" ;;
     fake-sms) echo "http://127.0.0.1:${FAKE_SMS_PORT:-18602}/healthz" ;;
     fake-bureau) echo "http://127.0.0.1:${FAKE_BUREAU_PORT:-18603}/healthz" ;;
-    engine) echo "http://$host:$port/readyz" ;;
+    engine) echo "http://$ops_host:$ops_port/readyz" ;;
     relay) echo "http://127.0.0.1:${ENGINE_RELAY_METRICS_PORT:-9101}/metrics" ;;
     eod) echo "http://127.0.0.1:${ENGINE_EOD_METRICS_PORT:-9102}/healthz" ;;
   esac

@@ -63,6 +63,14 @@ class ApiClient:
         self.base_url = base_url
         self.channel = channel
         self.secret = secret
+        # Cards are bound to customers (issue 21): the registered card of each customer
+        # this client made, and each line's customer, so drawdowns pay a bound card.
+        self.cards: dict[str, str] = {}
+        self.line_customers: dict[str, str] = {}
+
+    def card_of(self, customer_id: str) -> str:
+        """The card this client registered for the customer."""
+        return self.cards[customer_id]
 
     async def request(
         self,
@@ -77,10 +85,12 @@ class ApiClient:
     ) -> Reply:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         sent: dict[str, str] = {"Content-Type": "application/json"}
-        if sign:
-            sent.update(signed_headers(self.channel, self.secret, method, path, data))
         if method == "POST" and key is None:
             key = secrets.token_hex(12)
+        if sign:  # version 2: the key is signed too
+            sent.update(
+                signed_headers(self.channel, self.secret, method, path, data, idempotency_key=key)
+            )
         if key:
             sent["Idempotency-Key"] = key
         sent.update(headers or {})
@@ -112,7 +122,9 @@ class ApiClient:
         } | fields
         reply = await self.post("/v1/customers", body)
         assert reply.status == 201, reply
-        return str(reply.json["customer_id"])
+        customer_id = str(reply.json["customer_id"])
+        self.cards[customer_id] = body["bank_card"]
+        return customer_id
 
     async def line(self, customer_id: str, **fields: Any) -> str:
         body = {
@@ -131,7 +143,9 @@ class ApiClient:
         } | fields
         reply = await self.post("/v1/credit-lines", body)
         assert reply.status == 201, reply
-        return str(reply.json["credit_line_id"])
+        line_id = str(reply.json["credit_line_id"])
+        self.line_customers[line_id] = customer_id
+        return line_id
 
     async def drawdown(
         self, line_id: str, amount: str = "1000.00", *, key: str | None = None, **fields: Any
@@ -141,9 +155,14 @@ class ApiClient:
             "amount": amount,
             "term_months": 12,
             "repayment_method": "equal_installment",
-            "disburse_to": new_bank_card(),
+            "disburse_to": self._bound_card(line_id),
         } | fields
         return await self.post("/v1/drawdowns", body, key=key)
+
+    def _bound_card(self, line_id: str) -> str:
+        """The registered card of the line's customer, when this client made both."""
+        customer_id = self.line_customers.get(line_id)
+        return self.cards[customer_id] if customer_id in self.cards else new_bank_card()
 
     async def wait_for_loan(
         self, loan_id: str, status: str = "disbursed", timeout_s: float = 20.0

@@ -25,6 +25,9 @@ from engine.settings import Settings, load_settings
 from tests.api_client import ApiClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# The engine assumes production when ENGINE_ENV is unset; the suite is `test` (make test
+# sets it too), for this process and every process it starts.
+os.environ.setdefault("ENGINE_ENV", "test")
 
 
 def pytest_asyncio_loop_factories(
@@ -267,10 +270,12 @@ class EngineProcess(ServiceProcess):
     def __init__(self, fakes: Fakes, workers: int = 2, extra_env: dict[str, str] | None = None,
                  relay: bool = True) -> None:  # fmt: skip
         port = free_port()
+        self.ops_port = free_port()
         env = (
             {
                 "ENGINE_ENV": "test",
                 "ENGINE_HTTP_PORT": str(port),
+                "ENGINE_OPS_PORT": str(self.ops_port),
                 "ENGINE_WORKERS": str(workers),
                 "ENGINE_REFERENCE_REFRESH_S": "0.2",
                 "ENGINE_RELAY_METRICS_PORT": str(free_port()),
@@ -280,6 +285,8 @@ class EngineProcess(ServiceProcess):
         )
         super().__init__("engine", "engine", ["serve"], env, port)
         self.fakes = fakes
+        # /readyz, /metrics and /openapi.json: the operations listener, not the API port
+        self.ops_url = f"http://127.0.0.1:{self.env['ENGINE_OPS_PORT']}"
         self.relay = ServiceProcess("relay", "engine", ["relay"], env, port) if relay else None
 
     def wait_ready(self, path: str = "/healthz", timeout_s: float = 30.0) -> None:

@@ -59,7 +59,17 @@ async def apply(api: ApiClient, body: dict[str, Any]) -> Reply:
     ):
         await asyncio.sleep(0.2)
         reply.json = (await api.get(f"/v1/applications/{reply.json['application_id']}")).json
+    if reply.status == 201:
+        remember_card(api, reply.json, body)
     return reply
+
+
+def remember_card(api: ApiClient, view: dict[str, Any], body: dict[str, Any]) -> None:
+    """An approved applicant is a customer whose registered card (the application's) is
+    bound to them: the client's drawdowns on the line pay it (issue 21's card binding)."""
+    if view.get("customer_id") and view.get("credit_line_id"):
+        api.cards[view["customer_id"]] = body["applicant"]["bank_card"]
+        api.line_customers[view["credit_line_id"]] = view["customer_id"]
 
 
 def import_list(engine: EngineProcess, path: Path, kind: str, text: str) -> str:
@@ -99,7 +109,8 @@ async def approved_white_listed(api: ApiClient, engine: EngineProcess, tmp_path:
 
 async def approved_after_review(api: ApiClient) -> Any:
     """A clean applicant pre-approved into the queue, then approved by an operator."""
-    reply = await apply(api, application(born(1990)))
+    body = application(born(1990))
+    reply = await apply(api, body)
     assert reply.json["status"] == "pending_review", reply
     approved = await api.post(
         f"/v1/applications/{reply.json['application_id']}/approve",
@@ -108,6 +119,7 @@ async def approved_after_review(api: ApiClient) -> Any:
         sign=False,
     )
     assert approved.status == 200 and approved.json["status"] == "approved", approved
+    remember_card(api, approved.json, body)
     return approved.json
 
 

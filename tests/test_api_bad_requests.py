@@ -41,6 +41,10 @@ async def other_api(
     yield ApiClient(http, engine.base_url, "other-ch", OTHER_SECRET)
 
 
+# The card bound to each line's customer (its registered card): drawdowns pay it.
+_CARDS: dict[str, str] = {}
+
+
 async def _channel_known(base_url: str, probes: int = 12) -> bool:
     """`probes` answers in a row, each on a fresh connection (so over every worker),
     authenticate channel other-ch: a loan that does not exist is 404, not 401."""
@@ -56,12 +60,15 @@ async def _channel_known(base_url: str, probes: int = 12) -> bool:
 async def line(api: ApiClient) -> tuple[str, str]:
     """A customer and a line of this test's own."""
     customer_id = await api.customer()
-    return customer_id, await api.line(customer_id, limit="20000.00", max_term_months=24)
+    line_id = await api.line(customer_id, limit="20000.00", max_term_months=24)
+    _CARDS[line_id] = api.card_of(customer_id)
+    return customer_id, line_id
 
 
 def _drawdown(line_id: str, **fields: Any) -> dict[str, Any]:
+    card = _CARDS.get(line_id) or new_bank_card()
     return {"credit_line_id": line_id, "amount": "1000.00", "term_months": 12,
-            "repayment_method": "equal_installment", "disburse_to": new_bank_card()} | fields  # fmt: skip
+            "repayment_method": "equal_installment", "disburse_to": card} | fields  # fmt: skip
 
 
 async def _raw_post(api: ApiClient, path: str, data: bytes, headers: dict[str, str]) -> Reply:
@@ -76,6 +83,8 @@ async def _raw_post(api: ApiClient, path: str, data: bytes, headers: dict[str, s
 
 
 def _signed(api: ApiClient, data: bytes, **overrides: Any) -> dict[str, str]:
+    """Signed (version 2) with a fresh Idempotency-Key, which the headers carry."""
+    overrides.setdefault("idempotency_key", "k-" + str(time.time_ns()))
     return signed_headers(api.channel, api.secret, "POST", "/v1/drawdowns", data, **overrides)
 
 
@@ -152,7 +161,7 @@ async def test_bad_drawdown_bodies(
 
 async def test_missing_idempotency_key(api: ApiClient, line: tuple[str, str]) -> None:
     data = json.dumps(_drawdown(line[1])).encode()
-    headers = _signed(api, data) | {"Content-Type": "application/json"}
+    headers = _signed(api, data, idempotency_key=None) | {"Content-Type": "application/json"}
     async with api.session.post(api.base_url + "/v1/drawdowns", data=data, headers=headers) as resp:
         assert resp.status == 400
         assert (await resp.json(content_type=None))["code"] == "IDEMPOTENCY_KEY_REQUIRED"

@@ -51,7 +51,7 @@ async def test_redis_killed_and_back(
     api = ApiClient(http, engine_on_own_redis.base_url)
     customer_id = await api.customer()
     line_id = await api.line(customer_id)
-    card = "6222021234567890128"
+    card = api.card_of(customer_id)
     before = secrets.token_hex(8)
     first = await api.drawdown(line_id, "1000.00", key=before, disburse_to=card)
     assert first.status == 201, first
@@ -67,14 +67,14 @@ async def test_redis_killed_and_back(
     )
     assert [c.status for c in copies] == [201] * 8, [c.json for c in copies]
     assert len({c.json["loan_id"] for c in copies}) == 1
-    assert _redis_state(engine_on_own_redis.base_url) == "down"
+    assert _redis_state(engine_on_own_redis.ops_url) == "down"
     loans = (await api.get(f"/v1/customers/{customer_id}/loans")).json["loans"]
     assert len(loans) == 2
     assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "3000.00"
 
     own_redis.start()  # same port, empty
     deadline = time.monotonic() + 10 * redis_wire.RECONNECT_PAUSE_S + 5
-    while _redis_state(engine_on_own_redis.base_url) != "up":
+    while _redis_state(engine_on_own_redis.ops_url) != "up":
         assert time.monotonic() < deadline, "the engine did not reconnect to Redis"
         await asyncio.sleep(0.1)
     after = secrets.token_hex(8)

@@ -25,7 +25,8 @@ from tests.waiting import eventually
 LINES = 6
 LOAN_ID, CUSTOMER_ID, CAP_GROUP, CAP_MAX = 10, 11, 8, 9  # a drawdown's argument order
 # The single booking of earlier versions (0006/0009), a wrapper of book_drawdowns since 0011.
-SINGLE_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, ARGS + 1)))
+# (It takes no nonce: the last of a drawdown's arguments is the group call's.)
+SINGLE_SQL = "SELECT book_drawdown({})".format(", ".join(f"${n}" for n in range(1, ARGS)))
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ async def test_a_call_books_each_drawdown_as_one_booking_would(
     shard: asyncpg.Connection,
 ) -> None:
     alone = booking_args(0, line_id=1)
-    assert await shard.fetchval(SINGLE_SQL, *alone) == "booked"
+    assert await shard.fetchval(SINGLE_SQL, *alone[:-1]) == "booked"
     items = [booking_args(n, line_id=line) for n, line in ((1, 2), (2, 3), (3, 4))]
     assert await _book(shard, items) == ["booked"] * 3
     await _assert_books_agree(shard, {_id(args[LOAN_ID]) for args in [alone, *items]})
@@ -111,7 +112,7 @@ async def test_a_second_drawdown_on_a_line_or_key_is_sent_back(
 
 async def test_a_recorded_key_replays_and_the_others_book(shard: asyncpg.Connection) -> None:
     earlier = booking_args(0, line_id=1)
-    assert await shard.fetchval(SINGLE_SQL, *earlier) == "booked"
+    assert await shard.fetchval(SINGLE_SQL, *earlier[:-1]) == "booked"
     twin = _with(booking_args(1, line_id=2), 1, earlier[1])  # the same key, its own loan ids
     assert await _book(shard, [twin, booking_args(2, line_id=3)]) == ["replay", "booked"]
     await _assert_books_agree(
@@ -144,7 +145,7 @@ async def test_a_customer_over_the_cap_is_rechecked(shard: asyncpg.Connection) -
         return _with(_with(booking_args(n, line_id=line), CAP_GROUP, "consumer"), CAP_MAX, cap_fen)
 
     # Customer 1 already owes 12,000.00 in the group: 12,000.00 more would pass 20,000.00.
-    assert await shard.fetchval(SINGLE_SQL, *capped(0, 1, 2_000_000)) == "booked"
+    assert await shard.fetchval(SINGLE_SQL, *capped(0, 1, 2_000_000)[:-1]) == "booked"
     items = [capped(1, 1, 2_000_000), capped(2, 2, 2_400_000), capped(3, 3, 1_000_000)]
     assert await _book(shard, items) == ["recheck", "booked", "recheck"]
     # A capped customer's second drawdown in one call waits for the next call.
@@ -198,7 +199,7 @@ async def test_arrays_of_unequal_length_are_refused(shard: asyncpg.Connection) -
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *arrays)
     legs = batch_args([booking_args(0, line_id=1), booking_args(1, line_id=2)])
-    legs[-4] = legs[-4][:-1]  # one amount short (then the payment orders, the time-out)
+    legs[-5] = legs[-5][:-1]  # one amount short (then the payment orders, time-out, nonces)
     with pytest.raises(asyncpg.InvalidParameterValueError, match="unequal length"):
         await shard.fetchval(BATCH_SQL, *legs)
     assert await _loan_ids(shard) == set()
@@ -236,7 +237,7 @@ async def test_the_locked_path_books_without_an_idempotency_record(
     shard: asyncpg.Connection,
 ) -> None:
     """The engine's locked path writes the record itself, in the same transaction."""
-    args = _with(_with(booking_args(0, line_id=1), 0, None), 1, None)
+    args = _with(_with(_with(booking_args(0, line_id=1), 0, None), 1, None), 44, None)
     async with shard.transaction():
         assert await book_alone(shard, args) == "booked"
     assert await _loan_ids(shard) == {_id(args[LOAN_ID])}
@@ -280,3 +281,15 @@ async def test_a_group_call_waits_briefly_for_a_lock_the_locked_path_as_long_as_
         assert await booking == "booked"
     finally:
         await holder.close()
+
+
+async def test_a_replayed_nonce_fails_the_group_call_whole(shard: asyncpg.Connection) -> None:
+    """Issue 21: the group call records its drawdowns' nonces in its own statement; one
+    already recorded (a captured request resent under another key) undoes the call."""
+    first = booking_args(0, line_id=1)
+    assert await _book(shard, [first]) == ["booked"]
+    replay = _with(booking_args(1, line_id=2), 44, first[44])  # the same nonce, a new key
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await _book(shard, [booking_args(2, line_id=3), replay])
+    assert await _loan_ids(shard) == {_id(first[LOAN_ID])}
+    assert await shard.fetchval("SELECT count(*) FROM request_nonce") == 1

@@ -65,9 +65,11 @@ def test_batch_arguments_line_up_with_each_drawdown(count: int) -> None:
     arrays = batch_args(items)
     # one business date instead of one per drawdown, then the group call's lock time-out
     assert len(arrays) == ARGS + 2
-    assert arrays[-1] == booking_batch.GROUP_LOCK_TIMEOUT
-    assert batch_args(items, lock_timeout=None)[-1] is None
-    arrays = arrays[:-1]
+    # book_drawdowns' lock time-out, then the nonces record_request_nonces takes
+    assert arrays[-2] == booking_batch.GROUP_LOCK_TIMEOUT
+    assert batch_args(items, lock_timeout=None)[-2] is None
+    assert arrays[-1] == [item[booking_batch._NONCE] for item in items]
+    arrays = arrays[:-2]
     per_drawdown = [a for i, a in enumerate(arrays) if i not in (TODAY, 38, 39, 40, 41, 42)]
     assert all(isinstance(a, list) and len(a) == count for a in per_drawdown)
     assert arrays[TODAY] == items[0][TODAY]

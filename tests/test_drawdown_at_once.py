@@ -33,7 +33,7 @@ async def _wait_until_booking_waits(conn: asyncpg.Connection) -> None:
         await conn.execute("SELECT pg_stat_clear_snapshot()")  # else fixed for the transaction
         waiting = await conn.fetchval(
             """SELECT count(*) FROM pg_stat_activity
-               WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT book_drawdowns(%'"""
+               WHERE wait_event_type = 'Lock' AND query LIKE '%book_drawdowns(%'"""
         )
         if waiting:
             return

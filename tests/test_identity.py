@@ -332,3 +332,18 @@ def test_masks_keep_first_3_last_4_and_length(value: str) -> None:
 @pytest.mark.parametrize("value", ["", "1", "1381234"])
 def test_too_short_to_mask_hides_everything(value: str) -> None:
     assert mask_phone(value) == "*" * len(value)
+
+
+def test_log_lines_mask_long_numbers_given_as_integers() -> None:
+    """A customer id passed to a log call as an int is masked as a string would be."""
+    import json
+    import logging
+
+    from engine.runtime.logs import JsonFormatter
+
+    record = logging.makeLogRecord(
+        {"msg": "card bound", "customer_id": 386823525473755200, "attempts": 3}
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["customer_id"] == "386***********5200"
+    assert entry["attempts"] == 3

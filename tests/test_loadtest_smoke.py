@@ -50,13 +50,18 @@ _VECTORS = [
 def test_signature_matches_engine(
     secret: str, method: str, path: str, timestamp: str, nonce: str, body: bytes
 ) -> None:
-    ours = loadtest_signing.signature(secret, method, path, timestamp, nonce, body)
-    assert ours == engine_signing.sign(secret, method, path, timestamp, nonce, body)
+    key = "" if method == "GET" else "key-" + nonce[:8]
+    ours = loadtest_signing.signature(secret, method, path, timestamp, nonce, body, "demo", key)
+    assert ours == engine_signing.sign(
+        secret, method, path, timestamp, nonce, body, channel_id="demo", idempotency_key=key
+    )
 
 
 def test_auth_headers_verify_in_engine() -> None:
     body = b'{"credit_line_id": "1"}'
-    headers = loadtest_signing.auth_headers("demo", "demo-secret", "POST", "/v1/drawdowns", body)
+    headers = loadtest_signing.auth_headers(
+        "demo", "demo-secret", "POST", "/v1/drawdowns", body, idempotency_key="k-1"
+    )
     assert engine_signing.NONCE_RE.fullmatch(headers["X-Nonce"])
     assert engine_signing.verify(
         "demo-secret",
@@ -66,6 +71,8 @@ def test_auth_headers_verify_in_engine() -> None:
         headers["X-Nonce"],
         body,
         headers["X-Signature"],
+        channel_id="demo",
+        idempotency_key=headers["Idempotency-Key"],
     )
 
 
@@ -144,7 +151,9 @@ async def test_seeded_customers_work_over_the_api(seeded_file: Path, api: ApiCli
         line = await api.get(f"/v1/credit-lines/{customer.credit_line_id}")
         used_fen = sum(int(loan["principal"].replace(".", "")) for loan in loans.values())
         assert int(line.json["used"].replace(".", "")) == used_fen
-    drawn = await api.drawdown(customers[0].credit_line_id, "100.00")
+    drawn = await api.drawdown(
+        customers[0].credit_line_id, "100.00", disburse_to=customers[0].bank_card
+    )
     assert drawn.status == 201, drawn
 
 

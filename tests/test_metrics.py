@@ -44,7 +44,7 @@ async def test_business_and_http_metrics_add_up_across_workers(
 ) -> None:
     assert engine.relay is not None
     relay_url = f"http://127.0.0.1:{engine.env['ENGINE_RELAY_METRICS_PORT']}/metrics"
-    before = await _scrape(http, f"{engine.base_url}/metrics")
+    before = await _scrape(http, f"{engine.ops_url}/metrics")
     relay_before = await _scrape(http, relay_url)
     line_id = await api.line(await api.customer(), limit="50000.00")
     replies = await asyncio.gather(*(api.drawdown(line_id, "1000.00") for _ in range(DRAWDOWNS)))
@@ -52,11 +52,11 @@ async def test_business_and_http_metrics_add_up_across_workers(
     refused = await api.drawdown(line_id, "99999.00")
     assert refused.status == 422
     replayed_key = "metrics-" + secrets.token_hex(8)
-    await api.drawdown(line_id, "10.00", key=replayed_key, disburse_to="6222021234567890128")
-    await api.drawdown(line_id, "10.00", key=replayed_key, disburse_to="6222021234567890128")
+    await api.drawdown(line_id, "10.00", key=replayed_key)
+    await api.drawdown(line_id, "10.00", key=replayed_key)
     for reply in replies:
         await api.wait_for_loan(reply.json["loan_id"])
-    after = await _scrape(http, f"{engine.base_url}/metrics")
+    after = await _scrape(http, f"{engine.ops_url}/metrics")
     labels = {"tenant": "demo", "channel": "demo", "product": "demo-credit"}
     delta = _value(after, "drawdowns_total", outcome="accepted", **labels) - _value(
         before, "drawdowns_total", outcome="accepted", **labels
@@ -100,7 +100,7 @@ async def test_business_and_http_metrics_add_up_across_workers(
 async def test_stopped_shard_shows_in_gauges(
     engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
-    url = f"{engine.base_url}/metrics"
+    url = f"{engine.ops_url}/metrics"
     samples = await _scrape(http, url)
     assert _value(samples, "shard_pool_connections", shard="shard_0", state="max") > 0
     await stack_command("stop-pg", "1")
@@ -122,10 +122,10 @@ async def test_drawdowns_on_many_lines_at_once_are_booked_together(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
     lines = [await api.line(await api.customer()) for _ in range(MANY_LINES)]
-    before = await _scrape(http, f"{engine.base_url}/metrics")
+    before = await _scrape(http, f"{engine.ops_url}/metrics")
     replies = await asyncio.gather(*(api.drawdown(line_id, "1000.00") for line_id in lines))
     assert [r.status for r in replies] == [201] * MANY_LINES
-    after = await _scrape(http, f"{engine.base_url}/metrics")
+    after = await _scrape(http, f"{engine.ops_url}/metrics")
     calls, booked, failed = (
         _value(after, name) - _value(before, name)
         for name in (

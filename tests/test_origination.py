@@ -81,7 +81,9 @@ async def test_white_listed_customer_from_application_to_money(
     )
     done = run_cli("whitelist", "import", str(csv), env=engine.env)
     assert done.returncode == 0, done.stderr
-    reply = await _apply(api, _application(id_number))
+    body = _application(id_number)
+    card = body["applicant"]["bank_card"]  # registered with the customer: bound to them
+    reply = await _apply(api, body)
     assert reply.status == 201, reply
     app = reply.json
     assert app["status"] == "approved", app
@@ -92,13 +94,13 @@ async def test_white_listed_customer_from_application_to_money(
     assert decision["rule_set_version"] in ("v1", "v2")
     assert app["decision"]["face_to_face_required"] is False
     line_id, contract_id = app["credit_line_id"], app["contract_id"]
-    early = await api.drawdown(line_id, "10000.00")
+    early = await api.drawdown(line_id, "10000.00", disburse_to=card)
     assert (early.status, early.json["code"]) == (422, "CONTRACT_NOT_SIGNED")
     done = await signed(api, http, engine, contract_id)
     assert len(done.json["document_sha256"]) == 64 and done.json["evidence_seq"] >= 1
     again = await sign(api, contract_id, "000000")
     assert again.json == done.json  # signing twice changes nothing
-    await api.disbursed_loan(line_id, "10000.00")
+    await api.disbursed_loan(line_id, "10000.00", disburse_to=card)
     view = (await api.get(f"/v1/applications/{app['application_id']}")).json
     steps = [step["step"] for step in view["steps"]]
     assert steps[:2] == ["received", "identity_verified"]
@@ -295,3 +297,69 @@ async def test_four_factor_mismatch_is_refused_and_verifier_down_is_503(
     finally:
         engine.fakes.bureau.restart()
         engine.fakes.bureau.wait_ready()
+
+
+@pytest.mark.parametrize(
+    ("amount", "code"),
+    [
+        ("0.00", "AMOUNT_NOT_POSITIVE"),  # the schema's form, refused by value
+        ("00.50", "VALIDATION_FAILED"),  # a leading zero: not the schema's form
+        ("12345678901234.00", "VALIDATION_FAILED"),  # 14 digits of yuan
+        ("9999999999999.99", "AMOUNT_TOO_LARGE"),  # the form, beyond the engine's limit
+    ],
+)
+async def test_bad_requested_amount_is_a_400_and_stores_nothing(
+    api: ApiClient, settings: Settings, amount: str, code: str
+) -> None:
+    """Issue 21, item 6: these answered 500. Now a problem with a code, nothing stored."""
+    body = _application(_born(1985), requested_amount=amount)
+    reply = await api.post("/v1/applications", body)
+    assert (reply.status, reply.json["code"]) == (400, code), reply
+    assert reply.headers["Content-Type"].startswith("application/problem+json")
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            found = await conn.fetchval(
+                "SELECT count(*) FROM application WHERE channel_serial = $1",
+                body["channel_serial"],
+            )
+        finally:
+            await conn.close()
+        assert found == 0
+
+
+async def test_a_report_pulled_for_another_member_bank_is_not_reused(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """Issue 21, item 4: a report is kept per member bank. One pulled under bank A's
+    consent (here: the demo bank's, then handed to bank A) is not reused in another
+    bank's decision: that bank queries under its own applicant's consent."""
+    from sharding.routing import logical_shard_for_id_number
+
+    id_number = _born(1991)
+    before = len(await _bureau_queries(http, engine))
+    body = _application(id_number)
+    assert (await _apply(api, body)).status == 201
+    shard = settings.shard_map().physical_for(logical_shard_for_id_number(id_number))
+    conn = await asyncpg.connect(shard.dsn)
+    try:
+        index = await conn.fetchval(
+            "SELECT id_number_index FROM application WHERE channel_serial = $1",
+            body["channel_serial"],
+        )
+        tenants = await conn.fetch(
+            "SELECT tenant_id FROM bureau_report WHERE id_number_index = $1", index
+        )
+        assert [r["tenant_id"] for r in tenants] == ["demo"]
+        await conn.execute(
+            "UPDATE bureau_report SET tenant_id = 'bank-a' WHERE id_number_index = $1", index
+        )
+        again = await _apply(api, _application(id_number))
+        assert again.status == 201
+        assert len(await _bureau_queries(http, engine)) - before == 2  # queried again
+        tenants = await conn.fetch(
+            "SELECT tenant_id FROM bureau_report WHERE id_number_index = $1 ORDER BY 1", index
+        )
+        assert [r["tenant_id"] for r in tenants] == ["bank-a", "demo"]
+    finally:
+        await conn.close()

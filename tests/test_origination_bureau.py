@@ -160,7 +160,7 @@ async def test_queries_are_counted_per_member_bank_and_reports_not_shared(
     http: aiohttp.ClientSession,
     settings: Settings,
 ) -> None:
-    url = f"{engine.base_url}/metrics"
+    url = f"{engine.ops_url}/metrics"  # the operations listener
     before = await metric(http, url, "bureau_queries_total", tenant="demo", outcome="ok")
     id_number = born(1979)
     first = await apply(api, application(id_number))

@@ -36,7 +36,7 @@ def _wait_for(url: str, predicate: Any, timeout_s: float = 20.0) -> tuple[int, A
 
 def test_healthz_and_readyz(engine: EngineProcess) -> None:
     assert _get(f"{engine.base_url}/healthz") == (200, {"status": "ok"})
-    status, body = _get(f"{engine.base_url}/readyz")
+    status, body = _get(f"{engine.ops_url}/readyz")
     assert status == 200
     assert body["ready"] is True
     assert _states(body) == {
@@ -57,7 +57,7 @@ def test_unknown_route_is_a_problem_document(engine: EngineProcess) -> None:
 
 
 def test_stopped_shard_is_down_and_recovers(engine: EngineProcess) -> None:
-    url = f"{engine.base_url}/readyz"
+    url = f"{engine.ops_url}/readyz"
     subprocess.run([ROOT / "ops" / "stack.sh", "stop-pg", "1"], check=True)
     try:
         status, body = _wait_for(url, lambda s, b: s == 503)
@@ -76,7 +76,7 @@ def test_stopped_shard_is_down_and_recovers(engine: EngineProcess) -> None:
 
 
 def test_openapi_document_lists_every_route(engine: EngineProcess) -> None:
-    status, doc = _get(f"{engine.base_url}/openapi.json")
+    status, doc = _get(f"{engine.ops_url}/openapi.json")
     assert status == 200
     assert doc["openapi"] == "3.1.0"
     assert {
@@ -94,3 +94,28 @@ def test_openapi_document_lists_every_route(engine: EngineProcess) -> None:
     assert set(drawdown["required"]) >= {"credit_line_id", "amount", "term_months", "disburse_to"}
     post = doc["paths"]["/v1/drawdowns"]["post"]
     assert any(p["name"] == "Idempotency-Key" and p["required"] for p in post["parameters"])
+
+
+def test_operations_endpoints_are_not_on_the_public_port(engine: EngineProcess) -> None:
+    """Issue 21, item 7: /readyz (a connection from every pool per call), /metrics
+    (volumes per tenant) and /openapi.json answer on the operations listener only; the
+    public port keeps the static /healthz."""
+    for path in ("/readyz", "/metrics", "/openapi.json"):
+        status, body = _get(f"{engine.base_url}{path}")
+        assert (status, body["code"]) == (404, "NOT_FOUND"), path
+    assert _get(f"{engine.base_url}/healthz") == (200, {"status": "ok"})
+    assert _get(f"{engine.ops_url}/healthz") == (200, {"status": "ok"})
+    with urllib.request.urlopen(f"{engine.ops_url}/metrics", timeout=5) as resp:
+        assert resp.status == 200 and b"http_requests_total" in resp.read()
+
+
+def test_readyz_probes_at_most_about_once_a_second(engine: EngineProcess) -> None:
+    """Asked 30 times at once, the pools are probed once (the latencies are one probe's)."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        answers = list(pool.map(lambda _: _get(f"{engine.ops_url}/readyz"), range(30)))
+    per_worker = {json.dumps(body, sort_keys=True) for _, body in answers}
+    # One shared answer per worker (the engine runs two), or two if the 1 s expired
+    # while the thirty were being asked: never one probe per call.
+    assert len(per_worker) <= 4

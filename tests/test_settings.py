@@ -8,9 +8,16 @@ import pytest
 
 from engine.settings import SettingsError, load_settings
 
+DEV = {"ENGINE_ENV": "dev"}
+PROD_KEYS = {
+    "ENGINE_ENV": "prod",
+    "ENGINE_PII_KEYS": "1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    "ENGINE_PII_INDEX_KEY": "aW5kZXgta2V5LTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU=",
+}
+
 
 def test_defaults_are_the_local_stack() -> None:
-    settings = load_settings({})
+    settings = load_settings(DEV)
     assert [s.name for s in settings.shards] == ["shard_0", "shard_1", "shard_2", "shard_3"]
     assert settings.http.port == 8080
     assert settings.redis.url == "redis://127.0.0.1:56379/0"
@@ -52,7 +59,7 @@ def test_prod_refuses_to_run_on_dev_keys() -> None:
 
 
 def test_shard_dsns_from_environment() -> None:
-    settings = load_settings({"ENGINE_SHARD_DSNS": "x=postgresql://h/x, y=postgresql://h/y"})
+    settings = load_settings(DEV | {"ENGINE_SHARD_DSNS": "x=postgresql://h/x, y=postgresql://h/y"})
     assert [(s.name, s.dsn) for s in settings.shards] == [
         ("x", "postgresql://h/x"),
         ("y", "postgresql://h/y"),
@@ -71,13 +78,15 @@ def test_shard_dsns_from_environment() -> None:
 )
 def test_bad_configuration_is_refused(environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
-        load_settings(environ)
+        load_settings(DEV | environ)
 
 
 def test_group_booking_is_set_from_the_environment() -> None:
-    settings = load_settings({"ENGINE_BOOKING_BATCH_MAX": "1", "ENGINE_BOOKING_GATHER_S": "0"})
+    settings = load_settings(
+        DEV | {"ENGINE_BOOKING_BATCH_MAX": "1", "ENGINE_BOOKING_GATHER_S": "0"}
+    )
     assert (settings.http.booking_batch_max, settings.http.booking_gather_s) == (1, 0.0)
-    defaults = load_settings({}).http
+    defaults = load_settings(DEV).http
     assert (defaults.booking_batch_max, defaults.booking_gather_s) == (32, 0.005)
 
 
@@ -85,7 +94,7 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     config = tmp_path / "engine.toml"
     config.write_text("[http]\nprot = 1\n", "utf-8")
     with pytest.raises(SettingsError, match="prot"):
-        load_settings({"ENGINE_CONFIG": str(config)})
+        load_settings(DEV | {"ENGINE_CONFIG": str(config)})
 
 
 def test_overlapping_ranges_are_refused(tmp_path: Path) -> None:
@@ -96,4 +105,49 @@ def test_overlapping_ranges_are_refused(tmp_path: Path) -> None:
         "utf-8",
     )
     with pytest.raises(SettingsError, match="twice"):
-        load_settings({"ENGINE_CONFIG": str(config)})
+        load_settings(DEV | {"ENGINE_CONFIG": str(config)})
+
+
+def test_an_unset_environment_is_production() -> None:
+    """A host started without ENGINE_ENV must not run on the published dev keys."""
+    with pytest.raises(SettingsError, match="pii_keys"):
+        load_settings({})
+    assert load_settings(PROD_KEYS).env == "prod"
+    # and no demo operator token is filled in
+    assert load_settings(PROD_KEYS).origination.operator_token_sha256 == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        # the published dev keys, given explicitly, in any base64 spelling
+        ({"ENGINE_PII_KEYS": "1:ZGV2LW9ubHktcGlpLWtleS12MS0wMTIzNDU2Nzg5YWI="}, "published"),
+        ({"ENGINE_PII_INDEX_KEY": " ZGV2LW9ubHktaW5kZXgta2V5LTAxMjM0NTY3ODlhYmM= "}, "published"),
+        # plain HTTP on a public interface, with no TLS proxy declared
+        ({"ENGINE_HTTP_HOST": "0.0.0.0"}, "needs TLS"),
+    ],
+)
+def test_prod_refuses_published_secrets_and_plain_http(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message):
+        load_settings(PROD_KEYS | environ)
+
+
+def test_prod_refuses_the_demo_operator_token(tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    sha = "9437e87fae95c03d3778f2575bb18ce30e647e51d86a8c37963364e1fc4f374e"
+    config.write_text(f'[origination]\noperator_token_sha256 = ["{sha}"]\n', "utf-8")
+    with pytest.raises(SettingsError, match="demo operator token"):
+        load_settings(PROD_KEYS | {"ENGINE_CONFIG": str(config)})
+
+
+def test_prod_off_loopback_with_tls_or_a_proxy() -> None:
+    public = PROD_KEYS | {"ENGINE_HTTP_HOST": "0.0.0.0"}
+    assert load_settings(public | {"ENGINE_BEHIND_TLS_PROXY": "1"}).http.behind_tls_proxy
+    tls = {"ENGINE_TLS_CERT_FILE": "/etc/engine/cert.pem", "ENGINE_TLS_KEY_FILE": "/k.pem"}
+    assert load_settings(public | tls).http.tls_cert_file == "/etc/engine/cert.pem"
+    with pytest.raises(SettingsError, match="go together"):
+        load_settings(DEV | {"ENGINE_TLS_CERT_FILE": "/etc/engine/cert.pem"})
+    with pytest.raises(SettingsError, match="ops_port"):
+        load_settings(DEV | {"ENGINE_HTTP_PORT": "9000", "ENGINE_OPS_PORT": "9000"})

@@ -3,6 +3,8 @@
 The vectors below were computed once and cross-checked with
 `printf '<string to sign>' | openssl dgst -sha256 -hmac demo-secret`; a change
 to the algorithm (field order, separator, hex case, body hash) breaks them.
+Version 1 (method, path, timestamp, nonce, body) and version 2 (those, then the
+channel id and the Idempotency-Key, issue 21) each have their own.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ POST_ARGS: dict[str, Any] = {
     "timestamp": TIMESTAMP,
     "nonce": NONCE,
     "body": POST_BODY,
+    "version": 1,
+}
+IDEM_KEY = "dd-2026-0001"
+V2_POST_SIGNATURE = "a57ce668aeb6e995e9d580e9b9bf215e146ec9a61d586a0db0e2a7145c5a9383"
+V2_GET_SIGNATURE = "2541bfa6cb7b3ac7d13ec4484bb4c1c37490d56f2714ce8cc7e1cf3e57ad2ec1"
+V2_POST_ARGS: dict[str, Any] = POST_ARGS | {
+    "version": 2,
+    "channel_id": "demo",
+    "idempotency_key": IDEM_KEY,
 }
 
 
@@ -47,14 +58,15 @@ def test_body_hash_vectors() -> None:
 
 def test_string_to_sign_vector() -> None:
     assert (
-        signing.string_to_sign("POST", POST_PATH, TIMESTAMP, NONCE, POST_BODY)
+        signing.string_to_sign("POST", POST_PATH, TIMESTAMP, NONCE, POST_BODY, version=1)
         == POST_STRING_TO_SIGN
     )
 
 
 def test_signature_vectors() -> None:
-    assert signing.sign(SECRET, "POST", POST_PATH, TIMESTAMP, NONCE, POST_BODY) == POST_SIGNATURE
-    assert signing.sign(SECRET, "GET", "/v1/loans/123", TIMESTAMP, NONCE, b"") == GET_SIGNATURE
+    assert signing.sign(**POST_ARGS) == POST_SIGNATURE
+    get = {"method": "GET", "path_and_query": "/v1/loans/123", "body": b"", "version": 1}
+    assert signing.sign(**(POST_ARGS | get)) == GET_SIGNATURE
 
 
 def test_verify_accepts_the_vector_in_either_hex_case() -> None:
@@ -146,7 +158,7 @@ def test_make_nonce_is_valid_and_fresh() -> None:
 
 def test_signed_headers_reproduce_the_vector() -> None:
     headers = signing.signed_headers(
-        "demo", SECRET, "POST", POST_PATH, POST_BODY, now_s=1_700_000_000, nonce=NONCE
+        "demo", SECRET, "POST", POST_PATH, POST_BODY, now_s=1_700_000_000, nonce=NONCE, version=1
     )
     assert headers == {
         "X-Channel-Id": "demo",
@@ -154,6 +166,12 @@ def test_signed_headers_reproduce_the_vector() -> None:
         "X-Nonce": NONCE,
         "X-Signature": POST_SIGNATURE,
     }
+    v2 = signing.signed_headers(
+        "demo", SECRET, "POST", POST_PATH, POST_BODY, now_s=1_700_000_000, nonce=NONCE,
+        idempotency_key=IDEM_KEY,
+    )  # fmt: skip
+    assert v2["X-Signature"] == V2_POST_SIGNATURE
+    assert v2["Idempotency-Key"] == IDEM_KEY
 
 
 def test_signed_headers_defaults_verify() -> None:
@@ -169,6 +187,7 @@ def test_signed_headers_defaults_verify() -> None:
         headers["X-Nonce"],
         b"",
         headers["X-Signature"],
+        channel_id="demo",
     )
 
 
@@ -187,3 +206,42 @@ def test_no_asyncio_import() -> None:
     )
     root = Path(__file__).resolve().parent.parent
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30, cwd=root)
+
+
+def test_version_2_vectors() -> None:
+    """Version 2 adds "\\n" X-Channel-Id "\\n" Idempotency-Key (API.md); the default."""
+    assert signing.string_to_sign(
+        "POST", POST_PATH, TIMESTAMP, NONCE, POST_BODY, channel_id="demo",
+        idempotency_key=IDEM_KEY,
+    ) == POST_STRING_TO_SIGN + b"\ndemo\n" + IDEM_KEY.encode()  # fmt: skip
+    assert signing.sign(**V2_POST_ARGS) == V2_POST_SIGNATURE
+    get = {"method": "GET", "path_and_query": "/v1/loans/123", "body": b"", "idempotency_key": ""}
+    assert signing.sign(**(V2_POST_ARGS | get)) == V2_GET_SIGNATURE
+    assert signing.verify(**V2_POST_ARGS, signature=V2_POST_SIGNATURE)
+    assert signing.key_to_sign("GET", "anything") == ""
+    assert signing.key_to_sign("POST", None) == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("idempotency_key", "dd-2026-0002"),  # the replay under a new key
+        ("idempotency_key", ""),
+        ("channel_id", "demo2"),
+        ("version", 1),  # a version 2 signature is not a version 1 one
+        ("body", b""),
+    ],
+)
+def test_version_2_covers_the_key_and_the_channel(field: str, value: object) -> None:
+    changed = {**V2_POST_ARGS, field: value}
+    assert not signing.verify(**changed, signature=V2_POST_SIGNATURE)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("channel_id", ""), ("idempotency_key", "a\nb"), ("idempotency_key", "k" * 257),
+     ("version", 3)],
+)  # fmt: skip
+def test_version_2_malformed_fields(field: str, value: object) -> None:
+    with pytest.raises(ValueError):
+        signing.sign(**{**V2_POST_ARGS, field: value})

@@ -175,13 +175,6 @@ def prepare(
     path_and_query = quote(path, safe=_PATH_SAFE_CHARS)
     if method == "POST" and idempotency_key is None:
         idempotency_key = secrets.token_urlsafe(24)
-    try:
-        headers = signing.signed_headers(channel_id, secret, method, path_and_query, body)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    headers["Accept"] = "application/json, application/problem+json"
-    if body:
-        headers["Content-Type"] = "application/json"
     if idempotency_key is not None:
         # Printable ASCII only: it goes into a header as typed.
         printable = all("\x21" <= char <= "\x7e" for char in idempotency_key)
@@ -189,7 +182,15 @@ def prepare(
             raise UsageError(
                 f"--idempotency-key must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} printable ASCII chars"
             )
-        headers["Idempotency-Key"] = idempotency_key
+    try:  # signature version 2: the channel and the key are signed too (API.md)
+        headers = signing.signed_headers(
+            channel_id, secret, method, path_and_query, body, idempotency_key=idempotency_key
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    headers["Accept"] = "application/json, application/problem+json"
+    if body:
+        headers["Content-Type"] = "application/json"
     return PreparedCall(method=method, url=origin + path_and_query, headers=headers, body=body)
 
 

@@ -1,9 +1,14 @@
-"""`python -m engine channels add|rotate|rename|disable|enable|list`: channel credentials
-and the display name customers see in their SMS.
+"""`python -m engine channels add|rotate|rename|disable|enable|signature-v1|rate-limit|list`:
+channel credentials, the display name customers see in their SMS, the signature
+changeover window and the channel's rate limit.
 
-Secrets are stored encrypted (AES-GCM) in the control database and printed
-once, when made; they are never logged. Engines pick up a change within
-`reference_refresh_s` seconds.
+Secrets are stored encrypted (AES-GCM, bound to the channel id) in the control
+database and printed once, when made; they are never logged. Engines pick up a
+change within `reference_refresh_s` seconds.
+
+    signature-v1 ID --days N | --close   the channel's changeover window for signature
+                                         version 1 (API.md): accepted N more days, or no more
+    rate-limit ID --per-second R | --default   the channel's own request rate
 """
 
 from __future__ import annotations
@@ -31,8 +36,37 @@ def register(subparsers: Any) -> None:
         action = sub.add_parser(name, help=f"{name} a channel")
         action.add_argument("channel_id")
         action.add_argument("--reason", required=True)
+    window = sub.add_parser("signature-v1", help="open or close a signature v1 window")
+    window.add_argument("channel_id")
+    how = window.add_mutually_exclusive_group(required=True)
+    how.add_argument("--days", type=int, help="accept version 1 for this many more days")
+    how.add_argument("--close", action="store_true", help="version 2 only, from now")
+    rate = sub.add_parser("rate-limit", help="set a channel's own requests per second")
+    rate.add_argument("channel_id")
+    which = rate.add_mutually_exclusive_group(required=True)
+    which.add_argument("--per-second", type=float)
+    which.add_argument("--default", action="store_true", help="the engine's default")
     sub.add_parser("list", help="list channels (no secrets)")
     parser.set_defaults(func=run)
+
+
+async def _set_security(conn: Any, args: argparse.Namespace) -> str:
+    import datetime as dt
+
+    from engine.stores import control_admin
+
+    if args.channels_command == "signature-v1":
+        if args.close:
+            await control_admin.set_signature_v1_until(conn, args.channel_id, None)
+            return f"channel {args.channel_id}: signature version 2 only"
+        if not 1 <= args.days <= 365:
+            raise control_admin.AdminError("--days must be 1..365")
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(days=args.days)
+        await control_admin.set_signature_v1_until(conn, args.channel_id, until)
+        return f"channel {args.channel_id}: signature version 1 accepted until {until:%F %H:%M} UTC"
+    per_s = None if args.default else args.per_second
+    await control_admin.set_rate_limit(conn, args.channel_id, per_s)
+    return f"channel {args.channel_id}: rate limit {per_s or 'default'} per second"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,12 +76,23 @@ def run(args: argparse.Namespace) -> int:
         command = args.channels_command
         if command == "list":
             for row in await conn.fetch(
-                "SELECT channel_id, tenant_id, status, display_name FROM channel ORDER BY 1"
+                """SELECT channel_id, tenant_id, status, display_name, signature_v1_until,
+                          rate_limit_per_s
+                   FROM channel ORDER BY 1"""
             ):
+                v1 = row["signature_v1_until"]
+                signature = f"v1 until {v1:%F}" if v1 else "v2 only"
+                rate = f"rate {row['rate_limit_per_s'] or 'default'}/s"
                 print(
-                    f"{row['channel_id']}\t{row['tenant_id']}\t{row['status']}"
-                    f"\t{row['display_name']}"
+                    f"{row['channel_id']}\t{row['tenant_id']}\t{row['status']}",
+                    row["display_name"],
+                    signature,
+                    rate,
+                    sep="\t",
                 )
+            return 0
+        if command in ("signature-v1", "rate-limit"):
+            print(await _set_security(conn, args))
             return 0
         if command == "rename":
             await control_admin.rename_channel(conn, args.channel_id, args.name)

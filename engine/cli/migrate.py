@@ -23,5 +23,6 @@ def run(args: argparse.Namespace) -> int:
     results = asyncio.run(migrate_all(load_settings()))
     for result in results:
         applied = ", ".join(map(str, result.applied)) if result.applied else "up to date"
-        print(f"{result.database}: {applied}", file=sys.stdout)
+        steps = "".join(f"; {step}" for step in result.data_steps)
+        print(f"{result.database}: {applied}{steps}", file=sys.stdout)
     return 0

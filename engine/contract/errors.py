@@ -7,7 +7,8 @@
     ├── NotFound          404
     ├── Conflict          409  in-flight idempotency key, customer exists
     ├── Unprocessable     422  a business rule refused it (frozen line, limit exceeded ...)
-    ├── TooManyRequests   429  too many wrong codes, or a code asked for too soon
+    ├── TooManyRequests   429  the channel's rate limit (with Retry-After); too many wrong
+    │                          codes, or a code asked for too soon
     └── ServiceUnavailable 503 a shard or dependency is down: retry later
 
 A handler raises one; the error middleware renders it. Anything else becomes a

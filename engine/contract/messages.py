@@ -25,7 +25,16 @@ IdStr = Annotated[
         description="64-bit ID as a string of digits",
     ),
 ]
-AmountStr = Annotated[str, Meta(pattern=r"^[0-9]+\.[0-9]{2}$", examples=["5000.00"])]
+# As ledger.money parses it: no leading zero, at most 13 digits of yuan, two decimals.
+AmountStr = Annotated[
+    str,
+    Meta(
+        pattern=r"^(0|[1-9][0-9]{0,12})\.[0-9]{2}$",
+        max_length=16,
+        description="yuan with exactly two decimals",
+        examples=["5000.00"],
+    ),
+]
 RateStr = Annotated[
     str, Meta(max_length=12, description="annual rate in percent", examples=["4.35"])
 ]
@@ -62,6 +71,26 @@ class CustomerView(msgspec.Struct):
     phone_masked: str
     bank_card_masked: str
     created_at: dt.datetime
+
+
+class CardBind(_Request):
+    """POST /v1/customers/{customer_id}/cards: a card the customer's money may use."""
+
+    bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+
+
+class CardView(msgspec.Struct):
+    customer_id: str
+    card_masked: str
+    source: str  # "registered" (with the customer) | "added" (POST .../cards)
+    bound_by_channel: str | None  # None: registered before bindings were recorded
+    verified: bool  # four-factor verified when bound
+    bound_at: dt.datetime
+
+
+class CustomerCardsView(msgspec.Struct):
+    customer_id: str
+    cards: list[CardView]
 
 
 class CreditLineCreate(_Request):

@@ -80,7 +80,7 @@ async def _deduct(
             day,
         )
     ]
-    card = ctx.cipher.decrypt(customer["bank_card_ciphertext"], context=BANK_CARD)
+    card = ctx.cipher.decrypt(customer["bank_card_ciphertext"], context=BANK_CARD, row=customer_id)
     channel = Channel(SYSTEM_CHANNEL, customer["tenant_id"], "", True)
     opened = 0
     for part, start in enumerate(range(0, len(loan_ids), ITEMS_MAX)):

@@ -1,56 +1,78 @@
 """Channel authentication for every `/v1/` call, exactly as API.md states it.
 
-    X-Channel-Id, X-Timestamp, X-Nonce, X-Signature
-    X-Signature = hex(HMAC-SHA256(secret,
-                  METHOD\\nPATH_AND_QUERY\\nTIMESTAMP\\nNONCE\\nhex(SHA256(body))))
+    X-Channel-Id, X-Timestamp, X-Nonce, X-Signature (engine.security.signing)
+    version 2: METHOD, PATH_AND_QUERY, TIMESTAMP, NONCE, hex(SHA256(body)),
+               X-Channel-Id, Idempotency-Key ("" for GET)
+    version 1: the first five only; accepted during the channel's changeover window
 
-Checks, in order, each with its own 401 code: headers present
-(AUTH_HEADERS_MISSING), channel known (AUTH_UNKNOWN_CHANNEL) and active
+Checks, in order, each with its own code: headers present (401
+AUTH_HEADERS_MISSING), channel known (AUTH_UNKNOWN_CHANNEL) and active
 (AUTH_CHANNEL_DISABLED), timestamp within ±300 s (AUTH_TIMESTAMP_SKEW), nonce
-well-formed (AUTH_NONCE_INVALID), signature (AUTH_BAD_SIGNATURE), nonce not
-seen within 600 s (AUTH_NONCE_REPLAYED). The nonce is recorded only after the
-signature checked out, so nobody can burn a channel's nonces.
+well-formed (AUTH_NONCE_INVALID), signature (AUTH_BAD_SIGNATURE; a right version-1
+signature after the channel's window: AUTH_SIGNATURE_VERSION_RETIRED), the channel's
+rate limit (429 RATE_LIMITED with Retry-After), nonce not seen within 600 s
+(AUTH_NONCE_REPLAYED). The limit and the nonce are one Redis call
+(`engine.stores.channel_gate`), made only after the signature checked out, so nobody
+without the secret can spend a channel's nonces or its rate.
 
-If Redis is down the nonce cannot be checked: the request goes on (logged and
-counted). A replayed money movement still cannot move money twice — the
-idempotency record in the shard refuses it — and a replayed read returns what
-its captor already saw. Slower and noisier, never wrong.
+Redis runs without persistence: down, or restarted with its keys lost, it cannot say
+whether a nonce was seen. The request then goes on (logged and counted), and what
+matters is checked again where it cannot be lost: a POST run under an idempotency key
+records its nonce in the shard in the same transaction as its idempotency record
+(`engine.idempotency.once`), so a captured money movement resent after a Redis restart
+is refused there (AUTH_NONCE_REPLAYED), under its own key or — signature version 1 —
+another one. A replayed read returns what its captor already saw.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
 
-from engine.contract.errors import Unauthorized
+from engine.contract.errors import TooManyRequests, Unauthorized
 from engine.http import keys as app_keys
 from engine.http.operator_auth import authenticate_operator, is_operator_request
 from engine.idempotency.once import Caller
 from engine.runtime import metrics
-from engine.security.signing import NONCE_RE, verify
-from engine.stores.redis_wire import RedisWire
+from engine.security.signing import HEADER_IDEMPOTENCY_KEY, NONCE_RE, key_to_sign, verify
+from engine.stores.channel_gate import NONCE_TTL_S, retry_after_header
 from engine.stores.reference import Channel
 
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW_S_MAX = 300
-NONCE_TTL_S = 600
 CHANNEL = web.RequestKey("channel", Channel)
 BODY = web.RequestKey("body", bytes)
+NONCE = web.RequestKey("nonce", str)
+SIGNATURE_VERSION = web.RequestKey("signature_version", int)
 
 
-async def _nonce_is_fresh(client: RedisWire, channel_id: str, nonce: str) -> bool:
-    try:
-        stored = await client.set(f"nonce:{channel_id}:{nonce}", b"1", nx=True, ex=NONCE_TTL_S)
-    except (RedisError, OSError) as exc:
-        metrics.REDIS_ERRORS.inc()
-        log.warning("nonce not checked: redis unavailable", extra={"error": type(exc).__name__})
-        return True
-    return bool(stored)
+def _signature_version(request: web.Request, channel: Channel, body: bytes) -> int:
+    """2 or 1 for a right signature, or the refusal."""
+    headers = request.headers
+    timestamp, nonce, signature = headers["X-Timestamp"], headers["X-Nonce"], headers["X-Signature"]
+    key = key_to_sign(request.method, headers.get(HEADER_IDEMPOTENCY_KEY))
+    method, path = request.method, request.raw_path
+    if verify(
+        channel.secret, method, path, timestamp, nonce, body, signature,
+        channel_id=channel.channel_id, idempotency_key=key,
+    ):  # fmt: skip
+        return 2
+    if not verify(channel.secret, method, path, timestamp, nonce, body, signature, version=1):
+        raise Unauthorized("AUTH_BAD_SIGNATURE", "the signature does not match")
+    until = channel.signature_v1_until
+    if until is None or until <= dt.datetime.now(dt.UTC):
+        raise Unauthorized(
+            "AUTH_SIGNATURE_VERSION_RETIRED",
+            "signature version 1 is no longer accepted for this channel: sign version 2, "
+            "which adds the channel id and the Idempotency-Key (API.md)",
+        )
+    metrics.SIGNATURE_V1.labels(channel.channel_id).inc()
+    return 1
 
 
 async def authenticate(request: web.Request) -> Channel:
@@ -79,12 +101,20 @@ async def authenticate(request: web.Request) -> Channel:
             "AUTH_NONCE_INVALID", "X-Nonce must be 16-64 characters of [A-Za-z0-9_-]"
         )
     body = await request.read()
-    if not verify(
-        channel.secret, request.method, request.raw_path, timestamp, nonce, body, signature
-    ):
-        raise Unauthorized("AUTH_BAD_SIGNATURE", "the signature does not match")
-    if not await _nonce_is_fresh(request.app[app_keys.REDIS], channel_id, nonce):
-        raise Unauthorized("AUTH_NONCE_REPLAYED", "this nonce was used within the last 600 s")
+    request[SIGNATURE_VERSION] = _signature_version(request, channel, body)
+    admission = await request.app[app_keys.GATE].admit(channel, nonce)
+    if admission.retry_after_s > 0:
+        metrics.RATE_LIMITED.labels(channel_id).inc()
+        raise TooManyRequests(
+            "RATE_LIMITED",
+            "this channel is over its request rate; retry after the Retry-After seconds",
+            headers={"Retry-After": retry_after_header(admission.retry_after_s)},
+        )
+    if admission.nonce_fresh is False:
+        metrics.NONCE_REPLAYS.labels("redis").inc()
+        raise Unauthorized(
+            "AUTH_NONCE_REPLAYED", f"this nonce was used within the last {NONCE_TTL_S} s"
+        )
     return channel
 
 
@@ -96,6 +126,7 @@ def caller_of(request: web.Request) -> Caller:
         path=request.path,
         body=request[BODY],
         idempotency_key=request.headers.get("Idempotency-Key"),
+        nonce=request[NONCE],
     )
 
 
@@ -108,6 +139,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         channel = await authenticate(request)
         request[CHANNEL] = channel
         request[BODY] = await request.read()
+        request[NONCE] = request.headers["X-Nonce"]
         request["channel_id"] = channel.channel_id
         request["tenant_id"] = channel.tenant_id
     return await handler(request)

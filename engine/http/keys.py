@@ -12,6 +12,7 @@ from engine.relay.executor import Relay
 from engine.security.pii import PiiCipher
 from engine.services.context import Services
 from engine.settings import Settings
+from engine.stores.channel_gate import ChannelGate
 from engine.stores.redis_wire import RedisWire
 from engine.stores.reference import ReferenceCache
 from sharding.ids import IdGenerator
@@ -21,6 +22,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SHARD_POOLS = web.AppKey("shard_pools", ShardPools)
 CONTROL_POOL = web.AppKey("control_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", RedisWire)
+GATE = web.AppKey("gate", ChannelGate)
 IDS = web.AppKey("ids", IdGenerator)
 PII = web.AppKey("pii", PiiCipher)
 REFERENCE = web.AppKey("reference", ReferenceCache)

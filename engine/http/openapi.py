@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 document of the channel API, generated from the msgspec types.
 
-Made once at start-up (`build_openapi`) and served as bytes at `/openapi.json`.
+Made once at start-up (`build_openapi`) and served as bytes at `/openapi.json` on the
+operations listener (not the channel port).
 Each route names its request and response Struct; the schemas come from
 `msgspec.json.schema_components`, so the document cannot drift from the code.
 
@@ -34,6 +35,10 @@ class Route(NamedTuple):
 ROUTES: tuple[Route, ...] = (
     Route("post", "/v1/customers", "Register a customer", t.CustomerCreate, 201, t.CustomerView),
     Route("get", "/v1/customers/{customer_id}/loans", "A customer's loans", None, 200, t.LoanList),
+    Route("post", "/v1/customers/{customer_id}/cards", "Bind a card (four-factor verified)",
+          t.CardBind, 201, t.CardView),
+    Route("get", "/v1/customers/{customer_id}/cards", "Cards bound to a customer", None, 200,
+          t.CustomerCardsView),
     Route("post", "/v1/credit-lines", "Grant a line", t.CreditLineCreate, 201, t.CreditLineView),
     Route("get", "/v1/credit-lines/{line_id}", "Read a line", None, 200, t.CreditLineView),
     Route("post", "/v1/credit-lines/{line_id}/freeze", "Freeze a line", t.StatusChange, 200,
@@ -85,7 +90,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "in": "header",
         "name": "X-Signature",
         "description": "HMAC-SHA256 of the request with the channel's secret, with "
-        "X-Channel-Id, X-Timestamp and X-Nonce (API.md, Authentication)",
+        "X-Channel-Id, X-Timestamp and X-Nonce; version 2 also signs X-Channel-Id and "
+        "the Idempotency-Key (API.md, Authentication; README, Security)",
     },
     "operatorToken": {
         "type": "apiKey",

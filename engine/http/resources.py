@@ -24,6 +24,7 @@ from engine.relay.executor import Relay
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
+from engine.stores.channel_gate import ChannelGate
 from engine.stores.redis_wire import RedisWire
 from engine.stores.reference import CONTROL_POOL_LIMITS, ReferenceCache
 from engine.stores.watch import watch_shards
@@ -69,6 +70,13 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[app_keys.SETTINGS].redis
     client = RedisWire(settings.url, timeout_s=settings.timeout_s, pending_max=settings.pending_max)
     app[app_keys.REDIS] = client
+    limits = app[app_keys.SETTINGS].rate_limit
+    app[app_keys.GATE] = ChannelGate(
+        client,
+        default_per_s=limits.per_channel_per_s,
+        burst_s=limits.burst_s,
+        workers=app[app_keys.SETTINGS].http.workers,
+    )
     yield
     await client.aclose()
 
@@ -78,7 +86,12 @@ async def reference_ctx(app: web.Application) -> AsyncIterator[None]:
     crypto = settings.crypto
     cipher = PiiCipher.from_config(crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key)
     app[app_keys.PII] = cipher
-    cache = ReferenceCache(app[app_keys.CONTROL_POOL], cipher, settings.reference_refresh_s)
+    cache = ReferenceCache(
+        app[app_keys.CONTROL_POOL],
+        cipher,
+        settings.reference_refresh_s,
+        refuse_published_secrets=settings.env == "prod",
+    )
     await cache.load()
     app[app_keys.REFERENCE] = cache
     task = asyncio.create_task(cache.refresh_forever(), name="reference-refresh")

@@ -1,6 +1,7 @@
 """Running one money-moving POST exactly once per (channel, Idempotency-Key).
 
-    claim in Redis ─► shard transaction: durable record? replay : work + store record ─► commit
+    claim in Redis ─► shard transaction: durable record? replay
+                                         : record the nonce, work, store record ─► commit
                   ─► cache the response in Redis
 
 A twin that raced us to the shard fails on the record's primary key, or with
@@ -45,6 +46,7 @@ class Caller(msgspec.Struct, frozen=True):
     path: str
     body: bytes
     idempotency_key: str | None  # the header as sent; None if absent
+    nonce: str | None = None  # X-Nonce: recorded in the shard with the durable record
 
 
 class Stores(Protocol):
@@ -100,6 +102,25 @@ class _Once:
             self.svc.pools, self.logical_shard, lambda conn: idempotency.find_durable(conn, claim)
         )
 
+    async def release(self) -> None:
+        await idempotency.release(self.svc.redis, self.claim)
+
+    async def after_refusal(self, exc: ApiError | asyncpg.UniqueViolationError) -> web.Response:
+        """The work refused, or lost a race to a twin: replay the twin's record if there
+        is one, else refuse. The in-flight marker goes on every path that does not end
+        in a cached answer — a key reused for another request (the record read raises
+        IDEMPOTENCY_KEY_REUSED) included, or the genuine retry would be told the same
+        for the marker's whole TTL."""
+        try:
+            stored = await self.durable()
+        except BaseException:
+            await self.release()
+            raise
+        if stored is not None:
+            return await self.replay(stored)
+        await self.release()
+        raise exc from None
+
     async def replay(self, stored: StoredResponse) -> web.Response:
         """Answer a stored response; cache it in Redis only if it is final."""
         if status_of(stored.body) in self.pending_states:
@@ -148,7 +169,7 @@ async def run_once(
     in a locked transaction as usual and finds out why."""
     key = idempotency.parse_key(caller.idempotency_key)
     digest = idempotency.request_digest(caller.method, caller.path, caller.body)
-    claim = Claim(caller.channel_id, key, digest)
+    claim = Claim(caller.channel_id, key, digest, caller.nonce)
     once = _Once(svc, logical_shard, claim, pending_states)
     cached = await once.claim_fast_path()
     if cached is not None:
@@ -158,6 +179,7 @@ async def run_once(
         stored = await idempotency.find_durable(conn, claim)
         if stored is not None:
             raise _Replay(stored)
+        await idempotency.record_nonce(conn, claim)
         view, customer_id = await work(conn)
         response = StoredResponse(status, encode(view))
         await idempotency.store_durable(conn, claim, customer_id, response)
@@ -180,13 +202,9 @@ async def run_once(
     except _Replay as replay:
         return await once.replay(replay.stored)
     except (ApiError, asyncpg.UniqueViolationError) as exc:
-        stored = await once.durable()
-        if stored is not None:
-            return await once.replay(stored)
-        await idempotency.release(svc.redis, claim)
-        raise exc from None
+        return await once.after_refusal(exc)
     except BaseException:
-        await idempotency.release(svc.redis, claim)
+        await once.release()
         raise
     if after is not None:
         try:

@@ -8,9 +8,9 @@
    there: same request in flight -> 409 IDEMPOTENCY_IN_FLIGHT; finished ->
    replay; another request under the key -> 422 IDEMPOTENCY_KEY_REUSED.
 2. The service checks the durable record inside its shard transaction, after
-   taking its locks (`find_durable`), and writes it before commit
-   (`store_durable`). A concurrent twin blocks on the same lock or on the
-   record's primary key and then replays.
+   taking its locks (`find_durable`), records the request's nonce (`record_nonce`),
+   and writes the record before commit (`store_durable`). A concurrent twin blocks
+   on the same lock or on the record's primary key and then replays.
 3. `finish()` caches the response in Redis; `release()` drops the marker when
    the request failed without moving money, so a retry may run again.
 
@@ -30,9 +30,9 @@ import asyncpg
 import msgspec
 from redis.exceptions import RedisError
 
-from engine.contract.errors import BadRequest, Conflict, Unprocessable
+from engine.contract.errors import BadRequest, Conflict, Unauthorized, Unprocessable
 from engine.runtime import metrics
-from engine.stores.redis_wire import RedisWire
+from engine.stores.redis_wire import RedisWire, Script
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class Claim(msgspec.Struct, frozen=True):
     channel_id: str
     key: str
     request_sha256: bytes
+    # The signed request's X-Nonce, recorded in the shard with the idempotency record
+    # (`record_nonce`); None for what no channel signed (the day-end's own debits).
+    nonce: str | None = None
 
     @property
     def redis_key(self) -> str:
@@ -136,9 +139,18 @@ async def finish(client: RedisWire, claim_: Claim, response: StoredResponse) -> 
         log.warning("idempotency response not cached", extra={"error": type(exc).__name__})
 
 
+# Deletes the key only while it still holds this request's own in-flight marker: a
+# marker that expired and was taken by another request, or a finished answer, stays.
+_RELEASE = Script(
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 async def release(client: RedisWire, claim_: Claim) -> None:
+    """Drop this request's in-flight marker (and nothing else), so a retry may run."""
     try:
-        await client.delete(claim_.redis_key)
+        marker = _IN_FLIGHT + claim_.request_sha256
+        await client.run_script(_RELEASE, (claim_.redis_key,), (marker,))
     except (RedisError, OSError) as exc:
         metrics.REDIS_ERRORS.inc()
         log.warning("idempotency marker not released", extra={"error": type(exc).__name__})
@@ -173,3 +185,21 @@ async def store_durable(
         response.status,
         response.body,
     )
+
+
+async def record_nonce(conn: asyncpg.Connection, claim_: Claim) -> None:
+    """The request's nonce in the shard, in the transaction that writes its idempotency
+    record: a captured request resent after Redis lost its nonces finds it here, under
+    its own key or another one, and is refused before anything is written."""
+    assert conn.is_in_transaction(), "the nonce commits with the record or not at all"
+    if claim_.nonce is None:
+        return
+    inserted = await conn.fetchval(
+        """INSERT INTO request_nonce (channel_id, nonce) VALUES ($1, $2)
+           ON CONFLICT DO NOTHING RETURNING true""",
+        claim_.channel_id,
+        claim_.nonce,
+    )
+    if inserted is None:
+        metrics.NONCE_REPLAYS.labels("shard").inc()
+        raise Unauthorized("AUTH_NONCE_REPLAYED", "this nonce was used before")

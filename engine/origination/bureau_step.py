@@ -46,7 +46,9 @@ async def run_bureau_step(
             await outbox.finish(conn, claimed, "done", "already decided")
         return True
     applicant = json.loads(
-        svc.cipher.decrypt(bytes(row["applicant_ciphertext"]), context=APPLICANT)
+        svc.cipher.decrypt(
+            bytes(row["applicant_ciphertext"]), context=APPLICANT, row=claimed.ref_id
+        )
     )
     result = await bureau.report(f"B{claimed.ref_id}", applicant["name"], applicant["id_number"])
     # Counted whatever the answer: a query that timed out may still be billed.

@@ -77,7 +77,7 @@ from engine.services.credit_lines import grant_line
 from engine.services.customers import ID_NUMBER, NewCustomer, insert_customer, mask_name
 from engine.stores.outbox import enqueue
 from engine.stores.reference import Channel
-from ledger.money import format_fen, format_rate_pct, parse_amount
+from ledger.money import MoneyFormatError, format_fen, format_rate_pct, parse_amount
 from sharding.routing import logical_shard_for_id_number
 
 APPLICANT = "applicant"
@@ -127,7 +127,7 @@ async def check_request(
         phone = parse_phone(body.applicant.phone)
         card = parse_bank_card(body.applicant.bank_card)
         amount_fen = parse_amount(body.requested_amount)
-    except IdentityError as exc:
+    except (IdentityError, MoneyFormatError) as exc:
         raise BadRequest(exc.code, exc.detail) from exc
     check = await verifier.verify(body.applicant.name, id_number.value, phone, card)
     if check.verified is None:
@@ -211,7 +211,7 @@ async def submit(
         body.channel_serial,
         body.product_code,
         index,
-        svc.cipher.encrypt(applicant, context=APPLICANT),
+        svc.cipher.encrypt(applicant, context=APPLICANT, row=application_id),
         checked.amount_fen,
         body.requested_term_months,
         body.repayment_method,
@@ -396,7 +396,9 @@ async def decide_application(
         # deciding again would grant a second line. The stored decision stands.
         return msgspec.json.decode(app["decision"], type=rules.Decision)
     applicant = json.loads(
-        svc.cipher.decrypt(bytes(app["applicant_ciphertext"]), context=APPLICANT)
+        svc.cipher.decrypt(
+            bytes(app["applicant_ciphertext"]), context=APPLICANT, row=app["application_id"]
+        )
     )
     facts = await _facts(svc, conn, app, applicant, report)
     product = app["product_code"]
@@ -543,7 +545,9 @@ async def approve_reviewed(svc: Services, conn: asyncpg.Connection, app: asyncpg
     """An operator approved a pre-approved application: grant what the rules pre-approved."""
     verdict = msgspec.json.decode(app["decision"], type=rules.Decision)
     applicant = json.loads(
-        svc.cipher.decrypt(bytes(app["applicant_ciphertext"]), context=APPLICANT)
+        svc.cipher.decrypt(
+            bytes(app["applicant_ciphertext"]), context=APPLICANT, row=app["application_id"]
+        )
     )
     await approve(svc, conn, app, applicant, verdict)
 

@@ -123,7 +123,7 @@ async def issue_code(
     )
     return CodeToSend(
         issued,
-        cipher.decrypt(bytes(customer["phone_ciphertext"]), context=PHONE),
+        cipher.decrypt(bytes(customer["phone_ciphertext"]), context=PHONE, row=main["customer_id"]),
         customer["phone_masked"],
         text,
         f"O{contract_id}-{issued.issue_no}",

@@ -252,7 +252,7 @@ class Relay:
             # The claim stamped the send time; a send that waited for a slot this
             # long stamps it again, so "long after the send" counts from the send.
             return await self._card_and_mark_sent(shard, row)
-        return self._cipher.decrypt(secret, context="bank_card")
+        return self._cipher.decrypt(secret, context="bank_card", row=row.ref_id)
 
     async def _text(
         self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched
@@ -264,7 +264,7 @@ class Relay:
                 messages = []
                 for row in rows:
                     secret = known.secret(row) or await self._phone_ciphertext(shard, row)
-                    phone = self._cipher.decrypt(secret, context="phone")
+                    phone = self._cipher.decrypt(secret, context="phone", row=row.customer_id)
                     messages.append(Sms(f"S{row.outbox_id}", phone, str(row.payload["text"])))
                 answers: list[bool | None] = list(await self._sms.send_batch(messages))
             if len(answers) != len(rows):
@@ -374,7 +374,7 @@ class Relay:
         async with acquire(self.pools.pool(shard)) as conn:
             blob = await conn.fetchval(sql, row.ref_id)
             await outbox.mark_sent(conn, row)
-        return self._cipher.decrypt(bytes(blob), context="bank_card")
+        return self._cipher.decrypt(bytes(blob), context="bank_card", row=row.ref_id)
 
     async def _phone_ciphertext(self, shard: str, row: Claimed) -> bytes:
         async with acquire(self.pools.pool(shard)) as conn:

@@ -2,6 +2,7 @@
 
     settings ─► control pool ─► ID worker lease ─► reference data ─► shard pools
              ─► HTTP client (core, SMS) ─► Relay.run until SIGTERM/SIGINT
+    beside it: the books and shard watchers, and the sweep of old durable nonces
 
 On a signal it stops claiming, lets calls in flight finish (each bounded by its
 time-out), then releases everything; rows it held come back after their lease.
@@ -29,6 +30,7 @@ from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
 from engine.settings import Settings
 from engine.stores.control_plane import ControlPlane, control_plane
+from engine.stores.nonce_sweep import sweep_forever
 from engine.stores.outbox import Claimed
 from engine.stores.redis_wire import RedisWire
 from engine.stores.watch import watch_books, watch_shards
@@ -100,9 +102,17 @@ async def run_relay(settings: Settings) -> None:
     runner = await start_metrics_site(settings.external.relay_metrics_port)
     try:
         async with relay_resources(settings) as relay:
+            security = settings.security
+            sweep = sweep_forever(
+                relay.pools,
+                retention_s=security.nonce_retention_s,
+                interval_s=security.nonce_sweep_s,
+                batch=security.nonce_sweep_batch,
+            )
             watchers = [
                 asyncio.create_task(watch_books(relay.pools), name="book-watch"),
                 asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),
+                asyncio.create_task(sweep, name="nonce-sweep"),
             ]
             gc_tuning.settle_after_startup()
             log.info("relay running", extra={"shards": len(settings.shards)})

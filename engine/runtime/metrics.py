@@ -140,6 +140,24 @@ LEDGER_IMBALANCE = Gauge(
     ["shard"],
     multiprocess_mode="livemax",
 )
+# Issue 21: who still signs version 1, who is throttled, which replays were refused.
+SIGNATURE_V1 = Counter(
+    "auth_signature_v1_total",
+    "Requests accepted on signature version 1 (a channel's changeover window).",
+    ["channel"],
+)
+RATE_LIMITED = Counter(
+    "rate_limited_total", "Requests refused 429 by the per-channel rate limit.", ["channel"]
+)
+RATE_LIMIT_LOCAL = Counter(
+    "rate_limit_local_total",
+    "Rate-limit decisions made in-process because Redis did not answer.",
+)
+NONCE_REPLAYS = Counter(
+    "nonce_replays_total",
+    "Replayed nonces refused, by the store that caught them (redis, shard).",
+    ["store"],
+)
 # A day-end step over a shard of 5 M loans takes minutes; a small test shard, milliseconds.
 EOD_BUCKETS_S = (0.1, 0.5, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 EOD_STEP_SECONDS = Histogram(

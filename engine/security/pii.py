@@ -1,12 +1,17 @@
 """Personal data at rest: AES-256-GCM per column, plus a keyed lookup hash.
 
     stored blob  = version (1 byte) || nonce (12 random bytes) || ciphertext || tag (16 bytes)
-    AAD          = context, e.g. b"id_number"
+    AAD          = context "\\x00" row, e.g. b"id_number\\x00386810671540932616"
     lookup index = HMAC-SHA256(index_key, context + "\\x00" + plaintext)   (32 bytes)
 
-- **Context as AAD**: a blob sealed for "phone" fails to open as "id_number",
-  so a ciphertext copied into another column (or another customer's row
-  through a bug) is refused instead of read back as the wrong field.
+- **Column and row as AAD**: a blob sealed for "phone" fails to open as
+  "id_number", and a blob sealed for customer 1 fails to open in customer 2's
+  row: a ciphertext copied into another column or another row (by a bug, or by
+  someone who can write the table but holds no key) is refused instead of read
+  back as someone else's (issue 21). The row is the id of the row that holds the
+  blob (customer, loan, repayment, application; a channel's id). Blobs sealed
+  before, with the column alone, are re-sealed once by `python -m engine migrate`
+  (`engine.stores.pii_rebind`, through `open_unbound`); nothing else opens them.
 - **Key rotation**: every blob names the key version that sealed it. New
   blobs use `current_version`; older versions stay in `keys` until a
   re-encryption pass has rewritten their rows, then are removed.
@@ -46,6 +51,9 @@ BLOB_BYTES_MAX: Final = BLOB_BYTES_MIN + PLAINTEXT_BYTES_MAX
 
 # Contexts are column names; no NUL, so `context + "\x00" + plaintext` is unambiguous.
 _CONTEXT_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# Row ids: 64-bit ids as digits, or a channel id; never a NUL.
+_ROW_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+Row = int | str
 
 # DEV / TEST ONLY. These keys are public (they are in git) and protect nothing.
 # Each reads as ASCII starting "dev-only", so a dump showing one is obviously
@@ -106,11 +114,12 @@ class PiiCipher:
     def versions(self) -> frozenset[int]:
         return frozenset(self._aead_by_version)
 
-    def encrypt(self, plaintext: str, *, context: str) -> bytes:
+    def encrypt(self, plaintext: str, *, context: str, row: Row) -> bytes:
+        """Seal `plaintext` for column `context` of the row whose id is `row`."""
         data = plaintext.encode("utf-8")
         if len(data) > PLAINTEXT_BYTES_MAX:
             raise ValueError(f"PII plaintext is {len(data)} bytes; at most {PLAINTEXT_BYTES_MAX}")
-        aad = _context_bytes(context)
+        aad = _aad(context, row)
         # 96-bit random nonces: safe for far more than 2^32 blobs per key at our volumes.
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._aead_by_version[self._current_version].encrypt(nonce, data, aad)
@@ -118,8 +127,17 @@ class PiiCipher:
         assert len(blob) == BLOB_BYTES_MIN + len(data)
         return blob
 
-    def decrypt(self, blob: bytes, *, context: str) -> str:
-        aad = _context_bytes(context)
+    def decrypt(self, blob: bytes, *, context: str, row: Row) -> str:
+        """Open a blob sealed for this column of this row; PiiError otherwise."""
+        return self._open(blob, context, _aad(context, row))
+
+    def open_unbound(self, blob: bytes, *, context: str) -> str:
+        """Open a blob sealed before issue 21, bound to its column only. For the
+        re-sealing step of `migrate` alone: reading such blobs anywhere else would give
+        back the protection the row binding adds."""
+        return self._open(blob, context, _context_bytes(context))
+
+    def _open(self, blob: bytes, context: str, aad: bytes) -> str:
         if not BLOB_BYTES_MIN <= len(blob) <= BLOB_BYTES_MAX:
             raise PiiError(f"PII blob of {len(blob)} bytes is not a sealed value")
         version = blob[0]
@@ -131,7 +149,8 @@ class PiiCipher:
             data = aead.decrypt(nonce, sealed, aad)
         except InvalidTag:
             raise PiiError(
-                f"PII blob failed authentication as {context!r} (tampered or other column)"
+                f"PII blob failed authentication as {context!r} of this row "
+                "(tampered, or another column's or row's)"
             ) from None
         try:
             return data.decode("utf-8")
@@ -158,6 +177,18 @@ def _context_bytes(context: str) -> bytes:
     if not _CONTEXT_RE.fullmatch(context):
         raise ValueError(f"PII context {context!r} must match {_CONTEXT_RE.pattern}")
     return context.encode("ascii")
+
+
+def _aad(context: str, row: Row) -> bytes:
+    if isinstance(row, int):
+        if row < 0:
+            raise ValueError(f"PII row id {row} is negative")
+        text = str(row)
+    else:
+        text = row
+    if not _ROW_RE.fullmatch(text):
+        raise ValueError(f"PII row id {text!r} must match {_ROW_RE.pattern}")
+    return _context_bytes(context) + b"\x00" + text.encode("ascii")
 
 
 def _check_version(version: int) -> None:

@@ -60,18 +60,22 @@ IN_FLIGHT: Final = 2
 QUEUE_MAX: Final = 1024  # drawdowns waiting for one database, per process: then 503 SHARD_BUSY
 # The longest a call waits for drawdowns already reading their line (see `expecting`).
 GATHER_S: Final = 0.005
-# One drawdown's 44 arguments (engine/services/drawdowns.py lays them out): the
+# One drawdown's 45 arguments (engine/services/drawdowns.py lays them out): the
 # idempotency record 0-4, the checks 5-9 (5: the line), the loan 10-25 (11: the
-# customer), the plan's columns 26-36, the posting 37-41, the payment order 42-43.
-# `book_drawdowns` (ledger migration 0011) takes each as an array, then a lock time-out.
-ARGS: Final = 44
+# customer), the plan's columns 26-36, the posting 37-41, the payment order 42-43, the
+# request's nonce 44. `book_drawdowns` (ledger migration 0011) takes 0-43 each as an
+# array, then a lock time-out; `record_request_nonces` (0017) the nonces of those it
+# booked, in the same statement (a replayed one fails the call: each is redone alone).
+ARGS: Final = 45
 _TODAY, _LINE, _CUSTOMER = 7, 5, 11
 _PLAN = range(26, 37)
 _TXN, _CODES, _OWNERS, _CUSTOMERS, _AMOUNTS = 37, 38, 39, 40, 41
+_NONCE = 44
 _LEG_COLUMNS = (_CODES, _OWNERS, _CUSTOMERS, _AMOUNTS)
-BATCH_SQL: Final = "SELECT book_drawdowns({})".format(
-    # the business date once (one more array), then the lock time-out
-    ", ".join(f"${n}" for n in range(1, ARGS + 3))
+BATCH_SQL: Final = "SELECT record_request_nonces(book_drawdowns({}), $1, ${})".format(
+    # the business date once (one more array), then the lock time-out; then the nonces
+    ", ".join(f"${n}" for n in range(1, ARGS + 2)),
+    ARGS + 2,
 )
 # A group call is a statement of its own: one line held by a long transaction must not
 # stall every drawdown of the shard behind it. It then fails whole, writing nothing.
@@ -331,6 +335,7 @@ def batch_args(
         for leg_column, index in zip(legs[1:], _LEG_COLUMNS, strict=True):
             leg_column.extend(cast("list[object]", item[index]))
     out.extend(legs)
-    out.extend(list(column) for column in columns[_AMOUNTS + 1 :])
+    out.extend(list(column) for column in columns[_AMOUNTS + 1 : _NONCE])
     out.append(lock_timeout)
+    out.append(list(columns[_NONCE]))
     return out

@@ -20,6 +20,7 @@ from engine.security.identity import (
     parse_id_number,
     parse_phone,
 )
+from engine.services import cards
 from engine.services.context import Services
 from engine.stores.reference import Channel
 from sharding.routing import logical_shard_for_id_number
@@ -52,6 +53,7 @@ class NewCustomer:
         if not self.name:
             raise BadRequest("NAME_INVALID", "name must not be blank")
         self.tenant_id = body.tenant_id
+        self.channel_id = channel.channel_id  # who registered it: bound its card
         self.logical_shard = logical_shard_for_id_number(self.id_number.value)
 
 
@@ -70,11 +72,11 @@ async def insert_customer(
            RETURNING created_at""",
         customer_id,
         new.tenant_id,
-        cipher.encrypt(new.name, context=NAME),
-        cipher.encrypt(new.id_number.value, context=ID_NUMBER),
+        cipher.encrypt(new.name, context=NAME, row=customer_id),
+        cipher.encrypt(new.id_number.value, context=ID_NUMBER, row=customer_id),
         index,
-        cipher.encrypt(new.phone, context=PHONE),
-        cipher.encrypt(new.bank_card, context=BANK_CARD),
+        cipher.encrypt(new.phone, context=PHONE, row=customer_id),
+        cipher.encrypt(new.bank_card, context=BANK_CARD, row=customer_id),
         mask_id_number(new.id_number.value),
         mask_phone(new.phone),
         mask_bank_card(new.bank_card),
@@ -91,6 +93,8 @@ async def insert_customer(
             "a customer with this ID number exists in this tenant",
             extra={"customer_id": str(existing)},
         )
+    # The registered card is the first bound to the customer (engine.services.cards).
+    await cards.register(conn, cipher, customer_id, new.bank_card, new.channel_id)
     return CustomerView(
         customer_id=str(customer_id),
         tenant_id=new.tenant_id,

@@ -34,6 +34,7 @@ from engine.contract.errors import BadRequest, Unprocessable
 from engine.contract.messages import DrawdownCreate, DrawdownView, PlanSummary
 from engine.idempotency.records import AtOnce, Claim, StoredResponse
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
+from engine.services import cards
 from engine.services.booking_batch import book_alone
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
@@ -176,10 +177,9 @@ async def draw_down_at_once(
     today = svc.business_date
     line_id = int(body.credit_line_id)
     shard = shard_of_id(line_id)
+    index = cards.card_index(svc.cipher, card)
     with svc.bookings.expecting(shard):
-        line = await read(
-            svc.pools, shard, lambda c: fetch_line(c, channel, line_id, standing=True)
-        )
+        line = await read(svc.pools, shard, lambda c: _line_paying(c, channel, line_id, index))
         return await _book_at_once(
             svc,
             channel,
@@ -215,7 +215,7 @@ async def _book_at_once(
     view = _view(draft)
     response = StoredResponse(201, encode(view))
     idempotency = (claim.channel_id, claim.key, claim.request_sha256, 201, response.body)
-    args = (*idempotency, *_book_args(svc, draft))
+    args = (*idempotency, *_book_args(svc, draft), claim.nonce)
     outcome = await svc.bookings.book(shard, args)
     if outcome == "booked":
         return view, response
@@ -229,17 +229,29 @@ async def draw_down(
     stores the idempotency record); returns the response and the customer ID."""
     amount_fen, card = _parse(body)
     today = svc.business_date
-    line = await fetch_line(conn, channel, int(body.credit_line_id), lock=True, standing=True)
+    line = await _line_paying(
+        conn, channel, int(body.credit_line_id), cards.card_index(svc.cipher, card), lock=True
+    )
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
     no_record = (None, None, None, None, None)  # the caller writes it in this transaction
-    outcome = await book_alone(conn, (*no_record, *_book_args(svc, draft)))
+    outcome = await book_alone(conn, (*no_record, *_book_args(svc, draft), None))
     if outcome != "booked":
         # Our locks hold the line and the customer; only loans of an uncapped product
         # in the same cap group can have moved the sum. Run the whole transaction again.
         raise RetryTransaction(f"the booking answered {outcome} under locks")
     return _view(draft), draft.customer_id
+
+
+async def _line_paying(
+    conn: asyncpg.Connection, channel: Channel, line_id: int, index: bytes, *, lock: bool = False
+) -> asyncpg.Record:
+    """The line with its customer's standing, if the card to pay is bound to its customer
+    (else CARD_NOT_BOUND)."""
+    line = await fetch_line(conn, channel, line_id, lock=lock, standing=True)
+    await cards.require_bound(conn, line["customer_id"], index)
+    return line
 
 
 def _check_line(
@@ -337,7 +349,7 @@ def _book_args(svc: Services, draft: Draft) -> tuple[object, ...]:
         draft.body.grace_months,
         plan.terms.start,
         plan.installments[-1].due_date,
-        svc.cipher.encrypt(draft.card, context=BANK_CARD),
+        svc.cipher.encrypt(draft.card, context=BANK_CARD, row=draft.loan_id),
         mask_bank_card(draft.card),
         plan.payment_fen,
         *installment_arrays(fresh_state(plan), ()),

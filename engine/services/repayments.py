@@ -47,6 +47,7 @@ from engine.contract.messages import (
 )
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.security.pii import PiiCipher
+from engine.services import cards
 from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import StoredLoan, fetch_loan, rewrite_plan
@@ -195,6 +196,7 @@ async def open_repayment(
     if len(set(loan_ids)) != len(loan_ids):
         raise BadRequest("LOAN_REPEATED", "each loan may appear once in a repayment")
     await lock_customer(conn, channel, customer_id)
+    await cards.require_bound(conn, customer_id, cards.card_index(cipher, card))
     loans = await _locked_loans(conn, channel, customer_id, loan_ids)
     busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
     if busy:
@@ -224,7 +226,7 @@ async def open_repayment(
         channel.channel_id,
         total_fen,
         mask_bank_card(card),
-        cipher.encrypt(card, context=BANK_CARD),
+        cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
         today,
         msgspec.json.encode(items).decode(),
         key,

@@ -81,7 +81,7 @@ async def add_channel(
            ON CONFLICT (channel_id) DO NOTHING RETURNING 1""",
         channel_id,
         tenant_id,
-        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT, row=channel_id),
         check_display_name(display_name or channel_id),
     )
     if done is None:
@@ -106,7 +106,7 @@ async def rotate_channel(
         """UPDATE channel SET secret_ciphertext = $2, updated_at = now()
            WHERE channel_id = $1 RETURNING 1""",
         channel_id,
-        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT),
+        cipher.encrypt(secret, context=CHANNEL_SECRET_CONTEXT, row=channel_id),
     )
     if done is None:
         raise AdminError(f"no channel {channel_id!r}")
@@ -124,6 +124,39 @@ async def set_channel_status(
     )
     if done is None:
         raise AdminError(f"no channel {channel_id!r}")
+
+
+async def set_signature_v1_until(
+    conn: asyncpg.Connection, channel_id: str, until: dt.datetime | None
+) -> None:
+    """Open (until a time) or close (None) the channel's signature version 1 window."""
+    done = await conn.fetchval(
+        """UPDATE channel SET signature_v1_until = $2, updated_at = now()
+           WHERE channel_id = $1 RETURNING 1""",
+        channel_id,
+        until,
+    )
+    if done is None:
+        raise AdminError(f"no channel {channel_id!r}")
+
+
+async def set_rate_limit(conn: asyncpg.Connection, channel_id: str, per_s: float | None) -> None:
+    """The channel's own requests per second, or None for the engine's default."""
+    if per_s is not None and not 0.1 <= per_s <= 100_000:
+        raise AdminError("a rate limit is 0.1..100000 requests per second")
+    done = await conn.fetchval(
+        """UPDATE channel SET rate_limit_per_s = $2, updated_at = now()
+           WHERE channel_id = $1 RETURNING 1""",
+        channel_id,
+        per_s,
+    )
+    if done is None:
+        raise AdminError(f"no channel {channel_id!r}")
+
+
+# The demo channel signs version 2 only (every client here does) and is not throttled
+# below what the local benchmarks send.
+DEMO_RATE_LIMIT_PER_S = 20_000.0
 
 
 async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
@@ -154,6 +187,8 @@ async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
             await rotate_channel(conn, cipher, DEMO_CHANNEL, DEMO_SECRET)
             await set_channel_status(conn, DEMO_CHANNEL, "active", "demo data")
             await rename_channel(conn, DEMO_CHANNEL, DEMO_CHANNEL_NAME)
+        await set_signature_v1_until(conn, DEMO_CHANNEL, None)
+        await set_rate_limit(conn, DEMO_CHANNEL, DEMO_RATE_LIMIT_PER_S)
 
 
 async def set_business_date(conn: asyncpg.Connection, day: dt.date) -> None:

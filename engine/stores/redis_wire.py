@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import time
 from typing import Final, cast
 
@@ -39,6 +40,16 @@ WATCHDOG_TICKS_PER_TIMEOUT: Final = 4
 
 Arg = str | bytes | int
 Reply = bytes | int | list["Reply"] | None
+
+
+class Script:
+    """A Lua script, run atomically by Redis (`RedisWire.run_script`): made once at import."""
+
+    __slots__ = ("sha1", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha1 = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
 class _Waiting:
@@ -191,6 +202,17 @@ class RedisWire:
         reply = await self.execute("DEL", key)
         assert isinstance(reply, int), type(reply)
         return reply
+
+    async def run_script(
+        self, script: Script, keys: tuple[str, ...], args: tuple[Arg, ...]
+    ) -> Reply:
+        """EVALSHA, or EVAL once when this Redis has not seen the script (a restart)."""
+        try:
+            return await self.execute("EVALSHA", script.sha1, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.execute("EVAL", script.source, len(keys), *keys, *args)
 
     async def ping(self) -> None:
         """Raises unless Redis answers PONG."""

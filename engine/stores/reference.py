@@ -55,6 +55,9 @@ class Channel(msgspec.Struct, frozen=True):
     secret: str
     active: bool
     display_name: str = ""  # what customers see in SMS; empty: not loaded (use the ID)
+    # Until when signature version 1 is still accepted (a changeover window); None: never.
+    signature_v1_until: dt.datetime | None = None
+    rate_limit_per_s: float | None = None  # None: the engine's default
 
 
 class Officer(msgspec.Struct, frozen=True):
@@ -94,11 +97,22 @@ class ReferenceData(msgspec.Struct, frozen=True):
         return self.sms_templates.get((tenant_id, kind)) or self.sms_templates[("*", kind)]
 
 
+# API.md's demo secret (engine.stores.control_admin.DEMO_SECRET): public, so a channel
+# holding it is anyone's. Production refuses to start with one, and disables any found
+# later (`ReferenceCache`).
+PUBLISHED_SECRETS = frozenset({"demo-secret"})
+
+
+class PublishedSecretError(RuntimeError):
+    """Production found an active channel whose secret is a published one."""
+
+
 async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData:
     async with acquire(pool) as conn, conn.transaction(readonly=True):
         tenants = await conn.fetch("SELECT tenant_id FROM tenant")
         channels = await conn.fetch(
-            "SELECT channel_id, tenant_id, secret_ciphertext, status, display_name FROM channel"
+            """SELECT channel_id, tenant_id, secret_ciphertext, status, display_name,
+                      signature_v1_until, rate_limit_per_s FROM channel"""
         )
         products = await conn.fetch("SELECT * FROM product")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
@@ -112,9 +126,15 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
             row["channel_id"]: Channel(
                 channel_id=row["channel_id"],
                 tenant_id=row["tenant_id"],
-                secret=cipher.decrypt(row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT),
+                secret=cipher.decrypt(
+                    row["secret_ciphertext"], context=CHANNEL_SECRET_CONTEXT, row=row["channel_id"]
+                ),
                 active=row["status"] == "active",
                 display_name=row["display_name"],
+                signature_v1_until=row["signature_v1_until"],
+                rate_limit_per_s=(
+                    None if row["rate_limit_per_s"] is None else float(row["rate_limit_per_s"])
+                ),
             )
             for row in channels
         },
@@ -148,15 +168,48 @@ def _product(row: asyncpg.Record) -> Product:
 class ReferenceCache:
     """Holds the current `ReferenceData`; `refresh_forever` keeps it fresh."""
 
-    def __init__(self, pool: asyncpg.Pool, cipher: PiiCipher, refresh_s: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cipher: PiiCipher,
+        refresh_s: float,
+        *,
+        refuse_published_secrets: bool = False,
+    ) -> None:
         self._pool = pool
         self._cipher = cipher
         self._refresh_s = refresh_s
+        self._refuse_published = refuse_published_secrets  # production: env = prod
         self.current: ReferenceData | None = None
 
     async def load(self) -> ReferenceData:
-        self.current = await load_reference(self._pool, self._cipher)
-        return self.current
+        data = await load_reference(self._pool, self._cipher)
+        if self._refuse_published:
+            data = self._without_published_secrets(data)
+        self.current = data
+        return data
+
+    def _without_published_secrets(self, data: ReferenceData) -> ReferenceData:
+        """At start-up a channel on a published secret stops the engine; found by a
+        reload later, it is treated as disabled (and said so loudly)."""
+        exposed = sorted(
+            c.channel_id
+            for c in data.channels.values()
+            if c.active and c.secret in PUBLISHED_SECRETS
+        )
+        if not exposed:
+            return data
+        message = (
+            f"channels {', '.join(exposed)} use a published secret: rotate them "
+            "(python -m engine channels rotate ID) or disable them"
+        )
+        if self.current is None:
+            raise PublishedSecretError(message)
+        log.error("refusing channels: %s", message)
+        channels = dict(data.channels)
+        for channel_id in exposed:
+            channels[channel_id] = msgspec.structs.replace(channels[channel_id], active=False)
+        return msgspec.structs.replace(data, channels=channels)
 
     @property
     def data(self) -> ReferenceData:
