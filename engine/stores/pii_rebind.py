@@ -83,19 +83,41 @@ async def _table(conn: asyncpg.Connection, cipher: PiiCipher, table: Table) -> i
                 f"WHERE {key} > $1 ORDER BY {key} LIMIT {CHUNK} FOR UPDATE",
                 after,
             )
+            updates: list[tuple[object, ...]] = []
+            cards: list[tuple[object, ...]] = []
             for row in rows:
-                changed += await _row(conn, cipher, table, row)
+                update, card = _row(cipher, table, row)
+                if update is not None:
+                    updates.append(update)
+                if card is not None:
+                    cards.append(card)
+            # One pipelined round trip per chunk, not one per row (millions of rows).
+            if updates:
+                sets = ", ".join(f"{column} = ${n}" for n, (column, _) in enumerate(columns, 2))
+                await conn.executemany(f"UPDATE {name} SET {sets} WHERE {key} = $1", updates)
+            if cards:
+                await conn.executemany(
+                    """INSERT INTO customer_card (customer_id, card_index, card_masked, source,
+                           verified)
+                       VALUES ($1, $2, $3, 'registered', false) ON CONFLICT DO NOTHING""",
+                    cards,
+                )
+            changed += len(updates)
         if len(rows) < CHUNK:
             return changed
         after = rows[-1][key]
 
 
-async def _row(
-    conn: asyncpg.Connection, cipher: PiiCipher, table: Table, row: asyncpg.Record
-) -> int:
+def _row(
+    cipher: PiiCipher, table: Table, row: asyncpg.Record
+) -> tuple[tuple[object, ...] | None, tuple[object, ...] | None]:
+    """The row's UPDATE arguments (key, then every column sealed to the row) if any
+    column was of the old form, and a customer's registered card to bind."""
     name, key, columns = table
     row_id = row[key]
-    new: dict[str, bytes] = {}
+    sealed_all: list[bytes] = []
+    card: tuple[object, ...] | None = None
+    changed = False
     for column, context in columns:
         blob = bytes(row[column])
         try:
@@ -104,32 +126,11 @@ async def _row(
             raise RebindError(
                 f"{name}.{column} of {key} {row_id} opens with none of the configured keys"
             ) from None
-        if sealed is not blob:
-            new[column] = sealed
+        changed = changed or sealed is not blob
+        sealed_all.append(sealed)
         if name == "customer" and context == BANK_CARD:
-            await _register_card(conn, cipher, row_id, plain)
-    if not new:
-        return 0
-    sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(new, start=2))
-    await conn.execute(
-        f"UPDATE {name} SET {sets} WHERE {key} = $1",
-        row_id,
-        *new.values(),
-    )
-    return 1
-
-
-async def _register_card(
-    conn: asyncpg.Connection, cipher: PiiCipher, customer_id: int, card: str
-) -> None:
-    """The customer's registered card among the cards bound to them (issue 21, item 2)."""
-    await conn.execute(
-        """INSERT INTO customer_card (customer_id, card_index, card_masked, source, verified)
-           VALUES ($1, $2, $3, 'registered', false) ON CONFLICT DO NOTHING""",
-        customer_id,
-        cipher.index(card, context=BANK_CARD),
-        mask_bank_card(card),
-    )
+            card = (row_id, cipher.index(plain, context=BANK_CARD), mask_bank_card(plain))
+    return ((row_id, *sealed_all) if changed else None), card
 
 
 async def run(conn: asyncpg.Connection, cipher: PiiCipher, *, shard: bool) -> dict[str, int] | None:
