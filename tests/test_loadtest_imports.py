@@ -1,0 +1,30 @@
+"""Every loadtest module imports: the benchmarks run only by hand (`make bench`,
+`make bench-eod`), so a module broken at import time (a dataclass field order after a
+merge, once) would otherwise surface only on the day someone measures."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import loadtest
+
+# The locustfile monkey-patches the process (gevent) on import; Locust's own smoke test
+# (test_loadtest_smoke) runs it in a process of its own.
+GEVENT = {"loadtest.locustfile"}
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(loadtest.__path__, prefix="loadtest.")
+    if info.name not in GEVENT
+)
+
+
+def test_the_benchmarks_are_found() -> None:
+    assert {"loadtest.bench_api", "loadtest.bench_eod", "loadtest.bench_book"} <= set(MODULES)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports(name: str) -> None:
+    importlib.import_module(name)
