@@ -67,7 +67,7 @@ bench-scale: up                       ## make bench's steps 2-3 again with 1,000
 	$(PY) -m loadtest.bench_api --label "1,000,000 customers / 4,000,000 loans seeded" --append
 
 bench-eod: up                         ## the day-end over the bench-scale loans (1,000,000 customers / 4,000,000 loans; seeded if missing) while drawdowns and repayments run at half saturation
-	$(PY) -m loadtest seed --customers $${CUSTOMERS:-1000000} --loans-per-customer $${LOANS:-4}
+	$(PY) -m loadtest seed --customers $${CUSTOMERS:-1000000} --loans-per-customer $${LOANS:-4} --due-today-every 28
 	$(PY) -m loadtest.bench_eod --append
 
 seed: up                              ## seed customers and loans for load runs (CUSTOMERS=, LOANS=)

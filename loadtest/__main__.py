@@ -18,6 +18,7 @@ from pathlib import Path
 from loadtest.client_data import seeded_file_path
 from loadtest.seed import (
     CHUNK_CUSTOMERS_DEFAULT,
+    DUE_TODAY_EVERY,
     SeedConfig,
     SeedError,
     check_environment,
@@ -50,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where to list the seeded customers (default $LOADTEST_SEEDED or "
         ".run/loadtest/seeded.csv)",
     )
+    seed.add_argument(
+        "--due-today-every",
+        type=int,
+        default=DUE_TODAY_EVERY,
+        help=f"one loan in N has an installment due on the business date (default "
+        f"{DUE_TODAY_EVERY}; 28 spreads the due dates evenly over the month)",
+    )
     seed.add_argument("--no-analyze", action="store_true", help="skip ANALYZE at the end")
     seed.add_argument(
         "--row-triggers",
@@ -73,6 +81,7 @@ def _seed(args: argparse.Namespace) -> int:
         seeded_file=args.seeded_file or seeded_file_path(),
         analyze=not args.no_analyze,
         row_triggers=args.row_triggers,
+        due_today_every=args.due_today_every,
     )
     report = run_seed(config)
     print(

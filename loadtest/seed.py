@@ -35,8 +35,10 @@ writes exactly the same rows and can skip what is there):
 - K loans (status `disbursed`), together at most half the limit, so the lines
   keep room for the load runs' drawdowns; terms 3, 6, 12, 12 months, methods
   equal installment, equal principal, interest only, bullet; drawn 1-27 days
-  before the business date (no installment due yet), except every eighth loan,
-  drawn one month before, whose first installment is due today; the postings
+  before the business date (no installment due yet), except every eighth loan
+  (`--due-today-every`; 28 spreads the due dates evenly over the month, as
+  `make bench-eod` seeds), drawn one month before, whose first installment is due
+  today; the postings
   carry the drawdown's time, so no seeded movement falls on today's
   reconciliation (core banking has no record of seeded disbursements);
 - the plan of each loan (`ledger.schedule.build_plan`) and the two postings a
@@ -135,7 +137,7 @@ LINE_METHODS: Final = (
 LOAN_TERMS_MONTHS: Final = (3, 6, 12, 12)
 LOAN_METHODS: Final = ("equal_installment", "equal_principal", "interest_only", "bullet")
 LOAN_AMOUNT_STEP_FEN: Final = 1_000_00
-DUE_TODAY_EVERY: Final = 8  # every eighth loan has its first installment due on the business date
+DUE_TODAY_EVERY: Final = 8  # by default every eighth loan has its first installment due today
 _CHINA: Final = dt.timezone(dt.timedelta(hours=8))
 
 # --- Personal data: engine/pii.py's published DEV keys (public, protect nothing) ----------------
@@ -235,10 +237,13 @@ class SeedConfig:
     seeded_file: Path = field(default_factory=seeded_file_path)
     analyze: bool = True
     row_triggers: bool = False
+    due_today_every: int = DUE_TODAY_EVERY
 
     def __post_init__(self) -> None:
         if self.customers < 1:
             raise SeedError("--customers must be at least 1")
+        if not 1 <= self.due_today_every <= 1000:
+            raise SeedError("--due-today-every must be 1..1000")
         if not 1 <= self.loans_per_customer <= LOANS_PER_CUSTOMER_MAX:
             raise SeedError(f"--loans-per-customer must be 1..{LOANS_PER_CUSTOMER_MAX}")
         if self.start < 0 or self.start + self.customers > SEEDED_INDEX_MAX:
@@ -385,8 +390,15 @@ def _start_date(today: dt.date, mixed: int, due_today: bool) -> dt.date:
 class RowMaker:
     """Turns customer indexes into rows; one per worker process (keys, caches)."""
 
-    def __init__(self, today: dt.date, penalty_multiplier: Decimal, loans: int) -> None:
+    def __init__(
+        self,
+        today: dt.date,
+        penalty_multiplier: Decimal,
+        loans: int,
+        due_today_every: int = DUE_TODAY_EVERY,
+    ) -> None:
         self.today = today
+        self.due_today_every = due_today_every
         self.penalty_multiplier = penalty_multiplier
         self.loans = loans
         self.expires_on = dt.date(today.year + 5, 12, 31)
@@ -440,7 +452,8 @@ class RowMaker:
         amount_fen = LOAN_AMOUNT_STEP_FEN * (1 + mixed % self._amount_steps)
         method = LOAN_METHODS[(mixed >> 8) % len(LOAN_METHODS)]
         months = LOAN_TERMS_MONTHS[(mixed >> 12) % len(LOAN_TERMS_MONTHS)]
-        start = _start_date(self.today, mixed >> 16, (ids.index + loan_no) % DUE_TODAY_EVERY == 0)
+        due_today = (ids.index + loan_no) % self.due_today_every == 0
+        start = _start_date(self.today, mixed >> 16, due_today)
         payment_fen, maturity, plan = _plan_rows(amount_fen, months, method, start)
         at = dt.datetime.combine(start, dt.time(9, 30), _CHINA)
         batch.tables["loan"].append(
@@ -631,7 +644,9 @@ def _worker_main(job: WorkerJob, out: Any) -> None:
 
 async def _worker(job: WorkerJob, out: Any) -> None:
     config = job.config
-    maker = RowMaker(job.today, job.penalty_multiplier, config.loans_per_customer)
+    maker = RowMaker(
+        job.today, job.penalty_multiplier, config.loans_per_customer, config.due_today_every
+    )
     conns = {shard.name: await connect(shard.dsn) for shard in config.shards}
     try:
         seeder = ChunkSeeder(config, maker, conns)
