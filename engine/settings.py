@@ -290,6 +290,29 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod.cutoff_time must be HH:MM")
 
 
+class OperatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Operators' logins (engine/operators): session lifetime, lockout, argon2 cost."""
+
+    session_ttl_s: int = 1800  # a login's token lives this long (no sliding renewal)
+    lockout_failures: int = 5  # this many wrong passwords in a row lock the account
+    lockout_s: int = 900  # for this long, unless an admin unlocks it first
+    # argon2id cost: OWASP's minimum (19 MiB, 2 passes, 1 lane) by default.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
+    audit_page_max: int = 500  # GET /v1/audit returns at most this many entries
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.session_ttl_s <= 43_200:
+            raise ValueError("operators.session_ttl_s must be 60..43200")
+        if not 1 <= self.lockout_failures <= 20 or not 60 <= self.lockout_s <= 86_400:
+            raise ValueError("operators.lockout_failures must be 1..20, lockout_s 60..86400")
+        if not 1 <= self.argon2_time_cost <= 10 or not 8_192 <= self.argon2_memory_kib <= 1_048_576:
+            raise ValueError("operators.argon2_time_cost 1..10, argon2_memory_kib 8192..1048576")
+        if not 1 <= self.argon2_parallelism <= 8 or not 10 <= self.audit_page_max <= 5000:
+            raise ValueError("operators.argon2_parallelism 1..8, audit_page_max 10..5000")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Production unless told otherwise: a host started without ENGINE_ENV must not fall
     # back to the published dev keys, the demo operator token or demo data.
@@ -307,6 +330,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eod: EodSettings = msgspec.field(default_factory=EodSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    operators: OperatorSettings = msgspec.field(default_factory=OperatorSettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:
