@@ -10,7 +10,7 @@ JavaScript. The OpenAPI document is generated from these types.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -475,6 +475,10 @@ class OperatorSessionView(msgspec.Struct):
     operator: OperatorView
 
 
+class SessionEnded(msgspec.Struct):
+    ended: bool
+
+
 class OperatorList(msgspec.Struct):
     operators: list[OperatorView]
 
@@ -518,8 +522,8 @@ class AuditEntryView(msgspec.Struct):
     tenant_id: str
     action: str
     target: str
-    before: object | None
-    after: object | None
+    before: Any
+    after: Any
     outcome: Literal["ok", "refused"]
     code: str
     request_id: str

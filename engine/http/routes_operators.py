@@ -25,6 +25,7 @@ from engine.contract.messages import (
     OperatorSessionView,
     OperatorView,
     RuleSetImported,
+    SessionEnded,
     StatusChange,
     WhitelistImported,
 )
@@ -83,7 +84,7 @@ async def logout(request: web.Request) -> web.Response:
     async with acquire(_pool(request)) as conn, conn.transaction():
         await accounts.logout(conn, who, _request_id(request))
     request[AUDITED] = True
-    return web.Response(status=204)
+    return json_response(encode(SessionEnded(ended=True)))
 
 
 async def me(request: web.Request) -> web.Response:
