@@ -5,7 +5,9 @@ database append their audit entry in their own transaction (`AUDITED`)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import re
 from typing import Any, Literal
 
 import asyncpg
@@ -39,6 +41,9 @@ from engine.origination.setup import RuleSetExists, rulesets_directory, save_rul
 from engine.stores import control_admin
 from engine.stores.shards import acquire
 
+_CHANNEL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_QUERY_WORD = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _ACCOUNT_ACTIONS = {
     "roles": "operator.roles",
     "disable": "operator.disable",
@@ -130,6 +135,8 @@ async def create_operator(request: web.Request) -> web.Response:
 async def change_operator(request: web.Request) -> web.Response:
     who = operator_of(request)
     operator_id = request.match_info["operator_id"]
+    if re.fullmatch(accounts.OPERATOR_ID_PATTERN, operator_id) is None:
+        raise NotFound("OPERATOR_NOT_FOUND", "no such operator")
     verb = request.path.rsplit("/", 1)[1]
     action = _ACCOUNT_ACTIONS[verb]
     kwargs: dict[str, Any] = {"request_id": _request_id(request)}
@@ -152,6 +159,8 @@ async def rotate_channel_secret(request: web.Request) -> web.Response:
     shown once; the old one stops working within reference_refresh_s."""
     who = operator_of(request)
     channel_id = request.match_info["channel_id"]
+    if _CHANNEL_ID.fullmatch(channel_id) is None:
+        raise NotFound("CHANNEL_NOT_FOUND", "no such channel")
     cipher = request.app[app_keys.PII]
     async with acquire(_pool(request)) as conn, conn.transaction():
         tenant = await conn.fetchval(
@@ -203,7 +212,13 @@ async def import_whitelist(request: web.Request) -> web.Response:
         entries = lists.read_white_list(text, dt.date.today())
     except lists.ListFileError as exc:
         raise BadRequest("LIST_FILE_INVALID", "; ".join(exc.problems[:20])) from None
-    foreign = [n + 2 for n, e in enumerate(entries) if not who.sees(e.tenant_id)]
+    except csv.Error as exc:  # a NUL byte, a runaway field
+        raise BadRequest("LIST_FILE_INVALID", f"not a CSV file: {exc}") from None
+    foreign = [
+        n + 2
+        for n, e in enumerate(entries)
+        if _TENANT_ID.fullmatch(e.tenant_id) is None or not who.sees(e.tenant_id)
+    ]
     if foreign:
         lines = ", ".join(str(n) for n in foreign[:20])
         raise BadRequest("LIST_FILE_INVALID", f"lines {lines}: not your member bank's tenant_id")
@@ -221,7 +236,7 @@ def _moment(request: web.Request, name: str) -> dt.datetime | None:
         return None
     try:
         moment = dt.datetime.fromisoformat(raw)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise BadRequest("QUERY_INVALID", f"{name} is an ISO date or time") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
@@ -237,8 +252,11 @@ async def read_audit(request: web.Request) -> web.Response:
         after_seq = int(query.get("after_seq", "0"))
     except ValueError:
         raise BadRequest("LIMIT_INVALID", f"limit is 1..{page_max}, after_seq >= 0") from None
-    if not 1 <= limit <= page_max or after_seq < 0:
+    if not 1 <= limit <= page_max or not 0 <= after_seq < 2**63:
         raise BadRequest("LIMIT_INVALID", f"limit is 1..{page_max}, after_seq >= 0")
+    for name in ("operator", "action"):
+        if _QUERY_WORD.fullmatch(query.get(name, "x")) is None:
+            raise BadRequest("QUERY_INVALID", f"{name} is 1..64 of [A-Za-z0-9._:-]")
     async with acquire(_pool(request)) as conn:
         rows = await audit.page(
             conn, since=_moment(request, "from"), until=_moment(request, "to"),
