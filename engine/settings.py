@@ -216,7 +216,7 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("relay_lease_s must exceed twice core_timeout_s")
 
 
-# sha256("demo-operator"): the local stack's operator token; prod must set its own.
+# sha256("demo-operator"): the local stack's static operator token (dev and test only).
 DEV_OPERATOR_TOKEN_SHA256 = "9437e87fae95c03d3778f2575bb18ce30e647e51d86a8c37963364e1fc4f374e"  # noqa: S105 - a published hash
 
 
@@ -233,7 +233,8 @@ class OriginationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         default_factory=lambda: {"demo-credit": "v2"}
     )
     current_versions: dict[str, str] = msgspec.field(default_factory=dict)
-    # Operators (review queue) authenticate with a token; only its SHA-256 is configured.
+    # Dev and test only: static operator tokens (SHA-256) standing for the dev operator
+    # (engine.http.operator_auth.DEV_PRINCIPAL). Production accepts session tokens only.
     operator_token_sha256: list[str] = msgspec.field(default_factory=list)
     # The contract's one-time signing code (engine.origination.otp): how long it lives,
     # how many wrong codes lock the contract and for how long, the wait between codes.
