@@ -312,3 +312,23 @@ async def test_production_refuses_the_dev_token(settings: Settings) -> None:
         assert (await authenticate_operator(request)).operator_id == "dev-operator"
     finally:
         await pool.close()
+
+
+async def test_cli_bootstraps_an_admin(
+    api: ApiClient, engine: EngineProcess, control_conn: asyncpg.Connection, bank_b: str
+) -> None:
+    login = f"b-admin-{secrets.token_hex(3)}"
+    weak = run_cli("operators", "create", "--tenant", bank_b, "--login", login,
+                   "--role", "bank_admin", env=engine.env | {"ENGINE_OPERATOR_PASSWORD": "short"})  # fmt: skip
+    assert weak.returncode == 1 and "12..128" in weak.stderr
+    since = await audit_head(control_conn)
+    made = run_cli("operators", "create", "--tenant", bank_b, "--login", login,
+                   "--role", "bank_admin", env=engine.env | {"ENGINE_OPERATOR_PASSWORD": PASSWORD})  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [entry] = await audit_rows(control_conn, since, action="operator.create")
+    assert entry["operator_id"] == "cli" and entry["operator_login"].startswith("cli:")
+    listed = run_cli("operators", "list", "--tenant", bank_b, env=engine.env)
+    assert login in listed.stdout and "bank_admin" in listed.stdout
+    logged = await log_in(api, login)
+    assert logged.status == 200 and logged.json["operator"]["tenant_id"] == bank_b, logged
+    assert run_cli("operators", "unlock", "nobody-at-all", env=engine.env).returncode == 1
