@@ -128,7 +128,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "type": "apiKey",
         "in": "header",
         "name": "X-Operator-Token",
-        "description": "a bank operator's token; channels cannot call these routes",
+        "description": "an operator's session token from POST /v1/operator/login (30 min; "
+        "README, Operators, roles and audit); channels cannot call these routes",
     },
 }
 # Query parameters of the routes that take any, as the handlers read them.
