@@ -216,7 +216,7 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("relay_lease_s must exceed twice core_timeout_s")
 
 
-# sha256("demo-operator"): the local stack's operator token; prod must set its own.
+# sha256("demo-operator"): the local stack's static operator token (dev and test only).
 DEV_OPERATOR_TOKEN_SHA256 = "9437e87fae95c03d3778f2575bb18ce30e647e51d86a8c37963364e1fc4f374e"  # noqa: S105 - a published hash
 
 
@@ -233,7 +233,8 @@ class OriginationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         default_factory=lambda: {"demo-credit": "v2"}
     )
     current_versions: dict[str, str] = msgspec.field(default_factory=dict)
-    # Operators (review queue) authenticate with a token; only its SHA-256 is configured.
+    # Dev and test only: static operator tokens (SHA-256) standing for the dev operator
+    # (engine.http.operator_auth.DEV_PRINCIPAL). Production accepts session tokens only.
     operator_token_sha256: list[str] = msgspec.field(default_factory=list)
     # The contract's one-time signing code (engine.origination.otp): how long it lives,
     # how many wrong codes lock the contract and for how long, the wait between codes.
@@ -292,6 +293,29 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod.cutoff_time must be HH:MM")
 
 
+class OperatorSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Operators' logins (engine/operators): session lifetime, lockout, argon2 cost."""
+
+    session_ttl_s: int = 1800  # a login's token lives this long (no sliding renewal)
+    lockout_failures: int = 5  # this many wrong passwords in a row lock the account
+    lockout_s: int = 900  # for this long, unless an admin unlocks it first
+    # argon2id cost: OWASP's minimum (19 MiB, 2 passes, 1 lane) by default.
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
+    audit_page_max: int = 500  # GET /v1/audit returns at most this many entries
+
+    def __post_init__(self) -> None:
+        if not 60 <= self.session_ttl_s <= 43_200:
+            raise ValueError("operators.session_ttl_s must be 60..43200")
+        if not 1 <= self.lockout_failures <= 20 or not 60 <= self.lockout_s <= 86_400:
+            raise ValueError("operators.lockout_failures must be 1..20, lockout_s 60..86400")
+        if not 1 <= self.argon2_time_cost <= 10 or not 8_192 <= self.argon2_memory_kib <= 1_048_576:
+            raise ValueError("operators.argon2_time_cost 1..10, argon2_memory_kib 8192..1048576")
+        if not 1 <= self.argon2_parallelism <= 8 or not 10 <= self.audit_page_max <= 5000:
+            raise ValueError("operators.argon2_parallelism 1..8, audit_page_max 10..5000")
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Production unless told otherwise: a host started without ENGINE_ENV must not fall
     # back to the published dev keys, the demo operator token or demo data.
@@ -309,6 +333,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     eod: EodSettings = msgspec.field(default_factory=EodSettings)
     rate_limit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    operators: OperatorSettings = msgspec.field(default_factory=OperatorSettings)
     reference_refresh_s: float = 2.0
 
     def shard_map(self) -> ShardMap:

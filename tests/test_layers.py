@@ -22,6 +22,7 @@ RANKS: dict[str, int] = {
     "origination": 5,
     "eod": 5,  # the day-end: services below it; the scheduler and CLI above
     "relay": 6,
+    "operators": 6,  # accounts, sessions, roles, the audit trail (uses origination's chain)
     "http": 7,
     "<entry>": 8,  # __main__, serve, migrate, cli/: processes and commands
 }

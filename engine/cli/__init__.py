@@ -26,4 +26,6 @@ COMMANDS: dict[str, str] = {
     "evidence": "engine.cli.evidence",
     "eod": "engine.cli.eod",
     "officers": "engine.cli.officers",
+    "operators": "engine.cli.operators",
+    "audit": "engine.cli.audit",
 }

@@ -70,6 +70,8 @@ async def _set_security(conn: Any, args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.cli.operators import cli_principal
+    from engine.operators import audit
     from engine.stores import control_admin
 
     async def work(conn: Any, cipher: Any, settings: Any) -> int:
@@ -91,6 +93,18 @@ def run(args: argparse.Namespace) -> int:
                     sep="\t",
                 )
             return 0
+        # Every change commits with its audit entry (done by `cli:<OS user>`).
+        async with conn.transaction():
+            status = await change(conn, cipher)
+            entry = audit.event(
+                cli_principal(), f"channel.{command}", f"channel:{args.channel_id}",
+                after={"command": command}, request_id="cli",
+            )  # fmt: skip
+            await audit.append(conn, entry)
+        return status
+
+    async def change(conn: Any, cipher: Any) -> int:
+        command = args.channels_command
         if command in ("signature-v1", "rate-limit"):
             print(await _set_security(conn, args))
             return 0

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.admin_common import run_on_control
+
 COMMANDS = ("whitelist", "blacklist", "bureauflag")
 
 
@@ -71,6 +73,18 @@ def run(args: argparse.Namespace) -> int:
             await pools.close()
 
     count = asyncio.run(store())
+
+    async def audited(conn: Any, cipher: Any, settings: Any) -> None:
+        from engine.cli.operators import cli_principal
+        from engine.operators import audit
+
+        entry = audit.event(
+            cli_principal(), f"{args.list_kind}.import", f"file:{Path(args.file).name}",
+            after={"count": count}, request_id="cli",
+        )  # fmt: skip
+        await audit.append_alone(conn, entry)
+
+    run_on_control(audited)
     what = "customers changed" if args.list_kind == "bureauflag" else "entries imported"
     print(f"{args.list_kind}: {count} {what}")
     return 0

@@ -10,7 +10,7 @@ JavaScript. The OpenAPI document is generated from these types.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -445,3 +445,91 @@ class ContractView(msgspec.Struct):
     face_to_face: FaceToFaceView
     documents: list[ContractDocumentView]
     evidence: list[EvidenceRecordView]  # consent, face-to-face and signature records
+
+
+# ---- operators, roles and the audit trail (engine/operators) ---------------------------
+
+Login = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{2,63}$")]
+Password = Annotated[str, Meta(min_length=1, max_length=128)]
+RoleName = Literal["union_admin", "bank_admin", "approver", "officer", "auditor"]
+TenantIdStr = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+
+
+class OperatorLogin(_Request):
+    login: Login
+    password: Password
+
+
+class OperatorView(msgspec.Struct):
+    operator_id: str
+    tenant_id: str
+    login: str
+    roles: list[str]
+    status: Literal["active", "disabled"]
+    locked_until: str | None = None
+
+
+class OperatorSessionView(msgspec.Struct):
+    token: str  # send as X-Operator-Token; shown once
+    expires_at: dt.datetime
+    operator: OperatorView
+
+
+class SessionEnded(msgspec.Struct):
+    ended: bool
+
+
+class OperatorList(msgspec.Struct):
+    operators: list[OperatorView]
+
+
+class OperatorCreate(_Request):
+    tenant_id: TenantIdStr
+    login: Login
+    password: Annotated[str, Meta(min_length=12, max_length=128)]
+    roles: Annotated[list[RoleName], Meta(min_length=1, max_length=5)]
+
+
+class OperatorRoles(_Request):
+    roles: Annotated[list[RoleName], Meta(min_length=1, max_length=5)]
+
+
+class OperatorPassword(_Request):
+    password: Annotated[str, Meta(min_length=12, max_length=128)]
+
+
+class ChannelSecretView(msgspec.Struct):
+    channel_id: str
+    secret: str  # shown once; engines use it within reference_refresh_s
+
+
+class RuleSetImported(msgspec.Struct):
+    product_code: str
+    version: str
+    status: Literal["stored", "unchanged"]
+    note: str
+
+
+class WhitelistImported(msgspec.Struct):
+    imported: int
+
+
+class AuditEntryView(msgspec.Struct):
+    seq: int
+    at: dt.datetime
+    operator_id: str
+    operator_login: str
+    tenant_id: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+    outcome: Literal["ok", "refused"]
+    code: str
+    request_id: str
+    hash: str  # hex
+
+
+class AuditPage(msgspec.Struct):
+    entries: list[AuditEntryView]
+    next_after_seq: int | None  # pass as after_seq for the next page; None: no more

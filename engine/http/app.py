@@ -13,6 +13,7 @@ from engine.http.auth import auth_middleware
 from engine.http.middlewares import request_middleware
 from engine.http.routes_cards import setup_card_routes
 from engine.http.routes_contracts import setup_contract_routes
+from engine.http.routes_operators import setup_operator_routes
 from engine.http.routes_ops import create_ops_app, setup_public_ops_routes
 from engine.http.routes_origination import setup_origination_routes
 from engine.http.routes_post_loan import setup_post_loan_routes
@@ -45,4 +46,5 @@ def create_app(settings: Settings) -> web.Application:
     setup_contract_routes(app)
     setup_post_loan_routes(app)
     setup_card_routes(app)
+    setup_operator_routes(app)
     return app

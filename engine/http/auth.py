@@ -35,7 +35,7 @@ from aiohttp.typedefs import Handler
 
 from engine.contract.errors import TooManyRequests, Unauthorized
 from engine.http import keys as app_keys
-from engine.http.operator_auth import authenticate_operator, is_operator_request
+from engine.http.operator_auth import handle_operator_request, operator_route
 from engine.idempotency.once import Caller
 from engine.runtime import metrics
 from engine.security.signing import HEADER_IDEMPOTENCY_KEY, NONCE_RE, key_to_sign, verify
@@ -132,10 +132,11 @@ def caller_of(request: web.Request) -> Caller:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if is_operator_request(request):
-        authenticate_operator(request)
+    route = operator_route(request)
+    if route is not None:
         request[BODY] = await request.read()
-    elif request.path.startswith("/v1/"):
+        return await handle_operator_request(request, handler, route)
+    if request.path.startswith("/v1/"):
         channel = await authenticate(request)
         request[CHANNEL] = channel
         request[BODY] = await request.read()

@@ -30,6 +30,7 @@ class Route(NamedTuple):
     status: int
     response: type
     operator: bool = False  # X-Operator-Token instead of the channel signature
+    public: bool = False  # no credentials at all (the operators' login)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -79,7 +80,37 @@ ROUTES: tuple[Route, ...] = (
           t.StatusChange, 200, t.CreditLineView, operator=True),
     Route("post", "/v1/operator/credit-lines/{line_id}/unfreeze", "The bank lifts its freeze",
           t.StatusChange, 200, t.CreditLineView, operator=True),
+    Route("post", "/v1/operator/login", "Log in: a session token for X-Operator-Token",
+          t.OperatorLogin, 200, t.OperatorSessionView, public=True),
+    Route("post", "/v1/operator/logout", "End this session", None, 200, t.SessionEnded,
+          operator=True),
+    Route("get", "/v1/operator/me", "The operator of this token", None, 200, t.OperatorView,
+          operator=True),
+    Route("get", "/v1/admin/operators", "Operators (of your member bank)", None, 200,
+          t.OperatorList, operator=True),
+    Route("post", "/v1/admin/operators", "Create an operator with roles", t.OperatorCreate, 201,
+          t.OperatorView, operator=True),
+    Route("post", "/v1/admin/operators/{operator_id}/roles", "Change an operator's roles",
+          t.OperatorRoles, 200, t.OperatorView, operator=True),
+    Route("post", "/v1/admin/operators/{operator_id}/disable", "Disable an operator",
+          t.StatusChange, 200, t.OperatorView, operator=True),
+    Route("post", "/v1/admin/operators/{operator_id}/enable", "Enable an operator again",
+          t.StatusChange, 200, t.OperatorView, operator=True),
+    Route("post", "/v1/admin/operators/{operator_id}/unlock", "Lift a lockout", None, 200,
+          t.OperatorView, operator=True),
+    Route("post", "/v1/admin/operators/{operator_id}/password", "Reset a password (ends the "
+          "operator's sessions)", t.OperatorPassword, 200, t.OperatorView, operator=True),
+    Route("post", "/v1/admin/channels/{channel_id}/rotate-secret", "A new channel secret, "
+          "shown once", None, 200, t.ChannelSecretView, operator=True),
+    Route("post", "/v1/admin/rulesets", "Import a rule set (the body: its JSON file)", None, 200,
+          t.RuleSetImported, operator=True),
+    Route("post", "/v1/admin/whitelist", "Import a white list (the body: its CSV file)", None,
+          200, t.WhitelistImported, operator=True),
+    Route("get", "/v1/audit", "The audit trail (auditors)", None, 200, t.AuditPage,
+          operator=True),
 )  # fmt: skip
+# Path parameters that are not 64-bit IDs.
+_PATH_PATTERNS = {"operator_id": "^op_[0-9a-f]{16}$", "channel_id": "^[A-Za-z0-9_-]{1,64}$"}
 # The signer as the channel saw them, recorded in the signature's evidence.
 _SIGNER_HEADERS = ("X-Signer-IP", "X-Signer-Device-Id")
 
@@ -97,7 +128,8 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "type": "apiKey",
         "in": "header",
         "name": "X-Operator-Token",
-        "description": "a bank operator's token; channels cannot call these routes",
+        "description": "an operator's session token from POST /v1/operator/login (30 min; "
+        "README, Operators, roles and audit); channels cannot call these routes",
     },
 }
 # Query parameters of the routes that take any, as the handlers read them.
@@ -111,6 +143,15 @@ _QUERY: dict[str, list[dict[str, Any]]] = {
         {"name": "limit", "in": "query",
          "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
     ],
+    "/v1/audit": [
+        {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+        {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+        {"name": "operator", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+        {"name": "action", "in": "query", "schema": {"type": "string", "maxLength": 64}},
+        {"name": "after_seq", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "limit", "in": "query",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+    ],
 }  # fmt: skip
 
 
@@ -121,14 +162,15 @@ def _ref(schema: dict[str, Any]) -> dict[str, Any]:
 def _operation(
     route: Route, response_ref: dict[str, Any], request_ref: dict[str, Any] | None
 ) -> dict[str, Any]:
-    method, path, summary, _, status, _, operator = route
+    method, path, summary, _, status, _, operator, public = route
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-        for name in (() if operator else _AUTH_HEADERS)
+        for name in (() if operator or public else _AUTH_HEADERS)
     ]
     parameters += [
         {"name": part[1:-1], "in": "path", "required": True,
-         "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}
+         "schema": {"type": "string",
+                    "pattern": _PATH_PATTERNS.get(part[1:-1], "^[1-9][0-9]{0,18}$")}}
         for part in path.split("/") if part.startswith("{")
     ]  # fmt: skip
     if method == "post" and status == 201:
@@ -145,7 +187,7 @@ def _operation(
     problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     operation: dict[str, Any] = {
         "summary": summary,
-        "security": [{"operatorToken" if operator else "channelSignature": []}],
+        "security": [] if public else [{"operatorToken" if operator else "channelSignature": []}],
         "parameters": parameters,
         "responses": {
             str(status): {

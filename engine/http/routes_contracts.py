@@ -12,6 +12,7 @@ from engine.contract.errors import ApiError, ServiceUnavailable
 from engine.contract.messages import ContractSign, FaceToFaceCreate, OtpIssued
 from engine.http import keys as app_keys
 from engine.http.auth import BODY, CHANNEL
+from engine.http.operator_auth import AUDIT_CHANGE, AuditChange, operator_of
 from engine.origination import face_to_face, otp, signing
 from engine.origination.contract_view import contract_view
 from engine.services.context import Services, parse_id
@@ -94,10 +95,11 @@ async def sign_contract(request: web.Request) -> web.Response:
 
 
 async def get_contract(request: web.Request) -> web.Response:
-    """The channel reads its own tenant's contracts; an operator (no CHANNEL) any."""
+    """The channel reads its own tenant's contracts; an operator (no CHANNEL) those of
+    their member bank (a union_admin's scope: every bank)."""
     svc, contract_id = _svc(request), _contract_id(request)
     channel = request.get(CHANNEL)
-    tenant_id = None if channel is None else channel.tenant_id
+    tenant_id = operator_of(request).scope if channel is None else channel.tenant_id
     view = await read(
         svc.pools, shard_of_id(contract_id), lambda c: contract_view(c, contract_id, tenant_id)
     )
@@ -105,11 +107,14 @@ async def get_contract(request: web.Request) -> web.Response:
 
 
 async def record_face_to_face(request: web.Request) -> web.Response:
-    svc, contract_id = _svc(request), _contract_id(request)
+    svc, contract_id, scope = _svc(request), _contract_id(request), operator_of(request).scope
     body = decode(request[BODY], FaceToFaceCreate)
     view = await in_transaction(
-        svc.pools, shard_of_id(contract_id), lambda c: face_to_face.record(c, contract_id, body)
+        svc.pools,
+        shard_of_id(contract_id),
+        lambda c: face_to_face.record(c, contract_id, body, tenant_id=scope),
     )
+    request[AUDIT_CHANGE] = AuditChange(f"contract:{contract_id}", after={"recorded": True})
     return json_response(encode(view))
 
 

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 
 from engine.contract.codec import decode, encode, json_response
-from engine.contract.errors import Unprocessable
+from engine.contract.errors import NotFound, Unprocessable
 from engine.contract.messages import (
     ApplicationCreate,
     ApplicationView,
@@ -20,6 +20,7 @@ from engine.contract.messages import (
 )
 from engine.http import keys as app_keys
 from engine.http.auth import BODY, CHANNEL, caller_of
+from engine.http.operator_auth import AUDIT_CHANGE, AuditChange, operator_of
 from engine.idempotency.once import run_once
 from engine.origination import service as origination
 from engine.origination.bureau_step import run_bureau_step
@@ -87,15 +88,17 @@ async def get_application(request: web.Request) -> web.Response:
 
 
 async def review_queue(request: web.Request) -> web.Response:
-    svc = _svc(request)
+    svc, scope = _svc(request), operator_of(request).scope
 
     async def pending(shard: str) -> list[asyncpg.Record]:
         async with acquire(svc.pools.pool(shard)) as conn:
             return list(
                 await conn.fetch(
                     """SELECT * FROM application WHERE status = 'pending_review'
+                         AND ($2::text IS NULL OR tenant_id = $2)
                        ORDER BY created_at LIMIT $1""",
                     REVIEW_PAGE_MAX,
+                    scope,
                 )
             )
 
@@ -108,7 +111,7 @@ async def review_queue(request: web.Request) -> web.Response:
 
 def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
-        svc = _svc(request)
+        svc, who = _svc(request), operator_of(request)
         application_id = parse_id(request.match_info["application_id"], "application")
         action = decode(request[BODY], ReviewAction)
 
@@ -116,8 +119,8 @@ def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
             row = await conn.fetchrow(
                 "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
             )
-            if row is None:
-                raise Unprocessable("APPLICATION_NOT_FOUND", f"no application {application_id}")
+            if row is None or not who.sees(row["tenant_id"]):  # another bank's: not found
+                raise NotFound("APPLICATION_NOT_FOUND", f"no application {application_id}")
             if row["status"] != "pending_review":
                 raise Unprocessable("NOT_IN_REVIEW", f"the application is {row['status']}")
             if approve:
@@ -137,6 +140,11 @@ def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
             return await origination.application_view(conn, row["tenant_id"], application_id)
 
         view = await in_transaction(svc.pools, shard_of_id(application_id), work)
+        request[AUDIT_CHANGE] = AuditChange(
+            f"application:{application_id}",
+            before={"status": "pending_review"},
+            after={"status": view.status, "reason": action.reason[:200]},
+        )
         return json_response(encode(view))
 
     return handler

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import re
 from collections.abc import Iterable
 from decimal import Decimal
@@ -77,8 +78,13 @@ class FlagEntry(msgspec.Struct, frozen=True):
     flag: str | None  # None: cleared
 
 
-def _rows(path: Path, columns: list[str]) -> Iterable[tuple[int, dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+def _rows(source: Path | str, columns: list[str]) -> Iterable[tuple[int, dict[str, str]]]:
+    """The rows of a file (a Path) or of a CSV text already read (an API body)."""
+    with (
+        source.open(newline="", encoding="utf-8-sig")
+        if isinstance(source, Path)
+        else io.StringIO(source.removeprefix("\ufeff"), newline="")
+    ) as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames != columns:
             raise ListFileError([f"line 1: header must be {','.join(columns)}"])
@@ -106,7 +112,8 @@ def _white(row: dict[str, str], today: dt.date) -> WhiteEntry:
     )
 
 
-def read_white_list(path: Path, today: dt.date) -> list[WhiteEntry]:
+def read_white_list(path: Path | str, today: dt.date) -> list[WhiteEntry]:
+    """The entries of a file (a Path) or of its text (a str)."""
     entries, problems = [], []
     for number, row in _rows(path, WHITE_COLUMNS):
         try:

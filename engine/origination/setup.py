@@ -11,10 +11,33 @@ from engine.origination.service import Origination
 from engine.settings import OriginationSettings
 
 
+def rulesets_directory(settings: OriginationSettings) -> Path:
+    return Path(settings.rulesets_dir) if settings.rulesets_dir else decision.RULESETS_DIRECTORY
+
+
+class RuleSetExists(ValueError):
+    """This product's version is stored with other content: versions are never rewritten."""
+
+
+def save_rule_set(directory: Path, data: bytes) -> tuple[decision.RuleSet, bool]:
+    """Check `data` as the loader does and store it as `<product>/<version>.json` (the
+    engine loads it at its next start). Returns the rule set and whether it was new;
+    the same bytes again change nothing; other bytes under a stored version are refused."""
+    rule_set = decision.rule_set_from_json(data, "the body")
+    path = directory / rule_set.product_code / f"{rule_set.version}.json"
+    if path.exists():
+        if path.read_bytes() != data:
+            raise RuleSetExists(f"{rule_set.product_code}/{rule_set.version} is stored already")
+        return rule_set, False
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_bytes(data)
+    partial.rename(path)  # whole or absent: the loader refuses any other file
+    return rule_set, True
+
+
 def build_origination(settings: OriginationSettings) -> Origination:
-    directory = (
-        Path(settings.rulesets_dir) if settings.rulesets_dir else decision.RULESETS_DIRECTORY
-    )
+    directory = rulesets_directory(settings)
     rule_sets = decision.load_rule_sets(directory)
     current = {}
     for product, versions in rule_sets.items():

@@ -1,0 +1,1 @@
+"""Operators: accounts, passwords, sessions, roles and permissions, the audit trail."""
