@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from engine.settings import Settings
@@ -76,10 +77,15 @@ async def test_hard_refusals_never_query_the_bureau(
 
 
 async def test_valid_and_long_term_ids_go_on_to_the_bureau(
-    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+    api: ApiClient,
+    engine: EngineProcess,
+    http: aiohttp.ClientSession,
+    control_conn: asyncpg.Connection,
 ) -> None:
+    # Valid through the business date (which a day-end may have moved past the wall date).
+    today = await control_conn.fetchval("SELECT business_date FROM business_clock")
     for fields in (
-        {"id_valid_from": "2020-01-01", "id_valid_until": str(dt.date.today())},
+        {"id_valid_from": "2020-01-01", "id_valid_until": str(today)},
         {"id_valid_from": "2010-01-01", "id_long_term": True},
     ):
         reply = await apply(api, _with_applicant(application(born(1970)), **fields))
