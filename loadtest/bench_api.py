@@ -292,12 +292,12 @@ class Results:
     half_rate_per_s: float
     repayments: Tally
     loans_estimate: int
+    cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
+    cpu_ms_per_repayment: dict[str, float] = dataclasses.field(default_factory=dict)
     repay_half: Tally = dataclasses.field(default_factory=Tally)
     repay_half_rate_per_s: float = 0.0
     mixed_draw: Tally = dataclasses.field(default_factory=Tally)
     mixed_pay: Tally = dataclasses.field(default_factory=Tally)
-    cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
-    cpu_ms_per_repayment: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 async def _loans_estimate() -> int:
