@@ -141,6 +141,12 @@ REPAYMENT_BATCH_FAILED = Counter(
     "Group completions of repayments that failed whole (a lock held too long, the "
     "shard); each repayment of one was completed alone instead.",
 )
+REPAYMENT_OPENED = Counter(
+    "repayment_openings_total",
+    "Repayments' phase A booked at once (read, then one statement); the others took "
+    "the locked transaction.",
+    ["path"],
+)
 REPAYMENT_COMPLETED = Counter(
     "repayment_completions_total",
     "Repayments whose debit core took, by how phase B was done: at_once (read, then "

@@ -1,4 +1,13 @@
-"""Group booking: the drawdowns that reach a shard database together, in one statement.
+"""Group booking: the drawdowns (or repayments' completions) that reach a shard
+database together, in one statement.
+
+The lanes below are generic (`GroupBatches`); a `GroupKind` says what they book: its
+statement, how a batch's arguments are laid out, which items may not share a call
+(drawdowns: a line or a customer; all of one business date) and its metrics.
+`DrawdownBatches` books drawdowns through `book_drawdowns`; `RepaymentBatches`
+(engine/services/repayment_completion.py) completes repayments whose debit core took
+through `complete_repayments`. What follows is told for drawdowns; repayments' lanes
+work the same way, with their own batch size (`repayment_batch_max`).
 
     drawdown ─► expecting(shard): read its line, plan ─► book(shard, args)
                                                             │
