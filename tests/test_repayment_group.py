@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from engine.contract.messages import RepaymentCreate, RepaymentItemCreate
@@ -385,3 +386,45 @@ async def test_many_repayments_at_once_are_completed_in_fewer_calls_each_once(
         assert owed == 100_000 - 1234
         assert reply.json["items"][0]["allocation"] == {
             "penalty": "0.00", "interest": "0.00", "principal": "12.34"}  # fmt: skip
+
+
+async def test_the_function_books_those_as_read_and_sends_back_one_that_changed(
+    api: ApiClient, pools: ShardPools, plane: ControlPlane
+) -> None:
+    """`complete_repayments` called directly: of two repayments of one call, the one
+    whose loan changed after the read (its row version) answers 'recheck' with nothing
+    written; the other is booked. Arrays of unequal length are refused whole."""
+    customers = await _loans(api, 6)
+    by_db: dict[str, list[tuple[str, str, str]]] = {}
+    for c in customers:
+        by_db.setdefault(pools.physical_for(shard_of_id(int(c[0]))).name, []).append(c)
+    name, pair = max(by_db.items(), key=lambda kv: len(kv[1]))
+    assert len(pair) >= 2, by_db
+    claims = [await _processing(pools, plane, c, f"grp-s-{c[0]}") for c in pair[:2]]
+    pool = pools.pool(name)
+    async with pool.acquire() as conn:
+        prepared = []
+        for claimed in claims:
+            records = list(await conn.fetch(rc.READ_SQL, claimed.ref_id))
+            got = rc.prepare(
+                records, ids=plane.ids, reference=plane.reference.data, claimed=claimed,
+                outcome="CORE1",
+            )  # fmt: skip
+            assert got is not None
+            prepared.append(got)
+        # The second's loan row changes after the read (a new row version, same values).
+        await conn.execute(
+            "UPDATE loan SET updated_at = updated_at WHERE pending_repayment_id = $1",
+            claims[1].ref_id,
+        )
+        arrays = rc.batch_args([p.args for p in prepared], None)
+        with pytest.raises(asyncpg.InvalidParameterValueError):
+            await conn.fetchval(rc.BATCH_SQL, *arrays[:11], arrays[11][:-1], *arrays[12:])
+        outcomes = await conn.fetchval(rc.BATCH_SQL, *arrays)
+    assert list(outcomes) == ["booked", "recheck"]
+    booked, sent_back = await _booked(pools, claims[0]), await _booked(pools, claims[1])
+    assert booked["repayment"]["status"] == "succeeded" and len(booked["items"]) == 1
+    assert sum(leg[2] for leg in booked["legs"]) == 0 and booked["sms"] == 1
+    assert sent_back["repayment"]["status"] == "processing"
+    assert sent_back["items"] == [] and sent_back["legs"] == [] and sent_back["sms"] == 0
+    assert sent_back["debit"]["state"] == "sending"
