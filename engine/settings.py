@@ -32,6 +32,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
     ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
+    ENGINE_REPAYMENT_BATCH_MAX (32: repayments completed by one statement; 1: none),
     ENGINE_RELAY_METRICS_PORT                         see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
                                                       (dev and test: the published dev keys)
@@ -190,6 +191,9 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A repayment waits this long for core's debit before answering `processing`.
     inline_debit_wait_s: float = 3.0
     relay_batch_max: int = 50
+    # Repayments' completions (phase B) booked by one statement per shard database
+    # (engine/services/repayment_completion.py); 1: each alone through the same function.
+    repayment_batch_max: int = 32
     relay_concurrency: int = 32
     relay_lease_s: float = 30.0
     relay_idle_poll_s: float = 0.1
@@ -209,6 +213,8 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("external time-outs must be positive")
         if not 0 <= self.relay_gather_s <= 1:
             raise ValueError("relay_gather_s must be 0..1")
+        if not 1 <= self.repayment_batch_max <= 256:
+            raise ValueError("repayment_batch_max must be 1..256")
         if not 1 <= self.relay_concurrency <= 256 or not 1 <= self.relay_batch_max <= 1000:
             raise ValueError("relay_concurrency must be 1..256 and relay_batch_max 1..1000")
         # A batch core refuses whole is sent again item by item: two calls in one lease.
@@ -392,6 +398,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     ):
         if var in environ:
             external[key] = float(environ[var])
+    if "ENGINE_REPAYMENT_BATCH_MAX" in environ:
+        external["repayment_batch_max"] = int(environ["ENGINE_REPAYMENT_BATCH_MAX"])
     if "ENGINE_RELAY_METRICS_PORT" in environ:
         external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
     if external:

@@ -4,7 +4,11 @@
 
 On a shared 2-core machine the question "where does a drawdown's CPU go" is
 answered per role: PostgreSQL, the engine's workers, the relay, the fakes,
-Redis, this client, and everything else. Linux only (returns {} elsewhere).
+Redis, this client, and everything else. With the stack's environment set
+(ops/stack-env.sh: STACK_RUN_DIR, STACK_REDIS_PORT) only this checkout's processes
+count in their roles: the PostgreSQL backends of its own servers, its own Python
+processes, its Redis; other stacks' processes on the machine are "other". Linux only
+(returns {} elsewhere).
 """
 
 from __future__ import annotations
@@ -14,6 +18,34 @@ from pathlib import Path
 
 ROLES = ("postgres", "engine", "relay", "fakes", "redis", "client", "other")
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _this_stack() -> tuple[set[int], str, str] | None:
+    """This checkout's postmasters, its Python and its Redis port, when the stack's
+    environment names them (ops/stack-env.sh): on a machine shared with other stacks,
+    their PostgreSQL, engines and fakes are then "other", not ours."""
+    run_dir = os.environ.get("STACK_RUN_DIR")
+    if not run_dir:
+        return None
+    postmasters: set[int] = set()
+    for pid_file in Path(run_dir).glob("pg*/postmaster.pid"):
+        try:
+            postmasters.add(int(pid_file.read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+    python = str(Path(run_dir).resolve().parent / ".venv" / "bin" / "python")
+    return postmasters, python, os.environ.get("STACK_REDIS_PORT", "")
+
+
+def _mine(pid: int, cmdline: str, ppid: int, stack: tuple[set[int], str, str] | None) -> bool:
+    if stack is None or pid == os.getpid():
+        return True
+    postmasters, python, redis_port = stack
+    if pid in postmasters or ppid in postmasters:
+        return True
+    if cmdline.startswith(python):
+        return True
+    return "redis-server" in cmdline and bool(redis_port) and f":{redis_port}" in cmdline
 
 
 def _role(pid: int, cmdline: str, stat: str) -> str:
@@ -38,6 +70,7 @@ def cpu_by_role() -> dict[str, float]:
     proc = Path("/proc")
     if not proc.is_dir():
         return {}
+    stack = _this_stack()
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -48,7 +81,9 @@ def cpu_by_role() -> dict[str, float]:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
         ticks = int(fields[11]) + int(fields[12])  # utime, stime
-        spent[_role(int(entry.name), cmdline, stat)] += ticks / _TICKS_PER_S
+        pid, ppid = int(entry.name), int(fields[1])
+        role = _role(pid, cmdline, stat) if _mine(pid, cmdline, ppid, stack) else "other"
+        spent[role] += ticks / _TICKS_PER_S
     return spent
 
 

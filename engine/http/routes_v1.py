@@ -189,6 +189,7 @@ async def create_repayment(request: web.Request) -> web.Response:
             work,
             after=debit,
             pending_states=frozenset({"processing"}),
+            at_once=lambda claim: repayments.open_at_once(svc, channel, body, claim, created),
         ),
     )
 

@@ -42,6 +42,7 @@ from engine.adapters.core_bank import (
 )
 from engine.adapters.sms import SEND_BATCH_MAX, Sms, SmsGateway
 from engine.relay import batch as relay_batch
+from engine.runtime import metrics
 from engine.security.pii import PiiCipher
 from engine.services.disbursement import (
     Disbursed,
@@ -50,6 +51,7 @@ from engine.services.disbursement import (
     complete_disbursements,
     observe,
 )
+from engine.services.repayment_completion import RepaymentBatches, complete_at_once
 from engine.services.repayments import complete_repayment
 from engine.settings import ExternalSettings
 from engine.stores import outbox
@@ -93,6 +95,7 @@ class Relay:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.relay_concurrency)
         self.handlers = dict(handlers or {})
+        self.repayments = RepaymentBatches(pools, batch_max=settings.repayment_batch_max)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(self._drain(name, stop) for name in self.pools.by_name))
@@ -311,18 +314,23 @@ class Relay:
             log.exception("outbox row failed", extra={"outbox_id": row.outbox_id, "kind": row.kind})
             return None
 
-    async def process(self, shard: str, row: Claimed) -> None:
-        """One claimed row, on its own (a repayment's inline debit): nothing prefetched,
-        so a send reads its card and stamps its send time itself."""
+    async def process(
+        self, shard: str, row: Claimed, known: relay_batch.Prefetched = relay_batch.NOTHING_KNOWN
+    ) -> bytes | None:
+        """One claimed row, on its own (a repayment's inline debit): with nothing
+        prefetched a send reads its card and stamps its send time itself. Returns the
+        repayment's stored answer if it was completed at once."""
         if row.kind == "sms":
-            await self._texts(shard, [row], relay_batch.NOTHING_KNOWN)
-            return
-        result = await self._answer(shard, row, relay_batch.NOTHING_KNOWN, time.monotonic())
+            await self._texts(shard, [row], known)
+            return None
+        result = await self._answer(shard, row, known, time.monotonic())
         if result is not None:
-            await self.apply(shard, row, result)
+            return await self.apply(shard, row, result)
+        return None
 
-    async def apply(self, shard: str, row: Claimed, result: CoreResult) -> None:
-        """Turn core's answer into the business change, or a later retry (never a resend)."""
+    async def apply(self, shard: str, row: Claimed, result: CoreResult) -> bytes | None:
+        """Turn core's answer into the business change, or a later retry (never a resend).
+        Returns the answer of a repayment completed at once (else None)."""
         outcome = result.outcome
         if outcome is Outcome.NOT_FOUND:
             # Core has no record. Long after our last send that proves the send never
@@ -335,16 +343,31 @@ class Relay:
         if outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
             succeeded = outcome is Outcome.SUCCEEDED
             text = (result.core_txn_id or "") if succeeded else (result.reason or "FAILED")
+            if succeeded and row.kind == "debit":
+                # Phase B read once and booked with the shard's other completions; what
+                # that cannot do is done alone under locks below.
+                body = await complete_at_once(
+                    self.pools,
+                    batches=self.repayments,
+                    ids=self._ids,
+                    reference=self._reference.data,
+                    claimed=row,
+                    outcome=text,
+                )
+                if body is not None:
+                    return body
+                metrics.REPAYMENT_COMPLETED.labels("locked").inc()
             done = await self._in_transaction(
                 shard, lambda conn: self._complete(conn, row, succeeded, text)
             )
             observe(done)
-            return
+            return None
         state = "pending" if outcome is Outcome.NOT_SENT else "unknown"
         delay_s = _backoff_s(row.attempts, self._settings.relay_backoff_max_s)
         await self._in_transaction(
             shard, lambda conn: outbox.defer(conn, row, state, delay_s, result.reason)
         )
+        return None
 
     async def _complete(
         self, conn: asyncpg.Connection, row: Claimed, succeeded: bool, outcome: str

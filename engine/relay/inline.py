@@ -1,11 +1,13 @@
 """The inline half of a repayment's debit: try core within a bounded wait.
 
-After phase A commits, the request itself claims its debit from the outbox and
-runs it through the relay's own code (`Relay.process`) with a core client whose
-time-out is `inline_debit_wait_s`. A definite answer completes the repayment
-before the response; anything else leaves the row to the relay (`processing`).
-The answer is the one the completion stored with the idempotency record, read back
-as it is (the response a retry of the request would replay).
+After phase A commits, the request itself claims its debit from the outbox (the
+card read in the same statement) and runs it through the relay's own code
+(`Relay.process`) with a core client whose time-out is `inline_debit_wait_s`. A
+definite answer completes the repayment before the response; anything else leaves
+the row to the relay (`processing`). The answer is the one the completion stored
+with the idempotency record: built by the group completion itself
+(`engine.services.repayment_completion`), or else read back as it is (the response
+a retry of the request would replay).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 
 from engine.idempotency.once import status_of
+from engine.relay import batch as relay_batch
 from engine.relay.executor import Relay
 from engine.services.context import Services
 from engine.stores import outbox
@@ -20,6 +23,9 @@ from engine.stores.shards import read, shard_connection
 from sharding.ids import shard_of_id
 
 log = logging.getLogger(__name__)
+
+_CARD_SQL = """(SELECT debit_from_ciphertext FROM repayment r
+                WHERE r.repayment_id = c.ref_id) AS secret"""
 
 
 async def debit_inline(
@@ -37,10 +43,20 @@ async def debit_inline(
     shard = svc.pools.physical_for(logical).name
     try:
         async with shard_connection(svc.pools, logical) as conn:
-            claimed = await outbox.claim_one(conn, repayment_id, "debit", lease_s)
-        if claimed is None:
+            got = await outbox.claim_one_with(conn, repayment_id, "debit", lease_s, _CARD_SQL)
+        if got is None:
             return None
-        await executor.process(shard, claimed)
+        claimed, record = got
+        # The card read with the claim, which stamped the send time: nothing more to
+        # read before the call.
+        known = (
+            relay_batch.NOTHING_KNOWN
+            if record["secret"] is None
+            else relay_batch.Prefetched({("debit", repayment_id): bytes(record["secret"])}, {})
+        )
+        body = await executor.process(shard, claimed, known)
+        if body is not None:  # completed at once: the answer it stored
+            return body
         stored = await read(
             svc.pools,
             logical,

@@ -131,6 +131,28 @@ BOOKING_BATCH_FAILED = Counter(
     "Group bookings that failed whole (a lock held too long, the shard); each drawdown "
     "of one was booked alone instead.",
 )
+REPAYMENT_BATCH = Histogram(
+    "repayment_completion_batch_size",
+    "Repayments completed (phase B) by one statement (engine.services.repayment_completion).",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+REPAYMENT_BATCH_FAILED = Counter(
+    "repayment_completion_batch_failures_total",
+    "Group completions of repayments that failed whole (a lock held too long, the "
+    "shard); each repayment of one was completed alone instead.",
+)
+REPAYMENT_OPENED = Counter(
+    "repayment_openings_total",
+    "Repayments' phase A booked at once (read, then one statement); the others took "
+    "the locked transaction.",
+    ["path"],
+)
+REPAYMENT_COMPLETED = Counter(
+    "repayment_completions_total",
+    "Repayments whose debit core took, by how phase B was done: at_once (read, then "
+    "one group statement) or locked (the single path in one transaction).",
+    ["path"],
+)
 REDIS_ERRORS = Counter(
     "redis_errors_total", "Redis calls that failed (the request went on without it)."
 )

@@ -1,4 +1,13 @@
-"""Group booking: the drawdowns that reach a shard database together, in one statement.
+"""Group booking: the drawdowns (or repayments' completions) that reach a shard
+database together, in one statement.
+
+The lanes below are generic (`GroupBatches`); a `GroupKind` says what they book: its
+statement, how a batch's arguments are laid out, which items may not share a call
+(drawdowns: a line or a customer; all of one business date) and its metrics.
+`DrawdownBatches` books drawdowns through `book_drawdowns`; `RepaymentBatches`
+(engine/services/repayment_completion.py) completes repayments whose debit core took
+through `complete_repayments`. What follows is told for drawdowns; repayments' lanes
+work the same way, with their own batch size (`repayment_batch_max`).
 
     drawdown ─► expecting(shard): read its line, plan ─► book(shard, args)
                                                             │
@@ -40,7 +49,7 @@ import collections
 import contextlib
 import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final, cast
 
 import asyncpg
@@ -111,14 +120,45 @@ class _Lane:
         return self.expected - self.booking
 
 
-class DrawdownBatches:
+class GroupKind:
+    """What a lane books: its statement, how a batch's arguments are laid out, which
+    of its items may not share a call, and its metrics. Drawdowns (`DRAWDOWNS`) and
+    repayments' completions (engine/services/repayment_completion.py) are two."""
+
+    name: str = "drawdown"
+    args: int = ARGS
+
+    def keys(self, args: Args) -> tuple[object, tuple[object, ...]]:
+        """(what every item of one call shares, what no two items of a call may share)."""
+        return args[_TODAY], (("line", args[_LINE]), ("customer", args[_CUSTOMER]))
+
+    async def call(
+        self, conn: asyncpg.Connection, items: Sequence[Args], lock_timeout: str | None
+    ) -> object:
+        return await conn.fetchval(BATCH_SQL, *batch_args(items, lock_timeout=lock_timeout))
+
+    def observe(self, n: int) -> None:
+        metrics.BOOKING_BATCH.observe(n)
+
+    def failed(self) -> None:
+        metrics.BOOKING_BATCH_FAILED.inc()
+
+
+DRAWDOWNS: Final = GroupKind()
+
+
+class GroupBatches:
+    """A lane per shard database for one `GroupKind` (see the module's docstring)."""
+
     def __init__(
         self,
         pools: ShardPools,
+        kind: GroupKind,
         batch_max: int = BATCH_MAX,
         gather_s: float = GATHER_S,
         in_flight: int = IN_FLIGHT,
     ) -> None:
+        self._kind = kind
         self._pools = pools
         self._batch_max = batch_max
         self._gather_s = gather_s
@@ -147,11 +187,11 @@ class DrawdownBatches:
             lane.arrived.set()
 
     async def book(self, logical_shard: int, args: Args) -> str:
-        """Book one drawdown (its `ARGS` arguments) with whatever else is waiting."""
-        assert len(args) == ARGS, len(args)
+        """Book one item (its `kind.args` arguments) with whatever else is waiting."""
+        assert len(args) == self._kind.args, len(args)
         if self._batch_max == 1:  # group booking off: each alone, at once, as before
-            metrics.BOOKING_BATCH.observe(1)
-            return await read(self._pools, logical_shard, lambda c: book_alone(c, args))
+            self._kind.observe(1)
+            return await read(self._pools, logical_shard, lambda c: _alone(c, self._kind, args))
         lane = self._lane(logical_shard)
         if len(lane.queue) >= QUEUE_MAX:
             raise ShardBusyError(self._pools.physical_for(logical_shard).name, None)
@@ -188,7 +228,7 @@ class DrawdownBatches:
             await self._calls(logical_shard, lane)
         except BaseException as exc:
             if isinstance(exc, Exception):  # a bug: the batch's callers have it already
-                log.exception("drawdown booking lane failed")
+                log.exception("group booking lane failed", extra={"kind": self._kind.name})
             if len(lane.senders) == 1:  # the last one: nobody waits on
                 while lane.queue:
                     _fail(lane.queue.popleft(), exc)
@@ -201,7 +241,7 @@ class DrawdownBatches:
     async def _calls(self, logical_shard: int, lane: _Lane) -> None:
         while lane.queue:
             await self._gather(lane)
-            batch = _take(lane.queue, self._batch_max)
+            batch = _take(lane.queue, self._batch_max, self._kind.keys)
             if not batch:  # the other sender took them, or they were cancelled
                 continue
             try:
@@ -223,7 +263,7 @@ class DrawdownBatches:
                         waiting.answer.set_result(outcome)
             finally:  # a bug above must not leave anyone of the batch waiting
                 for waiting in batch:
-                    _fail(waiting, RuntimeError("no outcome for this drawdown"))
+                    _fail(waiting, RuntimeError(f"no outcome for this {self._kind.name}"))
 
     async def _gather(self, lane: _Lane) -> None:
         """Until no drawdown is on its way that has not queued, the batch is full, or
@@ -242,14 +282,14 @@ class DrawdownBatches:
         """The batch's outcomes, in order. A shard that could not be reached before the
         statement was sent raises; any other failure sends each drawdown back
         ("recheck") to be booked alone."""
-        metrics.BOOKING_BATCH.observe(len(batch))
-        arrays = batch_args([waiting.args for waiting in batch])
+        self._kind.observe(len(batch))
+        items = [waiting.args for waiting in batch]
         sent = False
 
         async def statement(conn: asyncpg.Connection) -> object:
             nonlocal sent
             sent = True
-            return await conn.fetchval(BATCH_SQL, *arrays)
+            return await self._kind.call(conn, items, GROUP_LOCK_TIMEOUT)
 
         try:
             outcomes = await read(self._pools, logical_shard, statement)
@@ -258,21 +298,38 @@ class DrawdownBatches:
                 raise  # no connection: nothing was sent, and nothing queued would go
             # One statement: all of it written, or none of it (or, if the connection
             # broke after it was sent, unknown): the locked path finds out for each.
-            metrics.BOOKING_BATCH_FAILED.inc()
+            self._kind.failed()
             log.warning(
-                "drawdown batch failed; each is redone alone",
-                extra={"n": len(batch), "error": type(exc).__name__},
+                "group booking failed; each is redone alone",
+                extra={"kind": self._kind.name, "n": len(batch), "error": type(exc).__name__},
             )
             return ["recheck"] * len(batch)
         if not isinstance(outcomes, list) or len(outcomes) != len(batch):
-            raise RuntimeError(f"book_drawdowns answered {outcomes!r} for {len(batch)}")
+            raise RuntimeError(f"{self._kind.name} batch answered {outcomes!r} for {len(batch)}")
         return [str(outcome) for outcome in outcomes]
+
+
+class DrawdownBatches(GroupBatches):
+    """The drawdowns' lanes."""
+
+    def __init__(
+        self,
+        pools: ShardPools,
+        batch_max: int = BATCH_MAX,
+        gather_s: float = GATHER_S,
+        in_flight: int = IN_FLIGHT,
+    ) -> None:
+        super().__init__(pools, DRAWDOWNS, batch_max, gather_s, in_flight)
 
 
 async def book_alone(conn: asyncpg.Connection, args: Args) -> str:
     """One drawdown through `book_drawdowns`, waiting for locks as long as the caller's
     transaction allows (the locked path, and group booking turned off)."""
-    outcomes = await conn.fetchval(BATCH_SQL, *batch_args([args], lock_timeout=None))
+    return await _alone(conn, DRAWDOWNS, args)
+
+
+async def _alone(conn: asyncpg.Connection, kind: GroupKind, args: Args) -> str:
+    outcomes = await kind.call(conn, [args], None)
     assert isinstance(outcomes, list) and len(outcomes) == 1, outcomes
     return str(outcomes[0])
 
@@ -286,25 +343,28 @@ def _fail(waiting: _Waiting, exc: BaseException) -> None:
         waiting.answer.set_exception(exc)
 
 
-def _take(queue: collections.deque[_Waiting], batch_max: int) -> list[_Waiting]:
-    """Up to `batch_max` from the front of the queue, all of one business date and no
-    two on one line or customer; the others stay, in order, for the next call. Those
-    whose request was cancelled are dropped: nothing of theirs is booked."""
+def _take(
+    queue: collections.deque[_Waiting],
+    batch_max: int,
+    keys: Callable[[Args], tuple[object, tuple[object, ...]]] = DRAWDOWNS.keys,
+) -> list[_Waiting]:
+    """Up to `batch_max` from the front of the queue, all of one group (a business
+    date) and no two sharing a key (drawdowns: a line or a customer); the others stay,
+    in order, for the next call. Those whose request was cancelled are dropped:
+    nothing of theirs is booked."""
     batch: list[_Waiting] = []
-    lines: set[object] = set()
-    customers: set[object] = set()
+    taken: set[object] = set()
     passed: list[_Waiting] = []
-    today = queue[0].args[_TODAY] if queue else None
+    group = keys(queue[0].args)[0] if queue else None
     while queue and len(batch) < batch_max and len(passed) < batch_max:
         waiting = queue.popleft()
         if waiting.answer.done():
             continue
-        args = waiting.args
-        if args[_LINE] in lines or args[_CUSTOMER] in customers or args[_TODAY] != today:
+        its_group, its_keys = keys(waiting.args)
+        if its_group != group or any(key in taken for key in its_keys):
             passed.append(waiting)
             continue
-        lines.add(args[_LINE])
-        customers.add(args[_CUSTOMER])
+        taken.update(its_keys)
         batch.append(waiting)
     queue.extendleft(reversed(passed))
     return batch

@@ -32,12 +32,13 @@ repayments never deadlock.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Final
 
 import asyncpg
 import msgspec
 
 from engine.contract.codec import encode
-from engine.contract.errors import BadRequest, NotFound, Unprocessable
+from engine.contract.errors import ApiError, BadRequest, NotFound, Unprocessable
 from engine.contract.messages import (
     Allocation,
     RepaymentCreate,
@@ -45,16 +46,25 @@ from engine.contract.messages import (
     RepaymentItemView,
     RepaymentView,
 )
+from engine.idempotency.records import AtOnce, Claim, StoredResponse
+from engine.runtime import metrics
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.security.pii import PiiCipher
 from engine.services import cards
 from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
-from engine.services.loan_store import StoredLoan, fetch_loan, rewrite_plan
+from engine.services.loan_store import (
+    LOAN_WITH_PLAN_SQL,
+    StoredLoan,
+    fetch_loan,
+    rewrite_plan,
+    stored_loan,
+)
 from engine.services.loans import installment_views
 from engine.services.notify import queue_sms
 from engine.stores.outbox import Claimed, enqueue, finish
 from engine.stores.reference import Channel, ReferenceData
+from engine.stores.shards import read
 from ledger import allocation
 from ledger.chart import Code
 from ledger.money import MoneyFormatError, format_fen, parse_amount
@@ -185,34 +195,11 @@ async def open_repayment(
     """Phase A: check and size every item on `today`, hold the loans, queue the debit.
     The day-end's auto-deduction comes here too, with the date it closes."""
     customer_id = int(body.customer_id)
-    try:
-        card = parse_bank_card(body.debit_from)
-    except IdentityError as exc:
-        raise BadRequest(exc.code, exc.detail) from exc
-    for wanted in body.items:
-        if wanted.mode != "prepay" and wanted.prepay_rule is not None:
-            raise BadRequest("PREPAY_RULE_NOT_APPLICABLE", "prepay_rule is only for mode prepay")
-    loan_ids = [int(item.loan_id) for item in body.items]
-    if len(set(loan_ids)) != len(loan_ids):
-        raise BadRequest("LOAN_REPEATED", "each loan may appear once in a repayment")
+    card, loan_ids = _checked_request(body)
     await lock_customer(conn, channel, customer_id)
     await cards.require_bound(conn, customer_id, cards.card_index(cipher, card))
     loans = await _locked_loans(conn, channel, customer_id, loan_ids)
-    busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
-    if busy:
-        raise Unprocessable(
-            "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
-        )
-    results = []
-    products = reference.products
-    for request_item in body.items:
-        loan = loans[int(request_item.loan_id)]
-        rule = None
-        if request_item.mode == "prepay":  # the channel's choice, else the product's rule
-            rule = request_item.prepay_rule or products[loan.row.product_code].prepay_rule_default
-        item = Item(loan.row.loan_id, request_item.mode, rule, 0)
-        results.append(_evaluate(loan, item, _cash(request_item), today))
-    items = [_sized(r) for r in results]
+    items = _sized_items(reference, body, loans, today)
     repayment_id = ids.next_id(shard_of_id(customer_id))
     total_fen = sum(item.amount_fen for item in items)
     await conn.execute(
@@ -257,6 +244,141 @@ async def open_repayment(
         failure_reason=None,
         items=[_item_view(item, loans[item.loan_id], today) for item in items],
     )
+
+
+def _checked_request(body: RepaymentCreate) -> tuple[str, list[int]]:
+    """The card and the loan IDs, with the refusals that need no database."""
+    try:
+        card = parse_bank_card(body.debit_from)
+    except IdentityError as exc:
+        raise BadRequest(exc.code, exc.detail) from exc
+    for wanted in body.items:
+        if wanted.mode != "prepay" and wanted.prepay_rule is not None:
+            raise BadRequest("PREPAY_RULE_NOT_APPLICABLE", "prepay_rule is only for mode prepay")
+    loan_ids = [int(item.loan_id) for item in body.items]
+    if len(set(loan_ids)) != len(loan_ids):
+        raise BadRequest("LOAN_REPEATED", "each loan may appear once in a repayment")
+    return card, loan_ids
+
+
+def _sized_items(
+    reference: ReferenceData, body: RepaymentCreate, loans: dict[int, StoredLoan], today: dt.date
+) -> list[Item]:
+    """Every item checked and sized on `today` (raises the refusals)."""
+    busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
+    if busy:
+        raise Unprocessable(
+            "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
+        )
+    results = []
+    products = reference.products
+    for request_item in body.items:
+        loan = loans[int(request_item.loan_id)]
+        rule = None
+        if request_item.mode == "prepay":  # the channel's choice, else the product's rule
+            rule = request_item.prepay_rule or products[loan.row.product_code].prepay_rule_default
+        item = Item(loan.row.loan_id, request_item.mode, rule, 0)
+        results.append(_evaluate(loan, item, _cash(request_item), today))
+    return [_sized(r) for r in results]
+
+
+# Phase A's read for `open_at_once`: the customer's tenant, whether the card is bound,
+# and the loans with their plans and row versions, in one query and without locks.
+_OPEN_READ_SQL: Final = (
+    LOAN_WITH_PLAN_SQL.replace(
+        "SELECT ",
+        """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
+       EXISTS (SELECT 1 FROM customer_card WHERE customer_id = $1 AND card_index = $2)
+           AS c_card_bound,
+       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin, """,
+        1,
+    )
+    + " WHERE loan.loan_id = ANY($3::bigint[]) ORDER BY loan.loan_id"
+)
+_OPEN_SQL: Final = "SELECT open_repayment_once({})".format(", ".join(f"${n}" for n in range(1, 21)))
+
+
+async def open_at_once(
+    svc: Services,
+    channel: Channel,
+    body: RepaymentCreate,
+    claim: Claim,
+    created: list[int],
+) -> StoredResponse | AtOnce:
+    """Phase A in two round trips and one commit, outside any transaction (the
+    idempotency runner's `at_once`): read, size in Python as `open_repayment` does,
+    then `open_repayment_once` (ledger migration 0019) checks under the loans' locks
+    that nothing it rested on changed and writes it all with the durable record.
+    Anything this path cannot tell (a refusal, a changed loan, a replayed nonce) is
+    RECHECK: the locked path redoes it and names the refusal."""
+    card, loan_ids = _checked_request(body)
+    customer_id = int(body.customer_id)
+    logical = shard_of_id(customer_id)
+    index = cards.card_index(svc.cipher, card)
+    records = await read(
+        svc.pools, logical, lambda c: c.fetch(_OPEN_READ_SQL, customer_id, index, loan_ids)
+    )
+    if (
+        len(records) != len(loan_ids)
+        or records[0]["c_tenant_id"] != channel.tenant_id
+        or not records[0]["c_card_bound"]
+    ):
+        return AtOnce.RECHECK
+    loans = {record["loan_id"]: stored_loan(record) for record in records}
+    if any(
+        loan.row.customer_id != customer_id or loan.row.tenant_id != channel.tenant_id
+        for loan in loans.values()
+    ):
+        return AtOnce.RECHECK
+    today = svc.business_date
+    try:
+        items = _sized_items(svc.reference.data, body, loans, today)
+    except ApiError:
+        return AtOnce.RECHECK
+    repayment_id = svc.ids.next_id(logical)
+    total_fen = sum(item.amount_fen for item in items)
+    view = _view(
+        repayment_id,
+        customer_id=customer_id,
+        status="processing",
+        total_fen=total_fen,
+        business_date=today,
+        debit_from_masked=mask_bank_card(card),
+        failure_reason=None,
+        items=[_item_view(item, loans[item.loan_id], today) for item in items],
+    )
+    response = StoredResponse(201, encode(view))
+    args = (
+        claim.channel_id,
+        claim.key,
+        claim.request_sha256,
+        response.status,
+        response.body,
+        claim.nonce,
+        repayment_id,
+        customer_id,
+        channel.tenant_id,
+        channel.channel_id,
+        total_fen,
+        mask_bank_card(card),
+        svc.cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
+        today,
+        msgspec.json.encode(items).decode(),
+        [record["loan_id"] for record in records],
+        [record["loan_xmin"] for record in records],
+        [record["plan_xmin"] for record in records],
+        svc.ids.next_id(logical),
+        msgspec.json.encode({"reference": debit_reference(repayment_id)}).decode(),
+    )
+    try:
+        outcome = await read(svc.pools, logical, lambda c: c.fetchval(_OPEN_SQL, *args))
+    except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path refuses it
+        return AtOnce.RECHECK
+    if outcome == "booked":
+        created.append(repayment_id)
+        metrics.REPAYMENT_OPENED.labels("at_once").inc()
+        return response
+    return AtOnce(outcome)
 
 
 def _sized(r: ItemResult) -> Item:

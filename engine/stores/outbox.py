@@ -65,7 +65,7 @@ class Claimed(msgspec.Struct, frozen=True):
 
 
 def _claimed(row: asyncpg.Record) -> Claimed:
-    values = dict(row)
+    values = {name: row[name] for name in Claimed.__struct_fields__}  # a join may add more
     payload = values["payload"]
     values["payload"] = (
         msgspec.json.decode(payload) if isinstance(payload, (str, bytes)) else payload
@@ -107,6 +107,17 @@ async def claim_one(
     None if a relay took it first."""
     row = await conn.fetchrow(_CLAIM_ONE_SQL, ref_id, kind, lease_s)
     return None if row is None else _claimed(row)
+
+
+async def claim_one_with(
+    conn: asyncpg.Connection, ref_id: int, kind: str, lease_s: float, extra_sql: str
+) -> tuple[Claimed, asyncpg.Record] | None:
+    """`claim_one`, and in the same statement `extra_sql` (a SELECT list over the
+    claimed row `c`, e.g. a subquery for the card it debits): the claim and the record."""
+    row = await conn.fetchrow(
+        f"WITH c AS ({_CLAIM_ONE_SQL}) SELECT c.*, {extra_sql} FROM c", ref_id, kind, lease_s
+    )
+    return None if row is None else (_claimed(row), row)
 
 
 async def finish(conn: asyncpg.Connection, claimed: Claimed, state: str, outcome: str) -> None:
