@@ -20,7 +20,9 @@ from engine.http import keys as app_keys
 OPERATOR_PATHS = re.compile(
     r"^/v1/(review-queue|applications/[0-9]{1,19}/(approve|reject)|collection-queue"
     r"|collection-cases/[0-9]{1,19}/reassign|operator/credit-lines/[0-9]{1,19}/(freeze|unfreeze)"
-    r"|contracts/[0-9]{1,19}/face-to-face)$"
+    r"|contracts/[0-9]{1,19}/face-to-face"
+    # Issue 19: the tenant tree, products and reports (engine.http.routes_admin, _reports).
+    r"|admin/.*|reports/.*)$"
 )
 # Read by channels and operators alike: an operator's request is one with the token.
 SHARED_READS = re.compile(r"^/v1/contracts/[0-9]{1,19}$")
