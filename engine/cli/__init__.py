@@ -26,4 +26,7 @@ COMMANDS: dict[str, str] = {
     "evidence": "engine.cli.evidence",
     "eod": "engine.cli.eod",
     "officers": "engine.cli.officers",
+    "products": "engine.cli.products",
+    "tenants": "engine.cli.tenants",
+    "report": "engine.cli.report",
 }

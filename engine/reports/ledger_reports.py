@@ -177,7 +177,7 @@ async def asset_quality(
         date=on,
         classified_on=classified_on,
         rows=[_quality_row(t, by_tenant[t], overdue_loans[t]) for t in sorted(by_tenant)],
-        total=_quality_row(scope_label(scope), total, sum(overdue_loans.values())),
+        total=_quality_row("total", total, sum(overdue_loans.values())),
     )
 
 
@@ -255,7 +255,7 @@ async def daily_flow(pools: ShardPools, scope: list[str] | None, on: dt.date) ->
         scope=scope_label(scope),
         date=on,
         rows=[_flow_row(t, counts[t], principal[t]) for t in sorted(counts)],
-        total=_flow_row(scope_label(scope), total, sum(principal.values())),
+        total=_flow_row("total", total, sum(principal.values())),
     )
 
 
