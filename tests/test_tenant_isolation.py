@@ -23,8 +23,15 @@ from engine.security.identity import make_id_number
 from engine.settings import Settings
 from tests.api_client import ApiClient, Reply, new_bank_card
 from tests.conftest import EngineProcess
-from tests.origination_helpers import SIGNER, application, apply, import_list
-from tests.tenant_helpers import bank_b, customer_b, id_number_in
+from tests.origination_helpers import (
+    SIGNER,
+    application,
+    apply,
+    approved_white_listed,
+    born,
+    import_list,
+)
+from tests.tenant_helpers import OPERATOR, as_bank, bank_b, customer_b, id_number_in
 
 Ids = dict[str, str]
 # (method, route) -> (concrete path, body) with bank B's ids; A's own ids where a body
@@ -210,3 +217,47 @@ async def test_another_banks_product_is_unknown_to_a_channel(api: ApiClient) -> 
             "max_term_months": 12, "expires_on": "2030-12-31"})  # fmt: skip
         answers.append((reply.status, reply.json["code"]))
     assert answers == [(422, "PRODUCT_UNKNOWN")] * 2
+
+
+async def test_a_member_banks_operator_sees_and_moves_only_its_own_bank(
+    api: ApiClient, engine: EngineProcess, tmp_path: Path
+) -> None:
+    """The operator routes take their scope from the acting operator: bank demo2's admin
+    does not see demo's review queue, and demo's application, line and contract are not
+    found for it; the union's operator sees them."""
+    pending = await apply(api, application(born(1990)))
+    assert pending.json["status"] == "pending_review", pending
+    approved = await approved_white_listed(api, engine, tmp_path)
+    line, contract = approved["credit_line_id"], approved["contract_id"]
+    b_admin = as_bank("demo2")
+
+    async def operator(method: str, path: str, body: Any = None, headers: Any = b_admin) -> Reply:
+        return await api.request(method, path, body, headers=headers, sign=False)
+
+    queue = await operator("GET", "/v1/review-queue")
+    assert queue.status == 200
+    assert pending.json["application_id"] not in {
+        a["application_id"] for a in queue.json["applications"]
+    }
+    union_queue = await operator("GET", "/v1/review-queue", headers=OPERATOR)
+    assert pending.json["application_id"] in {
+        a["application_id"] for a in union_queue.json["applications"]
+    }
+    approve = await operator(
+        "POST", f"/v1/applications/{pending.json['application_id']}/approve", {"reason": "x"}
+    )
+    assert approve.json["code"] == "APPLICATION_NOT_FOUND", approve
+    freeze = await operator("POST", f"/v1/operator/credit-lines/{line}/freeze", {"reason": "x"})
+    assert (freeze.status, freeze.json["code"]) == (404, "CREDIT_LINE_NOT_FOUND")
+    read = await operator("GET", f"/v1/contracts/{contract}")
+    assert (read.status, read.json["code"]) == (404, "CONTRACT_NOT_FOUND")
+    met = await operator("POST", f"/v1/contracts/{contract}/face-to-face", {
+        "officer": "王", "place": "城关支行", "met_at": "2026-01-01T00:00:00+00:00"})  # fmt: skip
+    assert (met.status, met.json["code"]) == (404, "CONTRACT_NOT_FOUND")
+    cases = await operator("GET", "/v1/collection-queue")
+    assert all(c["tenant_id"] == "demo2" for c in cases.json["cases"])
+    # Nothing moved: the application still waits, the line is active.
+    assert (await api.get(f"/v1/applications/{pending.json['application_id']}")).json[
+        "status"
+    ] == "pending_review"
+    assert (await api.get(f"/v1/credit-lines/{line}")).json["status"] == "active"

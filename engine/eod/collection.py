@@ -154,25 +154,33 @@ def case_view(row: asyncpg.Record) -> CollectionCaseView:
 
 
 async def open_cases_of(
-    conn: asyncpg.Connection, officer_id: str | None, limit: int
+    conn: asyncpg.Connection, officer_id: str | None, limit: int, tenant_id: str | None = None
 ) -> list[CollectionCaseView]:
-    """One shard's open cases, the latest first by DPD (of one officer, or all)."""
+    """One shard's open cases, the latest first by DPD (of one officer, or all; of one
+    member bank, or all)."""
     rows = await conn.fetch(
         _CASE_SQL
         + """ WHERE c.status = 'open' AND ($1::text IS NULL OR c.officer_id = $1)
+                AND ($3::text IS NULL OR c.tenant_id = $3)
               ORDER BY coalesce(r.days_past_due, 0) DESC, c.loan_id LIMIT $2""",
         officer_id,
         limit,
+        tenant_id,
     )
     return [case_view(row) for row in rows]
 
 
 async def reassign(
-    conn: asyncpg.Connection, reference: ReferenceData, loan_id: int, officer_id: str
+    conn: asyncpg.Connection,
+    reference: ReferenceData,
+    loan_id: int,
+    officer_id: str,
+    tenant_id: str | None = None,
 ) -> CollectionCaseView:
-    """Hand an open case to another active officer of the same member bank."""
+    """Hand an open case to another active officer of the same member bank (`tenant_id`:
+    the acting operator's bank; another bank's case is not found)."""
     row = await conn.fetchrow(_CASE_SQL + " WHERE c.loan_id = $1 FOR UPDATE OF c", loan_id)
-    if row is None:
+    if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
         raise NotFound("COLLECTION_CASE_NOT_FOUND", f"no collection case for loan {loan_id}")
     if row["status"] != "open":
         raise Unprocessable("COLLECTION_CASE_CLOSED", "the case is closed")

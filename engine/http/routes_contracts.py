@@ -11,6 +11,7 @@ from engine.contract.codec import decode, encode, json_response
 from engine.contract.errors import ApiError, ServiceUnavailable
 from engine.contract.messages import ContractSign, FaceToFaceCreate, OtpIssued
 from engine.http import keys as app_keys
+from engine.http.admin_context import acting_operator
 from engine.http.auth import BODY, CHANNEL
 from engine.origination import face_to_face, otp, signing
 from engine.origination.contract_view import contract_view
@@ -94,10 +95,11 @@ async def sign_contract(request: web.Request) -> web.Response:
 
 
 async def get_contract(request: web.Request) -> web.Response:
-    """The channel reads its own tenant's contracts; an operator (no CHANNEL) any."""
+    """The channel reads its own tenant's contracts; an operator (no CHANNEL) those of
+    its member bank, or any (the union's)."""
     svc, contract_id = _svc(request), _contract_id(request)
     channel = request.get(CHANNEL)
-    tenant_id = None if channel is None else channel.tenant_id
+    tenant_id = acting_operator(request).scope if channel is None else channel.tenant_id
     view = await read(
         svc.pools, shard_of_id(contract_id), lambda c: contract_view(c, contract_id, tenant_id)
     )
@@ -107,8 +109,11 @@ async def get_contract(request: web.Request) -> web.Response:
 async def record_face_to_face(request: web.Request) -> web.Response:
     svc, contract_id = _svc(request), _contract_id(request)
     body = decode(request[BODY], FaceToFaceCreate)
+    scope = acting_operator(request).scope
     view = await in_transaction(
-        svc.pools, shard_of_id(contract_id), lambda c: face_to_face.record(c, contract_id, body)
+        svc.pools,
+        shard_of_id(contract_id),
+        lambda c: face_to_face.record(c, contract_id, body, scope),
     )
     return json_response(encode(view))
 

@@ -19,6 +19,7 @@ from engine.contract.messages import (
     ReviewQueue,
 )
 from engine.http import keys as app_keys
+from engine.http.admin_context import acting_operator
 from engine.http.auth import BODY, CHANNEL, caller_of
 from engine.idempotency.once import run_once
 from engine.origination import service as origination
@@ -90,14 +91,17 @@ async def get_application(request: web.Request) -> web.Response:
 
 async def review_queue(request: web.Request) -> web.Response:
     svc = _svc(request)
+    scope = acting_operator(request).scope  # a member bank's operator: its own bank's
 
     async def pending(shard: str) -> list[asyncpg.Record]:
         async with acquire(svc.pools.pool(shard)) as conn:
             return list(
                 await conn.fetch(
                     """SELECT * FROM application WHERE status = 'pending_review'
+                         AND ($2::text IS NULL OR tenant_id = $2)
                        ORDER BY created_at LIMIT $1""",
                     REVIEW_PAGE_MAX,
+                    scope,
                 )
             )
 
@@ -126,12 +130,13 @@ def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
         svc = _svc(request)
         application_id = parse_id(request.match_info["application_id"], "application")
         action = decode(request[BODY], ReviewAction)
+        scope = acting_operator(request).scope
 
         async def work(conn: asyncpg.Connection) -> ApplicationView:
             row = await conn.fetchrow(
                 "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
             )
-            if row is None:
+            if row is None or (scope is not None and row["tenant_id"] != scope):
                 raise Unprocessable("APPLICATION_NOT_FOUND", f"no application {application_id}")
             if row["status"] != "pending_review":
                 raise Unprocessable("NOT_IN_REVIEW", f"the application is {row['status']}")

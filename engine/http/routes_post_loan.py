@@ -20,6 +20,7 @@ from engine.contract.messages import (
 )
 from engine.eod import collection
 from engine.http import keys as app_keys
+from engine.http.admin_context import acting_operator
 from engine.http.auth import BODY
 from engine.services import credit_lines
 from engine.services.context import Services, parse_id
@@ -44,9 +45,11 @@ async def collection_queue(request: web.Request) -> web.Response:
     if not 1 <= limit <= QUEUE_PAGE_MAX:
         raise BadRequest("LIMIT_INVALID", "limit must be a whole number 1..200")
 
+    scope = acting_operator(request).scope  # a member bank's operator: its own cases
+
     async def of_shard(name: str) -> list[CollectionCaseView]:
         async with acquire(svc.pools.pool(name)) as conn:
-            return await collection.open_cases_of(conn, officer, limit)
+            return await collection.open_cases_of(conn, officer, limit, scope)
 
     pages = await asyncio.gather(*(of_shard(name) for name in svc.pools.by_name))
     cases = sorted(
@@ -60,10 +63,11 @@ async def reassign_case(request: web.Request) -> web.Response:
     svc = _svc(request)
     loan_id = parse_id(request.match_info["loan_id"], "loan")
     body = decode(request[BODY], Reassign)
+    scope = acting_operator(request).scope
     view = await in_transaction(
         svc.pools,
         shard_of_id(loan_id),
-        lambda c: collection.reassign(c, svc.reference.data, loan_id, body.officer_id),
+        lambda c: collection.reassign(c, svc.reference.data, loan_id, body.officer_id, scope),
     )
     return json_response(encode(view))
 
@@ -73,11 +77,14 @@ def _line_status(status: str) -> Callable[[web.Request], Awaitable[web.Response]
         svc = _svc(request)
         line_id = parse_id(request.match_info["line_id"], "credit_line")
         body = decode(request[BODY], StatusChange)
+        scope = acting_operator(request).scope
 
         async def work(conn: asyncpg.Connection) -> CreditLineView:
             tenant = await conn.fetchval(
                 "SELECT tenant_id FROM credit_line WHERE credit_line_id = $1", line_id
             )
+            if scope is not None and tenant != scope:  # another bank's line: not found
+                tenant = None
             as_tenant = Channel("operator", tenant or "", "", True)
             return await credit_lines.set_line_status(
                 conn, as_tenant, line_id, status, body.reason, by="operator"

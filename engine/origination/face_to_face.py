@@ -70,10 +70,14 @@ def check_done(view: FaceToFaceView) -> None:
 
 
 async def record(
-    conn: asyncpg.Connection, contract_id: int, body: FaceToFaceCreate
+    conn: asyncpg.Connection,
+    contract_id: int,
+    body: FaceToFaceCreate,
+    tenant_id: str | None = None,
 ) -> FaceToFaceView:
-    """An operator's record of the meeting, inside the caller's transaction."""
-    documents = await contract_rows(conn, contract_id, None, lock=True)
+    """An operator's record of the meeting, inside the caller's transaction (`tenant_id`:
+    the operator's member bank, None: the union's, any)."""
+    documents = await contract_rows(conn, contract_id, tenant_id, lock=True)
     main = documents["loan_contract"]
     row = await conn.fetchrow(
         "SELECT *, now() AS now FROM contract_face_to_face WHERE contract_id = $1 FOR UPDATE",
