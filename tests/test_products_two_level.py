@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -284,3 +286,31 @@ async def test_an_automatic_refusal_can_go_to_manual_review(api: ApiClient) -> N
     assert child.json["status"] == "refused", child
     final = await api.post(f"/v1/applications/{child.json['application_id']}/manual-review")
     assert (final.status, final.json["code"]) == (422, "MANUAL_REVIEW_NOT_AVAILABLE")
+
+
+def test_a_member_bank_and_its_product_from_the_command_line(
+    engine: EngineProcess, tmp_path: Path
+) -> None:
+    """README's commands: a member bank, its channel, an adoption, a refusal, a pause."""
+    tenant = _code("cli")
+    made = run_cli("tenants", "add", tenant, "--name", "孝感农商银行", "--regions", "4209",
+                   env=engine.env)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["region_codes"] == ["4209"]
+    channel = run_cli("channels", "add", f"{tenant}-app", "--tenant", tenant, env=engine.env)
+    assert channel.returncode == 0 and "secret (shown once)" in channel.stdout, channel.stderr
+    product = _code("p")
+    body = tmp_path / "adopt.json"
+    body.write_text(json.dumps({"product_code": product, "template_code": "demo-credit",
+                                "tenant_id": tenant, "annual_rate_pct_max": "30.00"}))  # fmt: skip
+    refused = run_cli("products", "adopt", str(body), env=engine.env)
+    assert refused.returncode == 2 and "PRODUCT_VALUE_OUT_OF_RANGE" in refused.stderr
+    body.write_text(json.dumps({"product_code": product, "template_code": "demo-credit",
+                                "tenant_id": tenant, "annual_rate_pct_max": "12.00"}))  # fmt: skip
+    adopted = run_cli("products", "adopt", str(body), env=engine.env)
+    assert adopted.returncode == 0, adopted.stderr
+    assert json.loads(adopted.stdout)["annual_rate_pct_max"] == "12.00"
+    paused = run_cli("products", "pause", product, "--reason", "测试", env=engine.env)
+    assert paused.returncode == 0 and json.loads(paused.stdout)["status"] == "paused"
+    versions = run_cli("products", "versions", product, env=engine.env)
+    assert [v["version"] for v in json.loads(versions.stdout)["versions"]] == [1, 2]

@@ -461,7 +461,8 @@ TenantCode = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 ProductCode = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
 RegionCode = Annotated[str, Meta(pattern=r"^([0-9]{2}|[0-9]{4}|[0-9]{6})$")]
 MultiplierStr = Annotated[str, Meta(pattern=r"^[0-9]\.[0-9]{1,4}$", examples=["1.5"])]
-Name = Annotated[str, Meta(min_length=1, max_length=64)]
+# One line of text: no control characters (PostgreSQL stores no NUL).
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\u0000-\u001f]+$")]
 LoanKind = Literal["consumer", "business"]
 RegionSource = Literal["id_number", "residence"]
 

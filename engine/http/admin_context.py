@@ -58,7 +58,10 @@ async def audit_change(  # noqa: PLR0917 - the contract with the audit trail (pa
 ) -> None:
     """Record an operator's change or refusal (a log line here; the audit trail's
     hash-chained entry once part A's is merged)."""
-    acting = acting_operator(request)
+    try:
+        acting = acting_operator(request)
+    except NotFound:  # an unknown X-Acting-Tenant: refused, and recorded as such
+        acting = Acting(DEV_OPERATOR_ID, request.headers.get(ACTING_TENANT_HEADER, "")[:32], False)
     log.info(
         "admin change",
         extra={

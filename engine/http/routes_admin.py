@@ -20,7 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from engine.contract.codec import decode, encode, json_response
-from engine.contract.errors import ApiError, Forbidden, NotFound
+from engine.contract.errors import ApiError, BadRequest, Forbidden, NotFound
 from engine.contract.messages import (
     ProductAdopt,
     ProductList,
@@ -50,9 +50,14 @@ def _union_only(acting: Acting, what: str) -> None:
 async def _read(
     request: web.Request, work: Callable[[asyncpg.Connection, Acting], Awaitable[Any]]
 ) -> web.Response:
-    acting = acting_operator(request)
-    async with acquire(request.app[app_keys.CONTROL_POOL]) as conn:
-        view = await work(conn, acting)
+    """A read in the operator's scope; a refused one (another bank's: 404) is audited."""
+    try:
+        acting = acting_operator(request)
+        async with acquire(request.app[app_keys.CONTROL_POOL]) as conn:
+            view = await work(conn, acting)
+    except ApiError as exc:
+        await audit_change(request, "read", request.path, None, None, f"refused:{exc.code}")
+        raise
     return json_response(encode(view))
 
 
@@ -63,7 +68,10 @@ async def _change(
     try:
         acting = acting_operator(request)
         async with acquire(request.app[app_keys.CONTROL_POOL]) as conn, conn.transaction():
-            before, after = await work(conn, acting)
+            try:
+                before, after = await work(conn, acting)
+            except asyncpg.DataError as exc:  # a reason holding a NUL, say: nothing written
+                raise BadRequest("VALIDATION_FAILED", "text holds characters not allowed") from exc
     except ApiError as exc:
         await audit_change(request, action, target, None, None, f"refused:{exc.code}")
         raise

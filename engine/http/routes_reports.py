@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from engine.contract.codec import encode, json_response
-from engine.contract.errors import BadRequest, NotFound
+from engine.contract.errors import ApiError, BadRequest, NotFound
 from engine.http import keys as app_keys
-from engine.http.admin_context import acting_operator
+from engine.http.admin_context import acting_operator, audit_change
 from engine.reports import ledger_reports as reports
 from engine.reports.ledger_reports import Report
 from engine.stores.shards import acquire
@@ -80,8 +80,13 @@ def _report(
     make: Callable[[web.Request, list[str] | None, dt.date], Awaitable[Report]],
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
-        scope, on = report_scope(request), _date(request)
-        wants_csv(request)  # a bad format is refused before any work
+        try:
+            scope, on = report_scope(request), _date(request)
+            wants_csv(request)  # a bad format is refused before any work
+        except ApiError as exc:  # another bank's report, say: refused, and recorded
+            await audit_change(request, "report.read", request.path_qs, None, None,
+                               f"refused:{exc.code}")  # fmt: skip
+            raise
         return _answer(request, await make(request, scope, on))
 
     return handler
