@@ -169,7 +169,7 @@ async def test_adoption_inside_the_ranges_versions_pause_and_lines_keeping_their
 
     async def drawdown_paused() -> bool:
         reply = await bank.drawdown(old_line, "100.00")
-        return reply.status == 422 and reply.json["code"] == "PRODUCT_PAUSED"
+        return reply.status == 422 and reply.json.get("code") == "PRODUCT_PAUSED"
 
     await _eventually(drawdown_paused)
     no_line = await bank.post("/v1/credit-lines", _line_body(customer, product))
@@ -226,7 +226,7 @@ async def test_region_rule_at_line_and_drawdown(
 
     async def drawdown_refused() -> bool:
         reply = await bank.drawdown(lines[0], "100.00")
-        return reply.status == 422 and reply.json["code"] == "REGION_NOT_SERVED"
+        return reply.status == 422 and reply.json.get("code") == "REGION_NOT_SERVED"
 
     await _eventually(drawdown_refused)
 
