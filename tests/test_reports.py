@@ -6,6 +6,7 @@ follows the day-end's five-category class; JSON, CSV and the CLI agree."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 from decimal import Decimal
@@ -14,10 +15,12 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from engine.reports import ledger_reports as reports
 from engine.settings import Settings
 from ledger.money import parse_amount as _parse_amount
 from ledger.store import account_balances
 from sharding.ids import shard_of_id
+from sharding.pools import ShardPools
 from tests.api_client import ApiClient, Reply
 from tests.conftest import EngineProcess, run_cli
 from tests.tenant_helpers import OPERATOR, as_bank, bank_b, customer_b
@@ -162,3 +165,24 @@ async def test_npl_ratio_follows_the_day_end_classification(
     cli = run_cli("report", "asset-quality", "--tenant", "demo2", env=engine.env)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["total"] == after
+
+
+async def test_history_from_the_legs_equals_the_running_totals(settings: Settings) -> None:
+    """A date before the business date is computed from the legs posted on or before it;
+    over every posting that must be what the running account totals say."""
+    pools = ShardPools(settings.shard_map(), settings.pool, "test-reports")
+    await pools.open()
+    try:
+        far = dt.date(2099, 12, 31)
+        now = await reports.outstanding_by_product(pools, None, far, today=far)
+        legs = await reports.outstanding_by_product(pools, None, far, today=dt.date(2100, 1, 1))
+        assert now.rows == legs.rows and now.rows
+        quality_now = await reports.asset_quality(pools, None, far, far, None)
+        quality_legs = await reports.asset_quality(pools, None, far, dt.date(2100, 1, 1), None)
+        assert quality_now.total == quality_legs.total
+        before_all = await reports.outstanding_by_product(
+            pools, None, dt.date(2000, 1, 1), today=far
+        )
+        assert before_all.total_outstanding_principal == "0.00"
+    finally:
+        await pools.close()
