@@ -4,10 +4,14 @@ values, and the tree kept two levels deep. Found by name, so it survives renumbe
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 import pytest
 
-from engine.migrate import CONTROL_MIGRATIONS
+from engine.migrate import CONTROL_MIGRATIONS, SHARD_MIGRATIONS
+from engine.security.pii import dev_cipher
+from engine.stores import customer_regions
 from engine.stores.reference import terms_of
 from sharding.migrations import Migration, apply_migrations, load_migrations
 
@@ -63,5 +67,36 @@ async def test_existing_products_become_versioned_adoptions(scratch_db: str) -> 
                    VALUES ('c', 'c', 'consumer', '{bullet}', 1, 72, 12, 1, 2, 1, 2, 1.3, 1.5,
                            '{reduce_term}')"""
             )
+    finally:
+        await conn.close()
+
+
+async def test_customers_registered_before_get_their_region_once(scratch_db: str) -> None:
+    """`migrate`'s data step reads the region from the sealed ID number, once."""
+    cipher = dev_cipher()
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        await apply_migrations(conn, load_migrations(SHARD_MIGRATIONS))
+        for customer_id, id_number in (
+            (10001, "42010219800101001X"),
+            (10002, "110105194912310021"),
+        ):
+            seal = lambda text, context, row=customer_id: cipher.encrypt(  # noqa: E731
+                text, context=context, row=row
+            )
+            await conn.execute(
+                """INSERT INTO customer (customer_id, tenant_id, name_ciphertext,
+                       id_number_ciphertext, id_number_index, phone_ciphertext,
+                       bank_card_ciphertext, id_number_masked, phone_masked, bank_card_masked,
+                       birth_date)
+                   VALUES ($1, 'demo', $2, $3, $4, $5, $6, 'x', 'x', 'x', '1980-01-01')""",
+                customer_id, seal("张三", "name"), seal(id_number, "id_number"), os.urandom(32),
+                seal("13812345678", "phone"), seal("6222021234567890128", "bank_card"),
+            )  # fmt: skip
+        assert await customer_regions.run(conn, cipher) == 2
+        regions = await conn.fetch("SELECT customer_id, id_region FROM customer ORDER BY 1")
+        assert [(r["customer_id"], r["id_region"]) for r in regions] == [
+            (10001, "420102"), (10002, "110105")]  # fmt: skip
+        assert await customer_regions.run(conn, cipher) is None  # once
     finally:
         await conn.close()

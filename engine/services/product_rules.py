@@ -9,8 +9,9 @@ application is received, when a line is granted and at every drawdown:
                                   area code or the declared residence, as the product says
     TERM_EXCEEDS_REGULATORY_MAX   a consumer loan runs at most 60 months (five years)
 
-A customer registered before regions were kept has none: the rule cannot be applied to
-them and is not (logged), rather than refusing every such customer.
+A customer registered before regions were kept gets one from `migrate`'s data step
+(`engine.stores.customer_regions`); one still without (written straight into a shard,
+as the load test's seeding does) is not checked (logged), rather than refused.
 """
 
 from __future__ import annotations
