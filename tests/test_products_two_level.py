@@ -155,8 +155,12 @@ async def test_adoption_inside_the_ranges_versions_pause_and_lines_keeping_their
     new_line = lines[-1]["credit_line_id"]
     bank.line_customers[new_line] = customer
     grace = {"repayment_method": "grace_then_equal_installment", "grace_months": 3}
-    refused = await bank.drawdown(new_line, "1000.00", **grace)
-    assert (refused.status, refused.json["code"]) == (422, "GRACE_NOT_ALLOWED"), refused
+
+    async def grace_refused() -> bool:  # by every worker, once it holds version 2
+        reply = await bank.drawdown(new_line, "1000.00", **grace)
+        return reply.status == 422 and reply.json.get("code") == "GRACE_NOT_ALLOWED"
+
+    await _eventually(grace_refused)
     on_v1 = await bank.drawdown(old_line, "1000.00", **grace)
     assert on_v1.status == 201, on_v1
     loan = on_v1.json["loan_id"]
@@ -171,9 +175,13 @@ async def test_adoption_inside_the_ranges_versions_pause_and_lines_keeping_their
         reply = await bank.drawdown(old_line, "100.00")
         return reply.status == 422 and reply.json.get("code") == "PRODUCT_PAUSED"
 
+    async def line_paused() -> bool:
+        reply = await bank.post("/v1/credit-lines", _line_body(customer, product))
+        return reply.status == 422 and reply.json.get("code") == "PRODUCT_PAUSED"
+
+    # Each engine worker reloads on its own: refused by both, within the refresh.
     await _eventually(drawdown_paused)
-    no_line = await bank.post("/v1/credit-lines", _line_body(customer, product))
-    assert (no_line.status, no_line.json["code"]) == (422, "PRODUCT_PAUSED")
+    await _eventually(line_paused)
     repaid = await bank.post("/v1/repayments", {
         "customer_id": customer, "debit_from": bank.card_of(customer),
         "items": [{"loan_id": loan, "mode": "prepay", "amount": "100.00"}]})  # fmt: skip
@@ -214,8 +222,13 @@ async def test_region_rule_at_line_and_drawdown(
 
     await _eventually(local_line)
     bank.line_customers[lines[0]] = local
-    far = await bank.post("/v1/credit-lines", _line_body(elsewhere, product))
-    assert (far.status, far.json["code"]) == (422, "REGION_NOT_SERVED"), far
+
+    async def far_refused() -> bool:
+        reply = await bank.post("/v1/credit-lines", _line_body(elsewhere, product))
+        assert reply.status != 201, reply  # never granted
+        return reply.json.get("code") == "REGION_NOT_SERVED"
+
+    await _eventually(far_refused)
 
     # The bank's registered regions change (the union's operator): the drawdown is refused.
     moved = await _op(api, "PATCH", f"/v1/admin/tenants/{tenant}", {"region_codes": ["4202"]})
