@@ -6,7 +6,8 @@
 -- customer.id_region, residence_region  the customer's region for the member bank's
 --     regional rule: the ID number's area code (its first six digits, kept in clear as
 --     the masked number shows them already) and the declared residence's area code.
---     Customers registered before have none: the rule is not applied to them.
+--     Customers registered before get id_region from migrate's data step
+--     customer_regions (engine.stores.customer_regions: it needs the PII keys).
 -- application.business_date  the business date it was received on (the daily report);
 --     residence_region as declared; manual_review_requested_at: an automatic refusal
 --     sent to an officer at the applicant's request.
