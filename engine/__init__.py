@@ -4,6 +4,7 @@
     http/          the channel API over HTTP
     relay/         carrying out the outboxes, a repayment's inline debit
     origination/   application to signed contract
+    reports/       reports per member bank and the union, from the ledger (beside eod/)
     services/      what a request does to a customer's shard
     idempotency/   exactly once per key
     stores/        shards, control database, Redis, outbox

@@ -5,7 +5,8 @@ shard_*  <- ledger/migrations/*.sql, then the chart of accounts, then its data s
 
 Data steps are what SQL cannot do, each run once per database and recorded in its
 `data_migration` table: `engine.stores.pii_rebind` (personal data re-sealed bound to
-its row, issue 21) needs the PII keys, so `migrate` reads the same settings as the
+its row, issue 21) and `engine.stores.customer_regions` (the regions of customers
+registered before issue 19) need the PII keys, so `migrate` reads the same settings as the
 engine. They are named, not numbered: they run after every SQL migration.
 """
 
@@ -19,7 +20,7 @@ import msgspec
 
 from engine.security.pii import PiiCipher
 from engine.settings import Settings
-from engine.stores import pii_rebind
+from engine.stores import customer_regions, pii_rebind
 from ledger.store import ensure_chart
 from sharding.migrations import apply_migrations, load_migrations
 
@@ -44,12 +45,15 @@ async def _migrate_one(
             async with conn.transaction():
                 await ensure_chart(conn)
         changed = await pii_rebind.run(conn, cipher, shard=shard)
+        regions = await customer_regions.run(conn, cipher) if shard else None
     finally:
         await conn.close()
     steps = []
     if changed is not None:
         rows = ", ".join(f"{table} {count}" for table, count in changed.items())
         steps.append(f"{pii_rebind.STEP} (rows re-sealed: {rows})")
+    if regions is not None:
+        steps.append(f"{customer_regions.STEP} (customers: {regions})")
     return MigrationResult(name, applied, steps)
 
 

@@ -174,3 +174,13 @@ async def trial_balance(conn: asyncpg.Connection, *, deep: bool = False) -> Tria
            WHERE a.debit_total_fen <> coalesce(l.d, 0) OR a.credit_total_fen <> coalesce(l.c, 0)"""
     )
     return TrialBalance(int(row["d"]), int(row["c"]), int(legs_sum), int(differing))
+
+
+async def account_balances(conn: asyncpg.Connection) -> dict[str, int]:
+    """Each account code's balance on this shard (debits minus credits, fen): the trial
+    balance by account, which the reports reconcile to (engine.reports)."""
+    rows = await conn.fetch(
+        """SELECT code, sum(debit_total_fen - credit_total_fen)::bigint AS fen
+           FROM ledger_account GROUP BY code ORDER BY code"""
+    )
+    return {str(r["code"]): int(r["fen"]) for r in rows}

@@ -21,6 +21,7 @@ RANKS: dict[str, int] = {
     "services": 4,
     "origination": 5,
     "eod": 5,  # the day-end: services below it; the scheduler and CLI above
+    "reports": 5,  # reports from the ledger: stores below; HTTP and CLI above
     "relay": 6,
     "operators": 6,  # accounts, sessions, roles, the audit trail (uses origination's chain)
     "http": 7,

@@ -42,6 +42,25 @@ EXAMPLES: list[tuple[str, str, object]] = [
     ("POST", "/v1/admin/rulesets", {}),
     ("POST", "/v1/admin/whitelist", None),
     ("GET", "/v1/audit", None),
+    # The tenant tree, two-level products and reports: unknown codes, bodies refused.
+    ("GET", "/v1/admin/product-templates", None),
+    ("POST", "/v1/admin/product-templates", {}),
+    ("GET", "/v1/admin/product-templates/1", None),
+    ("PUT", "/v1/admin/product-templates/1", {}),
+    ("GET", "/v1/admin/products", None),
+    ("POST", "/v1/admin/products", {}),
+    ("GET", "/v1/admin/products/1", None),
+    ("PATCH", "/v1/admin/products/1", {}),
+    ("POST", "/v1/admin/products/1/pause", {"reason": "matrix"}),
+    ("POST", "/v1/admin/products/1/resume", {"reason": "matrix"}),
+    ("GET", "/v1/admin/products/1/versions", None),
+    ("GET", "/v1/admin/tenants", None),
+    ("POST", "/v1/admin/tenants", {}),
+    ("GET", "/v1/admin/tenants/1", None),
+    ("PATCH", "/v1/admin/tenants/1", {}),
+    ("GET", "/v1/reports/daily-flow", None),
+    ("GET", "/v1/reports/outstanding-by-product", None),
+    ("GET", "/v1/reports/asset-quality", None),
 ]
 # Not in the matrix: login needs no token, logout ends the session (test_operators.py).
 UNGATED = {("POST", "/v1/operator/login"), ("POST", "/v1/operator/logout")}

@@ -28,4 +28,7 @@ COMMANDS: dict[str, str] = {
     "officers": "engine.cli.officers",
     "operators": "engine.cli.operators",
     "audit": "engine.cli.audit",
+    "products": "engine.cli.products",
+    "tenants": "engine.cli.tenants",
+    "report": "engine.cli.report",
 }

@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
             print("demo: refused: demo data is for ENGINE_ENV=dev or test only", file=sys.stderr)
             return 1
         await load_demo(conn, cipher)
-        print("demo: tenant demo, products demo-credit and demo-consumer, channel demo loaded")
+        print(
+            "demo: union, member banks demo and demo2, templates and products demo-credit,"
+            " demo-consumer and demo2-credit, channels demo and demo2 loaded"
+        )
         return 0
 
     return run_on_control(work)

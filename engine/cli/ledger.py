@@ -10,12 +10,17 @@ import argparse
 import sys
 from typing import Any
 
+BALANCES: dict[str, dict[str, int]] = {}  # shard -> account code -> balance (fen)
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ledger", help="ledger reports")
     sub = parser.add_subparsers(dest="ledger_command", required=True, metavar="REPORT")
     trial = sub.add_parser("trial-balance", help="debits against credits on every shard")
     trial.add_argument("--deep", action="store_true", help="also re-add every leg (full scan)")
+    trial.add_argument(
+        "--accounts", action="store_true", help="also each account's balance over all shards"
+    )
     trial.set_defaults(func=run_trial_balance)
 
 
@@ -25,7 +30,7 @@ async def _trial_balances(deep: bool) -> tuple[list[tuple[str, Any]], bool]:
     import asyncpg
 
     from engine.settings import load_settings
-    from ledger.store import trial_balance
+    from ledger.store import account_balances, trial_balance
 
     async def one(name: str, dsn: str) -> tuple[str, Any]:
         try:
@@ -33,7 +38,9 @@ async def _trial_balances(deep: bool) -> tuple[list[tuple[str, Any]], bool]:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             return name, exc
         try:
-            return name, await trial_balance(conn, deep=deep)
+            result = await trial_balance(conn, deep=deep)
+            BALANCES[name] = await account_balances(conn)
+            return name, result
         finally:
             await conn.close()
 
@@ -70,5 +77,13 @@ def run_trial_balance(args: argparse.Namespace) -> int:
         print(f"{name:<12}{debits:>22}{credits:>22}  {state}")
     verdict = "balanced" if ok else "NOT BALANCED"
     print(f"{'total':<12}{format_fen(debit_sum):>22}{format_fen(credit_sum):>22}  {verdict}")
+    if args.accounts:
+        totals: dict[str, int] = {}
+        for balances in BALANCES.values():
+            for code, fen in balances.items():
+                totals[code] = totals.get(code, 0) + fen
+        print(f"{'account':<28}{'balance (Dr - Cr)':>22}")
+        for code in sorted(totals):
+            print(f"{code:<28}{format_fen(totals[code]):>22}")
     sys.stdout.flush()
     return 0 if ok else 1

@@ -49,6 +49,10 @@ Method = Literal[
 PrepayRule = Literal["reduce_nearest", "reduce_amount", "reduce_term"]
 Reason = Annotated[str, Meta(min_length=1, max_length=200)]
 Months = Annotated[int, Meta(ge=1, le=600)]
+# An administrative area code (the ID number's first six digits): the declared residence.
+RegionStr = Annotated[
+    str, Meta(pattern=r"^[1-9][0-9]{5}$", description="6-digit area code", examples=["110105"])
+]
 
 
 class _Request(msgspec.Struct, forbid_unknown_fields=True):
@@ -61,6 +65,8 @@ class CustomerCreate(_Request):
     id_number: Annotated[str, Meta(min_length=1, max_length=32)]
     phone: Annotated[str, Meta(min_length=1, max_length=20)]
     bank_card: Annotated[str, Meta(min_length=1, max_length=32)]
+    # The declared residence: the regional rule of products that lend by residence.
+    residence_region: RegionStr | None = None
 
 
 class CustomerView(msgspec.Struct):
@@ -120,6 +126,7 @@ class CreditLineView(msgspec.Struct):
     # Who froze it: "channel" (the channel may lift it), "rule" (a post-loan rule of the
     # day-end) or "operator" (only an operator lifts those); None when active.
     frozen_by: str | None = None
+    product_version: int = 1  # the product's version the line was granted under
 
 
 class StatusChange(_Request):
@@ -287,6 +294,7 @@ class Applicant(_Request):
     id_valid_from: dt.date | None = None
     id_valid_until: dt.date | None = None
     id_long_term: bool = False
+    residence_region: RegionStr | None = None  # declared residence (regional rule)
 
 
 class Consent(_Request):
@@ -452,7 +460,7 @@ class ContractView(msgspec.Struct):
 Login = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{2,63}$")]
 Password = Annotated[str, Meta(min_length=1, max_length=128)]
 RoleName = Literal["union_admin", "bank_admin", "approver", "officer", "auditor"]
-TenantIdStr = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+TenantCode = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
 
 
 class OperatorLogin(_Request):
@@ -484,7 +492,7 @@ class OperatorList(msgspec.Struct):
 
 
 class OperatorCreate(_Request):
-    tenant_id: TenantIdStr
+    tenant_id: TenantCode
     login: Login
     password: Annotated[str, Meta(min_length=12, max_length=128)]
     roles: Annotated[list[RoleName], Meta(min_length=1, max_length=5)]
@@ -533,3 +541,220 @@ class AuditEntryView(msgspec.Struct):
 class AuditPage(msgspec.Struct):
     entries: list[AuditEntryView]
     next_after_seq: int | None  # pass as after_seq for the next page; None: no more
+
+
+# ---- issue 19: tenants, two-level products, reports (operators, /v1/admin, /v1/reports) ----
+
+ProductCode = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
+RegionCode = Annotated[str, Meta(pattern=r"^([0-9]{2}|[0-9]{4}|[0-9]{6})$")]
+MultiplierStr = Annotated[str, Meta(pattern=r"^[0-9]\.[0-9]{1,4}$", examples=["1.5"])]
+# One line of text: no control characters (PostgreSQL stores no NUL).
+Name = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\u0000-\u001f]+$")]
+LoanKind = Literal["consumer", "business"]
+RegionSource = Literal["id_number", "residence"]
+
+
+class TemplateBody(_Request):
+    """The union's product template: the ranges its member banks' adoptions live in."""
+
+    name: Name
+    loan_kind: LoanKind
+    repayment_methods: Annotated[list[Method], Meta(min_length=1)]
+    term_months_min: Months
+    term_months_max: Months
+    bullet_term_months_max: Annotated[int, Meta(ge=1, le=12)]
+    grace_months_max: Annotated[int, Meta(ge=0, le=60)]
+    line_limit_min: AmountStr
+    line_limit_max: AmountStr
+    annual_rate_pct_floor: RateStr
+    annual_rate_pct_cap: RateStr
+    penalty_multiplier_min: MultiplierStr
+    penalty_multiplier_max: MultiplierStr
+    prepay_rules: Annotated[list[PrepayRule], Meta(min_length=1)]
+    customer_cap_group: ProductCode | None = None
+    customer_outstanding_max: AmountStr | None = None
+    region_source: RegionSource = "id_number"
+
+
+class TemplateCreate(TemplateBody, kw_only=True):
+    template_code: ProductCode
+
+
+class TemplateView(msgspec.Struct):
+    template_code: str
+    version: int
+    name: str
+    loan_kind: str
+    repayment_methods: list[str]
+    term_months_min: int
+    term_months_max: int
+    bullet_term_months_max: int
+    grace_months_max: int
+    line_limit_min: str
+    line_limit_max: str
+    annual_rate_pct_floor: str
+    annual_rate_pct_cap: str
+    penalty_multiplier_min: str
+    penalty_multiplier_max: str
+    prepay_rules: list[str]
+    customer_cap_group: str | None
+    customer_outstanding_max: str | None
+    region_source: str
+
+
+class TemplateList(msgspec.Struct):
+    templates: list[TemplateView]
+
+
+class ProductValues(_Request):
+    """A member bank's own values, each inside its template's range; a PATCH sends the
+    ones it changes."""
+
+    name: Name | None = None
+    repayment_methods: Annotated[list[Method], Meta(min_length=1)] | None = None
+    term_months_min: Months | None = None
+    term_months_max: Months | None = None
+    bullet_term_months_max: Annotated[int, Meta(ge=1, le=12)] | None = None
+    grace_months_max: Annotated[int, Meta(ge=0, le=60)] | None = None
+    line_limit_max: AmountStr | None = None
+    annual_rate_pct_min: RateStr | None = None
+    annual_rate_pct_max: RateStr | None = None
+    penalty_multiplier: MultiplierStr | None = None
+    prepay_rule_default: PrepayRule | None = None
+    customer_outstanding_max: AmountStr | None = None
+    region_source: RegionSource | None = None
+
+
+class ProductAdopt(ProductValues, kw_only=True):
+    """A member bank adopts a union template as its product `product_code`; values not
+    given are the template's (its widest range, its caps)."""
+
+    product_code: ProductCode
+    template_code: ProductCode
+    tenant_id: TenantCode | None = None  # the union names the bank; a bank adopts for itself
+
+
+class ProductView(msgspec.Struct):
+    product_code: str
+    tenant_id: str
+    template_code: str
+    version: int
+    status: str
+    status_reason: str | None
+    name: str
+    loan_kind: str
+    repayment_methods: list[str]
+    term_months_min: int
+    term_months_max: int
+    bullet_term_months_max: int
+    grace_months_max: int
+    line_limit_max: str
+    annual_rate_pct_min: str
+    annual_rate_pct_max: str
+    penalty_multiplier: str
+    prepay_rule_default: str
+    customer_cap_group: str | None
+    customer_outstanding_max: str | None
+    region_source: str
+
+
+class ProductList(msgspec.Struct):
+    products: list[ProductView]
+
+
+class ProductVersionView(msgspec.Struct):
+    version: int
+    changed_by: str
+    created_at: dt.datetime
+    terms: ProductView
+
+
+class ProductVersionList(msgspec.Struct):
+    product_code: str
+    versions: list[ProductVersionView]
+
+
+class TenantCreate(_Request):
+    tenant_id: TenantCode
+    name: Name
+    region_codes: Annotated[list[RegionCode], Meta(max_length=64)] = []
+
+
+class TenantChange(_Request):
+    name: Name | None = None
+    region_codes: Annotated[list[RegionCode], Meta(max_length=64)] | None = None
+
+
+class TenantView(msgspec.Struct):
+    tenant_id: str
+    name: str
+    kind: str
+    parent_id: str | None
+    region_codes: list[str]
+    channels: list[str]
+
+
+class TenantList(msgspec.Struct):
+    tenants: list[TenantView]
+
+
+class FlowLine(msgspec.Struct):
+    count: int
+    amount: str
+
+
+class DailyFlowRow(msgspec.Struct):
+    tenant_id: str
+    applications: FlowLine
+    approvals: FlowLine
+    drawdowns: FlowLine
+    drawdowns_voided: FlowLine
+    repayments: FlowLine
+    repaid_principal: str
+
+
+class DailyFlowReport(msgspec.Struct):
+    report: Literal["daily-flow"]
+    scope: str
+    date: dt.date
+    rows: list[DailyFlowRow]
+    total: DailyFlowRow
+
+
+class OutstandingRow(msgspec.Struct):
+    tenant_id: str
+    product_code: str
+    loans: int
+    outstanding_principal: str
+
+
+class OutstandingReport(msgspec.Struct):
+    report: Literal["outstanding-by-product"]
+    scope: str
+    date: dt.date
+    rows: list[OutstandingRow]
+    total_outstanding_principal: str
+
+
+class AssetQualityRow(msgspec.Struct):
+    tenant_id: str
+    outstanding_principal: str
+    normal: str
+    special_mention: str
+    substandard: str
+    doubtful: str
+    loss: str
+    overdue_principal: str
+    overdue_loans: int
+    npl: str
+    npl_ratio: str  # (substandard + doubtful + loss) / outstanding, 6 places
+    overdue_ratio: str
+
+
+class AssetQualityReport(msgspec.Struct):
+    report: Literal["asset-quality"]
+    scope: str
+    date: dt.date
+    classified_on: dt.date | None  # the day-end whose five-category classification is used
+    rows: list[AssetQualityRow]
+    total: AssetQualityRow

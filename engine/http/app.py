@@ -11,12 +11,14 @@ from engine.http import keys as app_keys
 from engine.http import resources
 from engine.http.auth import auth_middleware
 from engine.http.middlewares import request_middleware
+from engine.http.routes_admin import setup_admin_routes
 from engine.http.routes_cards import setup_card_routes
 from engine.http.routes_contracts import setup_contract_routes
 from engine.http.routes_operators import setup_operator_routes
 from engine.http.routes_ops import create_ops_app, setup_public_ops_routes
 from engine.http.routes_origination import setup_origination_routes
 from engine.http.routes_post_loan import setup_post_loan_routes
+from engine.http.routes_reports import setup_report_routes
 from engine.http.routes_v1 import setup_v1_routes
 from engine.settings import Settings
 
@@ -47,4 +49,6 @@ def create_app(settings: Settings) -> web.Application:
     setup_post_loan_routes(app)
     setup_card_routes(app)
     setup_operator_routes(app)
+    setup_admin_routes(app)
+    setup_report_routes(app)
     return app

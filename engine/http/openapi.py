@@ -108,9 +108,56 @@ ROUTES: tuple[Route, ...] = (
           200, t.WhitelistImported, operator=True),
     Route("get", "/v1/audit", "The audit trail (auditors)", None, 200, t.AuditPage,
           operator=True),
+    Route("post", "/v1/applications/{application_id}/manual-review",
+          "The applicant asks an officer to review an automatic refusal", None, 200,
+          t.ApplicationView),
+    # Issue 19: the union's templates, member banks' products, the tenant tree, reports.
+    Route("get", "/v1/admin/product-templates", "The union's product templates", None, 200,
+          t.TemplateList, operator=True),
+    Route("post", "/v1/admin/product-templates", "Define a template (union)", t.TemplateCreate,
+          201, t.TemplateView, operator=True),
+    Route("get", "/v1/admin/product-templates/{template_code}", "One template", None, 200,
+          t.TemplateView, operator=True),
+    Route("put", "/v1/admin/product-templates/{template_code}", "Change a template (union)",
+          t.TemplateBody, 200, t.TemplateView, operator=True),
+    Route("get", "/v1/admin/products", "Products in the operator's scope", None, 200,
+          t.ProductList, operator=True),
+    Route("post", "/v1/admin/products", "A member bank adopts a template", t.ProductAdopt, 201,
+          t.ProductView, operator=True),
+    Route("get", "/v1/admin/products/{product_code}", "One product", None, 200, t.ProductView,
+          operator=True),
+    Route("patch", "/v1/admin/products/{product_code}", "Change a product's values (a version)",
+          t.ProductValues, 200, t.ProductView, operator=True),
+    Route("post", "/v1/admin/products/{product_code}/pause", "No new lines or drawdowns",
+          t.StatusChange, 200, t.ProductView, operator=True),
+    Route("post", "/v1/admin/products/{product_code}/resume", "Resume a paused product",
+          t.StatusChange, 200, t.ProductView, operator=True),
+    Route("get", "/v1/admin/products/{product_code}/versions", "Every version of a product",
+          None, 200, t.ProductVersionList, operator=True),
+    Route("get", "/v1/admin/tenants", "The union and its member banks in scope", None, 200,
+          t.TenantList, operator=True),
+    Route("post", "/v1/admin/tenants", "Create a member bank (union)", t.TenantCreate, 201,
+          t.TenantView, operator=True),
+    Route("get", "/v1/admin/tenants/{tenant_id}", "One tenant", None, 200, t.TenantView,
+          operator=True),
+    Route("patch", "/v1/admin/tenants/{tenant_id}", "Rename, or register regions (union)",
+          t.TenantChange, 200, t.TenantView, operator=True),
+    Route("get", "/v1/reports/daily-flow", "Daily business flow (JSON or CSV)", None, 200,
+          t.DailyFlowReport, operator=True),
+    Route("get", "/v1/reports/outstanding-by-product", "Outstanding principal by product",
+          None, 200, t.OutstandingReport, operator=True),
+    Route("get", "/v1/reports/asset-quality", "Five-category classes, overdue and NPL ratio",
+          None, 200, t.AssetQualityReport, operator=True),
 )  # fmt: skip
 # Path parameters that are not 64-bit IDs.
-_PATH_PATTERNS = {"operator_id": "^op_[0-9a-f]{16}$", "channel_id": "^[A-Za-z0-9_-]{1,64}$"}
+# Path parameters that are not numeric ids (the rest: ^[1-9][0-9]{0,18}$).
+_PATH_PATTERNS = {
+    "operator_id": "^op_[0-9a-f]{16}$",
+    "channel_id": "^[A-Za-z0-9_-]{1,64}$",
+    "template_code": "^[a-z0-9][a-z0-9-]{0,47}$",
+    "product_code": "^[a-z0-9][a-z0-9-]{0,47}$",
+    "tenant_id": "^[a-z0-9][a-z0-9-]{0,31}$",
+}
 # The signer as the channel saw them, recorded in the signature's evidence.
 _SIGNER_HEADERS = ("X-Signer-IP", "X-Signer-Device-Id")
 
@@ -132,8 +179,18 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "README, Operators, roles and audit); channels cannot call these routes",
     },
 }
+_REPORT_QUERY: list[dict[str, Any]] = [
+    {"name": "date", "in": "query", "schema": {"type": "string", "format": "date"}},
+    {"name": "tenant", "in": "query",
+     "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"}},
+    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]}},
+]  # fmt: skip
+# Path parameters that are codes rather than 64-bit IDs.
 # Query parameters of the routes that take any, as the handlers read them.
 _QUERY: dict[str, list[dict[str, Any]]] = {
+    "/v1/reports/daily-flow": _REPORT_QUERY,
+    "/v1/reports/outstanding-by-product": _REPORT_QUERY,
+    "/v1/reports/asset-quality": _REPORT_QUERY,
     "/v1/loans/{loan_id}/payoff-quote": [
         {"name": "on", "in": "query", "schema": {"type": "string", "format": "date"}}
     ],

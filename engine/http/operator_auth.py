@@ -84,7 +84,10 @@ OPERATOR_ROUTES: tuple[OperatorRoute, ...] = (
     _r("POST", "/v1/admin/whitelist", "whitelist.import", "whitelist.import"),
     _r("GET", "/v1/audit", "audit.read", "audit.read"),
     # Routes of the products, tenants and reports (issue 19, part B).
-    _r("*", "/v1/admin/product-templates(/.*)?", "product_template.manage", "product_template"),
+    # A member bank reads the union's templates to adopt one; only the union writes them.
+    _r("GET", "/v1/admin/product-templates(/.*)?", "product.manage", "product_template"),
+    _r("POST|PUT|PATCH|DELETE", "/v1/admin/product-templates(/.*)?", "product_template.manage",
+       "product_template"),
     _r("*", "/v1/admin/products(/.*)?", "product.manage", "product"),
     _r("*", "/v1/admin/tenants(/.*)?", "tenant.manage", "tenant"),
     _r("GET", "/v1/reports(/.*)?", "report.read", "report.read"),
@@ -123,6 +126,7 @@ AUDIT_CHANGE = web.RequestKey("audit_change", AuditChange)
 def operator_route(request: web.Request) -> OperatorRoute | None:
     """The table's row for this request, or None for a channel request."""
     path, method = request.path, request.method
+    other_method: OperatorRoute | None = None
     for row in OPERATOR_ROUTES:
         if row.path.match(path) is None:
             continue
@@ -130,8 +134,10 @@ def operator_route(request: web.Request) -> OperatorRoute | None:
             return None  # a channel's read of its contract
         if method in row.methods or (method == "HEAD" and "GET" in row.methods):
             return row
-        return OperatorRoute(row.methods, row.path, "", row.action)  # 405 from the router
-    return None
+        # A path served for other methods (rows may split one path by method): the
+        # router answers 405, to any operator.
+        other_method = other_method or OperatorRoute(row.methods, row.path, "", row.action)
+    return other_method
 
 
 def is_operator_request(request: web.Request) -> bool:

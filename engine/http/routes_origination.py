@@ -40,7 +40,9 @@ async def create_application(request: web.Request) -> web.Response:
     svc, channel = _svc(request), request[CHANNEL]
     ctx = request.app[app_keys.ORIGINATION]
     body = decode(request[BODY], ApplicationCreate)
-    checked = await origination.check_request(svc, request.app[app_keys.VERIFIER], channel, body)
+    checked = await origination.check_request(
+        svc, ctx, request.app[app_keys.VERIFIER], channel, body
+    )
     created: list[ApplicationView] = []
 
     async def work(conn: asyncpg.Connection) -> tuple[ApplicationView, int]:
@@ -109,6 +111,19 @@ async def review_queue(request: web.Request) -> web.Response:
     return json_response(encode(ReviewQueue([origination.view_of(row) for row in rows])))
 
 
+async def manual_review(request: web.Request) -> web.Response:
+    """The applicant asks for a person to review an automatic refusal (the channel)."""
+    svc, channel = _svc(request), request[CHANNEL]
+    ctx = request.app[app_keys.ORIGINATION]
+    application_id = parse_id(request.match_info["application_id"], "application")
+    view = await in_transaction(
+        svc.pools,
+        shard_of_id(application_id),
+        lambda c: origination.request_manual_review(svc, ctx, c, channel.tenant_id, application_id),
+    )
+    return json_response(encode(view))
+
+
 def _review(approve: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         svc, who = _svc(request), operator_of(request)
@@ -154,6 +169,7 @@ def setup_origination_routes(app: web.Application) -> None:
     add = app.router.add_route
     add("POST", "/v1/applications", create_application)
     add("GET", "/v1/applications/{application_id}", get_application)
+    add("POST", "/v1/applications/{application_id}/manual-review", manual_review)
     add("GET", "/v1/review-queue", review_queue)
     add("POST", "/v1/applications/{application_id}/approve", _review(approve=True))
     add("POST", "/v1/applications/{application_id}/reject", _review(approve=False))

@@ -475,6 +475,29 @@ def _pre_approved(rule_set: RuleSet, facts: ApplicantFacts, reviews: list[str]) 
     )
 
 
+def manual_review_terms(rule_set: RuleSet, refused: Decision, requested_fen: int) -> Decision:
+    """An automatic refusal the applicant asked an officer to review: queued with the
+    policy's lowest band (the officer approves or rejects; never a hard refusal)."""
+    policy = rule_set.pre_approval
+    band = policy.bands[0]
+    return Decision(
+        "pending_review",
+        [*refused.reasons, "MANUAL_REVIEW_REQUESTED"],
+        rule_set.product_code,
+        rule_set.version,
+        limit_fen=min(parse_amount(band.limit), requested_fen),
+        annual_rate_pct=format_rate_pct(parse_rate_pct(band.annual_rate_pct)),
+        repayment_methods=list(policy.repayment_methods),
+        max_term_months=policy.max_term_months,
+    )
+
+
+def hard_refusal(rule_set: RuleSet, refused: Decision) -> bool:
+    """Refused by a rule no officer may override (black list, age, identity, ...)."""
+    hard = {rule.code for rule in rule_set.rules if rule.hard and rule.action == "refuse"}
+    return bool(hard & set(refused.reasons))
+
+
 # ---- gray release ----------------------------------------------------------------------
 
 

@@ -72,6 +72,7 @@ from engine.security.identity import (
     parse_id_number,
     parse_phone,
 )
+from engine.services import product_rules
 from engine.services.context import Services
 from engine.services.credit_lines import grant_line
 from engine.services.customers import ID_NUMBER, NewCustomer, insert_customer, mask_name
@@ -107,19 +108,27 @@ class Checked(msgspec.Struct, frozen=True):
 
 
 async def check_request(
-    svc: Services, verifier: IdentityVerifier, channel: Channel, body: ApplicationCreate
+    svc: Services,
+    ctx: Origination,
+    verifier: IdentityVerifier,
+    channel: Channel,
+    body: ApplicationCreate,
 ) -> Checked:
     """Everything checked before the shard is touched, the four-factor verification included."""
     if body.tenant_id != channel.tenant_id:
         raise Forbidden(
             "TENANT_FORBIDDEN", "a channel may only apply for customers of its own tenant"
         )
-    if svc.product_for(channel, body.product_code) is None:
+    product = svc.product_for(channel, body.product_code)
+    if product is None:
         raise Unprocessable("PRODUCT_UNKNOWN", f"no product {body.product_code!r} for this tenant")
+    product_rules.check_active(product)
+    product_rules.check_term(product, body.requested_term_months)
     if not body.consent.credit_report:
         raise Unprocessable(
             "CONSENT_REQUIRED", "the applicant must authorize the credit report query"
         )
+    rule_set_key(svc, ctx, body.product_code)
     consent.check_consent_time(body.consent, dt.datetime.now(dt.UTC))
     _check_id_validity(body.applicant, svc.business_date)
     try:
@@ -129,6 +138,14 @@ async def check_request(
         amount_fen = parse_amount(body.requested_amount)
     except (IdentityError, MoneyFormatError) as exc:
         raise BadRequest(exc.code, exc.detail) from exc
+    # The regional rule before anything leaves the engine (the verification is a call out).
+    product_rules.check_region(
+        svc.reference.data,
+        channel.tenant_id,
+        product,
+        id_number.value[:6],
+        body.applicant.residence_region,
+    )
     check = await verifier.verify(body.applicant.name, id_number.value, phone, card)
     if check.verified is None:
         raise ServiceUnavailable(
@@ -145,6 +162,21 @@ async def check_request(
         card,
         amount_fen,
         logical_shard_for_id_number(id_number.value),
+    )
+
+
+def rule_set_key(svc: Services, ctx: Origination, product_code: str) -> str:
+    """The rule sets a product is decided by: its own, else its union template's (a
+    member bank's adoption of a template decides as the union wrote it)."""
+    if product_code in ctx.rule_sets:
+        return product_code
+    product = svc.reference.data.products.get(product_code)
+    if product is not None and product.template_code in ctx.rule_sets:
+        return product.template_code
+    raise Unprocessable(
+        "PRODUCT_HAS_NO_RULE_SET",
+        f"product {product_code!r} has no rule set (nor has its template): it takes no "
+        "applications",
     )
 
 
@@ -200,9 +232,10 @@ async def submit(
         """INSERT INTO application (application_id, tenant_id, channel_id, channel_serial,
                product_code, id_number_index, applicant_ciphertext, requested_amount_fen,
                requested_term_months, repayment_method, terms_version, attachments, status, steps,
-               identity_verified, id_valid_from, id_valid_until, id_long_term)
+               identity_verified, id_valid_from, id_valid_until, id_long_term, business_date,
+               residence_region)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'received', $13::jsonb,
-                   $14, $15, $16, $17)
+                   $14, $15, $16, $17, $18, $19)
            ON CONFLICT (channel_id, channel_serial) DO NOTHING
            RETURNING application_id""",
         application_id,
@@ -222,6 +255,8 @@ async def submit(
         body.applicant.id_valid_from,
         body.applicant.id_valid_until,
         body.applicant.id_long_term,
+        svc.business_date,
+        body.applicant.residence_region,
     )
     if inserted is None:
         existing = await conn.fetchval(
@@ -401,7 +436,7 @@ async def decide_application(
         )
     )
     facts = await _facts(svc, conn, app, applicant, report)
-    product = app["product_code"]
+    product = rule_set_key(svc, ctx, app["product_code"])
     rule_set = rules.choose_rule_set(
         application_id,
         ctx.rule_sets[product][ctx.current_versions[product]],
@@ -454,6 +489,7 @@ async def approve(
             applicant["id_number"],
             applicant["phone"],
             applicant["bank_card"],
+            residence_region=app["residence_region"],
         ),
     )
     index = bytes(app["id_number_index"])
@@ -596,3 +632,45 @@ def view_of(row: asyncpg.Record) -> ApplicationView:
             Step(s["step"], dt.datetime.fromisoformat(s["at"])) for s in json.loads(row["steps"])
         ],
     )
+
+
+async def request_manual_review(
+    svc: Services, ctx: Origination, conn: asyncpg.Connection, tenant_id: str, application_id: int
+) -> ApplicationView:
+    """An automatic decision always leaves a path to a person (issue 19): the applicant
+    may have an automatic refusal reviewed by a loan officer, once. A hard refusal (black
+    list, age, identity, overdue with us) is final, and an officer's own rejection too:
+    422 MANUAL_REVIEW_NOT_AVAILABLE."""
+    app = await conn.fetchrow(
+        "SELECT * FROM application WHERE application_id = $1 FOR UPDATE", application_id
+    )
+    if app is None or app["tenant_id"] != tenant_id:
+        raise NotFound("APPLICATION_NOT_FOUND", f"no application {application_id}")
+    refusal = "only an automatic refusal can be sent to manual review"
+    if app["status"] != "refused" or app["decision"] is None:
+        raise Unprocessable("MANUAL_REVIEW_NOT_AVAILABLE", f"{refusal}: it is {app['status']}")
+    if app["manual_review_requested_at"] is not None or "OPERATOR_REJECTED" in app["reasons"]:
+        raise Unprocessable(
+            "MANUAL_REVIEW_NOT_AVAILABLE", f"{refusal}: an officer has decided this one"
+        )
+    refused = msgspec.json.decode(app["decision"], type=rules.Decision)
+    versions = ctx.rule_sets.get(rule_set_key(svc, ctx, app["product_code"]), {})
+    rule_set = versions.get(refused.rule_set_version)
+    if rule_set is None or rules.hard_refusal(rule_set, refused):
+        raise Unprocessable(
+            "MANUAL_REVIEW_NOT_AVAILABLE",
+            f"{refusal}: this one was refused by a rule no officer may override",
+        )
+    queued = rules.manual_review_terms(rule_set, refused, app["requested_amount_fen"])
+    steps = _step(json.loads(app["steps"]), "manual_review_requested")
+    await conn.execute(
+        """UPDATE application SET status = 'pending_review', decision = $2::jsonb,
+               reasons = $3, steps = $4::jsonb, manual_review_requested_at = now(),
+               updated_at = now()
+           WHERE application_id = $1""",
+        application_id,
+        msgspec.json.encode(queued).decode(),
+        list(queued.reasons),
+        json.dumps(steps),
+    )
+    return await application_view(conn, tenant_id, application_id)

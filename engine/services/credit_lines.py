@@ -10,6 +10,7 @@ import asyncpg
 
 from engine.contract.errors import BadRequest, NotFound, Unprocessable
 from engine.contract.messages import CreditLineCreate, CreditLineView
+from engine.services import product_rules
 from engine.services.context import Services
 from engine.services.customers import lock_customer
 from engine.stores.reference import Channel, Product
@@ -18,7 +19,7 @@ from sharding.ids import shard_of_id
 
 _LINE_COLUMNS = """credit_line_id, customer_id, tenant_id, product_code, limit_fen, used_fen,
     annual_rate_pct, repayment_methods, max_term_months, expires_on, status, status_reason,
-    frozen_by, application_id, contract_signed_at"""
+    frozen_by, application_id, contract_signed_at, product_version"""
 
 
 def line_view(row: asyncpg.Record) -> CreditLineView:
@@ -37,6 +38,7 @@ def line_view(row: asyncpg.Record) -> CreditLineView:
         repayment_methods=list(row["repayment_methods"]),
         max_term_months=row["max_term_months"],
         expires_on=row["expires_on"],
+        product_version=row["product_version"],
     )
 
 
@@ -80,13 +82,23 @@ async def grant_line(
     product = svc.product_for(channel, body.product_code)
     if product is None:
         raise Unprocessable("PRODUCT_UNKNOWN", f"no product {body.product_code!r} for this tenant")
+    product_rules.check_active(product)
+    product_rules.check_term(product, body.max_term_months)
     limit_fen, rate = _check_against_product(svc, product, body)
-    await lock_customer(conn, channel, customer_id)
+    customer = await lock_customer(conn, channel, customer_id)
+    product_rules.check_region(
+        svc.reference.data,
+        channel.tenant_id,
+        product,
+        customer["id_region"],
+        customer["residence_region"],
+    )
     line_id = svc.ids.next_id(shard_of_id(customer_id))
     row = await conn.fetchrow(
         f"""INSERT INTO credit_line (credit_line_id, customer_id, tenant_id, product_code,
-                limit_fen, annual_rate_pct, repayment_methods, max_term_months, expires_on)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                limit_fen, annual_rate_pct, repayment_methods, max_term_months, expires_on,
+                product_version)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             RETURNING {_LINE_COLUMNS}""",
         line_id,
         customer_id,
@@ -97,6 +109,7 @@ async def grant_line(
         sorted(set(body.repayment_methods)),
         body.max_term_months,
         body.expires_on,
+        product.version,
     )
     assert row is not None
     return line_view(row)
@@ -111,7 +124,9 @@ _STANDING_COLUMNS = """,
             WHERE cu.customer_id = credit_line.customer_id
               AND b.tenant_id IN (credit_line.tenant_id, '*')) AS blacklisted,
     (SELECT cu.bureau_flag FROM customer cu
-     WHERE cu.customer_id = credit_line.customer_id) AS bureau_flag"""
+     WHERE cu.customer_id = credit_line.customer_id) AS bureau_flag,
+    (SELECT array[cu.id_region, cu.residence_region] FROM customer cu
+     WHERE cu.customer_id = credit_line.customer_id) AS regions"""
 
 
 async def fetch_line(

@@ -53,6 +53,10 @@ class NewCustomer:
         if not self.name:
             raise BadRequest("NAME_INVALID", "name must not be blank")
         self.tenant_id = body.tenant_id
+        # The regional rule's inputs (engine.services.product_rules): the ID number's
+        # area code and the declared residence.
+        self.id_region = self.id_number.value[:6]
+        self.residence_region = body.residence_region
         self.channel_id = channel.channel_id  # who registered it: bound its card
         self.logical_shard = logical_shard_for_id_number(self.id_number.value)
 
@@ -66,8 +70,8 @@ async def insert_customer(
     row = await conn.fetchrow(
         """INSERT INTO customer (customer_id, tenant_id, name_ciphertext, id_number_ciphertext,
                id_number_index, phone_ciphertext, bank_card_ciphertext, id_number_masked,
-               phone_masked, bank_card_masked, birth_date)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               phone_masked, bank_card_masked, birth_date, id_region, residence_region)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
            ON CONFLICT (tenant_id, id_number_index) DO NOTHING
            RETURNING created_at""",
         customer_id,
@@ -81,6 +85,8 @@ async def insert_customer(
         mask_phone(new.phone),
         mask_bank_card(new.bank_card),
         new.id_number.birth_date,
+        new.id_region,
+        new.residence_region,
     )
     if row is None:
         existing = await conn.fetchval(
@@ -110,7 +116,8 @@ async def lock_customer(
     conn: asyncpg.Connection, channel: Channel, customer_id: int, *, lock: bool = False
 ) -> asyncpg.Record:
     """The customer row of this channel's tenant, or 404 as if it did not exist."""
-    sql = "SELECT customer_id, tenant_id, bank_card_masked FROM customer WHERE customer_id = $1"
+    sql = """SELECT customer_id, tenant_id, bank_card_masked, id_region, residence_region
+             FROM customer WHERE customer_id = $1"""
     row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), customer_id)
     if row is None or row["tenant_id"] != channel.tenant_id:
         raise NotFound("CUSTOMER_NOT_FOUND", f"no customer {customer_id}")

@@ -34,7 +34,7 @@ from engine.contract.errors import BadRequest, Unprocessable
 from engine.contract.messages import DrawdownCreate, DrawdownView, PlanSummary
 from engine.idempotency.records import AtOnce, Claim, StoredResponse
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
-from engine.services import cards
+from engine.services import cards, product_rules
 from engine.services.booking_batch import book_alone
 from engine.services.context import Services
 from engine.services.credit_lines import fetch_line
@@ -257,8 +257,14 @@ async def _line_paying(
 def _check_line(
     svc: Services, line: asyncpg.Record, body: DrawdownCreate, *, amount_fen: int, today: dt.date
 ) -> Product:
-    """The request against the line (raises the refusals); returns the line's product."""
-    product = svc.reference.data.products[line["product_code"]]
+    """The request against the line (raises the refusals); returns the terms of the
+    product's version the line was granted under."""
+    reference = svc.reference.data
+    product_rules.check_active(reference.products[line["product_code"]])
+    product = reference.product_terms(line["product_code"], line["product_version"])
+    product_rules.check_term(product, body.term_months)
+    id_region, residence = line["regions"] or (None, None)
+    product_rules.check_region(reference, line["tenant_id"], product, id_region, residence)
     _check_request(product, line, body, today)
     available_fen = line["limit_fen"] - line["used_fen"]
     if amount_fen > available_fen:
@@ -279,7 +285,7 @@ def _draft(
     today: dt.date,
 ) -> Draft:
     """Plan the checked drawdown and give it its IDs."""
-    product = svc.reference.data.products[line["product_code"]]
+    product = svc.reference.data.product_terms(line["product_code"], line["product_version"])
     try:
         plan = build_plan(
             amount_fen,

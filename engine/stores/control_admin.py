@@ -7,33 +7,18 @@ import datetime as dt
 import secrets
 
 import asyncpg
+import msgspec
 
+from engine.contract.messages import ProductAdopt, TemplateCreate
 from engine.security.pii import PiiCipher
 from engine.settings import Settings
+from engine.stores import product_admin
 from engine.stores.reference import CHANNEL_SECRET_CONTEXT
 
 DEMO_TENANT = "demo"
 DEMO_CHANNEL = "demo"
 DEMO_SECRET = "demo-secret"  # noqa: S105 - the local stack's published demo secret (API.md)
 DEMO_CHANNEL_NAME = "演示手机银行"
-
-_PRODUCT_SQL = """
-INSERT INTO product (product_code, tenant_id, name, repayment_methods, term_months_min,
-    term_months_max, bullet_term_months_max, grace_months_max, line_limit_max_fen,
-    customer_cap_group, customer_outstanding_max_fen, annual_rate_pct_min, annual_rate_pct_max,
-    penalty_multiplier)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-ON CONFLICT (product_code) DO UPDATE SET name = excluded.name,
-    repayment_methods = excluded.repayment_methods, term_months_min = excluded.term_months_min,
-    term_months_max = excluded.term_months_max,
-    bullet_term_months_max = excluded.bullet_term_months_max,
-    grace_months_max = excluded.grace_months_max, line_limit_max_fen = excluded.line_limit_max_fen,
-    customer_cap_group = excluded.customer_cap_group,
-    customer_outstanding_max_fen = excluded.customer_outstanding_max_fen,
-    annual_rate_pct_min = excluded.annual_rate_pct_min,
-    annual_rate_pct_max = excluded.annual_rate_pct_max,
-    penalty_multiplier = excluded.penalty_multiplier, updated_at = now()
-"""
 
 ALL_METHODS = [
     "equal_installment",
@@ -159,36 +144,120 @@ async def set_rate_limit(conn: asyncpg.Connection, channel_id: str, per_s: float
 DEMO_RATE_LIMIT_PER_S = 20_000.0
 
 
+DEMO_UNION = "union"
+# The second member bank of the local stack, for the tenant-crossing tests (and people).
+DEMO2_TENANT = "demo2"
+DEMO2_CHANNEL = "demo2"
+DEMO2_SECRET = "demo2-secret"  # noqa: S105 - published like DEMO_SECRET: dev and test only
+DEMO_REGIONS = {DEMO_TENANT: ["1101"], DEMO2_TENANT: ["4201"]}
+
+_DEMO_TEMPLATES = {
+    "demo-credit": TemplateCreate(
+        template_code="demo-credit", name="农户经营性信用贷款", loan_kind="business",
+        repayment_methods=ALL_METHODS, term_months_min=1, term_months_max=36,  # type: ignore[arg-type]
+        bullet_term_months_max=12, grace_months_max=6, line_limit_min="1.00",
+        line_limit_max="300000.00", annual_rate_pct_floor="2.00", annual_rate_pct_cap="24.00",
+        penalty_multiplier_min="1.3", penalty_multiplier_max="1.5",
+        prepay_rules=["reduce_nearest", "reduce_amount", "reduce_term"],
+    ),
+    "demo-consumer": TemplateCreate(
+        template_code="demo-consumer", name="个人消费信用贷款", loan_kind="consumer",
+        repayment_methods=["equal_installment", "equal_principal", "bullet"],
+        term_months_min=1, term_months_max=60, bullet_term_months_max=12, grace_months_max=0,
+        line_limit_min="1.00", line_limit_max="200000.00", annual_rate_pct_floor="2.00",
+        annual_rate_pct_cap="24.00", penalty_multiplier_min="1.3", penalty_multiplier_max="1.5",
+        prepay_rules=["reduce_nearest", "reduce_amount", "reduce_term"],
+        customer_cap_group="internet_consumer", customer_outstanding_max="200000.00",
+    ),
+}  # fmt: skip
+_DEMO_PRODUCTS = [
+    ProductAdopt(
+        product_code="demo-credit", template_code="demo-credit", tenant_id=DEMO_TENANT,
+        name="农户经营性信用贷款 (demo)", repayment_methods=ALL_METHODS,  # type: ignore[arg-type]
+        term_months_min=1, term_months_max=36, bullet_term_months_max=12, grace_months_max=6,
+        line_limit_max="300000.00", annual_rate_pct_min="2.00", annual_rate_pct_max="18.00",
+        penalty_multiplier="1.5", prepay_rule_default="reduce_nearest",
+    ),
+    ProductAdopt(
+        product_code="demo-consumer", template_code="demo-consumer", tenant_id=DEMO_TENANT,
+        name="个人消费信用贷款 (demo)",
+        repayment_methods=["equal_installment", "equal_principal", "bullet"],
+        term_months_min=1, term_months_max=24, bullet_term_months_max=12, grace_months_max=0,
+        line_limit_max="200000.00", annual_rate_pct_min="2.00", annual_rate_pct_max="18.00",
+        penalty_multiplier="1.5", prepay_rule_default="reduce_nearest",
+        customer_outstanding_max="200000.00",
+    ),
+    ProductAdopt(
+        product_code="demo2-credit", template_code="demo-credit", tenant_id=DEMO2_TENANT,
+        name="第二农商经营贷 (demo)", repayment_methods=ALL_METHODS,  # type: ignore[arg-type]
+        term_months_min=1, term_months_max=24, bullet_term_months_max=12, grace_months_max=6,
+        line_limit_max="200000.00", annual_rate_pct_min="3.00", annual_rate_pct_max="15.00",
+        penalty_multiplier="1.5", prepay_rule_default="reduce_nearest",
+    ),
+]  # fmt: skip
+
+
+async def _demo_channel(  # noqa: PLR0917
+    conn: asyncpg.Connection,
+    cipher: PiiCipher,
+    channel_id: str,
+    tenant_id: str,
+    secret: str,
+    name: str,
+) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM channel WHERE channel_id = $1", channel_id)
+    if exists is None:
+        await add_channel(conn, cipher, channel_id, tenant_id, secret, display_name=name)
+    else:
+        await rotate_channel(conn, cipher, channel_id, secret)
+        await set_channel_status(conn, channel_id, "active", "demo data")
+        await rename_channel(conn, channel_id, name)
+    await set_signature_v1_until(conn, channel_id, None)
+    await set_rate_limit(conn, channel_id, DEMO_RATE_LIMIT_PER_S)
+
+
 async def load_demo(conn: asyncpg.Connection, cipher: PiiCipher) -> None:
-    """Tenant `demo`, products `demo-credit` and `demo-consumer`, channel `demo` (API.md)."""
+    """The union, its member banks `demo` and `demo2` with their regions, the union's
+    templates `demo-credit` and `demo-consumer`, their adoptions (`demo-credit`,
+    `demo-consumer` by demo, `demo2-credit` by demo2), channels `demo` and `demo2`
+    (API.md). Products are put back to the demo's values and resumed."""
     async with conn.transaction():
         await conn.execute(
-            "INSERT INTO tenant (tenant_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            DEMO_TENANT,
-            "演示农商银行 (demo)",
+            """INSERT INTO tenant (tenant_id, name, kind) VALUES ($1, $2, 'union')
+               ON CONFLICT DO NOTHING""",
+            DEMO_UNION,
+            "省农村信用社联合社 (demo)",
         )
-        await conn.execute(
-            _PRODUCT_SQL,
-            "demo-credit", DEMO_TENANT, "农户经营性信用贷款 (demo)", ALL_METHODS,
-            1, 36, 12, 6, 300_000_00, None, None, "2.00", "18.00", "1.5",
-        )  # fmt: skip
-        await conn.execute(
-            _PRODUCT_SQL,
-            "demo-consumer", DEMO_TENANT, "个人消费信用贷款 (demo)",
-            ["equal_installment", "equal_principal", "bullet"],
-            1, 24, 12, 0, 200_000_00, "internet_consumer", 200_000_00, "2.00", "18.00", "1.5",
-        )  # fmt: skip
-        exists = await conn.fetchval("SELECT 1 FROM channel WHERE channel_id = $1", DEMO_CHANNEL)
-        if exists is None:
-            await add_channel(
-                conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET, display_name=DEMO_CHANNEL_NAME
+        for tenant_id, name in ((DEMO_TENANT, "演示农商银行 (demo)"),
+                                (DEMO2_TENANT, "演示第二农商银行 (demo)")):  # fmt: skip
+            await conn.execute(
+                """INSERT INTO tenant (tenant_id, name, kind, parent_id, region_codes)
+                   VALUES ($1, $2, 'member_bank', $3, $4)
+                   ON CONFLICT (tenant_id) DO UPDATE SET region_codes = excluded.region_codes""",
+                tenant_id,
+                name,
+                DEMO_UNION,
+                DEMO_REGIONS[tenant_id],
             )
-        else:
-            await rotate_channel(conn, cipher, DEMO_CHANNEL, DEMO_SECRET)
-            await set_channel_status(conn, DEMO_CHANNEL, "active", "demo data")
-            await rename_channel(conn, DEMO_CHANNEL, DEMO_CHANNEL_NAME)
-        await set_signature_v1_until(conn, DEMO_CHANNEL, None)
-        await set_rate_limit(conn, DEMO_CHANNEL, DEMO_RATE_LIMIT_PER_S)
+        for template in _DEMO_TEMPLATES.values():
+            exists = await conn.fetchval(
+                "SELECT 1 FROM product_template WHERE template_code = $1", template.template_code
+            )
+            if exists is None:
+                await product_admin.create_template(conn, template)
+            else:
+                current = await product_admin.get_template(conn, template.template_code)
+                wanted = msgspec.structs.replace(
+                    product_admin.template_view_of(template), version=current.version
+                )
+                if wanted != current:
+                    await product_admin.update_template(conn, template.template_code, template)
+        for adoption in _DEMO_PRODUCTS:
+            await product_admin.demo_product(conn, adoption)
+        await _demo_channel(conn, cipher, DEMO_CHANNEL, DEMO_TENANT, DEMO_SECRET, DEMO_CHANNEL_NAME)
+        await _demo_channel(
+            conn, cipher, DEMO2_CHANNEL, DEMO2_TENANT, DEMO2_SECRET, "第二农商手机银行"
+        )
 
 
 async def set_business_date(conn: asyncpg.Connection, day: dt.date) -> None:

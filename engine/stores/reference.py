@@ -47,6 +47,35 @@ class Product(msgspec.Struct, frozen=True):
     annual_rate_pct_max: Decimal
     penalty_multiplier: Decimal
     prepay_rule_default: str
+    # Issue 19: the union's template it adopts, its version (every change makes one),
+    # paused or active, where a customer's region comes from, consumer or business.
+    template_code: str = ""
+    version: int = 1
+    status: str = "active"
+    region_source: str = "id_number"
+    loan_kind: str = "business"
+
+    @property
+    def paused(self) -> bool:
+        return self.status == "paused"
+
+
+class Tenant(msgspec.Struct, frozen=True):
+    """The province union (kind "union") or one of its member banks (parent: the union)."""
+
+    tenant_id: str
+    name: str
+    kind: str = "member_bank"
+    parent_id: str | None = None
+    region_codes: tuple[str, ...] = ()
+
+    @property
+    def is_union(self) -> bool:
+        return self.kind == "union"
+
+    def serves(self, region: str) -> bool:
+        """The member bank's registered regions cover this 6-digit area code."""
+        return any(region.startswith(code) for code in self.region_codes)
 
 
 class Channel(msgspec.Struct, frozen=True):
@@ -77,6 +106,21 @@ class ReferenceData(msgspec.Struct, frozen=True):
     business_date: dt.date
     sms_templates: dict[tuple[str, str], str] = msgspec.field(default_factory=dict)
     officers: dict[str, Officer] = msgspec.field(default_factory=dict)
+    tenant_info: dict[str, Tenant] = msgspec.field(default_factory=dict)
+    # Every version of every product: a line's drawdowns use the version it was granted.
+    product_versions: dict[tuple[str, int], Product] = msgspec.field(default_factory=dict)
+
+    def product_terms(self, product_code: str, version: int) -> Product:
+        """The terms of `version` of the product (the current ones if that version is not
+        kept, as for a product written before versions existed)."""
+        kept = self.product_versions.get((product_code, version))
+        return kept if kept is not None else self.products[product_code]
+
+    def union_id(self) -> str | None:
+        return next((t.tenant_id for t in self.tenant_info.values() if t.is_union), None)
+
+    def member_banks(self, union_id: str) -> list[str]:
+        return sorted(t.tenant_id for t in self.tenant_info.values() if t.parent_id == union_id)
 
     def branch_officers(self, tenant_id: str, branch_code: str) -> tuple[str, ...]:
         """The active officers of a branch in id order; the member bank's others if the
@@ -100,7 +144,7 @@ class ReferenceData(msgspec.Struct, frozen=True):
 # API.md's demo secret (engine.stores.control_admin.DEMO_SECRET): public, so a channel
 # holding it is anyone's. Production refuses to start with one, and disables any found
 # later (`ReferenceCache`).
-PUBLISHED_SECRETS = frozenset({"demo-secret"})
+PUBLISHED_SECRETS = frozenset({"demo-secret", "demo2-secret"})
 
 
 class PublishedSecretError(RuntimeError):
@@ -109,12 +153,15 @@ class PublishedSecretError(RuntimeError):
 
 async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData:
     async with acquire(pool) as conn, conn.transaction(readonly=True):
-        tenants = await conn.fetch("SELECT tenant_id FROM tenant")
+        tenants = await conn.fetch(
+            "SELECT tenant_id, name, kind, parent_id, region_codes FROM tenant"
+        )
         channels = await conn.fetch(
             """SELECT channel_id, tenant_id, secret_ciphertext, status, display_name,
                       signature_v1_until, rate_limit_per_s FROM channel"""
         )
         products = await conn.fetch("SELECT * FROM product")
+        versions = await conn.fetch("SELECT product_code, version, terms FROM product_version")
         business_date = await conn.fetchval("SELECT business_date FROM business_clock")
         templates = await conn.fetch("SELECT tenant_id, kind, body FROM sms_template")
         officers = await conn.fetch(
@@ -138,14 +185,32 @@ async def load_reference(pool: asyncpg.Pool, cipher: PiiCipher) -> ReferenceData
             )
             for row in channels
         },
-        products={row["product_code"]: _product(row) for row in products},
+        products={row["product_code"]: product_of_row(row) for row in products},
         business_date=business_date,
         sms_templates={(row["tenant_id"], row["kind"]): row["body"] for row in templates},
         officers={row["officer_id"]: Officer(**dict(row)) for row in officers},
+        tenant_info={
+            row["tenant_id"]: Tenant(
+                tenant_id=row["tenant_id"],
+                name=row["name"],
+                kind=row["kind"],
+                parent_id=row["parent_id"],
+                region_codes=tuple(row["region_codes"]),
+            )
+            for row in tenants
+        },
+        product_versions={
+            (row["product_code"], row["version"]): terms_of(row["terms"]) for row in versions
+        },
     )
 
 
-def _product(row: asyncpg.Record) -> Product:
+def terms_of(raw: str | bytes) -> Product:
+    """A product_version row's terms (a JSON object of the product's columns)."""
+    return msgspec.json.decode(raw, type=Product, strict=False)
+
+
+def product_of_row(row: asyncpg.Record) -> Product:
     return Product(
         product_code=row["product_code"],
         tenant_id=row["tenant_id"],
@@ -162,6 +227,11 @@ def _product(row: asyncpg.Record) -> Product:
         annual_rate_pct_max=row["annual_rate_pct_max"],
         penalty_multiplier=row["penalty_multiplier"],
         prepay_rule_default=row["prepay_rule_default"],
+        template_code=row["template_code"],
+        version=row["version"],
+        status=row["status"],
+        region_source=row["region_source"],
+        loan_kind=row["loan_kind"],
     )
 
 
