@@ -22,7 +22,8 @@ def bank_b(engine: EngineProcess, http: aiohttp.ClientSession) -> ApiClient:
 
 
 def id_number_in(region6: str) -> str:
-    birth = dt.date(1960, 1, 1) + dt.timedelta(days=secrets.randbelow(14_000))
+    # Born 1975-1994: inside every demo rule set's age band (and its 30+ points) in 2026-2030.
+    birth = dt.date(1975, 1, 1) + dt.timedelta(days=secrets.randbelow(7_000))
     return make_id_number(region6, birth, f"{secrets.randbelow(1000):03d}")
 
 
