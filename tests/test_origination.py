@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import asyncpg
@@ -17,62 +15,24 @@ import pytest
 
 from engine.settings import Settings
 from sharding.ids import shard_of_id
-from tests.api_client import ApiClient, new_bank_card, new_id_number, new_phone
+from tests.api_client import ApiClient, new_id_number
 from tests.conftest import EngineProcess, run_cli
-from tests.origination_helpers import bureau_query_ids, sign, signed
-
-OPERATOR = {"X-Operator-Token": "demo-operator"}
-
-
-def _application(id_number: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "tenant_id": "demo",
-        "product_code": "demo-credit",
-        "channel_serial": "WX" + secrets.token_hex(8),
-        "applicant": {
-            "name": "钱七",
-            "id_number": id_number,
-            "phone": new_phone(),
-            "bank_card": new_bank_card(),
-        },
-        "requested_amount": "30000.00",
-        "requested_term_months": 12,
-        "repayment_method": "equal_installment",
-        "consent": {"credit_report": True, "terms_version": "2026-01"},
-    } | fields
-
-
-def _born(year: int) -> str:
-    return new_id_number(dt.date(year, 1, 1) + dt.timedelta(days=secrets.randbelow(360)))
-
-
-async def _apply(api: ApiClient, body: dict[str, Any]) -> Any:
-    """POST an application and, if the bureau was slower than the inline wait (a loaded
-    machine), poll it to its decision as a channel would."""
-    reply = await api.post("/v1/applications", body)
-    deadline = time.monotonic() + 30
-    while (
-        reply.status == 201
-        and reply.json["status"] == "pending_bureau"
-        and time.monotonic() < deadline
-    ):
-        await asyncio.sleep(0.2)
-        reply.json = (await api.get(f"/v1/applications/{reply.json['application_id']}")).json
-    return reply
-
-
-async def _bureau_queries(
-    http: aiohttp.ClientSession, engine: EngineProcess
-) -> list[dict[str, Any]]:
-    async with http.get(f"{engine.fakes.bureau.base_url}/fake/queries") as resp:
-        result: list[dict[str, Any]] = await resp.json()
-        return result
+from tests.origination_helpers import (
+    OPERATOR,
+    application,
+    apply,
+    born,
+    bureau_queries,
+    bureau_query_ids,
+    sign,
+    signed,
+)
 
 
 async def test_white_listed_customer_from_application_to_money(
     api: ApiClient, tmp_path: Path, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
-    id_number = _born(1985)
+    id_number = born(1985)
     csv = tmp_path / "white.csv"
     csv.write_text(
         "tenant_id,id_number,limit,annual_rate_pct,repayment_methods,max_term_months\n"
@@ -81,9 +41,9 @@ async def test_white_listed_customer_from_application_to_money(
     )
     done = run_cli("whitelist", "import", str(csv), env=engine.env)
     assert done.returncode == 0, done.stderr
-    body = _application(id_number)
+    body = application(id_number)
     card = body["applicant"]["bank_card"]  # registered with the customer: bound to them
-    reply = await _apply(api, body)
+    reply = await apply(api, body)
     assert reply.status == 201, reply
     app = reply.json
     assert app["status"] == "approved", app
@@ -115,9 +75,9 @@ async def test_white_listed_customer_from_application_to_money(
     [("逾期", "BUREAU_CURRENT_OVERDUE"), ("多头", "MULTI_LENDING"), ("多查", "BUREAU_QUERIES_3M")],
 )
 async def test_refused_with_reasons(api: ApiClient, marker: str, reason: str) -> None:
-    body = _application(_born(1984))
+    body = application(born(1984))
     body["applicant"]["name"] = "钱" + marker  # the fake bureau's profile (its docstring)
-    reply = await _apply(api, body)
+    reply = await apply(api, body)
     assert reply.status == 201, reply
     assert reply.json["status"] == "refused"
     assert reason in reply.json["decision"]["reasons"]
@@ -129,7 +89,7 @@ async def test_refused_with_reasons(api: ApiClient, marker: str, reason: str) ->
 async def test_fake_bureau_profiles_by_year_are_refused_by_age_without_a_query(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
-    reply = await _apply(api, _application(_born(1950)))
+    reply = await apply(api, application(born(1950)))
     assert reply.json["status"] == "refused", reply
     assert reply.json["decision"]["reasons"] == ["AGE_OUT_OF_BAND"]
     assert f"B{reply.json['application_id']}" not in await bureau_query_ids(http, engine)
@@ -139,15 +99,15 @@ async def test_under_age_and_blacklisted_are_refused_not_queued(
     api: ApiClient, tmp_path: Path, engine: EngineProcess
 ) -> None:
     young = new_id_number(dt.date.today() - dt.timedelta(days=365 * 17))
-    reply = await _apply(api, _application(young))
+    reply = await apply(api, application(young))
     assert (
         reply.json["status"] == "refused" and "AGE_OUT_OF_BAND" in reply.json["decision"]["reasons"]
     )
-    listed = _born(1980)
+    listed = born(1980)
     csv = tmp_path / "black.csv"
     csv.write_text(f"tenant_id,id_number,reason\n*,{listed},fraud case 2026-17\n", "utf-8")
     assert run_cli("blacklist", "import", str(csv), env=engine.env).returncode == 0
-    blocked = await _apply(api, _application(listed))
+    blocked = await apply(api, application(listed))
     assert (
         blocked.json["status"] == "refused" and "BLACKLISTED" in blocked.json["decision"]["reasons"]
     )
@@ -159,7 +119,7 @@ async def test_under_age_and_blacklisted_are_refused_not_queued(
 
 
 async def test_pre_approved_goes_to_review_then_operator_approves(api: ApiClient) -> None:
-    reply = await _apply(api, _application(_born(1990)))
+    reply = await apply(api, application(born(1990)))
     assert reply.json["status"] == "pending_review", reply
     application_id = reply.json["application_id"]
     refused = await api.get("/v1/review-queue", sign=False)
@@ -186,12 +146,12 @@ async def test_pre_approved_goes_to_review_then_operator_approves(api: ApiClient
 async def test_bureau_report_reused_within_its_window(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
-    id_number = _born(1991)
-    before = len(await _bureau_queries(http, engine))
-    first = await _apply(api, _application(id_number))
-    second = await _apply(api, _application(id_number))
+    id_number = born(1991)
+    before = len(await bureau_queries(http, engine))
+    first = await apply(api, application(id_number))
+    second = await apply(api, application(id_number))
     assert first.status == second.status == 201
-    assert len(await _bureau_queries(http, engine)) - before == 1
+    assert len(await bureau_queries(http, engine)) - before == 1
 
 
 async def test_bureau_timeout_leaves_it_pending_then_decides(
@@ -200,7 +160,7 @@ async def test_bureau_timeout_leaves_it_pending_then_decides(
     knobs = f"{engine.fakes.bureau.base_url}/fake/knobs"
     async with http.post(knobs, json={"timeout_ratio": 1.0, "timeout_hang_s": 5}) as resp:
         assert resp.status == 200
-    body = _application(_born(1984))
+    body = application(born(1984))
     body["applicant"]["name"] = "钱逾期"
     try:
         reply = await api.post("/v1/applications", body)
@@ -226,7 +186,7 @@ async def test_evidence_chain_detects_changed_document_and_entry(
     tmp_path: Path,
     http: aiohttp.ClientSession,
 ) -> None:
-    id_number = _born(1986)
+    id_number = born(1986)
     csv = tmp_path / "white.csv"
     csv.write_text(
         "tenant_id,id_number,limit,annual_rate_pct,repayment_methods,max_term_months\n"
@@ -234,7 +194,7 @@ async def test_evidence_chain_detects_changed_document_and_entry(
         "utf-8",
     )
     assert run_cli("whitelist", "import", str(csv), env=engine.env).returncode == 0
-    app = (await _apply(api, _application(id_number))).json
+    app = (await apply(api, application(id_number))).json
     contract_id = int(app["contract_id"])
     await signed(api, http, engine, str(contract_id))
     assert run_cli("evidence", "verify", env=engine.env).returncode == 0
@@ -283,15 +243,15 @@ async def test_evidence_chain_detects_changed_document_and_entry(
 async def test_four_factor_mismatch_is_refused_and_verifier_down_is_503(
     api: ApiClient, engine: EngineProcess
 ) -> None:
-    body = _application(_born(1988))
+    body = application(born(1988))
     body["applicant"]["phone"] = "13900000000"  # the fake verifier: not this person's phone
-    reply = await _apply(api, body)
+    reply = await apply(api, body)
     assert reply.status == 201, reply
     assert reply.json["status"] == "refused" and "ID_INVALID" in reply.json["decision"]["reasons"]
     assert "identity_verified" not in [step["step"] for step in reply.json["steps"]]
     engine.fakes.bureau.stop()
     try:
-        down = await api.post("/v1/applications", _application(_born(1988)))
+        down = await api.post("/v1/applications", application(born(1988)))
         assert (down.status, down.json["code"]) == (503, "IDENTITY_VERIFICATION_UNAVAILABLE")
         assert down.headers["Retry-After"]
     finally:
@@ -312,7 +272,7 @@ async def test_bad_requested_amount_is_a_400_and_stores_nothing(
     api: ApiClient, settings: Settings, amount: str, code: str
 ) -> None:
     """Issue 21, item 6: these answered 500. Now a problem with a code, nothing stored."""
-    body = _application(_born(1985), requested_amount=amount)
+    body = application(born(1985), requested_amount=amount)
     reply = await api.post("/v1/applications", body)
     assert (reply.status, reply.json["code"]) == (400, code), reply
     assert reply.headers["Content-Type"].startswith("application/problem+json")
@@ -336,10 +296,10 @@ async def test_a_report_pulled_for_another_member_bank_is_not_reused(
     bank's decision: that bank queries under its own applicant's consent."""
     from sharding.routing import logical_shard_for_id_number
 
-    id_number = _born(1991)
-    before = len(await _bureau_queries(http, engine))
-    body = _application(id_number)
-    assert (await _apply(api, body)).status == 201
+    id_number = born(1991)
+    before = len(await bureau_queries(http, engine))
+    body = application(id_number)
+    assert (await apply(api, body)).status == 201
     shard = settings.shard_map().physical_for(logical_shard_for_id_number(id_number))
     conn = await asyncpg.connect(shard.dsn)
     try:
@@ -354,9 +314,9 @@ async def test_a_report_pulled_for_another_member_bank_is_not_reused(
         await conn.execute(
             "UPDATE bureau_report SET tenant_id = 'bank-a' WHERE id_number_index = $1", index
         )
-        again = await _apply(api, _application(id_number))
+        again = await apply(api, application(id_number))
         assert again.status == 201
-        assert len(await _bureau_queries(http, engine)) - before == 2  # queried again
+        assert len(await bureau_queries(http, engine)) - before == 2  # queried again
         tenants = await conn.fetch(
             "SELECT tenant_id FROM bureau_report WHERE id_number_index = $1 ORDER BY 1", index
         )
