@@ -26,7 +26,7 @@ from engine.services.repayments import complete_repayment
 from engine.settings import Settings, load_settings
 from engine.stores import outbox
 from engine.stores.control_admin import load_demo, set_business_date
-from engine.stores.reference import load_reference
+from engine.stores.reference import ReferenceData, load_reference
 from sharding.ids import IdGenerator
 from tests import books
 from tests.conftest import ROOT
@@ -69,7 +69,7 @@ class Isolated:
         await migrate_all(self.settings)
         conn = await asyncpg.connect(self.settings.control_dsn)
         try:
-            await load_demo(conn, self._cipher())
+            await load_demo(conn, self.cipher())
             await set_business_date(conn, business_date)
         finally:
             await conn.close()
@@ -82,7 +82,7 @@ class Isolated:
             finally:
                 await admin.close()
 
-    def _cipher(self) -> PiiCipher:
+    def cipher(self) -> PiiCipher:
         crypto = self.settings.crypto
         return PiiCipher.from_config(crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key)
 
@@ -117,13 +117,16 @@ class Isolated:
         assert isinstance(value, dt.date)
         return value
 
-    async def settle_debits(self, *, succeeded: bool) -> int:
-        """What the relay does when core answers every pending debit: complete each."""
+    async def reference(self) -> ReferenceData:
         control = await asyncpg.create_pool(self.settings.control_dsn, min_size=1, max_size=1)
         try:
-            reference = await load_reference(control, self._cipher())
+            return await load_reference(control, self.cipher())
         finally:
             await control.close()
+
+    async def settle_debits(self, *, succeeded: bool) -> int:
+        """What the relay does when core answers every pending debit: complete each."""
+        reference = await self.reference()
         ids = IdGenerator(TEST_WORKER, lambda: True)
         done = 0
         for dsn in self.shard_dsns:

@@ -3,21 +3,32 @@ before the day, one combined debit of the card on file for all their loans due, 
 the day's value date: exactly the path of `POST /v1/repayments` with mode `due` (phase
 A here, the debit and its completion by the relay, one merged SMS).
 
+A chunk of customers is one transaction of three round trips, whatever its size: one
+read of every due loan of the chunk with its plan and row versions (no locks), the
+repayments sized in Python exactly as the channel's path sizes them, then one
+statement that calls `open_repayment_once` (ledger migration 0019) for each: under the
+loans' locks it writes a repayment only if its loans are still the rows read. A
+customer it could not open that way (a loan changed or held meanwhile, a refusal) goes
+through the locked path alone, in a savepoint, which names the refusal; the rest of
+the chunk goes on.
+
 Each customer's repayment is recorded under the idempotency key
-`autodebit:<day>:<customer>` of the system channel `eod`, in the same transaction: a
-chunk redone after a crash finds it and makes no second debit. A customer whose loans
-refuse (a repayment already in progress, nothing due any more) is passed over in a
-savepoint; the rest of the chunk goes on. A failed debit leaves the installment due:
-tomorrow it is overdue, and tomorrow's day-end tries again.
+`autodebit:<day>:<customer>:<part>` of the system channel `eod`, in the chunk's
+transaction with its checkpoint: a chunk redone after a crash finds it and makes no
+second debit. A failed debit leaves the installment due: tomorrow it is overdue, and
+tomorrow's day-end tries again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from itertools import groupby
+from typing import Final
 
 import asyncpg
+import msgspec
 
 from engine.contract.codec import encode
 from engine.contract.errors import ApiError
@@ -26,8 +37,11 @@ from engine.eod import keys, progress
 from engine.eod.context import EodContext
 from engine.idempotency.records import Claim, StoredResponse, find_durable, request_digest
 from engine.idempotency.records import store_durable as record
+from engine.runtime import metrics
+from engine.services.cards import card_index
 from engine.services.customers import BANK_CARD
-from engine.services.repayments import open_repayment
+from engine.services.loan_store import LOAN_WITH_PLAN_SQL, stored_loan
+from engine.services.repayments import open_repayment, opening_once
 from engine.stores.reference import Channel
 
 log = logging.getLogger(__name__)
@@ -38,6 +52,49 @@ ITEMS_MAX = 20  # a repayment's items (API.md); a customer with more gets severa
 DUE_SQL = """SELECT DISTINCT l.customer_id FROM loan_plan p JOIN loan l ON l.loan_id = p.loan_id
              WHERE p.next_due_date <= $1 AND l.status = 'disbursed' AND l.customer_id > $2
              ORDER BY l.customer_id LIMIT $3"""
+# Every loan due of the chunk's customers, free of any repayment, with its plan, its
+# row versions, and its customer's tenant, card on file and bound cards' indexes.
+_DUE_LOANS_SQL: Final = (
+    LOAN_WITH_PLAN_SQL.replace(
+        "SELECT ",
+        """SELECT c.tenant_id AS c_tenant_id, c.bank_card_ciphertext AS c_card,
+       ARRAY(SELECT card_index FROM customer_card k WHERE k.customer_id = c.customer_id)
+           AS c_card_indexes,
+       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin, """,
+        1,
+    )
+    + """ JOIN customer c ON c.customer_id = loan.customer_id
+         WHERE loan.customer_id = ANY($1::bigint[]) AND loan.status = 'disbursed'
+           AND p.next_due_date <= $2 AND loan.pending_repayment_id IS NULL
+         ORDER BY loan.customer_id, loan.loan_id"""
+)
+# `open_repayment_once` for each opening of the chunk, one statement: its 20 arguments
+# as 20 arrays (a repayment's loan ids and row versions as array literals).
+_OPEN_MANY_SQL: Final = """
+SELECT x.n, open_repayment_once(x.a1, x.a2, x.a3, x.a4, x.a5, x.a6, x.a7, x.a8, x.a9, x.a10,
+           x.a11, x.a12, x.a13, x.a14, x.a15::jsonb, x.a16::bigint[], x.a17::text[],
+           x.a18::text[], x.a19, x.a20::jsonb) AS outcome
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::bytea[], $6::text[],
+            $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[],
+            $13::bytea[], $14::date[], $15::text[], $16::text[], $17::text[], $18::text[],
+            $19::bigint[], $20::text[])
+     WITH ORDINALITY AS x(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
+                          a16, a17, a18, a19, a20, n)
+ORDER BY x.n"""
+
+
+class _Opening(msgspec.Struct, frozen=True):
+    """One repayment of the chunk: sized and ready for `open_repayment_once`, or (args
+    empty) left to the locked path."""
+
+    customer: asyncpg.Record
+    part: int
+    loan_ids: list[int]
+    args: tuple[object, ...] = ()
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.customer["customer_id"], self.part)
 
 
 def chunks(
@@ -52,62 +109,128 @@ async def run_chunk(
     """One repayment (or a few) per customer of the chunk; returns how many were opened."""
     opened = 0
     async with conn.transaction():
-        customers = await conn.fetch(
-            """SELECT customer_id, tenant_id, bank_card_ciphertext FROM customer
-               WHERE customer_id = ANY($1::bigint[]) ORDER BY customer_id""",
-            customer_ids,
-        )
-        for customer in customers:
-            opened += await _deduct(conn, ctx, day, customer)
+        records = await conn.fetch(_DUE_LOANS_SQL, customer_ids, day)
+        openings = [
+            opening
+            for _, loans in groupby(records, key=lambda r: r["customer_id"])
+            for opening in _openings(ctx, day, list(loans))
+        ]
+        sized = [o for o in openings if o.args]
+        outcomes = await _open_many(conn, sized)
+        for opening in openings:
+            outcome = outcomes.get(opening.key)
+            if outcome == "booked":
+                opened += 1
+            elif outcome != "replay":  # not sized, or changed since the read
+                opened += await _open_locked(conn, ctx, day, opening)
         await progress.advance(
-            conn, day, STEP, start=after, last=customer_ids[-1], rows=len(customers)
+            conn, day, STEP, start=after, last=customer_ids[-1], rows=len(customer_ids)
         )
     return opened
 
 
-async def _deduct(
-    conn: asyncpg.Connection, ctx: EodContext, day: dt.date, customer: asyncpg.Record
-) -> int:
+def _openings(ctx: EodContext, day: dt.date, records: list[asyncpg.Record]) -> Iterable[_Opening]:
+    """A customer's repayments of up to `ITEMS_MAX` loans each, sized where they can be."""
+    customer = records[0]
     customer_id = customer["customer_id"]
-    loan_ids = [
-        r[0]
-        for r in await conn.fetch(
-            """SELECT l.loan_id FROM loan l JOIN loan_plan p ON p.loan_id = l.loan_id
-               WHERE l.customer_id = $1 AND l.status = 'disbursed' AND p.next_due_date <= $2
-                 AND l.pending_repayment_id IS NULL
-               ORDER BY l.loan_id""",
-            customer_id,
-            day,
-        )
-    ]
-    card = ctx.cipher.decrypt(customer["bank_card_ciphertext"], context=BANK_CARD, row=customer_id)
-    channel = Channel(SYSTEM_CHANNEL, customer["tenant_id"], "", True)
-    opened = 0
-    for part, start in enumerate(range(0, len(loan_ids), ITEMS_MAX)):
-        items = [RepaymentItemCreate(str(i), "due") for i in loan_ids[start : start + ITEMS_MAX]]
-        body = RepaymentCreate(str(customer_id), items, card)
-        key = f"autodebit:{day}:{customer_id}:{part}"
-        claim = Claim(SYSTEM_CHANNEL, key, request_digest("EOD", "/eod/deduct", encode(body)))
-        try:
-            if await find_durable(conn, claim) is not None:
-                continue  # opened already (the chunk's transaction makes this rare)
-            async with conn.transaction():  # a savepoint: one refusal spares the others
-                view = await open_repayment(
-                    conn,
-                    ids=ctx.ids,
-                    cipher=ctx.cipher,
-                    reference=ctx.reference.data,
-                    channel=channel,
-                    body=body,
-                    key=key,
-                    today=day,
-                )
-                await record(conn, claim, customer_id, StoredResponse(201, encode(view)))
-        except ApiError as exc:
-            log.info(
-                "auto-deduction passed over",
-                extra={"customer_id": customer_id, "code": exc.code, "day": str(day)},
-            )
+    card = ctx.cipher.decrypt(customer["c_card"], context=BANK_CARD, row=customer_id)
+    bound = card_index(ctx.cipher, card) in customer["c_card_indexes"]
+    channel = Channel(SYSTEM_CHANNEL, customer["c_tenant_id"], "", True)
+    for part, start in enumerate(range(0, len(records), ITEMS_MAX)):
+        part_records = records[start : start + ITEMS_MAX]
+        loan_ids = [r["loan_id"] for r in part_records]
+        opening = _Opening(customer, part, loan_ids)
+        if not bound:  # the locked path names the refusal
+            yield opening
             continue
-        opened += 1
-    return opened
+        body, claim = _request(day, customer_id, card, loan_ids, part)
+        try:
+            _, args = opening_once(
+                reference=ctx.reference.data,
+                cipher=ctx.cipher,
+                channel=channel,
+                body=body,
+                claim=claim,
+                card=card,
+                records=part_records,
+                loans={r["loan_id"]: stored_loan(r) for r in part_records},
+                today=day,
+                repayment_id=ctx.ids.next_id(ctx.logical_shard),
+                outbox_id=ctx.ids.next_id(ctx.logical_shard),
+            )
+        except ApiError:
+            yield opening
+            continue
+        yield msgspec.structs.replace(opening, args=args)
+
+
+def _request(
+    day: dt.date, customer_id: int, card: str, loan_ids: list[int], part: int
+) -> tuple[RepaymentCreate, Claim]:
+    """The repayment as a channel would post it, and its claim on the day's key."""
+    items = [RepaymentItemCreate(str(i), "due") for i in loan_ids]
+    body = RepaymentCreate(str(customer_id), items, card)
+    key = f"autodebit:{day}:{customer_id}:{part}"
+    return body, Claim(SYSTEM_CHANNEL, key, request_digest("EOD", "/eod/deduct", encode(body)))
+
+
+async def _open_many(conn: asyncpg.Connection, sized: list[_Opening]) -> dict[tuple[int, int], str]:
+    """`open_repayment_once` for every sized opening, in one statement (a savepoint:
+    should it fail, a deadlock say, nothing of it stays and each takes the locked path):
+    'booked', 'replay' or 'recheck' by the opening's key."""
+    if not sized:
+        return {}
+    columns: list[list[object]] = [[] for _ in range(20)]
+    for opening in sized:
+        for column, value in zip(columns, opening.args, strict=True):
+            column.append(_literal(value) if isinstance(value, list) else value)
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch(_OPEN_MANY_SQL, *columns)
+    except asyncpg.PostgresError as exc:
+        log.warning("auto-deduction chunk taken one by one", extra={"error": type(exc).__name__})
+        return {}
+    outcomes = {sized[row["n"] - 1].key: str(row["outcome"]) for row in rows}
+    metrics.REPAYMENT_OPENED.labels("eod_at_once").inc(
+        sum(1 for o in outcomes.values() if o == "booked")
+    )
+    return outcomes
+
+
+def _literal(values: list[object]) -> str:
+    """A PostgreSQL array literal of numbers (ids, row versions)."""
+    return "{" + ",".join(str(v) for v in values) + "}"
+
+
+async def _open_locked(
+    conn: asyncpg.Connection, ctx: EodContext, day: dt.date, opening: _Opening
+) -> int:
+    """The locked path for one repayment, in a savepoint: 1 if opened, 0 if refused
+    (logged: a repayment in progress, nothing due any more, the card not bound)."""
+    customer = opening.customer
+    customer_id = customer["customer_id"]
+    card = ctx.cipher.decrypt(customer["c_card"], context=BANK_CARD, row=customer_id)
+    body, claim = _request(day, customer_id, card, opening.loan_ids, opening.part)
+    channel = Channel(SYSTEM_CHANNEL, customer["c_tenant_id"], "", True)
+    try:
+        if await find_durable(conn, claim) is not None:
+            return 0  # opened already (the chunk's transaction makes this rare)
+        async with conn.transaction():  # a savepoint: one refusal spares the others
+            view = await open_repayment(
+                conn,
+                ids=ctx.ids,
+                cipher=ctx.cipher,
+                reference=ctx.reference.data,
+                channel=channel,
+                body=body,
+                key=claim.key,
+                today=day,
+            )
+            await record(conn, claim, customer_id, StoredResponse(201, encode(view)))
+    except ApiError as exc:
+        log.info(
+            "auto-deduction passed over",
+            extra={"customer_id": customer_id, "code": exc.code, "day": str(day)},
+        )
+        return 0
+    return 1

@@ -330,12 +330,54 @@ async def open_at_once(
         for loan in loans.values()
     ):
         return AtOnce.RECHECK
-    today = svc.business_date
+    repayment_id = svc.ids.next_id(logical)
     try:
-        items = _sized_items(svc.reference.data, body, loans, today)
+        response, args = opening_once(
+            reference=svc.reference.data,
+            cipher=svc.cipher,
+            channel=channel,
+            body=body,
+            claim=claim,
+            card=card,
+            records=records,
+            loans=loans,
+            today=svc.business_date,
+            repayment_id=repayment_id,
+            outbox_id=svc.ids.next_id(logical),
+        )
     except ApiError:
         return AtOnce.RECHECK
-    repayment_id = svc.ids.next_id(logical)
+    try:
+        outcome = await read(svc.pools, logical, lambda c: c.fetchval(_OPEN_SQL, *args))
+    except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path refuses it
+        return AtOnce.RECHECK
+    if outcome == "booked":
+        created.append(repayment_id)
+        metrics.REPAYMENT_OPENED.labels("at_once").inc()
+        return response
+    return AtOnce(outcome)
+
+
+def opening_once(
+    *,
+    reference: ReferenceData,
+    cipher: PiiCipher,
+    channel: Channel,
+    body: RepaymentCreate,
+    claim: Claim,
+    card: str,
+    records: list[asyncpg.Record],
+    loans: dict[int, StoredLoan],
+    today: dt.date,
+    repayment_id: int,
+    outbox_id: int,
+) -> tuple[StoredResponse, tuple[object, ...]]:
+    """Phase A sized from an unlocked read (`records`: the loans with their row
+    versions, `loans`: the same as loans): the answer to store and the arguments of
+    `open_repayment_once`, which writes it only if the loans are still those rows.
+    Raises the refusals the locked path would (the caller lets that path name them)."""
+    items = _sized_items(reference, body, loans, today)
+    customer_id = int(body.customer_id)
     total_fen = sum(item.amount_fen for item in items)
     view = _view(
         repayment_id,
@@ -361,24 +403,16 @@ async def open_at_once(
         channel.channel_id,
         total_fen,
         mask_bank_card(card),
-        svc.cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
+        cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
         today,
         msgspec.json.encode(items).decode(),
         [record["loan_id"] for record in records],
         [record["loan_xmin"] for record in records],
         [record["plan_xmin"] for record in records],
-        svc.ids.next_id(logical),
+        outbox_id,
         msgspec.json.encode({"reference": debit_reference(repayment_id)}).decode(),
     )
-    try:
-        outcome = await read(svc.pools, logical, lambda c: c.fetchval(_OPEN_SQL, *args))
-    except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path refuses it
-        return AtOnce.RECHECK
-    if outcome == "booked":
-        created.append(repayment_id)
-        metrics.REPAYMENT_OPENED.labels("at_once").inc()
-        return response
-    return AtOnce(outcome)
+    return response, args
 
 
 def _sized(r: ItemResult) -> Item:
