@@ -1,9 +1,10 @@
 """Valid customer data for load runs, random or derived from an index, and the
 seeded-customers file the load runs read.
 
-    seeded_id_number(i)  "9ddddd" region | birth YYYYMMDD | seq | GB 11643 check char
-                         region 900000 + (i // 1000) % 100000, seq i % 1000:
-                         distinct for every i below 10^8, never a test ID (those use 110105)
+    seeded_id_number(i)  "1101dd" region | birth YYYYMMDD | seq | GB 11643 check char
+                         region 110150 + (i // 1000) % 50 (in the demo bank's region 1101,
+                         never a test's 110105), seq i % 1000, birth from i // 50,000:
+                         distinct for every i below 10^8
     seeded_bank_card(i)  "623" + 15 digits from i + Luhn check digit (19 digits)
     seeded_phone(i)      "13" + 9 digits from i
 
@@ -36,6 +37,8 @@ SEEDED_INDEX_MAX: Final = 100_000_000  # seeded_id_number is distinct below this
 # GB 11643-1999: weights of the first 17 digits, check character by (sum mod 11).
 _ID_WEIGHTS: Final = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK_CHARS: Final = "10X98765432"
+_SEEDED_REGION_FIRST: Final = 110_150  # seeded area codes 110150-110199
+_SEEDED_REGIONS: Final = 50
 _BIRTH_FIRST: Final = dt.date(1960, 1, 1)
 # 1960 .. 1999: adults, and never 1950 (the fake bureau's refused year).
 _BIRTH_SPAN_DAYS: Final = 14_600
@@ -80,8 +83,11 @@ def scramble(index: int, salt: int) -> int:
 def seeded_id_number(index: int) -> str:
     """The ID number of seeded customer `index` (distinct for 0 <= index < 10^8)."""
     assert 0 <= index < SEEDED_INDEX_MAX, index
-    region6 = str(900_000 + (index // 1000) % 100_000)
-    birth = _BIRTH_FIRST + dt.timedelta(days=scramble(index, 1) % _BIRTH_SPAN_DAYS)
+    region6 = str(_SEEDED_REGION_FIRST + (index // 1000) % _SEEDED_REGIONS)
+    # A step through every day of the span (7919 is prime to 14,600): distinct birth
+    # dates for the 2,000 blocks of 50,000 indexes below 10^8, spread over the span.
+    days = (index // (1000 * _SEEDED_REGIONS)) * 7919 % _BIRTH_SPAN_DAYS
+    birth = _BIRTH_FIRST + dt.timedelta(days=days)
     return make_id_number(region6, birth, f"{index % 1000:03d}")
 
 

@@ -165,7 +165,7 @@ COLUMNS: Final[Mapping[str, tuple[str, ...]]] = {
     "customer": (
         "customer_id", "tenant_id", "name_ciphertext", "id_number_ciphertext",
         "id_number_index", "phone_ciphertext", "bank_card_ciphertext", "id_number_masked",
-        "phone_masked", "bank_card_masked", "birth_date",
+        "phone_masked", "bank_card_masked", "birth_date", "id_region",
     ),
     "customer_card": ("customer_id", "card_index", "card_masked", "source", "verified"),
     "credit_line": (
@@ -433,7 +433,7 @@ class RowMaker:
             (customer_id, TENANT, self.seal(seeded_name(index), "name", customer_id),
              self.seal(id_number, "id_number", customer_id), self.id_number_index(id_number),
              self.seal(phone, "phone", customer_id), self.seal(card, "bank_card", customer_id),
-             _mask(id_number), _mask(phone), _mask(card), birth)
+             _mask(id_number), _mask(phone), _mask(card), birth, id_number[:6])
         )  # fmt: skip
         batch.tables["customer_card"].append(
             (customer_id, self.lookup_index(card, "bank_card"), _mask(card), "registered", False)

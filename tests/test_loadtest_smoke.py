@@ -130,7 +130,9 @@ async def test_seeded_ledger_stays_balanced(seeded_file: Path, settings: Setting
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-async def test_seeded_customers_work_over_the_api(seeded_file: Path, api: ApiClient) -> None:
+async def test_seeded_customers_work_over_the_api(
+    seeded_file: Path, api: ApiClient, settings: Settings
+) -> None:
     customers = read_seeded(seeded_file)
     assert len(customers) == SEED_CUSTOMERS
     with seeded_file.open() as handle:
@@ -151,6 +153,20 @@ async def test_seeded_customers_work_over_the_api(seeded_file: Path, api: ApiCli
         line = await api.get(f"/v1/credit-lines/{customer.credit_line_id}")
         used_fen = sum(int(loan["principal"].replace(".", "")) for loan in loans.values())
         assert int(line.json["used"].replace(".", "")) == used_fen
+    # Seeded inside the demo bank's region (1101), the region written as registration
+    # writes it: the regional rule at drawdown sees them as the bank's own customers.
+    regions = []
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            regions += await conn.fetch(
+                "SELECT id_region FROM customer WHERE customer_id = ANY($1::bigint[])",
+                [int(c.customer_id) for c in customers],
+            )
+        finally:
+            await conn.close()
+    assert len(regions) == SEED_CUSTOMERS
+    assert all(r["id_region"].startswith("1101") for r in regions), regions[:3]
     drawn = await api.drawdown(
         customers[0].credit_line_id, "100.00", disburse_to=customers[0].bank_card
     )
