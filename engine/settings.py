@@ -40,7 +40,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
     ENGINE_EOD_SETTLE_S, ENGINE_EOD_POLL_S, ENGINE_EOD_CUTOFF_TIME,
     ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE,
-    ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE  see EodSettings
+    ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE,
+    ENGINE_EOD_ONLINE_P99_MS, ENGINE_EOD_ONLINE_METRICS_URL  see EodSettings
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
 logical shards explicitly, and `[pool]` limits.
@@ -264,9 +265,9 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Loans per chunk transaction: each chunk's loans are locked for its short commit.
     accrual_chunk: int = 2000  # one SQL function call per chunk
     overdue_chunk: int = 200  # computed in Python (ledger.overdue), rewritten plan by plan
-    # Customers: one repayment each, as POST /v1/repayments, their loans held until the
-    # chunk commits (100 held them about 4 s under load: the online p99 of repayments).
-    deduct_chunk: int = 20
+    # Customers: one repayment each, as POST /v1/repayments, all opened by one statement;
+    # their loans are locked from that statement to the chunk's commit.
+    deduct_chunk: int = 100
     prune_chunk: int = 5000
     # After the business date moves, wait this long before the day's steps run: every
     # engine sees the new date within reference_refresh_s, and requests in flight end.
@@ -283,6 +284,13 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # works (after a chunk of t seconds it rests t × (1 − duty) / duty).
     shards_at_once: int = 0
     duty_cycle: float = 1.0
+    # The governor (engine/eod/governor.py): while the engines' p99 of drawdowns and
+    # repayments is above this, the duty cycle is lowered, and raised again up to
+    # `duty_cycle` when it is well under (0: no governor). Read every
+    # `online_window_s` from `online_metrics_url` (default: this host's ops listener).
+    online_p99_ms: float = 0.0
+    online_window_s: float = 2.0
+    online_metrics_url: str = ""
 
     def __post_init__(self) -> None:
         chunks = (self.accrual_chunk, self.overdue_chunk, self.deduct_chunk, self.prune_chunk)
@@ -294,6 +302,8 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod.outbox_retention_days must be 1..3650")
         if not 0 <= self.shards_at_once <= 1024 or not 0.05 <= self.duty_cycle <= 1.0:
             raise ValueError("eod.shards_at_once must be 0..1024 and eod.duty_cycle 0.05..1")
+        if not 0 <= self.online_p99_ms <= 60_000 or not 0.2 <= self.online_window_s <= 60:
+            raise ValueError("eod.online_p99_ms must be 0..60000 and eod.online_window_s 0.2..60")
         hours, _, minutes = self.cutoff_time.partition(":")
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
             raise ValueError("eod.cutoff_time must be HH:MM")
@@ -472,6 +482,10 @@ def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         eod["shards_at_once"] = int(environ["ENGINE_EOD_SHARDS_AT_ONCE"])
     if "ENGINE_EOD_DUTY_CYCLE" in environ:
         eod["duty_cycle"] = float(environ["ENGINE_EOD_DUTY_CYCLE"])
+    if "ENGINE_EOD_ONLINE_P99_MS" in environ:
+        eod["online_p99_ms"] = float(environ["ENGINE_EOD_ONLINE_P99_MS"])
+    if "ENGINE_EOD_ONLINE_METRICS_URL" in environ:
+        eod["online_metrics_url"] = environ["ENGINE_EOD_ONLINE_METRICS_URL"]
     if "ENGINE_EOD_RULES_FILE" in environ:
         eod["rules_file"] = environ["ENGINE_EOD_RULES_FILE"]
     return eod

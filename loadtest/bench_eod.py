@@ -73,6 +73,7 @@ class Run:
     during_pay: Tally
     draw_rate: float
     pay_rate: float
+    governor_ms: float  # the governor's p99 target given to the day-end (0: none)
 
 
 async def _business_date() -> dt.date:
@@ -140,13 +141,20 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         rates = (max(draw.per_s / 4, 1.0), max(pay.per_s / 4, 1.0))
         say(f"open loops: {rates[0]:.0f} drawdowns/s, {rates[1]:.0f} repayments/s, no day-end")
         before = await _loops_until(client, customers, rates, None, args.seconds)
+        env = dict(os.environ)
+        governor_ms = 0.0
+        if args.governed:  # the target: a multiple of the p99 just measured, both kinds
+            # together as the governor reads them
+            quiet_ms = Tally([s for t in before for s in t.latencies_s]).percentile_ms(0.99)
+            governor_ms = round(args.governed * quiet_ms, 1)
+            env["ENGINE_EOD_ONLINE_P99_MS"] = str(governor_ms)
         day = await _business_date()
-        say(f"the day-end of {day}, with the same open loops")
+        say(f"the day-end of {day}, with the same open loops (governor: {governor_ms} ms)")
         done = asyncio.Event()
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine", "eod", "run", "--date", str(day), "--quiet",
-            cwd=ROOT,
+            cwd=ROOT, env=env,
         )  # fmt: skip
 
         async def wait_eod() -> int:
@@ -160,7 +168,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         wall_s = time.perf_counter() - started
     finally:
         client.http.close()
-    return Run(day, wall_s, returncode, await _steps(day), *before, *during, *rates)
+    return Run(day, wall_s, returncode, await _steps(day), *before, *during, *rates, governor_ms)
 
 
 def table(result: Run) -> str:
@@ -188,6 +196,8 @@ def table(result: Run) -> str:
         "|---|---:|---|",
         f"| business date closed | {result.business_date} (exit {result.returncode}) | |",
         f"| day-end settings from the environment | {pacing or 'the defaults'} | |",
+        f"| governor's online p99 target (--governed) | "
+        f"{f'{result.governor_ms:.1f} ms' if result.governor_ms else 'none'} | |",
         f"| loans accrued | {loans:,} | |",
         f"| day-end wall time (cut-over and its 5 s settle included) | {result.wall_s:,.1f} s | |",
         f"| loans/s in all (4 shards on this 2-core machine) | {total_rate:,.0f} | |",
@@ -225,6 +235,14 @@ def _parser() -> argparse.ArgumentParser:
         "--base-url", default=f"http://127.0.0.1:{os.environ.get('ENGINE_HTTP_PORT', '8080')}"
     )
     parser.add_argument("--label", default="", help="a line above the table")
+    parser.add_argument(
+        "--governed",
+        type=float,
+        default=0.0,
+        metavar="RATIO",
+        help="run the day-end with its governor, targeting RATIO x the online p99 (drawdowns "
+        "and repayments together) measured without it (engine/eod/governor.py); default: none",
+    )
     return parser
 
 

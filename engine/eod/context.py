@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.eod.governor import Governor
 from engine.eod.rules import RuleSet
 from engine.security.pii import PiiCipher
 from engine.settings import EodSettings
@@ -20,3 +21,4 @@ class EodContext:
     rules: RuleSet
     shard: str  # the physical shard's name, for metrics and logs
     logical_shard: int  # one of its logical shards: the shard bits of IDs made here
+    governor: Governor  # the pace: how long to rest after each chunk

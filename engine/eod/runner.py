@@ -27,6 +27,7 @@ import msgspec
 
 from engine.eod import accrual, cure, days, deduct, overdue, progress, prune, remind
 from engine.eod.context import EodContext
+from engine.eod.governor import Governor
 from engine.eod.lease import ShardBusy, shard_lease
 from engine.eod.rules import RuleSet
 from engine.runtime import metrics
@@ -106,19 +107,32 @@ class EodRunner:
         at_once = self._settings.eod.shards_at_once or len(self._settings.shards)
         gate = asyncio.Semaphore(at_once)
 
-        async def paced(shard: PhysicalShard) -> ShardOutcome:
+        async def paced(shard: PhysicalShard, governor: Governor) -> ShardOutcome:
             async with gate:
-                return await self.run_shard(shard, day, on_progress)
+                return await self.run_shard(shard, day, on_progress, governor)
 
-        shards = await asyncio.gather(*(paced(shard) for shard in self._settings.shards))
+        async with self._governor().running() as governor:
+            shards = await asyncio.gather(
+                *(paced(shard, governor) for shard in self._settings.shards)
+            )
         closed = all(s.finished for s in shards)
         if closed:
             async with acquire(self._control) as conn:
                 await days.mark_finished(conn, day)
         return DayOutcome(day, closed, list(shards))
 
+    def _governor(self) -> Governor:
+        url = self._settings.eod.online_metrics_url or (
+            f"http://127.0.0.1:{self._settings.http.ops_port}/metrics"
+        )
+        return Governor(self._settings.eod, url)
+
     async def run_shard(
-        self, shard: PhysicalShard, day: dt.date, on_progress: Progress | None = None
+        self,
+        shard: PhysicalShard,
+        day: dt.date,
+        on_progress: Progress | None,
+        governor: Governor,
     ) -> ShardOutcome:
         ctx = EodContext(
             settings=self._settings.eod,
@@ -128,6 +142,7 @@ class EodRunner:
             rules=self._rules,
             shard=shard.name,
             logical_shard=self._map.logical_shards_of(shard.name)[0],
+            governor=governor,
         )
         try:
             async with shard_lease(shard.dsn, f"eod:{shard.name}") as conn:
@@ -180,12 +195,12 @@ async def _run_step(
     after, done = checkpoint.last_key, checkpoint.rows_done
     chunks: AsyncIterator[list[int]] = step.chunks(conn, ctx, day, after)
     run_chunk: Callable[..., Awaitable[int]] = step.run_chunk
-    duty = ctx.settings.duty_cycle
     async for keys in chunks:
         began = time.perf_counter()
         rows = await _with_retries(run_chunk, conn, ctx, day, after, keys)
-        if duty < 1.0:  # leave the database to online traffic for a while
-            await asyncio.sleep((time.perf_counter() - began) * (1 - duty) / duty)
+        rest_s = ctx.governor.rest_after(time.perf_counter() - began)
+        if rest_s > 0:  # leave the machine to online traffic for a while
+            await asyncio.sleep(rest_s)
         after = keys[-1]
         done += rows
         metrics.EOD_ROWS.labels(name, ctx.shard).inc(rows)

@@ -194,6 +194,17 @@ EOD_ROWS = Counter(
     "rows for pruning).",
     ["step", "shard"],
 )
+EOD_DUTY = Gauge(
+    "eod_duty_cycle",
+    "Share of its time a shard's day-end runner works (1: flat out); set by the governor "
+    "from the online p99 when eod.online_p99_ms is set.",
+    multiprocess_mode="livemax",
+)
+EOD_ONLINE_P99 = Gauge(
+    "eod_online_p99_seconds",
+    "The p99 of drawdowns and repayments the day-end's governor last read from the engines.",
+    multiprocess_mode="livemax",
+)
 EOD_LAG_DAYS = Gauge(
     "eod_lag_days",
     "Days between the last business date that ended and the last one this shard's "
