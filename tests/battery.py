@@ -24,12 +24,14 @@ Counts scale with RELIABILITY=full (`make reliability`); `make test` runs a fast
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,17 @@ class Op:
             return None
         name = "loan_id" if self.path == "/v1/drawdowns" else "repayment_id"
         return str(reply.json[name])
+
+
+@contextlib.asynccontextmanager
+async def running(world: World, business_date: dt.date | None = None) -> AsyncIterator[World]:
+    """`world` started for the block (a module's fixture) and stopped after it, whatever
+    happens inside."""
+    try:
+        await world.start(business_date)
+        yield world
+    finally:
+        await world.stop()
 
 
 class World:

@@ -28,7 +28,7 @@ from schemathesis import GenerationMode
 from engine.http.openapi import build_openapi
 from engine.settings import Settings
 from tests.api_client import ApiClient, Reply
-from tests.battery import World, pii_problems, scaled
+from tests.battery import World, pii_problems, running, scaled
 
 SCHEMA = schemathesis.openapi.from_dict(json.loads(build_openapi()))
 OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
@@ -42,12 +42,10 @@ SENT: list[int] = []
 async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
-    started = World(settings, tmp_path_factory.mktemp("schemathesis"), proxied=False, workers=1)
-    try:
-        await started.start()
+    async with running(
+        World(settings, tmp_path_factory.mktemp("schemathesis"), proxied=False, workers=1)
+    ) as started:
         yield started
-    finally:
-        await started.stop()
 
 
 def _problems_of(reply: Reply) -> list[str]:

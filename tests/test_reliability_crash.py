@@ -39,6 +39,7 @@ from tests.battery import (
     drawdown_op,
     repayment_op,
     retry_until_final,
+    running,
     scaled,
     tally,
 )
@@ -56,14 +57,10 @@ async def world(
 ) -> AsyncIterator[World]:
     tmp = tmp_path_factory.mktemp("crash")
     (tmp / "engine.toml").write_text(EOD_CONFIG)
-    started = World(
-        settings, tmp, proxied=False, iso_env={"ENGINE_CONFIG": str(tmp / "engine.toml")}
-    )
-    try:
-        await started.start()
+    async with running(
+        World(settings, tmp, proxied=False, iso_env={"ENGINE_CONFIG": str(tmp / "engine.toml")})
+    ) as started:
         yield started
-    finally:
-        await started.stop()
 
 
 def _load(people: list[Borrower], loans: list[str], n: int) -> list[Op]:

@@ -26,6 +26,7 @@ from tests.battery import (
     pii_problems,
     repayment_op,
     retry_until_final,
+    running,
     scaled,
     tally,
 )
@@ -53,12 +54,8 @@ REPAYMENTS = scaled(6, 20)
 async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
-    started = World(settings, tmp_path_factory.mktemp("faults"))
-    try:
-        await started.start()
+    async with running(World(settings, tmp_path_factory.mktemp("faults"))) as started:
         yield started
-    finally:
-        await started.stop()
 
 
 @pytest.fixture(scope="module")

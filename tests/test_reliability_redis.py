@@ -27,6 +27,7 @@ from tests.battery import (
     pii_problems,
     repayment_op,
     retry_until_final,
+    running,
     scaled,
     tally,
 )
@@ -39,14 +40,12 @@ RUNS = scaled(1, 3)
 async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
-    started = World(settings, tmp_path_factory.mktemp("redis"), proxied=False)
-    try:
-        await started.start()
-        yield started
-    finally:
-        if started.redis.proc is not None:  # never leave it stopped
-            os.kill(started.redis.proc.pid, signal.SIGCONT)
-        await started.stop()
+    async with running(World(settings, tmp_path_factory.mktemp("redis"), proxied=False)) as w:
+        try:
+            yield w
+        finally:
+            if w.redis.proc is not None:  # never leave it stopped
+                os.kill(w.redis.proc.pid, signal.SIGCONT)
 
 
 def _flushall(world: World) -> None:

@@ -26,6 +26,7 @@ from tests.battery import (
     drawdown_op,
     repayment_op,
     retry_until_final,
+    running,
     scaled,
     send,
     tally,
@@ -38,12 +39,8 @@ from tests.waiting import eventually
 async def world(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
-    started = World(settings, tmp_path_factory.mktemp("shard"), proxied=False)
-    try:
-        await started.start()
+    async with running(World(settings, tmp_path_factory.mktemp("shard"), proxied=False)) as started:
         yield started
-    finally:
-        await started.stop()
 
 
 async def _on_each_shard(world: World, api_people: list[Borrower]) -> dict[str, list[Borrower]]:

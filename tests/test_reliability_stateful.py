@@ -32,6 +32,7 @@ from tests.battery import (
     World,
     drawdown_op,
     repayment_op,
+    running,
     scaled,
     send,
     shanghai_today,
@@ -175,12 +176,9 @@ async def _set_date(world: World, day: dt.date, loan_ids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 async def machine_world(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    started = World(settings, tmp_path_factory.mktemp("stateful"), proxied=False)
-    try:
-        await started.start(business_date=START)
+    world = World(settings, tmp_path_factory.mktemp("stateful"), proxied=False)
+    async with running(world, business_date=START) as started:
         yield started
-    finally:
-        await started.stop()
 
 
 @pytest.fixture
