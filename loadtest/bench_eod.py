@@ -45,6 +45,7 @@ from loadtest.bench_api import (
     say,
 )
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
+from loadtest.cpu_share import cpu_spent
 from loadtest.seed import control_dsn_from_env, shards_from_env
 
 TARGET_MINUTES_20M: Final = 10.0
@@ -74,6 +75,9 @@ class Run:
     draw_rate: float
     pay_rate: float
     governor_ms: float  # the governor's p99 target given to the day-end (0: none)
+    online_cpu_s: dict[str, float]  # CPU by role while only the online loops ran
+    online_s: float  # how long they ran
+    during_cpu_s: dict[str, float]  # CPU by role while the day-end ran beside them
 
 
 async def _business_date() -> dt.date:
@@ -140,7 +144,10 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         # at a quarter of theirs, at once (each alone at half would be all of it).
         rates = (max(draw.per_s / 4, 1.0), max(pay.per_s / 4, 1.0))
         say(f"open loops: {rates[0]:.0f} drawdowns/s, {rates[1]:.0f} repayments/s, no day-end")
-        before = await _loops_until(client, customers, rates, None, args.seconds)
+        async with cpu_spent() as online_cpu:
+            began = time.perf_counter()
+            before = await _loops_until(client, customers, rates, None, args.seconds)
+            online_s = time.perf_counter() - began
         env = dict(os.environ)
         governor_ms = 0.0
         if args.governed:  # the target: a multiple of the p99 just measured, both kinds
@@ -162,13 +169,17 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
             done.set()
             return code
 
-        returncode, during = await asyncio.gather(
-            wait_eod(), _loops_until(client, customers, rates, done, 10.0)
-        )
+        async with cpu_spent() as during_cpu:
+            returncode, during = await asyncio.gather(
+                wait_eod(), _loops_until(client, customers, rates, done, 10.0)
+            )
         wall_s = time.perf_counter() - started
     finally:
         client.http.close()
-    return Run(day, wall_s, returncode, await _steps(day), *before, *during, *rates, governor_ms)
+    return Run(
+        day, wall_s, returncode, await _steps(day), *before, *during, *rates, governor_ms,
+        online_cpu, online_s, during_cpu,
+    )  # fmt: skip
 
 
 def table(result: Run) -> str:
@@ -191,6 +202,7 @@ def table(result: Run) -> str:
         for name in sorted(os.environ)
         if name.startswith("ENGINE_EOD_")
     )
+    cpu_rows = _cpu_rows(result, loans)
     rows = [
         "| measure | value | target |",
         "|---|---:|---|",
@@ -213,6 +225,7 @@ def table(result: Run) -> str:
         f"{p99[2]:.1f} / {p99[3]:.1f} ms ({ratios[1]:.2f}x) | |",
         f"| online problems during | drawdowns: {result.during_draw.problems()}; repayments: "
         f"{result.during_pay.problems()} | none |",
+        *cpu_rows,
     ]
     steps = ["", "| shard | step | rows | seconds | rows/s |", "|---|---|---:|---:|---:|"]
     steps += [
@@ -221,6 +234,34 @@ def table(result: Run) -> str:
         for s in result.steps
     ]
     return "\n".join(rows + steps)
+
+
+def _cpu_rows(result: Run, loans: int) -> list[str]:
+    """The day-end's own CPU: all of this stack's CPU while it ran, less what the same
+    online loops took per second without it; per loan of the book, and the cores that
+    closing 20,000,000 loans in 10 minutes would take at that cost."""
+    if not result.online_cpu_s or not result.during_cpu_s or not loans or not result.online_s:
+        return []
+
+    def ours(spent: dict[str, float]) -> float:
+        return sum(s for role, s in spent.items() if role != "other")
+
+    online_per_s = ours(result.online_cpu_s) / result.online_s
+    eod_cpu_s = ours(result.during_cpu_s) - online_per_s * result.wall_s
+    per_loan_us = eod_cpu_s / loans * 1e6
+    cores = PROJECTED_LOANS * per_loan_us / 1e6 / (TARGET_MINUTES_20M * 60)
+    scale = result.wall_s / result.online_s
+    split = ", ".join(
+        f"{role} {result.during_cpu_s[role] - result.online_cpu_s[role] * scale:,.0f}"
+        for role in ("postgres", "eod", "engine", "relay", "fakes")
+    )
+    return [
+        f"| CPU of this stack: online loops alone / with the day-end | "
+        f"{online_per_s:.2f} / {ours(result.during_cpu_s) / result.wall_s:.2f} cores | |",
+        f"| the day-end's own CPU (the difference), by role (s) | {eod_cpu_s:,.0f} s: {split} | |",
+        f"| the day-end's CPU per loan of the book (all steps) | {per_loan_us:,.0f} µs | |",
+        f"| cores to close 20,000,000 loans in 10 min at that cost | {cores:,.1f} | |",
+    ]
 
 
 def _scheduler(action: str) -> None:

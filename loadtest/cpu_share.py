@@ -3,8 +3,8 @@
     before = cpu_by_role(); ...measured run...; spent = cpu_by_role() - before
 
 On a shared 2-core machine the question "where does a drawdown's CPU go" is
-answered per role: PostgreSQL, the engine's workers, the relay, the fakes,
-Redis, this client, and everything else. With the stack's environment set
+answered per role: PostgreSQL, the engine's workers, the relay, the day-end's
+runner ("eod"), the fakes, Redis, this client, and everything else. With the stack's environment set
 (ops/stack-env.sh: STACK_RUN_DIR, STACK_REDIS_PORT) only this checkout's processes
 count in their roles: the PostgreSQL backends of its own servers, its own Python
 processes, its Redis; other stacks' processes on the machine are "other". Linux only
@@ -13,10 +13,13 @@ processes, its Redis; other stacks' processes on the machine are "other". Linux 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-ROLES = ("postgres", "engine", "relay", "fakes", "redis", "client", "other")
+ROLES = ("postgres", "engine", "relay", "eod", "fakes", "redis", "client", "other")
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -55,6 +58,8 @@ def _role(pid: int, cmdline: str, stat: str) -> str:
         return "postgres"
     if "engine relay" in cmdline:
         return "relay"
+    if "engine eod" in cmdline:  # a day-end run or its scheduler
+        return "eod"
     if "engine serve" in cmdline:
         return "engine"
     if "loadtest.fakes" in cmdline:
@@ -64,12 +69,12 @@ def _role(pid: int, cmdline: str, stat: str) -> str:
     return "other"
 
 
-def cpu_by_role() -> dict[str, float]:
-    """Seconds of user and system CPU each role's processes have used so far."""
-    spent = dict.fromkeys(ROLES, 0.0)
+def _processes() -> dict[int, tuple[str, float]]:
+    """Every process now: its role (or "other") and its seconds of user and system CPU."""
+    found: dict[int, tuple[str, float]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
-        return {}
+        return found
     stack = _this_stack()
     for entry in proc.iterdir():
         if not entry.name.isdigit():
@@ -83,8 +88,61 @@ def cpu_by_role() -> dict[str, float]:
         ticks = int(fields[11]) + int(fields[12])  # utime, stime
         pid, ppid = int(entry.name), int(fields[1])
         role = _role(pid, cmdline, stat) if _mine(pid, cmdline, ppid, stack) else "other"
-        spent[role] += ticks / _TICKS_PER_S
+        found[pid] = (role, ticks / _TICKS_PER_S)
+    return found
+
+
+def _by_role(processes: dict[int, tuple[str, float]]) -> dict[str, float]:
+    spent = dict.fromkeys(ROLES, 0.0)
+    for role, seconds in processes.values():
+        spent[role] += seconds
     return spent
+
+
+def cpu_by_role() -> dict[str, float]:
+    """Seconds of user and system CPU each role's processes have used so far."""
+    processes = _processes()
+    return _by_role(processes) if processes else {}
+
+
+class CpuSampler:
+    """`cpu_by_role` over a stretch in which processes come and go (a day-end run and
+    its database backends): sampled every second, a process that ended keeps the CPU
+    it had at its last sample (at most a second of it is missed)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, float]] = {}
+
+    def sample(self) -> None:
+        self._seen.update(_processes())
+
+    def by_role(self) -> dict[str, float]:
+        return _by_role(self._seen) if self._seen else {}
+
+
+@contextlib.asynccontextmanager
+async def cpu_spent() -> AsyncIterator[dict[str, float]]:
+    """CPU seconds by role spent while the block runs (a `CpuSampler` sampled every
+    second); the dict yielded is filled when the block ends."""
+    sampler = CpuSampler()
+    sampler.sample()
+    first = sampler.by_role()
+    spent: dict[str, float] = {}
+
+    async def every_second() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            sampler.sample()
+
+    task = asyncio.create_task(every_second())
+    try:
+        yield spent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sampler.sample()
+        spent.update({role: s - first.get(role, 0.0) for role, s in sampler.by_role().items()})
 
 
 def per_operation_ms(
