@@ -97,10 +97,11 @@ class Isolated:
             check=False,
         )
 
-    def seed(self, customers: int, loans: int = 4) -> None:
+    def seed(self, customers: int, loans: int = 4, due_today_every: int = 8) -> None:
         result = self.cli(
             "-m", "loadtest", "seed", "--customers", str(customers),
             "--loans-per-customer", str(loans), "--workers", "1", "--no-analyze",
+            "--due-today-every", str(due_today_every),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
 

@@ -173,3 +173,35 @@ async def test_finished_outbox_rows_past_retention_are_pruned(books: Isolated) -
     assert (await books.eod(DAY))[0].closed
     kept = await _fetch(books.shard_dsns[0], "SELECT outbox_id FROM outbox WHERE outbox_id < 4")
     assert sorted(r[0] for r in kept) == [2, 3]
+
+
+async def test_reminders_name_each_customers_amount_once(books: Isolated) -> None:
+    books.seed(60)  # loans drawn 1-27 days ago: first installments due in 4-30 days
+    target = DAY + 4 * ONE  # reminded three days before: at the day-end of DAY + 1
+    expected: dict[int, int] = {}
+    for row in await _all(
+        books,
+        """SELECT l.customer_id, sum(x.principal + x.interest)::bigint AS fen
+           FROM loan l JOIN loan_plan p USING (loan_id),
+                unnest(p.due_date, p.principal_fen, p.interest_fen) AS x(due, principal, interest)
+           WHERE l.status = 'disbursed' AND x.due = $1 GROUP BY l.customer_id""",
+        target,
+    ):
+        expected[row["customer_id"]] = row["fen"]
+    assert expected, "the seed put no installment on the target date"
+    date_text = f"{target.month}月{target.day}日"
+    sent_sql = """SELECT customer_id, payload->>'text' AS text FROM outbox
+                  WHERE kind = 'sms' AND payload->>'kind' = 'reminder'"""
+    for day in (DAY, DAY + ONE):
+        [closed] = await books.eod(day)
+        assert closed.closed
+    sent = [r for r in await _all(books, sent_sql) if date_text in r["text"]]
+    assert sorted(r["customer_id"] for r in sent) == sorted(expected)  # one each
+    for row in sent:
+        fen = expected[row["customer_id"]]
+        assert f"{fen // 100}.{fen % 100:02d}" in row["text"], row["text"]
+    # The next day-end reminds of the next date, not of this one again.
+    await books.eod(DAY + 2 * ONE)
+    texts = [r["text"] for r in await _all(books, sent_sql)]
+    assert sum(date_text in text for text in texts) == len(sent)
+    assert any(f"{target.month}月{target.day + 1}日" in text for text in texts)

@@ -13,7 +13,8 @@ import asyncpg
 from engine.eod import keys, progress
 from engine.eod.context import EodContext
 from engine.services.loan_store import LOAN_WITH_PLAN_SQL, stored_loan
-from engine.services.notify import queue_sms
+from engine.services.notify import sms_instruction
+from engine.stores.outbox import enqueue_many
 from ledger.money import format_fen
 from ledger.overdue import unpaid_fen
 
@@ -64,21 +65,25 @@ async def run_chunk(
                 if fen and item.due_date in wanted:
                     key = (loan.row.customer_id, loan.row.tenant_id, item.due_date)
                     due[key].append((loan.row.loan_id, loan.row.receipt_no, fen))
-        for (customer_id, tenant_id, target), loans in sorted(due.items()):
-            await queue_sms(
-                conn,
-                ctx.ids,
-                ctx.reference.data,
-                tenant_id=tenant_id,
-                customer_id=customer_id,
-                ref_id=loans[0][0],
-                kind="reminder",
-                fields={
-                    "due_date": f"{target.month}月{target.day}日",
-                    "card_last4": cards.get(customer_id, "")[-4:],
-                    "amount": format_fen(sum(fen for _, _, fen in loans)),
-                    "receipt_nos": "、".join(receipt for _, receipt, _ in loans),
-                },
-            )
+        await enqueue_many(  # the chunk's reminders in one statement
+            conn,
+            [
+                sms_instruction(
+                    ctx.ids,
+                    ctx.reference.data,
+                    tenant_id=tenant_id,
+                    customer_id=customer_id,
+                    ref_id=loans[0][0],
+                    kind="reminder",
+                    fields={
+                        "due_date": f"{target.month}月{target.day}日",
+                        "card_last4": cards.get(customer_id, "")[-4:],
+                        "amount": format_fen(sum(fen for _, _, fen in loans)),
+                        "receipt_nos": "、".join(receipt for _, receipt, _ in loans),
+                    },
+                )
+                for (customer_id, tenant_id, target), loans in sorted(due.items())
+            ],
+        )
         await progress.advance(conn, day, STEP, start=after, last=customer_ids[-1], rows=len(due))
     return len(due)

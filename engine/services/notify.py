@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
-from engine.stores.outbox import enqueue
+from engine.stores.outbox import Instruction, enqueue_many
 from engine.stores.reference import ReferenceData
 from sharding.ids import IdGenerator, shard_of_id
 
@@ -37,6 +37,27 @@ def sms_payload(kind: str, text: str) -> str:
     return msgspec.json.encode({"kind": kind, "text": text}).decode()
 
 
+def sms_instruction(
+    ids: IdGenerator,
+    reference: ReferenceData,
+    *,
+    tenant_id: str,
+    customer_id: int,
+    ref_id: int,
+    kind: str,
+    fields: dict[str, str],
+) -> Instruction:
+    """The outbox row of one SMS, its text rendered from the bank's template."""
+    text = sms_text(reference, tenant_id=tenant_id, kind=kind, fields=fields)
+    return Instruction(
+        outbox_id=ids.next_id(shard_of_id(customer_id)),
+        customer_id=customer_id,
+        kind="sms",
+        ref_id=ref_id,
+        payload={"kind": kind, "text": text},
+    )
+
+
 async def queue_sms(
     conn: asyncpg.Connection,
     ids: IdGenerator,
@@ -48,12 +69,8 @@ async def queue_sms(
     kind: str,
     fields: dict[str, str],
 ) -> None:
-    text = sms_text(reference, tenant_id=tenant_id, kind=kind, fields=fields)
-    await enqueue(
-        conn,
-        outbox_id=ids.next_id(shard_of_id(customer_id)),
-        customer_id=customer_id,
-        kind="sms",
-        ref_id=ref_id,
-        payload={"kind": kind, "text": text},
-    )
+    row = sms_instruction(
+        ids, reference, tenant_id=tenant_id, customer_id=customer_id, ref_id=ref_id,
+        kind=kind, fields=fields,
+    )  # fmt: skip
+    await enqueue_many(conn, [row])

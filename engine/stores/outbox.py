@@ -96,6 +96,34 @@ async def enqueue(
     )
 
 
+class Instruction(msgspec.Struct, frozen=True):
+    """One outbox row to write (`enqueue_many`)."""
+
+    outbox_id: int
+    customer_id: int
+    kind: str
+    ref_id: int
+    payload: dict[str, Any]
+
+
+async def enqueue_many(conn: asyncpg.Connection, rows: list[Instruction]) -> None:
+    """`enqueue` for many rows (no amounts: notifications), in one statement."""
+    assert conn.is_in_transaction(), "an instruction is written with its business change"
+    if not rows:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (outbox_id, customer_id, kind, ref_id, payload)
+           SELECT r.outbox_id, r.customer_id, r.kind, r.ref_id, r.payload::jsonb
+           FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[])
+                AS r(outbox_id, customer_id, kind, ref_id, payload)""",
+        [r.outbox_id for r in rows],
+        [r.customer_id for r in rows],
+        [r.kind for r in rows],
+        [r.ref_id for r in rows],
+        [msgspec.json.encode(r.payload).decode() for r in rows],
+    )
+
+
 async def claim(conn: asyncpg.Connection, batch_max: int, lease_s: float) -> list[Claimed]:
     return [_claimed(row) for row in await conn.fetch(_CLAIM_SQL, batch_max, lease_s)]
 
