@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -45,7 +46,7 @@ from loadtest.bench_api import (
     say,
 )
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
-from loadtest.cpu_share import cpu_spent
+from loadtest.cpu_share import cpu_spent, process_cpu_s
 from loadtest.seed import control_dsn_from_env, shards_from_env
 
 TARGET_MINUTES_20M: Final = 10.0
@@ -78,6 +79,7 @@ class Run:
     online_cpu_s: dict[str, float]  # CPU by role while only the online loops ran
     online_s: float  # how long they ran
     during_cpu_s: dict[str, float]  # CPU by role while the day-end ran beside them
+    backends_cpu_s: float  # CPU of the day-end's own database backends (its shard leases)
 
 
 async def _business_date() -> dt.date:
@@ -169,16 +171,19 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
             done.set()
             return code
 
+        backends = EodBackends()
         async with cpu_spent() as during_cpu:
-            returncode, during = await asyncio.gather(
-                wait_eod(), _loops_until(client, customers, rates, done, 10.0)
+            returncode, during, _ = await asyncio.gather(
+                wait_eod(),
+                _loops_until(client, customers, rates, done, 10.0),
+                backends.follow(done),
             )
         wall_s = time.perf_counter() - started
     finally:
         client.http.close()
     return Run(
         day, wall_s, returncode, await _steps(day), *before, *during, *rates, governor_ms,
-        online_cpu, online_s, during_cpu,
+        online_cpu, online_s, during_cpu, backends.cpu_s(),
     )  # fmt: skip
 
 
@@ -236,29 +241,63 @@ def table(result: Run) -> str:
     return "\n".join(rows + steps)
 
 
+class EodBackends:
+    """The CPU of the day-end's database backends: the connection each shard's runner
+    holds its lease on (application_name `eod:<shard>`), found in pg_stat_activity and
+    read from /proc every second until the run ends (same machine only)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, float] = {}
+
+    async def follow(self, done: asyncio.Event) -> None:
+        servers = {shard.dsn.rsplit("/", 1)[0]: shard.dsn for shard in shards_from_env(os.environ)}
+        while not done.is_set():
+            for dsn in servers.values():
+                with contextlib.suppress(OSError, asyncpg.PostgresError):
+                    conn = await asyncpg.connect(dsn, timeout=5)
+                    try:
+                        pids = await conn.fetch(
+                            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'eod:%'"
+                        )
+                    finally:
+                        await conn.close()
+                    for (pid,) in pids:
+                        spent = process_cpu_s(pid)
+                        if spent is not None:
+                            self._seen[pid] = spent
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 1.0)
+
+    def cpu_s(self) -> float:
+        return sum(self._seen.values())
+
+
 def _cpu_rows(result: Run, loans: int) -> list[str]:
-    """The day-end's own CPU: all of this stack's CPU while it ran, less what the same
-    online loops took per second without it; per loan of the book, and the cores that
-    closing 20,000,000 loans in 10 minutes would take at that cost."""
+    """The day-end's own CPU: its runner process and the database backends of its shard
+    leases (both measured, not inferred), per loan of the book, and the cores that
+    closing 20,000,000 loans in 10 minutes would take at that cost. The relay's work on
+    the auto-debits it opened (phase B, core, SMS) is not in it: that is the repayment
+    path's cost, in the roles' CPU beside it."""
     if not result.online_cpu_s or not result.during_cpu_s or not loans or not result.online_s:
         return []
 
     def ours(spent: dict[str, float]) -> float:
         return sum(s for role, s in spent.items() if role != "other")
 
-    online_per_s = ours(result.online_cpu_s) / result.online_s
-    eod_cpu_s = ours(result.during_cpu_s) - online_per_s * result.wall_s
-    per_loan_us = eod_cpu_s / loans * 1e6
+    runner_s, backends_s = result.during_cpu_s["eod"], result.backends_cpu_s
+    per_loan_us = (runner_s + backends_s) / loans * 1e6
     cores = PROJECTED_LOANS * per_loan_us / 1e6 / (TARGET_MINUTES_20M * 60)
-    scale = result.wall_s / result.online_s
-    split = ", ".join(
-        f"{role} {result.during_cpu_s[role] - result.online_cpu_s[role] * scale:,.0f}"
+    roles = ", ".join(
+        f"{role} {result.during_cpu_s[role]:,.0f}"
         for role in ("postgres", "eod", "engine", "relay", "fakes")
     )
     return [
         f"| CPU of this stack: online loops alone / with the day-end | "
-        f"{online_per_s:.2f} / {ours(result.during_cpu_s) / result.wall_s:.2f} cores | |",
-        f"| the day-end's own CPU (the difference), by role (s) | {eod_cpu_s:,.0f} s: {split} | |",
+        f"{ours(result.online_cpu_s) / result.online_s:.2f} / "
+        f"{ours(result.during_cpu_s) / result.wall_s:.2f} cores | |",
+        f"| CPU by role during the day-end (s) | {roles} | |",
+        f"| the day-end's own CPU: runner / its shard backends | "
+        f"{runner_s:,.0f} s / {backends_s:,.0f} s | |",
         f"| the day-end's CPU per loan of the book (all steps) | {per_loan_us:,.0f} µs | |",
         f"| cores to close 20,000,000 loans in 10 min at that cost | {cores:,.1f} | |",
     ]

@@ -92,6 +92,16 @@ def _processes() -> dict[int, tuple[str, float]]:
     return found
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """Seconds of user and system CPU of one process, None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+
 def _by_role(processes: dict[int, tuple[str, float]]) -> dict[str, float]:
     spent = dict.fromkeys(ROLES, 0.0)
     for role, seconds in processes.values():
