@@ -32,6 +32,7 @@ repayments never deadlock.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Final
 
 import asyncpg
@@ -284,17 +285,28 @@ def _sized_items(
 
 # Phase A's read for `open_at_once`: the customer's tenant, whether the card is bound,
 # and the loans with their plans and row versions, in one query and without locks.
-_OPEN_READ_SQL: Final = (
-    LOAN_WITH_PLAN_SQL.replace(
-        "SELECT ",
-        """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
+_OPEN_READ_HEAD: Final = LOAN_WITH_PLAN_SQL.replace(
+    "SELECT ",
+    """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
        EXISTS (SELECT 1 FROM customer_card WHERE customer_id = $1 AND card_index = $2)
            AS c_card_bound,
        loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin, """,
-        1,
-    )
-    + " WHERE loan.loan_id = ANY($3::bigint[]) ORDER BY loan.loan_id"
+    1,
 )
+
+
+@functools.cache
+def _open_read_sql(loans: int) -> str:
+    """The read for `loans` loans, each ID a parameter of its own. With the IDs as one
+    array parameter PostgreSQL planned the query again on every call (its generic plan
+    assumes ten elements, so it never looks cheaper than a plan for the one loan sent):
+    0.5 ms of planning for a 0.1 ms read. A fixed number of scalars has a generic plan
+    as cheap as the custom ones, which the server keeps after five calls. One statement
+    per number of loans (a repayment has at most 20)."""
+    ids = ", ".join(f"${n}::bigint" for n in range(3, 3 + loans))
+    return f"{_OPEN_READ_HEAD} WHERE loan.loan_id IN ({ids}) ORDER BY loan.loan_id"
+
+
 _OPEN_SQL: Final = "SELECT open_repayment_once({})".format(", ".join(f"${n}" for n in range(1, 21)))
 
 
@@ -316,7 +328,9 @@ async def open_at_once(
     logical = shard_of_id(customer_id)
     index = cards.card_index(svc.cipher, card)
     records = await read(
-        svc.pools, logical, lambda c: c.fetch(_OPEN_READ_SQL, customer_id, index, loan_ids)
+        svc.pools,
+        logical,
+        lambda c: c.fetch(_open_read_sql(len(loan_ids)), customer_id, index, *loan_ids),
     )
     if (
         len(records) != len(loan_ids)
