@@ -31,6 +31,7 @@ repayments never deadlock.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 from typing import Final
@@ -52,6 +53,7 @@ from engine.runtime import metrics
 from engine.security.identity import IdentityError, mask_bank_card, parse_bank_card
 from engine.security.pii import PiiCipher
 from engine.services import cards
+from engine.services import repayment_opening as opening
 from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import (
@@ -63,6 +65,7 @@ from engine.services.loan_store import (
 )
 from engine.services.loans import installment_views
 from engine.services.notify import queue_sms
+from engine.services.repayment_opening import Opened
 from engine.stores.outbox import Claimed, enqueue, finish
 from engine.stores.reference import Channel, ReferenceData
 from engine.stores.shards import read
@@ -307,23 +310,65 @@ def _open_read_sql(loans: int) -> str:
     return f"{_OPEN_READ_HEAD} WHERE loan.loan_id IN ({ids}) ORDER BY loan.loan_id"
 
 
-_OPEN_SQL: Final = "SELECT open_repayment_once({})".format(", ".join(f"${n}" for n in range(1, 21)))
-
-
 async def open_at_once(
     svc: Services,
     channel: Channel,
     body: RepaymentCreate,
     claim: Claim,
     created: list[int],
+    *,
+    lease_s: float | None = None,
+    opened: list[Opened] | None = None,
 ) -> StoredResponse | AtOnce:
-    """Phase A in two round trips and one commit, outside any transaction (the
-    idempotency runner's `at_once`): read, size in Python as `open_repayment` does,
-    then `open_repayment_once` (ledger migration 0019) checks under the loans' locks
-    that nothing it rested on changed and writes it all with the durable record.
-    Anything this path cannot tell (a refusal, a changed loan, a replayed nonce) is
-    RECHECK: the locked path redoes it and names the refusal."""
+    """Phase A in two round trips, outside any transaction (the idempotency runner's
+    `at_once`): read, size in Python as `open_repayment` does, then `open_repayments`
+    (ledger migration 0023), shared with the openings that reach the shard database
+    meanwhile (`svc.openings`), checks under the loans' locks that nothing it rested on
+    changed and writes it all with the durable record. With `lease_s` the debit's
+    outbox row is written claimed for the request's inline debit, which finds it in
+    `opened`. Anything this path cannot tell (a refusal, a changed loan, a replayed
+    nonce, a call that failed) is RECHECK: the locked path redoes it and names the
+    refusal."""
     card, loan_ids = _checked_request(body)
+    customer_id = int(body.customer_id)
+    logical = shard_of_id(customer_id)
+    lanes = svc.openings
+    with lanes.expecting(logical) if lanes is not None else contextlib.nullcontext():
+        prepared = await _prepare_opening(
+            svc, channel, body, claim, card=card, loan_ids=loan_ids, lease_s=lease_s
+        )
+        if prepared is None:
+            return AtOnce.RECHECK
+        args, response, repayment_id = prepared
+        if lanes is not None:
+            outcome = await lanes.book(logical, args)
+        else:
+            try:
+                outcome = await read(svc.pools, logical, lambda c: opening.alone(c, args))
+            except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path
+                return AtOnce.RECHECK
+    sent_at = opening.sent_at_of(outcome)
+    if sent_at is None:
+        return AtOnce(outcome)
+    created.append(repayment_id)
+    metrics.REPAYMENT_OPENED.labels("at_once").inc()
+    if lease_s is not None and opened is not None:
+        opened.append(opening.claimed_debit(args, sent_at))
+    return response
+
+
+async def _prepare_opening(
+    svc: Services,
+    channel: Channel,
+    body: RepaymentCreate,
+    claim: Claim,
+    *,
+    card: str,
+    loan_ids: list[int],
+    lease_s: float | None,
+) -> tuple[tuple[object, ...], StoredResponse, int] | None:
+    """The read, the sizing and `open_repayments`' arguments for one opening (None:
+    the locked path must find out why not)."""
     customer_id = int(body.customer_id)
     logical = shard_of_id(customer_id)
     index = cards.card_index(svc.cipher, card)
@@ -337,27 +382,28 @@ async def open_at_once(
         or records[0]["c_tenant_id"] != channel.tenant_id
         or not records[0]["c_card_bound"]
     ):
-        return AtOnce.RECHECK
+        return None
     loans = {record["loan_id"]: stored_loan(record) for record in records}
     if any(
         loan.row.customer_id != customer_id or loan.row.tenant_id != channel.tenant_id
         for loan in loans.values()
     ):
-        return AtOnce.RECHECK
+        return None
     today = svc.business_date
     try:
         items = _sized_items(svc.reference.data, body, loans, today)
     except ApiError:
-        return AtOnce.RECHECK
+        return None
     repayment_id = svc.ids.next_id(logical)
     total_fen = sum(item.amount_fen for item in items)
+    masked = mask_bank_card(card)
     view = _view(
         repayment_id,
         customer_id=customer_id,
         status="processing",
         total_fen=total_fen,
         business_date=today,
-        debit_from_masked=mask_bank_card(card),
+        debit_from_masked=masked,
         failure_reason=None,
         items=[_item_view(item, loans[item.loan_id], today) for item in items],
     )
@@ -374,25 +420,16 @@ async def open_at_once(
         channel.tenant_id,
         channel.channel_id,
         total_fen,
-        mask_bank_card(card),
+        masked,
         svc.cipher.encrypt(card, context=BANK_CARD, row=repayment_id),
         today,
         msgspec.json.encode(items).decode(),
-        [record["loan_id"] for record in records],
-        [record["loan_xmin"] for record in records],
-        [record["plan_xmin"] for record in records],
+        [(r["loan_id"], r["loan_xmin"], r["plan_xmin"]) for r in records],
         svc.ids.next_id(logical),
         msgspec.json.encode({"reference": debit_reference(repayment_id)}).decode(),
+        lease_s,
     )
-    try:
-        outcome = await read(svc.pools, logical, lambda c: c.fetchval(_OPEN_SQL, *args))
-    except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path refuses it
-        return AtOnce.RECHECK
-    if outcome == "booked":
-        created.append(repayment_id)
-        metrics.REPAYMENT_OPENED.labels("at_once").inc()
-        return response
-    return AtOnce(outcome)
+    return args, response, repayment_id
 
 
 def _sized(r: ItemResult) -> Item:
