@@ -165,8 +165,13 @@ async def test_a_call_opens_each_whole_or_not_at_all(api: ApiClient, pools: Shar
         # One lease per call (the engine's lanes never mix them): the unleased one alone.
         outcomes = [*await _call(conn, [items[1]]), *await _call(conn, items[:1] + items[2:])]
         assert [o.split(" ")[0] for o in outcomes] == ["booked", "booked", "recheck", "replay"]
-        sent_at = opening.sent_at_of(outcomes[1])
-        assert sent_at is not None and sent_at == opening.sent_at_of(outcomes[0])
+        booked, pending_booked = opening.booked_of(outcomes[1]), opening.booked_of(outcomes[0])
+        assert booked is not None and pending_booked is not None
+        sent_at = booked.sent_at
+        # The opening's transaction ID is the row version its hold leaves on the loan.
+        assert booked.xid == await conn.fetchval(
+            "SELECT xmin::text FROM loan WHERE loan_id = $1", items[0][15][0][0]
+        )
         claimed, sent_back, replayed = [await _written(conn, items[i]) for i in (0, 2, 3)]
         pending = await _written(conn, items[1])
     assert claimed["record"] == 1 and claimed["repayment"] == "processing"
@@ -256,7 +261,8 @@ async def test_openings_sent_together_leave_in_fewer_calls_each_once(
     api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
 ) -> None:
     """Over HTTP: repayments of different customers sent together are opened by fewer
-    calls than repayments, each opened once, debited once inline, and succeeded."""
+    calls than repayments, each opened once, debited once inline and completed at once
+    without a read of its own, and succeeded."""
     customers = await asyncio.gather(*(_customer(api) for _ in range(12)))
     url = f"{engine.ops_url}/metrics"
     before = await _scrape(http, url)
@@ -286,4 +292,9 @@ async def test_openings_sent_together_leave_in_fewer_calls_each_once(
         delta("repayment_opening_batch_size_count"),
     )
     assert opened == 12 and calls < opened, (calls, opened)
+    # Each debited inline and completed at once from phase A's own read (the loans as
+    # its hold left them): a wrong row version or receivable would send it back to the
+    # locked path (counted "locked").
+    assert delta("repayment_completions_total", path="at_once") == 12
+    assert delta("repayment_completions_total", path="locked") == 0
     assert len({r.json["repayment_id"] for r in replies}) == 12

@@ -13,6 +13,7 @@ a retry of the request would replay).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from engine.idempotency.once import status_of
 from engine.relay import batch as relay_batch
@@ -47,8 +48,10 @@ async def debit_inline(
     shard = svc.pools.physical_for(logical).name
     try:
         secret: bytes | None
+        completion_read: tuple[dict[str, Any], ...] = ()
         if opened is not None:
             claimed, secret = opened.claimed, opened.card_ciphertext
+            completion_read = opened.read
         else:
             async with shard_connection(svc.pools, logical) as conn:
                 got = await outbox.claim_one_with(conn, repayment_id, "debit", lease_s, _CARD_SQL)
@@ -63,7 +66,7 @@ async def debit_inline(
             if secret is None
             else relay_batch.Prefetched({("debit", repayment_id): secret}, {})
         )
-        body = await executor.process(shard, claimed, known)
+        body = await executor.process(shard, claimed, known, completion_read)
         if body is not None:  # completed at once: the answer it stored
             return body
         stored = await read(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -32,14 +32,15 @@ from sharding.pools import ShardPools
 # record 0-5, the repayment 6-14 (13: the business date), its loans 15 (a list of
 # (loan_id, loan_xmin, plan_xmin)), the debit's outbox row 16-17, the lease 18 (None:
 # left pending for the relay).
-_KEY_CHANNEL, _KEY, _R_ID, _CUSTOMER, _TOTAL, _CIPHERTEXT, _DATE = 0, 1, 6, 7, 10, 12, 13
-_LOANS, _OUTBOX_ID, _PAYLOAD, _LEASE = 15, 16, 17, 18
+_KEY_CHANNEL, _KEY, _R_ID, _CUSTOMER, _TENANT, _CHANNEL, _TOTAL = 0, 1, 6, 7, 8, 9, 10
+_MASKED, _CIPHERTEXT, _DATE, _ITEMS, _LOANS, _OUTBOX_ID, _PAYLOAD, _LEASE = range(11, 19)
 ARGS: Final = 19
-SQL: Final = "SELECT outcomes, sent_at FROM open_repayments({})".format(
+SQL: Final = "SELECT outcomes, sent_at, opened_xid FROM open_repayments({})".format(
     ", ".join(f"${n}" for n in range(1, 24))
 )
 # "booked" travels through the lanes (which carry one string per item) with the send
-# time the call stamped on its claimed rows: "booked 2026-12-03T15:40:00.123+00:00".
+# time the call stamped on its claimed rows and its transaction's ID (the loans' new
+# row version): "booked 2026-12-03T15:40:00.123+00:00 81234".
 BOOKED: Final = "booked"
 
 
@@ -60,11 +61,8 @@ class Openings(GroupKind):
     ) -> object:
         row = await conn.fetchrow(SQL, *batch_args(items, lock_timeout))
         assert row is not None
-        sent_at: dt.datetime = row["sent_at"]
-        return [
-            f"{BOOKED} {sent_at.isoformat()}" if outcome == BOOKED else outcome
-            for outcome in row["outcomes"]
-        ]
+        booked = f"{BOOKED} {row['sent_at'].isoformat()} {row['opened_xid']}"
+        return [booked if outcome == BOOKED else outcome for outcome in row["outcomes"]]
 
     def observe(self, n: int) -> None:
         metrics.REPAYMENT_OPENING_BATCH.observe(n)
@@ -116,9 +114,10 @@ async def alone(conn: asyncpg.Connection, args: Args) -> str:
     return str(outcomes[0])
 
 
-def claimed_debit(args: Args, sent_at: dt.datetime) -> Opened:
+def claimed_debit(args: Args, booked: Booked, read: list[dict[str, Any]]) -> Opened:
     """The debit's outbox row as `open_repayments` wrote it under the request's claim
-    (what `outbox.claim_one` would have returned), and the card's ciphertext."""
+    (what `outbox.claim_one` would have returned), the card's ciphertext, and phase A's
+    read as phase B would read it after this opening (`phase_b_read`)."""
     repayment_id, customer_id, total_fen, ciphertext, outbox_id, payload = (
         args[_R_ID], args[_CUSTOMER], args[_TOTAL], args[_CIPHERTEXT], args[_OUTBOX_ID],
         args[_PAYLOAD],
@@ -134,17 +133,51 @@ def claimed_debit(args: Args, sent_at: dt.datetime) -> Opened:
         amount_fen=total_fen,
         payload=msgspec.json.decode(payload),
         attempts=1,
-        last_sent_at=sent_at,
-        created_at=sent_at,  # the row's default, now(): the same transaction's time
+        last_sent_at=booked.sent_at,
+        created_at=booked.sent_at,  # the row's default, now(): the same transaction's time
         prior_state="pending",
     )
-    return Opened(claimed, ciphertext)
+    return Opened(claimed, ciphertext, phase_b_read(args, booked, read))
 
 
-def sent_at_of(outcome: str) -> dt.datetime | None:
-    """The send time of a "booked" outcome (None for any other)."""
-    word, _, stamp = outcome.partition(" ")
-    return dt.datetime.fromisoformat(stamp) if word == BOOKED and stamp else None
+def phase_b_read(
+    args: Args, booked: Booked, read: list[dict[str, Any]]
+) -> tuple[dict[str, Any], ...]:
+    """What phase B's read (`repayment_completion.READ_SQL`) would return right after
+    this opening: phase A's rows of the loans (with their receivables), held by the
+    repayment in the opening's row version, beside the repayment as it was written.
+    `complete_repayments` compares every row version and receivable under its locks, so
+    a loan that changed in between (a day-end's accrual) is sent back, never booked."""
+    repayment = {
+        "r_repayment_id": args[_R_ID],
+        "r_customer_id": args[_CUSTOMER],
+        "r_tenant_id": args[_TENANT],
+        "r_channel_id": args[_CHANNEL],
+        "r_status": "processing",
+        "r_total_fen": args[_TOTAL],
+        "r_debit_from_masked": args[_MASKED],
+        "r_business_date": args[_DATE],
+        "r_request_items": args[_ITEMS],
+        "r_channel_key": args[_KEY],
+    }
+    return tuple(
+        record | repayment | {"loan_xmin": booked.xid, "pending_repayment_id": args[_R_ID]}
+        for record in read
+    )
+
+
+class Booked(msgspec.Struct, frozen=True):
+    sent_at: dt.datetime
+    xid: str
+
+
+def booked_of(outcome: str) -> Booked | None:
+    """The send time and row version of a "booked" outcome (None for any other)."""
+    word, _, rest = outcome.partition(" ")
+    if word != BOOKED:
+        return None
+    stamp, _, xid = rest.partition(" ")
+    return Booked(dt.datetime.fromisoformat(stamp), xid)
 
 
 class Opened(msgspec.Struct, frozen=True):
@@ -153,3 +186,4 @@ class Opened(msgspec.Struct, frozen=True):
 
     claimed: Claimed
     card_ciphertext: bytes
+    read: tuple[dict[str, Any], ...]  # phase B's read, as it would find it

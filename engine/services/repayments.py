@@ -287,13 +287,20 @@ def _sized_items(
 
 
 # Phase A's read for `open_at_once`: the customer's tenant, whether the card is bound,
-# and the loans with their plans and row versions, in one query and without locks.
+# and the loans with their plans, row versions and receivables (for phase B's inline
+# completion), in one query and without locks.
 _OPEN_READ_HEAD: Final = LOAN_WITH_PLAN_SQL.replace(
     "SELECT ",
     """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
        EXISTS (SELECT 1 FROM customer_card WHERE customer_id = $1 AND card_index = $2)
            AS c_card_bound,
-       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin, """,
+       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin,
+       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
+                 WHERE a.code = 'loan_interest_receivable' AND a.owner_id = loan.loan_id), 0)
+           AS interest_recv,
+       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
+                 WHERE a.code = 'loan_penalty_receivable' AND a.owner_id = loan.loan_id), 0)
+           AS penalty_recv, """,
     1,
 )
 
@@ -339,7 +346,7 @@ async def open_at_once(
         )
         if prepared is None:
             return AtOnce.RECHECK
-        args, response, repayment_id = prepared
+        args, response, repayment_id, records = prepared
         if lanes is not None:
             outcome = await lanes.book(logical, args)
         else:
@@ -347,13 +354,13 @@ async def open_at_once(
                 outcome = await read(svc.pools, logical, lambda c: opening.alone(c, args))
             except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path
                 return AtOnce.RECHECK
-    sent_at = opening.sent_at_of(outcome)
-    if sent_at is None:
+    booked = opening.booked_of(outcome)
+    if booked is None:
         return AtOnce(outcome)
     created.append(repayment_id)
     metrics.REPAYMENT_OPENED.labels("at_once").inc()
     if lease_s is not None and opened is not None:
-        opened.append(opening.claimed_debit(args, sent_at))
+        opened.append(opening.claimed_debit(args, booked, [dict(r) for r in records]))
     return response
 
 
@@ -366,7 +373,7 @@ async def _prepare_opening(
     card: str,
     loan_ids: list[int],
     lease_s: float | None,
-) -> tuple[tuple[object, ...], StoredResponse, int] | None:
+) -> tuple[tuple[object, ...], StoredResponse, int, list[asyncpg.Record]] | None:
     """The read, the sizing and `open_repayments`' arguments for one opening (None:
     the locked path must find out why not)."""
     customer_id = int(body.customer_id)
@@ -429,7 +436,7 @@ async def _prepare_opening(
         msgspec.json.encode({"reference": debit_reference(repayment_id)}).decode(),
         lease_s,
     )
-    return args, response, repayment_id
+    return args, response, repayment_id, records
 
 
 def _sized(r: ItemResult) -> Item:

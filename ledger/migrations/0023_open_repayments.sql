@@ -18,7 +18,9 @@
 -- exists: nothing of it written); 'recheck' (a loan is not the row read, is held, is
 -- not disbursed, or a loan or key appears twice in the call: nothing of it written; the engine runs
 -- the locked path, which names the refusal). `sent_at`: the send time stamped on the
--- claimed rows (the transaction's). A nonce seen before fails the call
+-- claimed rows (the transaction's); `opened_xid`: this transaction's ID, the row
+-- version (xmin) its hold leaves on the loans, which phase B compares (its inline
+-- completion then needs no read of its own). A nonce seen before fails the call
 -- (unique_violation), as a lock held past p_lock_timeout does: nothing written, and the
 -- engine runs each of its repayments on the locked path.
 -- Locks: every loan of the call and its plan in id order (the locked path's order),
@@ -33,7 +35,7 @@ CREATE FUNCTION open_repayments(
     p_loan_r integer[], p_loan_id bigint[], p_loan_xmin text[], p_plan_xmin text[],
     p_outbox_id bigint[], p_outbox_payload jsonb[],
     p_lease_s float8, p_lock_timeout text,
-    OUT outcomes text[], OUT sent_at timestamptz
+    OUT outcomes text[], OUT sent_at timestamptz, OUT opened_xid text
 ) LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     n integer := cardinality(p_repayment_id);
@@ -141,4 +143,5 @@ BEGIN
     FROM unnest(p_outbox_id, p_customer_id, p_repayment_id, p_total_fen, p_outbox_payload)
          WITH ORDINALITY AS x(outbox_id, customer_id, repayment_id, total, payload, r)
     WHERE outcomes[x.r] = 'booked';
+    opened_xid := pg_current_xact_id()::xid::text;
 END $$;
