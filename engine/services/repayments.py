@@ -347,13 +347,15 @@ async def open_at_once(
         if prepared is None:
             return AtOnce.RECHECK
         args, response, repayment_id, records = prepared
-        if lanes is not None:
-            outcome = await lanes.book(logical, args)
-        else:
-            try:
+        try:
+            if lanes is not None:  # a group call that fails answers "recheck" for each
+                outcome = await lanes.book(logical, args)
+            else:
                 outcome = await read(svc.pools, logical, lambda c: opening.alone(c, args))
-            except asyncpg.UniqueViolationError:  # a nonce seen before: the locked path
-                return AtOnce.RECHECK
+        except asyncpg.UniqueViolationError:
+            # A nonce seen before, in a call made alone (no lanes, or lanes of batch size
+            # 1, which call at once): the locked path refuses it and names why.
+            return AtOnce.RECHECK
     booked = opening.booked_of(outcome)
     if booked is None:
         return AtOnce(outcome)
