@@ -5,9 +5,10 @@ A here, the debit and its completion by the relay, one merged SMS).
 
 A chunk of customers is one transaction of three round trips, whatever its size: one
 read of every due loan of the chunk with its plan and row versions (no locks), the
-repayments sized in Python exactly as the channel's path sizes them, then one
-statement that calls `open_repayment_once` (ledger migration 0019) for each: under the
-loans' locks it writes a repayment only if its loans are still the rows read. A
+repayments sized in Python exactly as the channel's path sizes them, then one call of
+`open_repayments` (ledger migration 0022, the channel's grouped phase A) for all of
+them: under the loans' locks it writes each repayment, its durable record and its
+debit's outbox row (pending, for the relay) only if its loans are still the rows read. A
 customer it could not open that way (a loan changed or held meanwhile, a refusal) goes
 through the locked path alone, in a savepoint, which names the refusal; the rest of
 the chunk goes on.
@@ -41,7 +42,8 @@ from engine.runtime import metrics
 from engine.services.cards import card_index
 from engine.services.customers import BANK_CARD
 from engine.services.loan_store import LOAN_WITH_PLAN_SQL, stored_loan
-from engine.services.repayments import open_repayment, opening_once
+from engine.services.repayment_opening import OPENINGS
+from engine.services.repayments import open_repayment, opening_args
 from engine.stores.reference import Channel
 
 log = logging.getLogger(__name__)
@@ -68,23 +70,10 @@ _DUE_LOANS_SQL: Final = (
            AND p.next_due_date <= $2 AND loan.pending_repayment_id IS NULL
          ORDER BY loan.customer_id, loan.loan_id"""
 )
-# `open_repayment_once` for each opening of the chunk, one statement: its 20 arguments
-# as 20 arrays (a repayment's loan ids and row versions as array literals).
-_OPEN_MANY_SQL: Final = """
-SELECT x.n, open_repayment_once(x.a1, x.a2, x.a3, x.a4, x.a5, x.a6, x.a7, x.a8, x.a9, x.a10,
-           x.a11, x.a12, x.a13, x.a14, x.a15::jsonb, x.a16::bigint[], x.a17::text[],
-           x.a18::text[], x.a19, x.a20::jsonb) AS outcome
-FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::bytea[], $6::text[],
-            $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::text[],
-            $13::bytea[], $14::date[], $15::text[], $16::text[], $17::text[], $18::text[],
-            $19::bigint[], $20::text[])
-     WITH ORDINALITY AS x(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15,
-                          a16, a17, a18, a19, a20, n)
-ORDER BY x.n"""
 
 
 class _Opening(msgspec.Struct, frozen=True):
-    """One repayment of the chunk: sized and ready for `open_repayment_once`, or (args
+    """One repayment of the chunk: sized and ready for `open_repayments`, or (args
     empty) left to the locked path."""
 
     customer: asyncpg.Record
@@ -145,7 +134,7 @@ def _openings(ctx: EodContext, day: dt.date, records: list[asyncpg.Record]) -> I
             continue
         body, claim = _request(day, customer_id, card, loan_ids, part)
         try:
-            _, args = opening_once(
+            args, _ = opening_args(
                 reference=ctx.reference.data,
                 cipher=ctx.cipher,
                 channel=channel,
@@ -155,8 +144,8 @@ def _openings(ctx: EodContext, day: dt.date, records: list[asyncpg.Record]) -> I
                 records=part_records,
                 loans={r["loan_id"]: stored_loan(r) for r in part_records},
                 today=day,
-                repayment_id=ctx.ids.next_id(ctx.logical_shard),
-                outbox_id=ctx.ids.next_id(ctx.logical_shard),
+                ids=(ctx.ids.next_id(ctx.logical_shard), ctx.ids.next_id(ctx.logical_shard)),
+                lease_s=None,  # the debit's row left pending: the relay sends it
             )
         except ApiError:
             yield opening
@@ -175,31 +164,26 @@ def _request(
 
 
 async def _open_many(conn: asyncpg.Connection, sized: list[_Opening]) -> dict[tuple[int, int], str]:
-    """`open_repayment_once` for every sized opening, in one statement (a savepoint:
-    should it fail, a deadlock say, nothing of it stays and each takes the locked path):
+    """`open_repayments` for every sized opening, in one call (in a savepoint: should
+    it fail, a deadlock say, nothing of it stays and each takes the locked path):
     'booked', 'replay' or 'recheck' by the opening's key."""
     if not sized:
         return {}
-    columns: list[list[object]] = [[] for _ in range(20)]
-    for opening in sized:
-        for column, value in zip(columns, opening.args, strict=True):
-            column.append(_literal(value) if isinstance(value, list) else value)
     try:
         async with conn.transaction():
-            rows = await conn.fetch(_OPEN_MANY_SQL, *columns)
+            outcomes = await OPENINGS.call(conn, [o.args for o in sized], None)
     except asyncpg.PostgresError as exc:
         log.warning("auto-deduction chunk taken one by one", extra={"error": type(exc).__name__})
         return {}
-    outcomes = {sized[row["n"] - 1].key: str(row["outcome"]) for row in rows}
+    assert isinstance(outcomes, list), outcomes
+    # "booked <sent at> <xid>" (the inline debit's needs), "replay" or "recheck"
+    found = {
+        o.key: str(outcome).split(" ", 1)[0] for o, outcome in zip(sized, outcomes, strict=True)
+    }
     metrics.REPAYMENT_OPENED.labels("eod_at_once").inc(
-        sum(1 for o in outcomes.values() if o == "booked")
+        sum(1 for o in found.values() if o == "booked")
     )
-    return outcomes
-
-
-def _literal(values: list[object]) -> str:
-    """A PostgreSQL array literal of numbers (ids, row versions)."""
-    return "{" + ",".join(str(v) for v in values) + "}"
+    return found
 
 
 async def _open_locked(

@@ -24,6 +24,7 @@ from engine.relay.executor import Relay
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
+from engine.services.repayment_opening import OpeningBatches
 from engine.stores.channel_gate import ChannelGate
 from engine.stores.redis_wire import RedisWire
 from engine.stores.reference import CONTROL_POOL_LIMITS, ReferenceCache
@@ -111,6 +112,12 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         bookings=DrawdownBatches(
             app[app_keys.SHARD_POOLS],
             batch_max=app[app_keys.SETTINGS].http.booking_batch_max,
+            gather_s=app[app_keys.SETTINGS].http.booking_gather_s,
+            in_flight=app[app_keys.SETTINGS].http.booking_in_flight,
+        ),
+        openings=OpeningBatches(
+            app[app_keys.SHARD_POOLS],
+            batch_max=app[app_keys.SETTINGS].external.repayment_batch_max,
             gather_s=app[app_keys.SETTINGS].http.booking_gather_s,
             in_flight=app[app_keys.SETTINGS].http.booking_in_flight,
         ),

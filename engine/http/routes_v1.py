@@ -32,6 +32,7 @@ from engine.relay.inline import debit_inline
 from engine.runtime import metrics
 from engine.services import credit_lines, customers, drawdowns, loans, repayments
 from engine.services.context import Services, parse_id
+from engine.services.repayment_opening import Opened
 from engine.stores.reference import Channel
 from engine.stores.shards import in_transaction, read
 from ledger.money import parse_amount
@@ -158,6 +159,8 @@ async def create_repayment(request: web.Request) -> web.Response:
     customer_id = int(body.customer_id)
     key = request.headers.get("Idempotency-Key", "")
     created: list[int] = []
+    opened: list[Opened] = []  # phase A at once wrote the debit's row as our claim
+    lease_s = request.app[app_keys.SETTINGS].external.relay_lease_s
 
     async def work(conn: asyncpg.Connection) -> tuple[RepaymentView, int]:
         view = await repayments.repay(svc, conn, channel, body, key)
@@ -165,15 +168,17 @@ async def create_repayment(request: web.Request) -> web.Response:
         return view, customer_id
 
     async def debit() -> bytes | None:
-        external = request.app[app_keys.SETTINGS].external
+        repayment_id = created[-1]  # the attempt that committed, if a retry ran
+        held = opened[-1] if opened and opened[-1].claimed.ref_id == repayment_id else None
         return await debit_inline(
             svc,
             request.app[app_keys.INLINE_RELAY],
-            lease_s=external.relay_lease_s,
+            lease_s=lease_s,
             channel_id=channel.channel_id,
             idem_key=key,
             customer_id=customer_id,
-            repayment_id=created[-1],  # the attempt that committed, if a retry ran
+            repayment_id=repayment_id,
+            opened=held,
         )
 
     modes = {item.mode for item in body.items}
@@ -189,7 +194,9 @@ async def create_repayment(request: web.Request) -> web.Response:
             work,
             after=debit,
             pending_states=frozenset({"processing"}),
-            at_once=lambda claim: repayments.open_at_once(svc, channel, body, claim, created),
+            at_once=lambda claim: repayments.open_at_once(
+                svc, channel, body, claim, created, lease_s=lease_s, opened=opened
+            ),
         ),
     )
 

@@ -27,8 +27,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -315,20 +315,31 @@ class Relay:
             return None
 
     async def process(
-        self, shard: str, row: Claimed, known: relay_batch.Prefetched = relay_batch.NOTHING_KNOWN
+        self,
+        shard: str,
+        row: Claimed,
+        known: relay_batch.Prefetched = relay_batch.NOTHING_KNOWN,
+        completion_read: Sequence[Mapping[str, Any]] = (),
     ) -> bytes | None:
         """One claimed row, on its own (a repayment's inline debit): with nothing
         prefetched a send reads its card and stamps its send time itself. Returns the
-        repayment's stored answer if it was completed at once."""
+        repayment's stored answer if it was completed at once (`completion_read`: phase
+        B's read as the request's phase A left it, see `complete_at_once`)."""
         if row.kind == "sms":
             await self._texts(shard, [row], known)
             return None
         result = await self._answer(shard, row, known, time.monotonic())
         if result is not None:
-            return await self.apply(shard, row, result)
+            return await self.apply(shard, row, result, completion_read)
         return None
 
-    async def apply(self, shard: str, row: Claimed, result: CoreResult) -> bytes | None:
+    async def apply(
+        self,
+        shard: str,
+        row: Claimed,
+        result: CoreResult,
+        completion_read: Sequence[Mapping[str, Any]] = (),
+    ) -> bytes | None:
         """Turn core's answer into the business change, or a later retry (never a resend).
         Returns the answer of a repayment completed at once (else None)."""
         outcome = result.outcome
@@ -353,6 +364,7 @@ class Relay:
                     reference=self._reference.data,
                     claimed=row,
                     outcome=text,
+                    known=completion_read,
                 )
                 if body is not None:
                     return body

@@ -13,11 +13,13 @@ a retry of the request would replay).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from engine.idempotency.once import status_of
 from engine.relay import batch as relay_batch
 from engine.relay.executor import Relay
 from engine.services.context import Services
+from engine.services.repayment_opening import Opened
 from engine.stores import outbox
 from engine.stores.shards import read, shard_connection
 from sharding.ids import shard_of_id
@@ -37,24 +39,34 @@ async def debit_inline(
     idem_key: str,
     customer_id: int,
     repayment_id: int,
+    opened: Opened | None = None,
 ) -> bytes | None:
-    """The final response body, or None if the repayment is still `processing`."""
+    """The final response body, or None if the repayment is still `processing`.
+    `opened`: phase A wrote the debit's row already claimed for us (and stamped the
+    send time), with the card: nothing to claim or read before the call."""
     logical = shard_of_id(customer_id)
     shard = svc.pools.physical_for(logical).name
     try:
-        async with shard_connection(svc.pools, logical) as conn:
-            got = await outbox.claim_one_with(conn, repayment_id, "debit", lease_s, _CARD_SQL)
-        if got is None:
-            return None
-        claimed, record = got
-        # The card read with the claim, which stamped the send time: nothing more to
-        # read before the call.
+        secret: bytes | None
+        completion_read: tuple[dict[str, Any], ...] = ()
+        if opened is not None:
+            claimed, secret = opened.claimed, opened.card_ciphertext
+            completion_read = opened.read
+        else:
+            async with shard_connection(svc.pools, logical) as conn:
+                got = await outbox.claim_one_with(conn, repayment_id, "debit", lease_s, _CARD_SQL)
+            if got is None:
+                return None
+            claimed, record = got
+            # The card read with the claim, which stamped the send time: nothing more
+            # to read before the call.
+            secret = None if record["secret"] is None else bytes(record["secret"])
         known = (
             relay_batch.NOTHING_KNOWN
-            if record["secret"] is None
-            else relay_batch.Prefetched({("debit", repayment_id): bytes(record["secret"])}, {})
+            if secret is None
+            else relay_batch.Prefetched({("debit", repayment_id): secret}, {})
         )
-        body = await executor.process(shard, claimed, known)
+        body = await executor.process(shard, claimed, known, completion_read)
         if body is not None:  # completed at once: the answer it stored
             return body
         stored = await read(

@@ -141,6 +141,16 @@ REPAYMENT_BATCH_FAILED = Counter(
     "Group completions of repayments that failed whole (a lock held too long, the "
     "shard); each repayment of one was completed alone instead.",
 )
+REPAYMENT_OPENING_BATCH = Histogram(
+    "repayment_opening_batch_size",
+    "Repayments opened (phase A) by one statement (engine.services.repayment_opening).",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+REPAYMENT_OPENING_BATCH_FAILED = Counter(
+    "repayment_opening_batch_failures_total",
+    "Group openings of repayments that failed whole (a lock held too long, a replayed "
+    "nonce, the shard); each repayment of one took the locked transaction instead.",
+)
 REPAYMENT_OPENED = Counter(
     "repayment_openings_total",
     "Repayments' phase A booked at once (read, then one statement); the others took "

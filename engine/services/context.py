@@ -9,6 +9,7 @@ import msgspec
 from engine.contract.errors import NotFound
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
+from engine.services.repayment_opening import OpeningBatches
 from engine.stores.redis_wire import RedisWire
 from engine.stores.reference import Channel, Product, ReferenceCache
 from sharding.ids import IdGenerator
@@ -22,6 +23,8 @@ class Services(msgspec.Struct, frozen=True):
     reference: ReferenceCache
     redis: RedisWire
     bookings: DrawdownBatches
+    # Repayments' phase A, grouped per shard database (the engine's; None: each alone).
+    openings: OpeningBatches | None = None
 
     @property
     def business_date(self) -> dt.date:

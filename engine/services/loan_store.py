@@ -12,8 +12,9 @@ installment beside the state (the calculator does not need it).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -100,7 +101,7 @@ async def fetch_loan(
     return stored_loan(record)
 
 
-def stored_loan(record: asyncpg.Record) -> StoredLoan:
+def stored_loan(record: asyncpg.Record | Mapping[str, Any]) -> StoredLoan:
     """A `LOAN_WITH_PLAN_SQL` record as the loan, its state and its penalty paid."""
     row = LoanRow(**{name: record[name] for name in _LOAN_FIELDS})
     (seq, due, principal, interest, balance, principal_paid, interest_paid, penalty_unpaid,

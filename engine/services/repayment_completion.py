@@ -18,8 +18,8 @@ A debit core refused takes the single path (rare, and it writes little).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, cast
 
 import asyncpg
 import msgspec
@@ -170,7 +170,7 @@ class Prepared(msgspec.Struct, frozen=True):
 
 
 def prepare(
-    records: list[asyncpg.Record],
+    records: Sequence[Mapping[str, Any]],
     *,
     ids: IdGenerator,
     reference: ReferenceData,
@@ -310,15 +310,18 @@ async def complete_at_once(
     reference: ReferenceData,
     claimed: Claimed,
     outcome: str,
+    known: Sequence[Mapping[str, Any]] = (),
 ) -> bytes | None:
     """Phase B of a debit core took, with the other completions reaching the shard
-    database meanwhile: the stored answer, or None if the locked path must do it."""
+    database meanwhile: the stored answer, or None if the locked path must do it.
+    `known`: what the read would return, as the request's own phase A left it (its
+    inline debit): then nothing is read; the group call checks it all the same."""
     logical = shard_of_id(claimed.customer_id)
     with batches.expecting(logical):
-        records = await read(pools, logical, lambda c: c.fetch(READ_SQL, claimed.ref_id))
-        prepared = prepare(
-            list(records), ids=ids, reference=reference, claimed=claimed, outcome=outcome
-        )
+        records = known or [
+            dict(r) for r in await read(pools, logical, lambda c: c.fetch(READ_SQL, claimed.ref_id))
+        ]
+        prepared = prepare(records, ids=ids, reference=reference, claimed=claimed, outcome=outcome)
         if prepared is None:
             return None
         answer = await batches.book(logical, prepared.args)
