@@ -170,7 +170,7 @@ async def test_a_loan_changed_after_the_read_takes_the_locked_path(books: Isolat
         for _ in range(600):
             waiting = await watcher.fetchval(
                 """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                   AND query LIKE '%open_repayment_once%' AND datname = current_database()"""
+                   AND query LIKE '%open_repayments(%' AND datname = current_database()"""
             )
             if waiting or day_end.done():
                 break
