@@ -86,6 +86,16 @@ LOAN_WITH_PLAN_SQL: Final = (
     )
 )
 
+# Select columns for a read that a locked statement later checks against: the loan's and
+# its plan's row versions and the loan's two receivables (`LOAN_WITH_PLAN_SQL`'s aliases).
+VERSIONS_AND_RECEIVABLES: Final = """loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin,
+       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
+                 WHERE a.code = 'loan_interest_receivable' AND a.owner_id = loan.loan_id), 0)
+           AS interest_recv,
+       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
+                 WHERE a.code = 'loan_penalty_receivable' AND a.owner_id = loan.loan_id), 0)
+           AS penalty_recv, """
+
 
 async def fetch_loan(
     conn: asyncpg.Connection, channel: Channel, loan_id: int, *, lock: bool = False

@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import msgspec
 
-from engine.stores.outbox import Instruction, enqueue_many
+from engine.stores.outbox import Instruction
 from engine.stores.reference import ReferenceData
 from sharding.ids import IdGenerator, shard_of_id
 
@@ -56,21 +55,3 @@ def sms_instruction(
         ref_id=ref_id,
         payload={"kind": kind, "text": text},
     )
-
-
-async def queue_sms(
-    conn: asyncpg.Connection,
-    ids: IdGenerator,
-    reference: ReferenceData,
-    *,
-    tenant_id: str,
-    customer_id: int,
-    ref_id: int,
-    kind: str,
-    fields: dict[str, str],
-) -> None:
-    row = sms_instruction(
-        ids, reference, tenant_id=tenant_id, customer_id=customer_id, ref_id=ref_id,
-        kind=kind, fields=fields,
-    )  # fmt: skip
-    await enqueue_many(conn, [row])

@@ -38,6 +38,7 @@ from engine.services.booking_batch import (
 )
 from engine.services.loan_store import (
     LOAN_WITH_PLAN_SQL,
+    VERSIONS_AND_RECEIVABLES,
     StoredLoan,
     installment_arrays,
     stored_loan,
@@ -62,13 +63,8 @@ READ_SQL: Final = (
        r.total_fen AS r_total_fen, r.debit_from_masked AS r_debit_from_masked,
        r.business_date AS r_business_date, r.request_items AS r_request_items,
        r.channel_key AS r_channel_key,
-       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin,
-       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
-                 WHERE a.code = 'loan_interest_receivable' AND a.owner_id = loan.loan_id), 0)
-           AS interest_recv,
-       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
-                 WHERE a.code = 'loan_penalty_receivable' AND a.owner_id = loan.loan_id), 0)
-           AS penalty_recv, """,
+       """
+        + VERSIONS_AND_RECEIVABLES,
         1,
     ).replace(
         " FROM loan JOIN",

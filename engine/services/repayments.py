@@ -59,15 +59,16 @@ from engine.services.context import Services
 from engine.services.customers import BANK_CARD, lock_customer
 from engine.services.loan_store import (
     LOAN_WITH_PLAN_SQL,
+    VERSIONS_AND_RECEIVABLES,
     StoredLoan,
     fetch_loan,
     rewrite_plan,
     stored_loan,
 )
 from engine.services.loans import installment_views
-from engine.services.notify import queue_sms
+from engine.services.notify import sms_instruction
 from engine.services.repayment_opening import Opened
-from engine.stores.outbox import Claimed, enqueue, finish
+from engine.stores.outbox import Claimed, enqueue, enqueue_many, finish
 from engine.stores.reference import Channel, ReferenceData
 from engine.stores.shards import read
 from ledger import allocation
@@ -295,13 +296,8 @@ _OPEN_READ_HEAD: Final = LOAN_WITH_PLAN_SQL.replace(
     """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
        EXISTS (SELECT 1 FROM customer_card WHERE customer_id = $1 AND card_index = $2)
            AS c_card_bound,
-       loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin,
-       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
-                 WHERE a.code = 'loan_interest_receivable' AND a.owner_id = loan.loan_id), 0)
-           AS interest_recv,
-       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
-                 WHERE a.code = 'loan_penalty_receivable' AND a.owner_id = loan.loan_id), 0)
-           AS penalty_recv, """,
+       """
+    + VERSIONS_AND_RECEIVABLES,
     1,
 )
 
@@ -564,8 +560,7 @@ async def _book(
         "UPDATE repayment SET status = 'succeeded', completed_at = now() WHERE repayment_id = $1",
         row["repayment_id"],
     )
-    await queue_sms(
-        conn,
+    sms = sms_instruction(
         ids,
         reference,
         tenant_id=row["tenant_id"],
@@ -579,6 +574,7 @@ async def _book(
             "receipt_nos": "、".join(loans[item.loan_id].row.receipt_no for item in items),
         },
     )
+    await enqueue_many(conn, [sms])
     return posting
 
 
