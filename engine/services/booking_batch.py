@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Final, cast
 
 import asyncpg
+from prometheus_client import Counter, Histogram
 
 from engine.runtime import metrics
 from engine.stores.shards import read
@@ -127,6 +128,9 @@ class GroupKind:
 
     name: str = "drawdown"
     args: int = ARGS
+    # Its metrics: the size of each call, and the calls that failed whole.
+    batch_size: Histogram = metrics.BOOKING_BATCH
+    batch_failures: Counter = metrics.BOOKING_BATCH_FAILED
 
     def keys(self, args: Args) -> tuple[object, tuple[object, ...]]:
         """(what every item of one call shares, what no two items of a call may share)."""
@@ -138,10 +142,10 @@ class GroupKind:
         return await conn.fetchval(BATCH_SQL, *batch_args(items, lock_timeout=lock_timeout))
 
     def observe(self, n: int) -> None:
-        metrics.BOOKING_BATCH.observe(n)
+        self.batch_size.observe(n)
 
     def failed(self) -> None:
-        metrics.BOOKING_BATCH_FAILED.inc()
+        self.batch_failures.inc()
 
 
 DRAWDOWNS: Final = GroupKind()

@@ -94,6 +94,8 @@ BATCH_SQL: Final = "SELECT complete_repayments({})".format(
 class Repayments(GroupKind):
     name = "repayment"
     args = ARGS
+    batch_size = metrics.REPAYMENT_BATCH
+    batch_failures = metrics.REPAYMENT_BATCH_FAILED
 
     def keys(self, args: Args) -> tuple[object, tuple[object, ...]]:
         return args[_DATE], (args[_R_ID],)
@@ -102,12 +104,6 @@ class Repayments(GroupKind):
         self, conn: asyncpg.Connection, items: Sequence[Args], lock_timeout: str | None
     ) -> object:
         return await conn.fetchval(BATCH_SQL, *batch_args(items, lock_timeout))
-
-    def observe(self, n: int) -> None:
-        metrics.REPAYMENT_BATCH.observe(n)
-
-    def failed(self) -> None:
-        metrics.REPAYMENT_BATCH_FAILED.inc()
 
 
 REPAYMENTS: Final = Repayments()

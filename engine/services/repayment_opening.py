@@ -47,6 +47,8 @@ BOOKED: Final = "booked"
 class Openings(GroupKind):
     name = "repayment_opening"
     args = ARGS
+    batch_size = metrics.REPAYMENT_OPENING_BATCH
+    batch_failures = metrics.REPAYMENT_OPENING_BATCH_FAILED
 
     def keys(self, args: Args) -> tuple[object, tuple[object, ...]]:
         loans = args[_LOANS]
@@ -63,12 +65,6 @@ class Openings(GroupKind):
         assert row is not None
         booked = f"{BOOKED} {row['sent_at'].isoformat()} {row['opened_xid']}"
         return [booked if outcome == BOOKED else outcome for outcome in row["outcomes"]]
-
-    def observe(self, n: int) -> None:
-        metrics.REPAYMENT_OPENING_BATCH.observe(n)
-
-    def failed(self) -> None:
-        metrics.REPAYMENT_OPENING_BATCH_FAILED.inc()
 
 
 OPENINGS: Final = Openings()
