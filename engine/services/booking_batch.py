@@ -123,8 +123,9 @@ class _Lane:
 
 class GroupKind:
     """What a lane books: its statement, how a batch's arguments are laid out, which
-    of its items may not share a call, and its metrics. Drawdowns (`DRAWDOWNS`) and
-    repayments' completions (engine/services/repayment_completion.py) are two."""
+    of its items may not share a call, and its metrics. Drawdowns (`DRAWDOWNS`),
+    repayments' openings (engine/services/repayment_opening.py) and their completions
+    (engine/services/repayment_completion.py) are three."""
 
     name: str = "drawdown"
     args: int = ARGS
