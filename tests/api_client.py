@@ -201,3 +201,15 @@ class ApiClient:
             await asyncio.sleep(0.1)
             reply.json = (await self.get(f"/v1/repayments/{reply.json['repayment_id']}")).json
         return reply
+
+
+async def channel_known(base_url: str, channel: str, secret: str, probes: int = 12) -> bool:
+    """`probes` answers in a row, each on a fresh connection (so over every worker: each
+    loads a new channel on its own refresh), authenticate `channel`: a loan that does not
+    exist is 404, not 401."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        client = ApiClient(s, base_url, channel, secret)
+        for _ in range(probes):
+            if (await client.get("/v1/loans/1")).status != 404:
+                return False
+    return True

@@ -17,7 +17,7 @@ from engine.security.signing import signed_headers
 from engine.settings import Settings
 from engine.stores.control_admin import add_channel
 from sharding.ids import shard_of_id
-from tests.api_client import ApiClient, Reply, new_bank_card
+from tests.api_client import ApiClient, Reply, channel_known, new_bank_card
 from tests.conftest import EngineProcess
 from tests.waiting import eventually
 
@@ -35,7 +35,7 @@ async def other_api(
     if await control_conn.fetchval("SELECT 1 FROM channel WHERE channel_id = 'other-ch'") is None:
         await add_channel(control_conn, dev_cipher(), "other-ch", "other", OTHER_SECRET)
     # Until every worker knows the channel (they reload reference data every 0.2 s).
-    known = await eventually(lambda: _channel_known(engine.base_url), bool, timeout_s=30,
+    known = await eventually(lambda: channel_known(engine.base_url, "other-ch", OTHER_SECRET), bool, timeout_s=30,
                              interval_s=0.1)  # fmt: skip
     assert known, "the engine did not take up channel other-ch"
     yield ApiClient(http, engine.base_url, "other-ch", OTHER_SECRET)
@@ -43,17 +43,6 @@ async def other_api(
 
 # The card bound to each line's customer (its registered card): drawdowns pay it.
 _CARDS: dict[str, str] = {}
-
-
-async def _channel_known(base_url: str, probes: int = 12) -> bool:
-    """`probes` answers in a row, each on a fresh connection (so over every worker),
-    authenticate channel other-ch: a loan that does not exist is 404, not 401."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-        other = ApiClient(s, base_url, "other-ch", OTHER_SECRET)
-        for _ in range(probes):
-            if (await other.get("/v1/loans/1")).status != 404:
-                return False
-    return True
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import aiohttp
 
 from engine.security.identity import make_id_number
 from engine.settings import Settings
-from tests.api_client import ApiClient, Reply
+from tests.api_client import ApiClient, Reply, channel_known
 from tests.conftest import EngineProcess, run_cli
 from tests.origination_helpers import application, apply, born
 from tests.tenant_helpers import OPERATOR, as_bank, id_number_in
@@ -64,10 +64,7 @@ async def _new_bank(api: ApiClient, engine: EngineProcess, http: aiohttp.ClientS
     secret = done.stdout.strip().rsplit(" ", 1)[-1]
     client = ApiClient(http, engine.base_url, channel=channel, secret=secret)
 
-    async def channel_known() -> bool:
-        return (await client.get("/v1/loans/1")).status == 404
-
-    await _eventually(channel_known)
+    await _eventually(lambda: channel_known(engine.base_url, channel, secret))
     return tenant, client
 
 
