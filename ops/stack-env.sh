@@ -2,7 +2,10 @@
 # The environment of a second local stack, for a second checkout whose suite runs
 # beside the first one's (each its own PostgreSQL servers, Redis and data):
 #
-#   eval "$(ops/stack-env.sh 57000)"   # PostgreSQL 57000 and 57001, Redis 57002
+#   eval "$(ops/stack-env.sh 62000)"   # PostgreSQL 62000 and 62001, Redis 62002
+#
+# (A base of 61000 or more: a port in the ephemeral range, 32768-60999, may be held
+# by an outgoing connection, and the server then fails to bind.)
 #   make test
 #
 # Prints export lines for STACK_RUN_DIR (this checkout's .run), STACK_PG_PORTS,
