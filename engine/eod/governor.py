@@ -145,7 +145,10 @@ class Governor:
         timeout = aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                self.observe(await self._read(session))
+                try:
+                    self.observe(await self._read(session))
+                except Exception:  # a bug here must not stop the day-end: keep the pace
+                    log.exception("day-end governor: reading skipped")
                 await asyncio.sleep(self._window_s)
 
     @contextlib.asynccontextmanager
