@@ -380,6 +380,32 @@ def array_literal(values: Sequence[object]) -> str:
     return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
 
 
+def item_columns(items: Sequence[Args], stop: int, shared: int) -> list[object]:
+    """Arguments 0..stop-1 of a group call's items, each as one array (a column), but
+    argument `shared`, which every item of a call has the same: once."""
+    out: list[object] = []
+    for index in range(stop):
+        column = [item[index] for item in items]
+        out.append(column[0] if index == shared else column)
+    return out
+
+
+def flattened_rows(items: Sequence[Args], index: int, width: int) -> list[list[object]]:
+    """Argument `index` of each item, a list of rows of `width` values (a repayment's
+    loans), flattened into one list naming each row's item (from 1), then one list per
+    value: the per-row arrays of a group call."""
+    owner: list[object] = []
+    columns: list[list[object]] = [[] for _ in range(width)]
+    for r, item in enumerate(items, start=1):
+        rows = item[index]
+        assert isinstance(rows, list)
+        for row in rows:
+            owner.append(r)
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+    return [owner, *columns]
+
+
 def batch_args(
     items: Sequence[Args], *, lock_timeout: str | None = GROUP_LOCK_TIMEOUT
 ) -> list[object]:

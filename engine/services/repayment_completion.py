@@ -35,6 +35,8 @@ from engine.services.booking_batch import (
     GroupBatches,
     GroupKind,
     array_literal,
+    flattened_rows,
+    item_columns,
 )
 from engine.services.loan_store import (
     LOAN_WITH_PLAN_SQL,
@@ -126,21 +128,8 @@ def batch_args(items: Sequence[Args], lock_timeout: str | None) -> list[object]:
     """`complete_repayments`' arguments: each scalar as an array but the business date,
     the loans flattened (each naming its repayment's index, from 1), the plans' columns
     as array literals, the legs flattened (each naming its transaction)."""
-    out: list[object] = []
-    for index in range(_SCALARS):
-        column = [item[index] for item in items]
-        out.append(column[0] if index == _DATE else column)
-    loan_r: list[int] = []
-    loan_columns: list[list[object]] = [[] for _ in range(_LOAN_COLUMNS)]
-    for r, item in enumerate(items, start=1):
-        loans = item[_LOANS]
-        assert isinstance(loans, list)
-        for loan in loans:
-            loan_r.append(r)
-            for column, value in zip(loan_columns, loan, strict=True):
-                column.append(value)
-    out.append(loan_r)
-    out.extend(loan_columns)
+    out = item_columns(items, _SCALARS, _DATE)
+    out.extend(flattened_rows(items, _LOANS, _LOAN_COLUMNS))
     out.append([item[_TXN] for item in items])
     legs: tuple[list[object], ...] = ([], [], [], [], [])
     for item in items:

@@ -24,7 +24,13 @@ import asyncpg
 import msgspec
 
 from engine.runtime import metrics
-from engine.services.booking_batch import Args, GroupBatches, GroupKind
+from engine.services.booking_batch import (
+    Args,
+    GroupBatches,
+    GroupKind,
+    flattened_rows,
+    item_columns,
+)
 from engine.stores.outbox import Claimed
 from sharding.pools import ShardPools
 
@@ -81,21 +87,8 @@ def batch_args(items: Sequence[Args], lock_timeout: str | None) -> list[object]:
     """`open_repayments`' arguments: each of an opening's as an array but the business
     date and the lease (one per call), the loans flattened, each naming its opening's
     index (from 1); last the lock time-out (None: the caller's)."""
-    out: list[object] = []
-    for index in range(_LOANS):
-        column = [item[index] for item in items]
-        out.append(column[0] if index == _DATE else column)
-    loan_r: list[int] = []
-    loan_columns: tuple[list[object], ...] = ([], [], [])
-    for r, item in enumerate(items, start=1):
-        loans = item[_LOANS]
-        assert isinstance(loans, list)
-        for loan in loans:
-            loan_r.append(r)
-            for column, value in zip(loan_columns, loan, strict=True):
-                column.append(value)
-    out.append(loan_r)
-    out.extend(loan_columns)
+    out = item_columns(items, _LOANS, _DATE)
+    out.extend(flattened_rows(items, _LOANS, 3))  # loan_id, loan_xmin, plan_xmin
     out.extend([item[index] for item in items] for index in range(_LOANS + 1, _LEASE))
     out.append(items[0][_LEASE])
     out.append(lock_timeout)
