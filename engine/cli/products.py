@@ -18,11 +18,10 @@ Refusals print `CODE: detail` (the API's codes) and exit 2; nothing is changed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli.admin_common import run_on_control
+from engine.cli.admin_common import print_change
 
 CLI_OPERATOR = "cli"
 
@@ -56,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import msgspec
 
     from engine.contract import messages as m
-    from engine.contract.errors import ApiError, BadRequest
+    from engine.contract.errors import BadRequest
     from engine.stores import product_admin as pa
 
     def body(kind: Any) -> Any:
@@ -91,14 +90,4 @@ def run(args: argparse.Namespace) -> int:
             return changed[1]
         return await pa.product_versions(conn, args.code, None)
 
-    async def work(conn: Any, cipher: Any, settings: Any) -> int:
-        try:
-            async with conn.transaction():
-                result = await act(conn)
-        except ApiError as exc:
-            print(f"products: {exc.code}: {exc.detail}", file=sys.stderr)
-            return 2
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(result).decode()) + "\n")
-        return 0
-
-    return run_on_control(work)
+    return print_change("products", act)

@@ -12,10 +12,9 @@ A member bank's channel: `channels add ID --tenant T --name N`; its first admin:
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from engine.cli.admin_common import run_on_control
+from engine.cli.admin_common import print_change
 
 
 def register(subparsers: Any) -> None:
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import msgspec
 
     from engine.contract import messages as m
-    from engine.contract.errors import ApiError, BadRequest
+    from engine.contract.errors import BadRequest
     from engine.stores import product_admin as pa
 
     def codes(text: str) -> list[str]:
@@ -61,14 +60,4 @@ def run(args: argparse.Namespace) -> int:
             return await pa.create_member_bank(conn, body, union)
         return (await pa.change_tenant(conn, args.tenant_id, change))[1]
 
-    async def work(conn: Any, cipher: Any, settings: Any) -> int:
-        try:
-            async with conn.transaction():
-                result = await act(conn)
-        except ApiError as exc:
-            print(f"tenants: {exc.code}: {exc.detail}", file=sys.stderr)
-            return 2
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(result).decode()) + "\n")
-        return 0
-
-    return run_on_control(work)
+    return print_change("tenants", act)
