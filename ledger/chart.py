@@ -14,7 +14,14 @@ Assets and expenses grow by debits; liabilities and income by credits.
 
     drawdown        Dr loan_principal            Cr disbursement_clearing
     paid out        Dr disbursement_clearing     Cr core_settlement
-    repayment       Dr core_settlement           Cr loan_principal, interest_income, ...
+    accrual         Dr accrued_interest_receivable   Cr interest_income   (a day-end chunk)
+    repayment       Dr core_settlement           Cr loan_principal, accrued_interest_receivable,
+                                                    loan_penalty_receivable, income ...
+
+Accrued interest is a control account over a sub-ledger (ledger migration 0023): the
+day-end posts a chunk's interest in one posting, and `loan_accrual` keeps each loan's
+share (accrued - settled). The loans' own `loan_interest_receivable` accounts hold only
+what was booked before that and are no longer posted to.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ class Code(enum.StrEnum):
     LOAN_PRINCIPAL = "loan_principal"
     LOAN_INTEREST_RECEIVABLE = "loan_interest_receivable"
     LOAN_PENALTY_RECEIVABLE = "loan_penalty_receivable"
+    ACCRUED_INTEREST_RECEIVABLE = "accrued_interest_receivable"
     DISBURSEMENT_CLEARING = "disbursement_clearing"
     CORE_SETTLEMENT = "core_settlement"
     INTEREST_INCOME = "interest_income"
@@ -61,6 +69,9 @@ CHART: dict[Code, AccountSpec] = {
         AccountSpec(Code.LOAN_PRINCIPAL, "贷款本金", Kind.ASSET, Scope.LOAN),
         AccountSpec(Code.LOAN_INTEREST_RECEIVABLE, "应收利息", Kind.ASSET, Scope.LOAN),
         AccountSpec(Code.LOAN_PENALTY_RECEIVABLE, "应收罚息复利", Kind.ASSET, Scope.LOAN),
+        AccountSpec(
+            Code.ACCRUED_INTEREST_RECEIVABLE, "应收利息（计提汇总）", Kind.ASSET, Scope.INTERNAL
+        ),
         AccountSpec(Code.DISBURSEMENT_CLEARING, "放款待清算", Kind.LIABILITY, Scope.INTERNAL),
         AccountSpec(Code.CORE_SETTLEMENT, "核心系统清算往来", Kind.ASSET, Scope.INTERNAL),
         AccountSpec(Code.INTEREST_INCOME, "贷款利息收入", Kind.INCOME, Scope.INTERNAL),

@@ -39,6 +39,8 @@ class TrialBalance(msgspec.Struct, frozen=True):
     credit_total_fen: int
     legs_sum_fen: int | None = None
     accounts_differing_from_legs: int | None = None
+    # The accrued-interest control account less the sum of its sub-ledger (loan_accrual).
+    subledger_difference_fen: int | None = None
 
     @property
     def imbalance_fen(self) -> int:
@@ -51,6 +53,11 @@ class TrialBalance(msgspec.Struct, frozen=True):
             and self.legs_sum_fen in (None, 0)
             and self.accounts_differing_from_legs in (None, 0)
         )
+
+    @property
+    def subledger_agrees(self) -> bool:
+        """The accrued-interest control account equals its sub-ledger (if deep)."""
+        return self.subledger_difference_fen in (None, 0)
 
 
 async def ensure_chart(conn: asyncpg.Connection) -> None:
@@ -156,7 +163,8 @@ async def account_balance(
 
 
 async def trial_balance(conn: asyncpg.Connection, *, deep: bool = False) -> TrialBalance:
-    """Totals over every account; `deep` also re-adds every leg (a full scan)."""
+    """Totals over every account; `deep` also re-adds every leg (a full scan) and sets the
+    accrued-interest control account against its sub-ledger (ledger migration 0023)."""
     row = await conn.fetchrow(
         """SELECT coalesce(sum(debit_total_fen), 0)::bigint AS d,
                   coalesce(sum(credit_total_fen), 0)::bigint AS c FROM ledger_account"""
@@ -173,7 +181,13 @@ async def trial_balance(conn: asyncpg.Connection, *, deep: bool = False) -> Tria
              USING (code, owner_id)
            WHERE a.debit_total_fen <> coalesce(l.d, 0) OR a.credit_total_fen <> coalesce(l.c, 0)"""
     )
-    return TrialBalance(int(row["d"]), int(row["c"]), int(legs_sum), int(differing))
+    subledger = await conn.fetchval(
+        """SELECT (SELECT coalesce(sum(debit_total_fen - credit_total_fen), 0) FROM ledger_account
+                   WHERE code = 'accrued_interest_receivable')
+                - (SELECT coalesce(sum(interest_accrued_fen - interest_settled_fen), 0)
+                   FROM loan_accrual)"""
+    )
+    return TrialBalance(int(row["d"]), int(row["c"]), int(legs_sum), int(differing), int(subledger))
 
 
 async def account_balances(conn: asyncpg.Connection) -> dict[str, int]:

@@ -52,9 +52,17 @@ async def loan_books(conn: asyncpg.Connection, loan_id: str) -> LoanBooks:
     for row in rows:
         assert row["balance"] == row["legs"], dict(row)  # the account's totals are its legs
         balances[row["code"]] = int(row["balance"])
+    # Accrued interest is a sub-ledger under a control account (ledger migration 0023):
+    # the loan's own account is not posted to any more.
+    assert balances.get("loan_interest_receivable", 0) == 0, balances
+    interest = await conn.fetchval(
+        """SELECT coalesce(sum(interest_accrued_fen - interest_settled_fen), 0)
+           FROM loan_accrual WHERE loan_id = $1""",
+        int(loan_id),
+    )
     return LoanBooks(
         balances.get("loan_principal", 0),
-        balances.get("loan_interest_receivable", 0),
+        int(interest),
         balances.get("loan_penalty_receivable", 0),
     )
 
@@ -85,18 +93,21 @@ def repayment_legs(
 ) -> dict[str, int]:
     """The one posting a succeeded repayment books, as `postings_of` shows it, when no
     loan is settled by it: Dr core_settlement the cash; per loan (penalty, interest,
-    principal) paid, Cr its principal and receivables; the charges it booked for its own
-    day (penalty and compound) Dr the penalty receivable / Cr penalty income."""
+    principal) paid, Cr its principal and penalty receivable, and the interest of all
+    Cr the accrued-interest control account; the charges it booked for its own day
+    (penalty and compound) Dr the penalty receivable / Cr penalty income."""
     legs = {"core_settlement": total}
-    penalty_income = 0
+    penalty_income = accrued = 0
     for loan_id, (penalty, interest, principal) in loans.items():
         booked = (charges or {}).get(loan_id, 0)
         penalty_income -= booked
+        accrued -= interest
         for code, amount in (("loan_principal", -principal),
-                             ("loan_interest_receivable", -interest),
                              ("loan_penalty_receivable", booked - penalty)):  # fmt: skip
             if amount:
                 legs[f"{code}:{loan_id}"] = amount
+    if accrued:
+        legs["accrued_interest_receivable"] = accrued
     if penalty_income:
         legs["penalty_income"] = penalty_income
     return legs

@@ -67,6 +67,20 @@ async def test_cash_basis_loans_join_the_accrual_basis_without_double_income(
         "SELECT code, debit_total_fen - credit_total_fen FROM ledger_account "
         "WHERE owner_id = 1 AND customer_id IS NOT NULL"
     )
-    assert dict(held) == {"loan_interest_receivable": 194, "loan_penalty_receivable": 127}
+    assert dict(held) == {"loan_penalty_receivable": 127}
+    # The interest in the accrual sub-ledger and its control account (migration 0023).
+    assert (
+        await scratch.fetchval(
+            "SELECT interest_accrued_fen - interest_settled_fen FROM loan_accrual WHERE loan_id = 1"
+        )
+        == 194
+    )
+    assert (
+        await scratch.fetchval(
+            "SELECT sum(debit_total_fen - credit_total_fen) FROM ledger_account "
+            "WHERE code = 'accrued_interest_receivable'"
+        )
+        == 194
+    )
     assert await books._balanced(scratch) == []
     assert await books._penalty_receivables(scratch) == []

@@ -1,7 +1,9 @@
 """`python -m engine ledger trial-balance [--deep]`: debits and credits of every shard.
 
 Prints one line per shard and the total; exits 1 if any shard is out of
-balance (or unreachable, since then nothing can be said of it).
+balance, if (with --deep) its accrued-interest control account differs from the
+sub-ledger under it (loan_accrual, ledger migration 0023), or if it is unreachable,
+since then nothing can be said of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("ledger", help="ledger reports")
     sub = parser.add_subparsers(dest="ledger_command", required=True, metavar="REPORT")
     trial = sub.add_parser("trial-balance", help="debits against credits on every shard")
-    trial.add_argument("--deep", action="store_true", help="also re-add every leg (full scan)")
+    trial.add_argument(
+        "--deep",
+        action="store_true",
+        help="also re-add every leg and the accrual sub-ledger (full scans)",
+    )
     trial.add_argument(
         "--accounts", action="store_true", help="also each account's balance over all shards"
     )
@@ -46,7 +52,9 @@ async def _trial_balances(deep: bool) -> tuple[list[tuple[str, Any]], bool]:
 
     settings = load_settings()
     results = await asyncio.gather(*(one(s.name, s.dsn) for s in settings.shards))
-    ok = all(not isinstance(r, BaseException) and r.balanced for _, r in results)
+    ok = all(
+        not isinstance(r, BaseException) and r.balanced and r.subledger_agrees for _, r in results
+    )
     return list(results), ok
 
 
@@ -72,6 +80,11 @@ def run_trial_balance(args: argparse.Namespace) -> int:
         if args.deep and result.accounts_differing_from_legs:
             state += (
                 f"; {result.accounts_differing_from_legs} account totals differ from their legs"
+            )
+        if args.deep and result.subledger_difference_fen:
+            state += (
+                "; accrued interest differs from its sub-ledger by "
+                f"{format_fen(result.subledger_difference_fen)}"
             )
         debits, credits = format_fen(result.debit_total_fen), format_fen(result.credit_total_fen)
         print(f"{name:<12}{debits:>22}{credits:>22}  {state}")

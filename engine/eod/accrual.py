@@ -1,9 +1,10 @@
-"""Step `accrual`: regular interest accrued through the day, posted loan by loan.
+"""Step `accrual`: regular interest accrued through the day, into the accrual sub-ledger.
 
-Each chunk is one call of the shard's `eod_accrue_chunk` (ledger migration 0013) over
-a range of loan ids: per `disbursed` loan, today's accrual figure (`ledger.accrual`,
-computed by the database's twin of it) minus what it has posted so far, in one
-posting for the chunk: Dr loan_interest_receivable (each loan) / Cr interest_income.
+Each chunk is one call of the shard's `eod_accrue_chunk` (ledger migrations 0013, 0023)
+over a range of loan ids: per `disbursed` loan, today's accrual figure (`ledger.accrual`,
+computed by the database's twin of it) minus what it has accrued so far, added to the
+loan's `loan_accrual` row (the sub-ledger), and the chunk's sum in one posting of two
+legs: Dr accrued_interest_receivable (the control account) / Cr interest_income.
 """
 
 from __future__ import annotations

@@ -87,11 +87,11 @@ LOAN_WITH_PLAN_SQL: Final = (
 )
 
 # Select columns for a read that a locked statement later checks against: the loan's and
-# its plan's row versions and the loan's two receivables (`LOAN_WITH_PLAN_SQL`'s aliases).
+# its plan's row versions and the loan's two receivables (`LOAN_WITH_PLAN_SQL`'s aliases),
+# the interest one from the accrual sub-ledger (ledger migration 0023).
 VERSIONS_AND_RECEIVABLES: Final = """loan.xmin::text AS loan_xmin, p.xmin::text AS plan_xmin,
-       coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
-                 WHERE a.code = 'loan_interest_receivable' AND a.owner_id = loan.loan_id), 0)
-           AS interest_recv,
+       coalesce((SELECT a.interest_accrued_fen - a.interest_settled_fen FROM loan_accrual a
+                 WHERE a.loan_id = loan.loan_id), 0) AS interest_recv,
        coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
                  WHERE a.code = 'loan_penalty_receivable' AND a.owner_id = loan.loan_id), 0)
            AS penalty_recv, """

@@ -553,7 +553,7 @@ async def _book(
         assert _sized(after) == before, (before, after)
     settled = await _store(conn, results)
     receivables = await _receivables(conn, settled)
-    await _record_prepaid_interest(conn, row["customer_id"], results)
+    await _record_accrual(conn, row["customer_id"], results, receivables)
     posting = _posting(ids, row, results, receivables)
     await _record_items(conn, row, results)
     await conn.execute(
@@ -629,39 +629,67 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> list[in
 
 async def _receivables(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[tuple[int, str], int]:
     """The interest and penalty receivables of the loans being settled, before this
-    repayment: (loan, code) -> debit balance. Read under the loans' locks, which the
+    repayment: (loan, code) -> debit balance; the interest one is the sub-ledger's
+    (accrued - settled, ledger migration 0023). Read under the loans' locks, which the
     day-end's chunks also take, so no accrual lands between this read and the commit."""
     if not loan_ids:
         return {}
     rows = await conn.fetch(
-        """SELECT owner_id, code, debit_total_fen - credit_total_fen AS balance
-           FROM ledger_account WHERE owner_id = ANY($1::bigint[]) AND code = ANY($2::text[])""",
+        """SELECT l.loan_id,
+                  coalesce((SELECT a.interest_accrued_fen - a.interest_settled_fen
+                            FROM loan_accrual a WHERE a.loan_id = l.loan_id), 0) AS interest,
+                  coalesce((SELECT a.debit_total_fen - a.credit_total_fen FROM ledger_account a
+                            WHERE a.code = $2 AND a.owner_id = l.loan_id), 0) AS penalty
+           FROM unnest($1::bigint[]) AS l(loan_id)""",
         loan_ids,
-        [str(Code.LOAN_INTEREST_RECEIVABLE), str(Code.LOAN_PENALTY_RECEIVABLE)],
+        _PENALTY,
     )
-    balances = {(loan_id, str(code)): 0 for loan_id in loan_ids for code in _RECEIVABLES}
-    balances.update({(row["owner_id"], row["code"]): int(row["balance"]) for row in rows})
+    balances: dict[tuple[int, str], int] = {}
+    for row in rows:
+        balances[(row["loan_id"], _INTEREST)] = int(row["interest"])
+        balances[(row["loan_id"], _PENALTY)] = int(row["penalty"])
     return balances
 
 
-_RECEIVABLES = (Code.LOAN_INTEREST_RECEIVABLE, Code.LOAN_PENALTY_RECEIVABLE)
+_INTEREST = str(Code.LOAN_INTEREST_RECEIVABLE)  # the loan's interest receivable (sub-ledger)
+_PENALTY = str(Code.LOAN_PENALTY_RECEIVABLE)
 
 
-async def _record_prepaid_interest(
-    conn: asyncpg.Connection, customer_id: int, results: list[ItemResult]
+def _interest_settled(r: ItemResult, receivables: dict[tuple[int, str], int]) -> int:
+    """The interest the repayment settles on the loan's receivable: what it pays, or the
+    whole receivable of a loan it settles (`receivables` holds only those)."""
+    return receivables.get((r.loan.row.loan_id, _INTEREST), r.result.interest_fen)
+
+
+async def _record_accrual(
+    conn: asyncpg.Connection,
+    customer_id: int,
+    results: list[ItemResult],
+    receivables: dict[tuple[int, str], int],
 ) -> None:
-    """Interest a prepayment settled on the prepaid principal: earned now, so part of
-    the loan's accrual figure from here on (ledger.accrual)."""
-    extras = [(r.item.loan_id, r.result.interest_fen) for r in results if r.item.mode == "prepay"]
-    extras = [(loan_id, fen) for loan_id, fen in extras if fen > 0]
-    if not extras:
+    """The loans' sub-ledger rows: the interest settled, and the interest a prepayment
+    settled on the prepaid principal, earned now and so part of the loan's accrual
+    figure from here on (ledger.accrual)."""
+    rows = [
+        (
+            r.item.loan_id,
+            customer_id,
+            r.result.interest_fen if r.item.mode == "prepay" else 0,
+            _interest_settled(r, receivables),
+        )
+        for r in results
+    ]
+    rows = [row for row in rows if row[2] > 0 or row[3] != 0]
+    if not rows:
         return
     await conn.executemany(
-        """INSERT INTO loan_accrual AS a (loan_id, customer_id, interest_extra_fen)
-           VALUES ($1, $2, $3)
+        """INSERT INTO loan_accrual AS a (loan_id, customer_id, interest_extra_fen,
+               interest_settled_fen)
+           VALUES ($1, $2, $3, $4)
            ON CONFLICT (loan_id) DO UPDATE
-           SET interest_extra_fen = a.interest_extra_fen + excluded.interest_extra_fen""",
-        [(loan_id, customer_id, fen) for loan_id, fen in extras],
+           SET interest_extra_fen = a.interest_extra_fen + excluded.interest_extra_fen,
+               interest_settled_fen = a.interest_settled_fen + excluded.interest_settled_fen""",
+        sorted(rows),
     )
 
 
@@ -671,29 +699,30 @@ def _posting(
     results: list[ItemResult],
     receivables: dict[tuple[int, str], int],
 ) -> Posting:
-    """Dr core_settlement / Cr each loan's principal and receivables; the charges booked
-    for the day and the income of settled loans' receivables go through income."""
+    """Dr core_settlement / Cr each loan's principal and penalty receivable, and the
+    accrued-interest control account with the interest settled; the charges booked for
+    the day and the income of settled loans' receivables go through income."""
     legs: list[Leg] = []
-    interest_income_fen = penalty_income_fen = 0
+    interest_income_fen = penalty_income_fen = accrued_fen = 0
     for r in results:
         loan_id = r.loan.row.loan_id
-        interest_fen = -r.result.interest_fen  # credited to the receivable
+        settled_fen = _interest_settled(r, receivables)
+        # A settled loan's receivables are zeroed: the difference from what was paid is
+        # income not accrued (a credit) or accrued beyond what was paid.
+        interest_income_fen += settled_fen - r.result.interest_fen
+        accrued_fen -= settled_fen
         penalty_fen = r.charges_booked_fen - r.result.penalty_fen
         penalty_income_fen -= r.charges_booked_fen
-        if (loan_id, str(Code.LOAN_INTEREST_RECEIVABLE)) in receivables:  # settled: zero both
-            interest_before = receivables[(loan_id, str(Code.LOAN_INTEREST_RECEIVABLE))]
-            penalty_before = receivables[(loan_id, str(Code.LOAN_PENALTY_RECEIVABLE))]
-            # The receivable's leg moves from "what was paid" to "all it holds": the
-            # difference is income not accrued (a credit) or accrued beyond what was paid.
-            interest_income_fen += interest_before + interest_fen
+        if (loan_id, _PENALTY) in receivables:
+            penalty_before = receivables[(loan_id, _PENALTY)]
             penalty_income_fen += penalty_before + penalty_fen
-            interest_fen, penalty_fen = -interest_before, -penalty_before
+            penalty_fen = -penalty_before
         if r.result.principal_fen:
             legs.append(Leg(Code.LOAN_PRINCIPAL, loan_id, -r.result.principal_fen))
-        if interest_fen:
-            legs.append(Leg(Code.LOAN_INTEREST_RECEIVABLE, loan_id, interest_fen))
         if penalty_fen:
             legs.append(Leg(Code.LOAN_PENALTY_RECEIVABLE, loan_id, penalty_fen))
+    if accrued_fen:
+        legs.append(Leg(Code.ACCRUED_INTEREST_RECEIVABLE, None, accrued_fen))
     if interest_income_fen:
         legs.append(Leg(Code.INTEREST_INCOME, None, interest_income_fen))
     if penalty_income_fen:

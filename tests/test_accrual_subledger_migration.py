@@ -1,0 +1,128 @@
+"""Migration 0023 on a shard whose loans hold interest on their own accounts: each
+balance moves to the accrued-interest control account and becomes the loan's row of the
+sub-ledger (accrued - settled), the book stays balanced, and the next accrual posts only
+the chunk's two legs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from engine.migrate import SHARD_MIGRATIONS
+from ledger.store import ensure_chart, trial_balance
+from sharding.migrations import apply_migrations, load_migrations
+from tests.test_loan_plan import COLUMNS, ROWS, _loan
+
+SUBLEDGER_MIGRATION = 23
+
+
+@pytest.fixture
+async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _interest(
+    conn: asyncpg.Connection, settled: str = "interest_settled_fen"
+) -> dict[str, int]:
+    """Per loan its sub-ledger figure (accrued - `settled`), and the control account's and
+    the loans' own accounts' balances."""
+    rows = await conn.fetch(
+        f"SELECT loan_id, interest_accrued_fen - {settled} AS held FROM loan_accrual"
+    )
+    out = {f"loan {r['loan_id']}": int(r["held"]) for r in rows}
+    for code in ("accrued_interest_receivable", "loan_interest_receivable"):
+        out[code] = int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(debit_total_fen - credit_total_fen), 0) FROM ledger_account "
+                "WHERE code = $1",
+                code,
+            )
+        )
+    return out
+
+
+async def test_loan_interest_accounts_move_to_the_control_account(
+    scratch: asyncpg.Connection,
+) -> None:
+    migrations = load_migrations(SHARD_MIGRATIONS)
+    await apply_migrations(scratch, migrations[: SUBLEDGER_MIGRATION - 1])
+    async with scratch.transaction():
+        await ensure_chart(scratch)
+    columns = [list(values) for values in zip(*ROWS, strict=True)]
+    for loan_id in (1, 2):
+        await _loan(scratch, loan_id)
+        await scratch.execute(
+            f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
+            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            loan_id,
+            *columns,
+        )
+    day = dt.date(2026, 3, 25)
+    async with scratch.transaction():  # 0013's accrual: a leg on each loan's own account
+        await scratch.execute("SELECT * FROM eod_accrue_chunk($1, 0, 1, 9001, 9002, 0)", day)
+        # Loan 2 paid 300 of interest before any accrual: a credit balance, as a
+        # repayment booked it (Dr core_settlement / Cr the loan's receivable).
+        await scratch.execute(
+            "SELECT ledger_post(9003, 2, 'repayment', NULL, $1, "
+            "ARRAY['core_settlement', 'loan_interest_receivable'], ARRAY[3, 2]::bigint[], "
+            "ARRAY[NULL, 2]::bigint[], ARRAY[300, -300]::bigint[])",
+            day,
+        )
+    before = await _interest(scratch, settled="0")  # no such column before 0023
+    # Loan 1: 1,200 + 800 due and 400 × 15/31 (193.55 -> 194) of installment 3.
+    assert before == {"loan 1": 2_194, "accrued_interest_receivable": 0,
+                      "loan_interest_receivable": 1_894}  # fmt: skip
+
+    await apply_migrations(scratch, migrations)
+    assert await _interest(scratch) == {
+        "loan 1": 2_194,
+        "loan 2": -300,
+        "accrued_interest_receivable": 1_894,
+        "loan_interest_receivable": 0,
+    }
+    book = await trial_balance(scratch, deep=True)
+    assert book.balanced and book.subledger_agrees
+
+    # The next day, in one posting of two legs: loan 1 one more day of installment 3
+    # (400 × 16/31 = 206.45 -> 206, so 12 fen), loan 2 for the first time (2,206).
+    async with scratch.transaction():
+        row = await scratch.fetchrow(
+            "SELECT * FROM eod_accrue_chunk($1, 0, 2, 9004, 9005, 7)", day + dt.timedelta(days=1)
+        )
+    assert row is not None and (row["loans"], row["interest_fen"]) == (2, 12 + 2_206)
+    legs = await scratch.fetch(
+        "SELECT code, owner_id, amount_fen FROM ledger_leg WHERE txn_id = 9004 ORDER BY leg_no"
+    )
+    assert [tuple(leg) for leg in legs] == [
+        ("accrued_interest_receivable", 7, 2_218),
+        ("interest_income", 7, -2_218),
+    ]
+    assert await _interest(scratch) == {
+        "loan 1": 2_206,
+        "loan 2": 1_906,
+        "accrued_interest_receivable": 4_112,
+        "loan_interest_receivable": 0,
+    }
+    book = await trial_balance(scratch, deep=True)
+    assert book.balanced and book.subledger_difference_fen == 0 and book.subledger_agrees
+
+
+async def test_the_deep_trial_balance_finds_a_sub_ledger_that_differs(
+    scratch: asyncpg.Connection,
+) -> None:
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    async with scratch.transaction():
+        await ensure_chart(scratch)
+    await _loan(scratch, 1)
+    await scratch.execute(
+        "INSERT INTO loan_accrual (loan_id, customer_id, interest_accrued_fen) VALUES (1, 1, 5)"
+    )
+    book = await trial_balance(scratch, deep=True)
+    assert book.balanced and book.subledger_difference_fen == -5 and not book.subledger_agrees
