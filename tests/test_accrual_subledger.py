@@ -1,10 +1,15 @@
-"""Migration 0023 on a shard whose loans hold interest on their own accounts: each
-balance moves to the accrued-interest control account and becomes the loan's row of the
-sub-ledger (accrued - settled), the book stays balanced, and the next accrual posts only
-the chunk's two legs."""
+"""Accrued interest as a sub-ledger (ledger migration 0023).
+
+- On a shard whose loans hold interest on their own accounts, each balance moves to the
+  accrued-interest control account and becomes the loan's row of the sub-ledger
+  (accrued - settled), the book stays balanced, and the next accrual posts only the
+  chunk's two legs.
+- The deep trial balance finds a sub-ledger apart from its control account.
+- A chunk that waited for a loan's lock reads the loan as its holder left it."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -26,6 +31,18 @@ async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+async def _with_plans(conn: asyncpg.Connection, loan_ids: tuple[int, ...]) -> None:
+    columns = [list(values) for values in zip(*ROWS, strict=True)]
+    for loan_id in loan_ids:
+        await _loan(conn, loan_id)
+        await conn.execute(
+            f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
+            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            loan_id,
+            *columns,
+        )
 
 
 async def _interest(
@@ -55,15 +72,7 @@ async def test_loan_interest_accounts_move_to_the_control_account(
     await apply_migrations(scratch, migrations[: SUBLEDGER_MIGRATION - 1])
     async with scratch.transaction():
         await ensure_chart(scratch)
-    columns = [list(values) for values in zip(*ROWS, strict=True)]
-    for loan_id in (1, 2):
-        await _loan(scratch, loan_id)
-        await scratch.execute(
-            f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
-            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            loan_id,
-            *columns,
-        )
+    await _with_plans(scratch, (1, 2))
     day = dt.date(2026, 3, 25)
     async with scratch.transaction():  # 0013's accrual: a leg on each loan's own account
         await scratch.execute("SELECT * FROM eod_accrue_chunk($1, 0, 1, 9001, 9002, 0)", day)
@@ -126,3 +135,47 @@ async def test_the_deep_trial_balance_finds_a_sub_ledger_that_differs(
     )
     book = await trial_balance(scratch, deep=True)
     assert book.balanced and book.subledger_difference_fen == -5 and not book.subledger_agrees
+
+
+async def test_a_chunk_that_waited_for_a_loan_reads_it_as_its_holder_left_it(
+    scratch: asyncpg.Connection, scratch_db: str
+) -> None:
+    """A repayment holds the loan (FOR UPDATE) and writes its sub-ledger row (a prepayment's
+    interest, earned at once: +100 to the loan's figure) while the chunk waits for the
+    loan. Read in the statement that waited, the row would be the one from before the
+    wait: the loan would accrue 2,194, 100 short of its figure, until the next day."""
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    async with scratch.transaction():
+        await ensure_chart(scratch)
+    await _with_plans(scratch, (1,))
+    holder = await asyncpg.connect(scratch_db)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
+        await holder.execute(
+            "INSERT INTO loan_accrual (loan_id, customer_id, interest_extra_fen) VALUES (1, 1, 100)"
+        )
+        chunk = asyncio.create_task(
+            scratch.fetchrow(
+                "SELECT * FROM eod_accrue_chunk($1, 0, 1, 9001, 9002, 0)", dt.date(2026, 3, 25)
+            )
+        )
+        for _ in range(100):
+            waiting = await holder.fetchval(
+                """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                   AND query LIKE '%eod_accrue_chunk%' AND datname = current_database()"""
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.05)
+        assert waiting == 1, "the chunk never waited for the held loan"
+        await held.commit()
+        row = await chunk
+    finally:
+        await holder.close()
+    assert row is not None and row["interest_fen"] == 2_194 + 100
+    assert (
+        await scratch.fetchval("SELECT interest_accrued_fen FROM loan_accrual WHERE loan_id = 1")
+        == 2_294
+    )
