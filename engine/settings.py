@@ -268,6 +268,11 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Customers: one repayment each, as POST /v1/repayments, all opened by one statement;
     # their loans are locked from that statement to the chunk's commit.
     deduct_chunk: int = 100
+    # Auto-debits opened and not yet finished by the relay, per shard database: the
+    # deduction waits under this before its next chunk (a bounded queue: the relay's
+    # debits, completions and SMS are the day-end's cost too, and the governor paces
+    # only the runner).
+    deduct_in_flight_max: int = 500
     prune_chunk: int = 5000
     # After the business date moves, wait this long before the day's steps run: every
     # engine sees the new date within reference_refresh_s, and requests in flight end.
@@ -298,6 +303,8 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod chunk sizes must be 1..20000")
         if not 0 <= self.settle_s <= 300 or not 0.1 <= self.poll_s <= 3600:
             raise ValueError("eod.settle_s must be 0..300 and eod.poll_s 0.1..3600")
+        if not 1 <= self.deduct_in_flight_max <= 100_000:
+            raise ValueError("eod.deduct_in_flight_max must be 1..100000")
         if not 1 <= self.outbox_retention_days <= 3650:
             raise ValueError("eod.outbox_retention_days must be 1..3650")
         if not 0 <= self.shards_at_once <= 1024 or not 0.05 <= self.duty_cycle <= 1.0:

@@ -1,7 +1,8 @@
 """Auto-deduction's chunk path (engine/eod/deduct.py): the repayments it opens at once
 are the ones the channel's locked path would open, a loan changed between the chunk's
-read and its statement goes through the locked path, and a customer the locked path
-refuses is passed over while the rest of the chunk is debited."""
+read and its statement goes through the locked path, a customer the locked path
+refuses is passed over while the rest of the chunk is debited, and the debits the
+relay has not finished are bounded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -23,6 +25,7 @@ from engine.stores.reference import Channel
 from sharding.ids import IdGenerator
 from tests.api_client import new_bank_card
 from tests.isolated import TEST_WORKER, Isolated
+from tests.waiting import eventually
 
 DAY = dt.date(2026, 11, 16)
 DUE_SQL = """SELECT l.loan_id, l.customer_id FROM loan l JOIN loan_plan p USING (loan_id)
@@ -224,3 +227,44 @@ async def test_a_refused_customer_is_passed_over_and_the_rest_debited(books: Iso
         await conn.close()
     assert debited == due - {customer_id}  # CARD_NOT_BOUND: nothing written for it
     assert count == len(debited) > 0
+
+
+async def test_the_deduction_waits_while_the_relay_has_its_bound_of_debits(
+    books: Isolated,
+) -> None:
+    bound = 2
+    eod = msgspec.structs.replace(books.settings.eod, deduct_chunk=1, deduct_in_flight_max=bound)
+    books.settings = msgspec.structs.replace(books.settings, eod=eod)
+    conns = [await asyncpg.connect(dsn) for dsn in books.shard_dsns]
+    open_sql = "SELECT count(*) FROM outbox WHERE kind = 'debit' AND done_at IS NULL"
+
+    async def open_debits() -> list[int]:
+        return [int(await c.fetchval(open_sql)) for c in conns]
+
+    day_end: asyncio.Task[list[Any]] | None = None
+    try:
+        due = [len({r["customer_id"] for r in await c.fetch(DUE_SQL, DAY)}) for c in conns]
+        assert max(due) > bound
+        day_end = asyncio.create_task(books.eod(DAY))
+        # No relay: each shard opens its bound of debits (or all it has) and waits there.
+        want = [min(bound, n) for n in due]
+        assert await eventually(open_debits, lambda seen: seen == want) == want
+        await asyncio.sleep(1.0)
+        assert await open_debits() == want and not day_end.done()
+        # A relay finishes them as they come: the deduction goes on to the end.
+        while not day_end.done():
+            for c in conns:
+                await c.execute(
+                    """UPDATE outbox SET state = 'done', outcome = 'test', done_at = now()
+                       WHERE kind = 'debit' AND done_at IS NULL"""
+                )
+            await asyncio.sleep(0.1)
+        [outcome] = await day_end
+        assert outcome.closed
+        opened = [len({r["customer_id"] for r in await c.fetch(EOD_REPAYMENTS_SQL)}) for c in conns]
+        assert opened == due
+    finally:
+        if day_end is not None and not day_end.done():
+            day_end.cancel()
+        for c in conns:
+            await c.close()

@@ -22,6 +22,7 @@ tomorrow's day-end tries again.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -90,6 +91,33 @@ def chunks(
     conn: asyncpg.Connection, ctx: EodContext, day: dt.date, after: int
 ) -> AsyncIterator[list[int]]:
     return keys.chunks(conn, DUE_SQL, (day,), after, ctx.settings.deduct_chunk)
+
+
+_IN_FLIGHT_SQL: Final = """SELECT count(*) FROM (SELECT 1 FROM outbox
+                              WHERE done_at IS NULL AND kind = 'debit' LIMIT $1) o"""
+IN_FLIGHT_POLL_S: Final = 0.2
+IN_FLIGHT_LOG_S: Final = 30.0
+
+
+async def before_chunk(conn: asyncpg.Connection, ctx: EodContext) -> None:
+    """Wait while the shard database has `eod.deduct_in_flight_max` debits or more not
+    yet finished: the relay works them off at its own pace, and a relay that is down
+    stops the deduction here instead of under a pile of debits (logged every 30 s)."""
+    limit = ctx.settings.deduct_in_flight_max
+    polls = 0
+    while await conn.fetchval(_IN_FLIGHT_SQL, limit) >= limit:
+        if polls % round(IN_FLIGHT_LOG_S / IN_FLIGHT_POLL_S) == 0:
+            log.warning(
+                "auto-deduction waits for the relay",
+                extra={
+                    "shard": ctx.shard,
+                    "in_flight_max": limit,
+                    "waited_s": round(polls * IN_FLIGHT_POLL_S),
+                },
+            )
+        await asyncio.sleep(IN_FLIGHT_POLL_S)
+        polls += 1
+        metrics.EOD_RELAY_WAIT.labels(ctx.shard).inc(IN_FLIGHT_POLL_S)
 
 
 async def run_chunk(

@@ -195,7 +195,10 @@ async def _run_step(
     after, done = checkpoint.last_key, checkpoint.rows_done
     chunks: AsyncIterator[list[int]] = step.chunks(conn, ctx, day, after)
     run_chunk: Callable[..., Awaitable[int]] = step.run_chunk
+    before_chunk: Callable[..., Awaitable[None]] | None = getattr(step, "before_chunk", None)
     async for keys in chunks:
+        if before_chunk is not None:  # a wait of the step's own, not counted as work
+            await before_chunk(conn, ctx)
         began = time.perf_counter()
         rows = await _with_retries(run_chunk, conn, ctx, day, after, keys)
         rest_s = ctx.governor.rest_after(time.perf_counter() - began)

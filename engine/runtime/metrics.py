@@ -204,6 +204,12 @@ EOD_ROWS = Counter(
     "rows for pruning).",
     ["step", "shard"],
 )
+EOD_RELAY_WAIT = Counter(
+    "eod_relay_wait_seconds_total",
+    "Time the day-end's deduction waited for the relay to finish its auto-debits "
+    "(eod.deduct_in_flight_max open on the shard database).",
+    ["shard"],
+)
 EOD_DUTY = Gauge(
     "eod_duty_cycle",
     "Share of its time a shard's day-end runner works (1: flat out); set by the governor "
