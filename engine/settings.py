@@ -40,7 +40,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_PII_INDEX_KEY  <base64 32 bytes>           HMAC key of the lookup index
     ENGINE_EOD_SETTLE_S, ENGINE_EOD_POLL_S, ENGINE_EOD_CUTOFF_TIME,
     ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE,
-    ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE,
+    ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE, ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX,
     ENGINE_EOD_ONLINE_P99_MS, ENGINE_EOD_ONLINE_METRICS_URL  see EodSettings
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
@@ -269,10 +269,10 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # their loans are locked from that statement to the chunk's commit.
     deduct_chunk: int = 100
     # Auto-debits opened and not yet finished by the relay, per shard database: the
-    # deduction waits under this before its next chunk (a bounded queue: the relay's
-    # debits, completions and SMS are the day-end's cost too, and the governor paces
-    # only the runner).
-    deduct_in_flight_max: int = 500
+    # deduction waits under this before its next chunk (a bounded queue; the relay's
+    # debits, completions and SMS are the day-end's cost too, and the governor counts
+    # the wait as the runner's work).
+    deduct_in_flight_max: int = 100
     prune_chunk: int = 5000
     # After the business date moves, wait this long before the day's steps run: every
     # engine sees the new date within reference_refresh_s, and requests in flight end.
@@ -481,12 +481,15 @@ def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     for var, key in (("ENGINE_EOD_SETTLE_S", "settle_s"), ("ENGINE_EOD_POLL_S", "poll_s")):
         if var in environ:
             eod[key] = float(environ[var])
-    if "ENGINE_EOD_METRICS_PORT" in environ:
-        eod["metrics_port"] = int(environ["ENGINE_EOD_METRICS_PORT"])
+    for var, key in (
+        ("ENGINE_EOD_METRICS_PORT", "metrics_port"),
+        ("ENGINE_EOD_SHARDS_AT_ONCE", "shards_at_once"),
+        ("ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX", "deduct_in_flight_max"),
+    ):
+        if var in environ:
+            eod[key] = int(environ[var])
     if "ENGINE_EOD_CUTOFF_TIME" in environ:
         eod["cutoff_time"] = environ["ENGINE_EOD_CUTOFF_TIME"]
-    if "ENGINE_EOD_SHARDS_AT_ONCE" in environ:
-        eod["shards_at_once"] = int(environ["ENGINE_EOD_SHARDS_AT_ONCE"])
     if "ENGINE_EOD_DUTY_CYCLE" in environ:
         eod["duty_cycle"] = float(environ["ENGINE_EOD_DUTY_CYCLE"])
     if "ENGINE_EOD_ONLINE_P99_MS" in environ:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from engine.eod.governor import (
     DUTY_MIN,
     REQUESTS_MIN,
+    REST_MAX_S,
     Governor,
     next_duty,
     online_buckets,
@@ -140,6 +141,8 @@ async def test_no_target_or_no_engine_leaves_the_ceiling() -> None:
     assert not off.enabled
     async with off.running():
         assert off.duty == 0.5 and off.rest_after(1.0) == pytest.approx(1.0)
+        # A chunk that waited long (for a relay that was down) rests no longer than this.
+        assert off.rest_after(600.0) == REST_MAX_S
     settings = EodSettings(online_p99_ms=100, online_window_s=0.2)
     silent = Governor(settings, f"http://127.0.0.1:{free_port()}/metrics")
     async with silent.running():

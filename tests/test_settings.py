@@ -74,6 +74,7 @@ def test_shard_dsns_from_environment() -> None:
         ({"ENGINE_WORKERS": "0"}, "workers"),
         ({"ENGINE_BOOKING_BATCH_MAX": "0"}, "booking_batch_max"),
         ({"ENGINE_BOOKING_GATHER_S": "1"}, "booking_gather_s"),
+        ({"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "0"}, "deduct_in_flight_max"),
     ],
 )
 def test_bad_configuration_is_refused(environ: dict[str, str], message: str) -> None:
@@ -88,6 +89,12 @@ def test_group_booking_is_set_from_the_environment() -> None:
     assert (settings.http.booking_batch_max, settings.http.booking_gather_s) == (1, 0.0)
     defaults = load_settings(DEV).http
     assert (defaults.booking_batch_max, defaults.booking_gather_s) == (32, 0.005)
+
+
+def test_the_auto_debits_in_flight_are_set_from_the_environment() -> None:
+    assert load_settings(DEV).eod.deduct_in_flight_max == 100
+    settings = load_settings(DEV | {"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "7"})
+    assert settings.eod.deduct_in_flight_max == 7
 
 
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:

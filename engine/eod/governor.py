@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 HISTOGRAM: Final = "http_request_duration_seconds"
 ROUTES: Final = frozenset({"/v1/drawdowns", "/v1/repayments"})
 DUTY_MIN: Final = 0.01  # the relay's share of a busy day-end needs room below 0.05
+REST_MAX_S: Final = 30.0
 REQUESTS_MIN: Final = 20  # fewer answered in a window: its p99 is noise
 SCRAPE_TIMEOUT_S: Final = 1.0
 BODY_MAX: Final = 4 << 20
@@ -110,8 +111,9 @@ class Governor:
         return self._target_s > 0
 
     def rest_after(self, worked_s: float) -> float:
-        """How long a runner rests after a chunk that took `worked_s`."""
-        return worked_s * (1 - self.duty) / self.duty
+        """How long a runner rests after a chunk that took `worked_s` (at most REST_MAX_S:
+        a chunk that waited long, for a relay that was down say, is no measure of load)."""
+        return min(REST_MAX_S, worked_s * (1 - self.duty) / self.duty)
 
     def observe(self, buckets: Buckets | None) -> None:
         """Take one reading (None: the engines did not answer) and move the duty."""

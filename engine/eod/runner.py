@@ -197,9 +197,11 @@ async def _run_step(
     run_chunk: Callable[..., Awaitable[int]] = step.run_chunk
     before_chunk: Callable[..., Awaitable[None]] | None = getattr(step, "before_chunk", None)
     async for keys in chunks:
-        if before_chunk is not None:  # a wait of the step's own, not counted as work
-            await before_chunk(conn, ctx)
         began = time.perf_counter()
+        if before_chunk is not None:
+            # The deduction's wait for the relay to finish its debits: the relay's work
+            # is this step's too, so the governor's rest is measured on it as well.
+            await before_chunk(conn, ctx)
         rows = await _with_retries(run_chunk, conn, ctx, day, after, keys)
         rest_s = ctx.governor.rest_after(time.perf_counter() - began)
         if rest_s > 0:  # leave the machine to online traffic for a while
