@@ -64,6 +64,16 @@ async def scratch_db(settings: Settings) -> AsyncIterator[str]:
         await admin.close()
 
 
+@pytest.fixture
+async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to a throw-away database on the first server."""
+    conn = await asyncpg.connect(scratch_db)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 async def control_conn(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(settings.control_dsn, timeout=10)

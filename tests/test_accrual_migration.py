@@ -6,27 +6,16 @@ plan's next due date is the oldest one unpaid."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
 from ledger.store import ensure_chart
 from sharding.migrations import apply_migrations, load_migrations
 from tests import books
-from tests.test_loan_plan import COLUMNS, ROWS, _loan
+from tests.test_loan_plan import loan_with_plan
 
 DAY_END_MIGRATION = 12
-
-
-@pytest.fixture
-async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(scratch_db)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def test_cash_basis_loans_join_the_accrual_basis_without_double_income(
@@ -36,13 +25,7 @@ async def test_cash_basis_loans_join_the_accrual_basis_without_double_income(
     await apply_migrations(scratch, migrations[: DAY_END_MIGRATION - 1])
     async with scratch.transaction():
         await ensure_chart(scratch)
-    await _loan(scratch, 1)
-    columns = [list(values) for values in zip(*ROWS, strict=True)]
-    await scratch.execute(
-        f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
-        "VALUES (1, 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        *columns,
-    )
+    await loan_with_plan(scratch, 1)
     await apply_migrations(scratch, migrations)
     # ROWS: interest paid 1,200 + 800; unpaid charges 120 + 7; installment 2 is the oldest
     # with principal unpaid.

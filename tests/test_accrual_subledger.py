@@ -11,38 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
 from engine.migrate import SHARD_MIGRATIONS
 from ledger.store import ensure_chart, trial_balance
 from sharding.migrations import apply_migrations, load_migrations
-from tests.test_loan_plan import COLUMNS, ROWS, _loan
+from tests.test_loan_plan import loan_with_plan
 
 SUBLEDGER_MIGRATION = 23
 
 
-@pytest.fixture
-async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(scratch_db)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def _with_plans(conn: asyncpg.Connection, loan_ids: tuple[int, ...]) -> None:
-    columns = [list(values) for values in zip(*ROWS, strict=True)]
     for loan_id in loan_ids:
-        await _loan(conn, loan_id)
-        await conn.execute(
-            f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
-            "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            loan_id,
-            *columns,
-        )
+        await loan_with_plan(conn, loan_id)
 
 
 async def _interest(
@@ -129,7 +111,7 @@ async def test_the_deep_trial_balance_finds_a_sub_ledger_that_differs(
     await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
     async with scratch.transaction():
         await ensure_chart(scratch)
-    await _loan(scratch, 1)
+    await loan_with_plan(scratch, 1)
     await scratch.execute(
         "INSERT INTO loan_accrual (loan_id, customer_id, interest_accrued_fen) VALUES (1, 1, 5)"
     )

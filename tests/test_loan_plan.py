@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -28,16 +27,6 @@ ROWS = [
 COLUMNS = """seq, due_date, principal_fen, interest_fen, balance_after_fen, principal_paid_fen,
     interest_paid_fen, penalty_unpaid_fen, compound_unpaid_fen, accrued_through,
     penalty_paid_fen"""
-
-
-@pytest.fixture
-async def scratch(scratch_db: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection to a throw-away database on the first server."""
-    conn = await asyncpg.connect(scratch_db)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def _loan(conn: asyncpg.Connection, loan_id: int) -> None:
@@ -66,6 +55,18 @@ async def _loan(conn: asyncpg.Connection, loan_id: int) -> None:
                3, '2026-01-10', '2026-04-10', 'disbursed', '', '', 40000, now())""",
         loan_id,
         f"R{loan_id}",
+    )
+
+
+async def loan_with_plan(conn: asyncpg.Connection, loan_id: int) -> None:
+    """`_loan` with ROWS as its plan."""
+    await _loan(conn, loan_id)
+    columns = [list(values) for values in zip(*ROWS, strict=True)]
+    await conn.execute(
+        f"INSERT INTO loan_plan (loan_id, customer_id, {COLUMNS}) "
+        "VALUES ($1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        loan_id,
+        *columns,
     )
 
 
