@@ -86,8 +86,10 @@ async def _interest_receivables(conn: asyncpg.Connection) -> list[str]:
         f"loan {r['owner_id']}: its own interest account holds {r['held']} (not posted to "
         "since the sub-ledger)"
         for r in await conn.fetch(
-            """SELECT owner_id, debit_total_fen - credit_total_fen AS held FROM ledger_account
-               WHERE code = 'loan_interest_receivable' AND debit_total_fen <> credit_total_fen"""
+            """SELECT a.owner_id, a.debit_total_fen - a.credit_total_fen AS held
+               FROM ledger_account a JOIN loan l ON l.loan_id = a.owner_id
+               WHERE a.code = 'loan_interest_receivable'
+                 AND a.debit_total_fen <> a.credit_total_fen"""
         )
     ]
     for r in rows:
