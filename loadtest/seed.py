@@ -9,6 +9,7 @@
       └────────────────────────────────────  3. per shard, one transaction: COPY customer,
                                                 credit_line, loan, loan_plan, ledger_account
                                                 (the loans' accounts), ledger_txn, ledger_leg;
+                                                the loans' accrual rows (the trigger's job);
                                                 the ledger's pair check once for the batch;
                                                 last, the internal stripes' running totals
                                                 (upserted in (code, owner_id) order, as the
@@ -544,6 +545,15 @@ async def write_batch(conn: asyncpg.Connection, batch: ShardBatch, *, row_trigge
             rows = batch.tables[table]
             if rows:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)
+        if not row_triggers and batch.tables["loan"]:
+            # What the loan table's statement trigger writes (ledger 0024), which the
+            # replica role skips: every loan's row of the accrual sub-ledger.
+            await conn.execute(
+                """INSERT INTO loan_accrual (loan_id, customer_id)
+                   SELECT * FROM unnest($1::bigint[], $2::bigint[]) ORDER BY 1""",
+                [row[0] for row in batch.tables["loan"]],
+                [row[1] for row in batch.tables["loan"]],
+            )
         if not row_triggers and batch.tables["ledger_txn"]:
             txn_ids = [row[0] for row in batch.tables["ledger_txn"]]
             for what, sql in _BATCH_CHECKS_SQL.items():

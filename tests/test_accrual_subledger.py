@@ -5,7 +5,9 @@
   (accrued - settled), the book stays balanced, and the next accrual posts only the
   chunk's two legs.
 - The deep trial balance finds a sub-ledger apart from its control account.
-- A chunk that waited for a loan's lock reads the loan as its holder left it."""
+- A chunk locks its loans' rows of the sub-ledger (0024), not the loans: it reads a loan
+  as the repayment it waited for left it, and does not wait for a request holding the
+  loan; every loan has its row from its booking."""
 
 from __future__ import annotations
 
@@ -112,20 +114,26 @@ async def test_the_deep_trial_balance_finds_a_sub_ledger_that_differs(
     async with scratch.transaction():
         await ensure_chart(scratch)
     await loan_with_plan(scratch, 1)
-    await scratch.execute(
-        "INSERT INTO loan_accrual (loan_id, customer_id, interest_accrued_fen) VALUES (1, 1, 5)"
-    )
+    await scratch.execute("UPDATE loan_accrual SET interest_accrued_fen = 5 WHERE loan_id = 1")
     book = await trial_balance(scratch, deep=True)
     assert book.balanced and book.subledger_difference_fen == -5 and not book.subledger_agrees
 
 
-async def test_a_chunk_that_waited_for_a_loan_reads_it_as_its_holder_left_it(
+async def _accrue(conn: asyncpg.Connection) -> asyncio.Task[asyncpg.Record | None]:
+    return asyncio.create_task(
+        conn.fetchrow(
+            "SELECT * FROM eod_accrue_chunk($1, 0, 1, 9001, 9002, 0)", dt.date(2026, 3, 25)
+        )
+    )
+
+
+async def test_a_chunk_that_waited_for_a_repayment_reads_the_loan_as_it_left_it(
     scratch: asyncpg.Connection, scratch_db: str
 ) -> None:
-    """A repayment holds the loan (FOR UPDATE) and writes its sub-ledger row (a prepayment's
-    interest, earned at once: +100 to the loan's figure) while the chunk waits for the
-    loan. Read in the statement that waited, the row would be the one from before the
-    wait: the loan would accrue 2,194, 100 short of its figure, until the next day."""
+    """A repayment's completion holds the loan and its sub-ledger row and writes the row (a
+    prepayment's interest, earned at once: +100 to the loan's figure) while the chunk
+    waits for the row. Read in the statement that waited, the row would be the one from
+    before the wait: the loan would accrue 2,194, 100 short of its figure."""
     await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
     async with scratch.transaction():
         await ensure_chart(scratch)
@@ -135,14 +143,12 @@ async def test_a_chunk_that_waited_for_a_loan_reads_it_as_its_holder_left_it(
         held = holder.transaction()
         await held.start()
         await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
+        await holder.execute("SELECT 1 FROM loan_accrual WHERE loan_id = 1 FOR NO KEY UPDATE")
         await holder.execute(
-            "INSERT INTO loan_accrual (loan_id, customer_id, interest_extra_fen) VALUES (1, 1, 100)"
+            "UPDATE loan_accrual SET interest_extra_fen = interest_extra_fen + 100 "
+            "WHERE loan_id = 1"
         )
-        chunk = asyncio.create_task(
-            scratch.fetchrow(
-                "SELECT * FROM eod_accrue_chunk($1, 0, 1, 9001, 9002, 0)", dt.date(2026, 3, 25)
-            )
-        )
+        chunk = await _accrue(scratch)
         for _ in range(100):
             waiting = await holder.fetchval(
                 """SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
@@ -151,7 +157,7 @@ async def test_a_chunk_that_waited_for_a_loan_reads_it_as_its_holder_left_it(
             if waiting:
                 break
             await asyncio.sleep(0.05)
-        assert waiting == 1, "the chunk never waited for the held loan"
+        assert waiting == 1, "the chunk never waited for the held row"
         await held.commit()
         row = await chunk
     finally:
@@ -161,3 +167,37 @@ async def test_a_chunk_that_waited_for_a_loan_reads_it_as_its_holder_left_it(
         await scratch.fetchval("SELECT interest_accrued_fen FROM loan_accrual WHERE loan_id = 1")
         == 2_294
     )
+
+
+async def test_a_chunk_does_not_wait_for_a_request_holding_the_loan(
+    scratch: asyncpg.Connection, scratch_db: str
+) -> None:
+    """A repayment's phase A holds the loan for as long as its inline debit takes: the
+    chunk neither waits for it nor makes it wait (the loan row is not locked by it)."""
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    async with scratch.transaction():
+        await ensure_chart(scratch)
+    await _with_plans(scratch, (1,))
+    holder = await asyncpg.connect(scratch_db)
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
+        row = await asyncio.wait_for(await _accrue(scratch), timeout=10)
+        await holder.execute("UPDATE loan SET updated_at = now() WHERE loan_id = 1")
+        await held.commit()
+    finally:
+        await holder.close()
+    assert row is not None and row["interest_fen"] == 2_194
+
+
+async def test_every_loan_booked_has_its_row_of_the_sub_ledger(
+    scratch: asyncpg.Connection,
+) -> None:
+    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
+    await _with_plans(scratch, (1, 2))
+    rows = await scratch.fetch(
+        "SELECT loan_id, customer_id, interest_accrued_fen, interest_settled_fen "
+        "FROM loan_accrual ORDER BY loan_id"
+    )
+    assert [tuple(r) for r in rows] == [(1, 1, 0, 0), (2, 2, 0, 0)]

@@ -547,6 +547,13 @@ async def _book(
         channel_id=row["channel_id"], tenant_id=row["tenant_id"], secret="", active=True
     )
     loans = await _locked_loans(conn, tenant, row["customer_id"], [item.loan_id for item in items])
+    # Then their rows of the accrual sub-ledger, which the day-end's chunks lock (ledger
+    # 0024): no accrual lands between the receivables' read below and the commit.
+    await conn.execute(
+        """SELECT 1 FROM loan_accrual WHERE loan_id = ANY($1::bigint[])
+           ORDER BY loan_id FOR NO KEY UPDATE""",
+        sorted(loans),
+    )
     results = [_evaluate(loans[item.loan_id], item, item.amount_fen, day) for item in items]
     for before, after in zip(items, results, strict=True):
         # The loans were held since phase A: the same cash splits the same way.
@@ -630,8 +637,9 @@ async def _store(conn: asyncpg.Connection, results: list[ItemResult]) -> list[in
 async def _receivables(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[tuple[int, str], int]:
     """The interest and penalty receivables of the loans being settled, before this
     repayment: (loan, code) -> debit balance; the interest one is the sub-ledger's
-    (accrued - settled, ledger migration 0023). Read under the loans' locks, which the
-    day-end's chunks also take, so no accrual lands between this read and the commit."""
+    (accrued - settled, ledger migration 0023). Read under the locks of the loans' rows of
+    the sub-ledger, which the day-end's chunks also take (0024), so no accrual lands
+    between this read and the commit."""
     if not loan_ids:
         return {}
     rows = await conn.fetch(
