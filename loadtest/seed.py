@@ -546,7 +546,7 @@ async def write_batch(conn: asyncpg.Connection, batch: ShardBatch, *, row_trigge
             if rows:
                 await conn.copy_records_to_table(table, records=rows, columns=columns)
         if not row_triggers and batch.tables["loan"]:
-            # What the loan table's statement trigger writes (ledger 0024), which the
+            # What the loan table's statement trigger writes (ledger 0023), which the
             # replica role skips: every loan's row of the accrual sub-ledger.
             await conn.execute(
                 """INSERT INTO loan_accrual (loan_id, customer_id)

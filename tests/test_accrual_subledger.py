@@ -5,7 +5,7 @@
   (accrued - settled), the book stays balanced, and the next accrual posts only the
   chunk's two legs.
 - The deep trial balance finds a sub-ledger apart from its control account.
-- A chunk locks its loans' rows of the sub-ledger (0024), not the loans: it reads a loan
+- A chunk locks its loans' rows of the sub-ledger, not the loans: it reads a loan
   as the repayment it waited for left it, and does not wait for a request holding the
   loan; every loan has its row from its booking."""
 

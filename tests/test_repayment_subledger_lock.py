@@ -1,5 +1,5 @@
 """A repayment's completion and the day-end's accrual meet on the loan's row of the
-accrual sub-ledger (ledger 0024): the completion locks the row after its loans and only
+accrual sub-ledger (ledger 0023): the completion locks the row after its loans and only
 then reads the receivable, so a payoff that waited for an accrual chunk zeroes what the
 chunk accrued too, and the control account still equals the sub-ledger."""
 

@@ -1,11 +1,11 @@
 """Step `accrual`: regular interest accrued through the day, into the accrual sub-ledger.
 
-Each chunk is one call of the shard's `eod_accrue_chunk` (ledger migrations 0013, 0023,
-0024) over a range of loan ids: per `disbursed` loan, today's accrual figure (`ledger.accrual`,
+Each chunk is one call of the shard's `eod_accrue_chunk` (ledger migrations 0013,
+0023) over a range of loan ids: per `disbursed` loan, today's accrual figure (`ledger.accrual`,
 computed by the database's twin of it) minus what it has accrued so far, added to the
 loan's `loan_accrual` row (the sub-ledger), and the chunk's sum in one posting of two
 legs: Dr accrued_interest_receivable (the control account) / Cr interest_income. It
-locks the chunk's sub-ledger rows, not its loans (0024): a repayment's completion locks
+locks the chunk's sub-ledger rows, not its loans: a repayment's completion locks
 them too, after its loans.
 """
 

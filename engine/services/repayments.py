@@ -548,7 +548,7 @@ async def _book(
     )
     loans = await _locked_loans(conn, tenant, row["customer_id"], [item.loan_id for item in items])
     # Then their rows of the accrual sub-ledger, which the day-end's chunks lock (ledger
-    # 0024): no accrual lands between the receivables' read below and the commit.
+    # 0023): no accrual lands between the receivables' read below and the commit.
     await conn.execute(
         """SELECT 1 FROM loan_accrual WHERE loan_id = ANY($1::bigint[])
            ORDER BY loan_id FOR NO KEY UPDATE""",
@@ -638,7 +638,7 @@ async def _receivables(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[tu
     """The interest and penalty receivables of the loans being settled, before this
     repayment: (loan, code) -> debit balance; the interest one is the sub-ledger's
     (accrued - settled, ledger migration 0023). Read under the locks of the loans' rows of
-    the sub-ledger, which the day-end's chunks also take (0024), so no accrual lands
+    the sub-ledger, which the day-end's chunks also take, so no accrual lands
     between this read and the commit."""
     if not loan_ids:
         return {}

@@ -1,5 +1,6 @@
 -- Accrued interest as a sub-ledger: the day-end posts a chunk's interest in one posting
--- of two legs, not one leg per loan (issue 18).
+-- of two legs, not one leg per loan, and locks the chunk's sub-ledger rows, not its loans
+-- (issue 18).
 --
 -- Before: every day, every accruing loan got a leg on its own loan_interest_receivable
 -- account, and that account's row was rewritten: 2 writes to the ledger per loan per
@@ -16,9 +17,7 @@
 -- is exactly their sum over the shard's loans: `python -m engine ledger trial-balance
 -- --deep` checks it, as tests/books.py does after every test that moves money. A
 -- repayment credits the control account with the interest it pays (a settled loan:
--- the whole receivable, as before) and adds it to the loan's interest_settled_fen, under
--- the loan's lock, which the day-end's chunk also takes (FOR SHARE): no accrual lands
--- between its read and its commit.
+-- the whole receivable, as before) and adds it to the loan's interest_settled_fen.
 --
 -- The loans' own loan_interest_receivable accounts keep the legs booked before this
 -- migration and are no longer posted to: their balances move to the control account
@@ -26,11 +25,24 @@
 -- of the ID epoch's first millisecond, which no ID generator issues), and each loan's
 -- interest_settled_fen is set so that accrued - settled is the balance it had.
 --
--- Redefined for it: eod_accrue_chunk (0013) and complete_repayments (0018: the
--- receivable it compares under its locks is the sub-ledger's, and it writes the
--- settled interest). Both now take their loan locks in a statement before the one that
--- reads: in READ COMMITTED a statement that waited for a lock re-checks the locked row
--- only, and reads every other table as of its start, before the holder committed.
+-- Locks. 0013's chunk took FOR SHARE on each of its loans. A lock writes the row's
+-- header: every day-end dirtied the whole loan table and logged it (81 bytes of WAL a
+-- loan, 340 more the first time a page is touched after a checkpoint, when it goes to
+-- the WAL whole), and an online repayment holding a loan (its phase A, for as long as
+-- its inline debit) and the chunk waited for each other. The sub-ledger row is what
+-- the chunk rewrites anyway, and what a repayment's completion writes:
+--
+--   every loan has its row from the moment it is booked (a statement trigger on loan:
+--   one insert per booking statement, whatever its number of loans), so neither side
+--   ever inserts one and races the other for it;
+--   the chunk locks its loans' rows (FOR NO KEY UPDATE, in id order), then reads plans,
+--   statuses and rows in a statement of its own: in READ COMMITTED a statement that
+--   waited for a lock re-checks the locked row only and reads every other table as of
+--   its start, before the holder committed;
+--   a repayment's completion locks its loans, then their rows (in id order), then reads
+--   the receivable: complete_repayments here (0018's, redefined), the locked path in
+--   engine/services/repayments.py. Lock order everywhere: loans, sub-ledger rows,
+--   ledger stripes; the chunk takes no loan lock.
 
 SET LOCAL lock_timeout = '5s';
 
@@ -92,7 +104,25 @@ BEGIN
 END $$;
 
 
--- The day-end's accrual chunk (0013), its interest posted to the control account.
+-- Every loan's row of the sub-ledger, from its booking.
+CREATE FUNCTION loan_accrual_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO loan_accrual (loan_id, customer_id)
+    SELECT n.loan_id, n.customer_id FROM booked_loans n ORDER BY n.loan_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER loan_accrual_rows AFTER INSERT ON loan
+    REFERENCING NEW TABLE AS booked_loans
+    FOR EACH STATEMENT EXECUTE FUNCTION loan_accrual_rows();
+
+INSERT INTO loan_accrual (loan_id, customer_id)
+SELECT l.loan_id, l.customer_id FROM loan l ORDER BY l.loan_id
+ON CONFLICT (loan_id) DO NOTHING;
+
+COMMENT ON TABLE loan_accrual IS
+    'per loan (every loan, from its booking): the accrual sub-ledger (ledger 0023)';
+
+-- The day-end's accrual chunk (0013): into the sub-ledger, locking its rows, not the loans.
 CREATE OR REPLACE FUNCTION eod_accrue_chunk(
     p_business_date date, p_after_loan_id bigint, p_through_loan_id bigint,
     p_interest_txn_id bigint, p_opening_txn_id bigint, p_stripe integer
@@ -107,15 +137,18 @@ DECLARE
     opening_total bigint;
     taken integer;
     last_id bigint;
+    locked bigint[];
 BEGIN
-    -- The chunk's loans locked in a statement of their own, so that the read below takes
-    -- its snapshot after the locks: a repayment that held one of them until just now is
-    -- seen whole (its plan and sub-ledger row with its new loan status), not only the
-    -- loan row re-checked under the lock with the rest as they were before it.
-    PERFORM 1 FROM loan l
-    WHERE l.status = 'disbursed' AND l.loan_id > p_after_loan_id
-      AND l.loan_id <= p_through_loan_id
-    ORDER BY l.loan_id FOR SHARE;
+    -- The chunk's rows of the sub-ledger locked, in a statement of their own, so that
+    -- the read below takes its snapshot after the locks: a repayment that held one of
+    -- them until just now is seen whole (plan, status, sub-ledger row as it left them).
+    -- The loans themselves are not locked: not written, not logged, and an online
+    -- request holding one is not waited for (only a repayment's completion locks the row).
+    SELECT coalesce(array_agg(x.loan_id ORDER BY x.loan_id), '{}') INTO locked
+    FROM (SELECT a.loan_id FROM loan_accrual a JOIN loan l ON l.loan_id = a.loan_id
+          WHERE l.status = 'disbursed' AND a.loan_id > p_after_loan_id
+            AND a.loan_id <= p_through_loan_id
+          ORDER BY a.loan_id FOR NO KEY UPDATE OF a) x;
     SELECT array_agg(c.loan_id ORDER BY c.loan_id), array_agg(c.customer_id ORDER BY c.loan_id),
            array_agg(c.target - c.accrued ORDER BY c.loan_id),
            array_agg(c.opening ORDER BY c.loan_id), count(*), max(c.loan_id)
@@ -127,23 +160,18 @@ BEGIN
                  coalesce(a.penalty_opening_fen, 0) AS opening
           FROM loan l
           JOIN loan_plan p ON p.loan_id = l.loan_id
-          LEFT JOIN loan_accrual a ON a.loan_id = l.loan_id
-          WHERE l.status = 'disbursed' AND l.loan_id > p_after_loan_id
-            AND l.loan_id <= p_through_loan_id
-          FOR SHARE OF l) c;
+          JOIN loan_accrual a ON a.loan_id = l.loan_id
+          WHERE l.loan_id = ANY (locked) AND l.status = 'disbursed') c;
     IF taken = 0 THEN
         RETURN QUERY SELECT 0::bigint, 0, 0::bigint, 0::bigint;
         RETURN;
     END IF;
 
     SELECT coalesce(sum(d), 0) INTO interest_total FROM unnest(deltas) AS d;
-    INSERT INTO loan_accrual AS a (loan_id, customer_id, interest_accrued_fen)
-    SELECT x.loan_id, x.customer_id, x.delta
-    FROM unnest(ids, customers, deltas, openings) AS x(loan_id, customer_id, delta, opening)
-    WHERE x.delta <> 0 OR x.opening <> 0
-    ON CONFLICT (loan_id) DO UPDATE
-    SET interest_accrued_fen = a.interest_accrued_fen + excluded.interest_accrued_fen,
-        penalty_opening_fen = 0;
+    UPDATE loan_accrual a SET interest_accrued_fen = a.interest_accrued_fen + x.delta,
+        penalty_opening_fen = 0
+    FROM unnest(ids, deltas, openings) AS x(loan_id, delta, opening)
+    WHERE a.loan_id = x.loan_id AND (x.delta <> 0 OR x.opening <> 0);
 
     IF interest_total <> 0 THEN  -- the chunk's net: a credit where prepayments lowered it
         PERFORM ledger_post(p_interest_txn_id, NULL, 'interest_accrual', NULL, p_business_date,
@@ -174,7 +202,8 @@ BEGIN
     RETURN QUERY SELECT last_id, taken, interest_total, opening_total;
 END $$;
 
--- Group completion of repayments (0018), against the sub-ledger.
+-- Group completion of repayments (0018): against the sub-ledger, whose rows it locks
+-- after the loans.
 CREATE OR REPLACE FUNCTION complete_repayments(
     p_repayment_id bigint[], p_customer_id bigint[], p_business_date date,
     -- the debit's outbox row (closed under its claim) and core's reference
@@ -249,11 +278,15 @@ BEGIN
 
     -- The loans and their plans locked in id order, in a statement of their own, so that
     -- the comparison below reads with a snapshot taken after the locks (an accrual chunk
-    -- that held a loan until just now is seen); then they must be as they were read:
+    -- that held a row until just now is seen); then they must be as they were read:
     -- the same row versions (xmin), held by this repayment, and the same receivables.
     PERFORM 1 FROM loan JOIN loan_plan p ON p.loan_id = loan.loan_id
     WHERE loan.loan_id = ANY (p_loan_id)
     ORDER BY loan.loan_id FOR UPDATE OF loan, p;
+    -- Their rows of the sub-ledger next: the day-end's accrual locks those, not the
+    -- loans, and a chunk holding one is waited for here.
+    PERFORM 1 FROM loan_accrual a WHERE a.loan_id = ANY (p_loan_id)
+    ORDER BY a.loan_id FOR NO KEY UPDATE;
     SELECT coalesce(array_agg(DISTINCT i.r), '{}') INTO refused
     FROM unnest(p_loan_r, p_loan_id, p_loan_xmin, p_plan_xmin, p_interest_recv, p_penalty_recv)
          AS i(r, loan_id, loan_xmin, plan_xmin, interest_recv, penalty_recv)
