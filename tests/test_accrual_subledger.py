@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 
 import asyncpg
+from asyncpg.transaction import Transaction
 
 from engine.migrate import SHARD_MIGRATIONS
 from ledger.store import ensure_chart, trial_balance
@@ -119,6 +120,22 @@ async def test_the_deep_trial_balance_finds_a_sub_ledger_that_differs(
     assert book.balanced and book.subledger_difference_fen == -5 and not book.subledger_agrees
 
 
+async def _migrated_with_one_loan(conn: asyncpg.Connection) -> None:
+    await apply_migrations(conn, load_migrations(SHARD_MIGRATIONS))
+    async with conn.transaction():
+        await ensure_chart(conn)
+    await _with_plans(conn, (1,))
+
+
+async def _holding_loan(dsn: str) -> tuple[asyncpg.Connection, Transaction]:
+    """A connection in a transaction that holds loan 1 (FOR UPDATE), as a repayment does."""
+    holder = await asyncpg.connect(dsn)
+    held = holder.transaction()
+    await held.start()
+    await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
+    return holder, held
+
+
 async def _accrue(conn: asyncpg.Connection) -> asyncio.Task[asyncpg.Record | None]:
     return asyncio.create_task(
         conn.fetchrow(
@@ -134,15 +151,9 @@ async def test_a_chunk_that_waited_for_a_repayment_reads_the_loan_as_it_left_it(
     prepayment's interest, earned at once: +100 to the loan's figure) while the chunk
     waits for the row. Read in the statement that waited, the row would be the one from
     before the wait: the loan would accrue 2,194, 100 short of its figure."""
-    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
-    async with scratch.transaction():
-        await ensure_chart(scratch)
-    await _with_plans(scratch, (1,))
-    holder = await asyncpg.connect(scratch_db)
+    await _migrated_with_one_loan(scratch)
+    holder, held = await _holding_loan(scratch_db)
     try:
-        held = holder.transaction()
-        await held.start()
-        await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
         await holder.execute("SELECT 1 FROM loan_accrual WHERE loan_id = 1 FOR NO KEY UPDATE")
         await holder.execute(
             "UPDATE loan_accrual SET interest_extra_fen = interest_extra_fen + 100 "
@@ -174,15 +185,9 @@ async def test_a_chunk_does_not_wait_for_a_request_holding_the_loan(
 ) -> None:
     """A repayment's phase A holds the loan for as long as its inline debit takes: the
     chunk neither waits for it nor makes it wait (the loan row is not locked by it)."""
-    await apply_migrations(scratch, load_migrations(SHARD_MIGRATIONS))
-    async with scratch.transaction():
-        await ensure_chart(scratch)
-    await _with_plans(scratch, (1,))
-    holder = await asyncpg.connect(scratch_db)
+    await _migrated_with_one_loan(scratch)
+    holder, held = await _holding_loan(scratch_db)
     try:
-        held = holder.transaction()
-        await held.start()
-        await holder.execute("SELECT 1 FROM loan WHERE loan_id = 1 FOR UPDATE")
         row = await asyncio.wait_for(await _accrue(scratch), timeout=10)
         await holder.execute("UPDATE loan SET updated_at = now() WHERE loan_id = 1")
         await held.commit()
