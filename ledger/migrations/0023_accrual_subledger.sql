@@ -155,9 +155,8 @@ BEGIN
     INTO ids, customers, deltas, openings, taken, last_id
     FROM (SELECT l.loan_id, l.customer_id,
                  interest_accrued_fen(l.start_date, p.due_date, p.interest_fen, p_business_date)
-                     + coalesce(a.interest_extra_fen, 0) AS target,
-                 coalesce(a.interest_accrued_fen, 0) AS accrued,
-                 coalesce(a.penalty_opening_fen, 0) AS opening
+                     + a.interest_extra_fen AS target,
+                 a.interest_accrued_fen AS accrued, a.penalty_opening_fen AS opening
           FROM loan l
           JOIN loan_plan p ON p.loan_id = l.loan_id
           JOIN loan_accrual a ON a.loan_id = l.loan_id
