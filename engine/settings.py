@@ -191,6 +191,9 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sms_timeout_s: float = 3.0
     # A repayment waits this long for core's debit before answering `processing`.
     inline_debit_wait_s: float = 3.0
+    # Inline debits share core calls beyond this many in flight per engine process
+    # (engine/adapters/core_coalescing.py); 0: each debit its own call.
+    inline_debit_in_flight: int = 4
     relay_batch_max: int = 50
     # Repayments' completions (phase B) booked by one statement per shard database
     # (engine/services/repayment_completion.py); 1: each alone through the same function.
@@ -214,6 +217,8 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("external time-outs must be positive")
         if not 0 <= self.relay_gather_s <= 1:
             raise ValueError("relay_gather_s must be 0..1")
+        if not 0 <= self.inline_debit_in_flight <= 64:
+            raise ValueError("inline_debit_in_flight must be 0..64")
         if not 1 <= self.repayment_batch_max <= 256:
             raise ValueError("repayment_batch_max must be 1..256")
         if not 1 <= self.relay_concurrency <= 256 or not 1 <= self.relay_batch_max <= 1000:
@@ -415,8 +420,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     ):
         if var in environ:
             external[key] = float(environ[var])
-    if "ENGINE_REPAYMENT_BATCH_MAX" in environ:
-        external["repayment_batch_max"] = int(environ["ENGINE_REPAYMENT_BATCH_MAX"])
+    for var, key in (
+        ("ENGINE_REPAYMENT_BATCH_MAX", "repayment_batch_max"),
+        ("ENGINE_INLINE_DEBIT_IN_FLIGHT", "inline_debit_in_flight"),
+    ):
+        if var in environ:
+            external[key] = int(environ[var])
     if "ENGINE_RELAY_METRICS_PORT" in environ:
         external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
     if external:

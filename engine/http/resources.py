@@ -16,7 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from engine.adapters.bureau import BureauClient, FourFactorClient
-from engine.adapters.core_bank import CoreBankClient
+from engine.adapters.core_bank import CoreBank, CoreBankClient
+from engine.adapters.core_coalescing import CoalescingCore
 from engine.adapters.sms import SmsClient
 from engine.http import keys as app_keys
 from engine.origination.setup import build_origination
@@ -25,6 +26,7 @@ from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
 from engine.services.repayment_opening import OpeningBatches
+from engine.settings import ExternalSettings
 from engine.stores.channel_gate import ChannelGate
 from engine.stores.redis_wire import RedisWire
 from engine.stores.reference import CONTROL_POOL_LIMITS, ReferenceCache
@@ -125,6 +127,17 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+def _inline_core(client: CoreBankClient, external: ExternalSettings) -> CoreBank:
+    """The inline debits' core: concurrent debits share calls unless that is off."""
+    if external.inline_debit_in_flight == 0:
+        return client
+    return CoalescingCore(
+        client,
+        in_flight=external.inline_debit_in_flight,
+        queue_wait_s=external.inline_debit_wait_s,
+    )
+
+
 async def external_ctx(app: web.Application) -> AsyncIterator[None]:
     """One HTTP client for systems we do not own, and the relay's code for inline use."""
     external = app[app_keys.SETTINGS].external
@@ -148,7 +161,9 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
         ids=svc.ids,
         cipher=svc.cipher,
         reference=svc.reference,
-        core=CoreBankClient(session, external.core_url, external.inline_debit_wait_s),
+        core=_inline_core(
+            CoreBankClient(session, external.core_url, external.inline_debit_wait_s), external
+        ),
         sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
         settings=external,
     )

@@ -131,6 +131,11 @@ BOOKING_BATCH_FAILED = Counter(
     "Group bookings that failed whole (a lock held too long, the shard); each drawdown "
     "of one was booked alone instead.",
 )
+CORE_DEBIT_BATCH = Histogram(
+    "core_debit_batch_size",
+    "Inline debits sent to core by one call (engine.adapters.core_coalescing).",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
 REPAYMENT_BATCH = Histogram(
     "repayment_completion_batch_size",
     "Repayments completed (phase B) by one statement (engine.services.repayment_completion).",
