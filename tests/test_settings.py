@@ -75,6 +75,7 @@ def test_shard_dsns_from_environment() -> None:
         ({"ENGINE_BOOKING_BATCH_MAX": "0"}, "booking_batch_max"),
         ({"ENGINE_BOOKING_GATHER_S": "1"}, "booking_gather_s"),
         ({"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "0"}, "deduct_in_flight_max"),
+        ({"ENGINE_INLINE_DEBIT_IN_FLIGHT": "65"}, "inline_debit_in_flight"),
     ],
 )
 def test_bad_configuration_is_refused(environ: dict[str, str], message: str) -> None:
@@ -95,6 +96,12 @@ def test_the_auto_debits_in_flight_are_set_from_the_environment() -> None:
     assert load_settings(DEV).eod.deduct_in_flight_max == 100
     settings = load_settings(DEV | {"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "7"})
     assert settings.eod.deduct_in_flight_max == 7
+
+
+def test_the_inline_debits_sharing_core_calls_is_set_from_the_environment() -> None:
+    assert load_settings(DEV).external.inline_debit_in_flight == 4
+    settings = load_settings(DEV | {"ENGINE_INLINE_DEBIT_IN_FLIGHT": "0"})
+    assert settings.external.inline_debit_in_flight == 0  # each debit its own call
 
 
 def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
