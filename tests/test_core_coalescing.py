@@ -13,7 +13,7 @@ import aiohttp
 from engine.adapters.core_bank import CoreBankClient, CoreResult, MoveKind, Outcome, Transfer
 from engine.adapters.core_coalescing import CoalescingCore
 from tests import fakes_support
-from tests.fakes_support import Fakes, records
+from tests.fakes_support import FakeProcess, Fakes, records
 
 fakes = fakes_support.fakes
 client = fakes_support.client
@@ -33,12 +33,24 @@ class CountingCore(CoreBankClient):
         return await super().move_batch(kind, transfers)
 
 
+async def _against_fake_core(
+    fakes: Fakes,
+    client: aiohttp.ClientSession,
+    latency_ms: int,
+    *,
+    in_flight: int,
+    queue_wait_s: float,
+) -> tuple[FakeProcess, CountingCore, CoalescingCore]:
+    """A fake core answering after `latency_ms`, the counting adapter, and its wrapper."""
+    core = await fakes.core(FAKE_CORE_LATENCY_MS=str(latency_ms))
+    inner = CountingCore(client, core.base_url, 5.0)
+    return core, inner, CoalescingCore(inner, in_flight=in_flight, queue_wait_s=queue_wait_s)
+
+
 async def test_a_debit_alone_goes_at_once_in_a_call_of_its_own(
     fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    core = await fakes.core()
-    inner = CountingCore(client, core.base_url, 5.0)
-    coalescing = CoalescingCore(inner, in_flight=4, queue_wait_s=3.0)
+    _, inner, coalescing = await _against_fake_core(fakes, client, 1, in_flight=4, queue_wait_s=3.0)
     for n in range(3):  # one after another: nothing ever waits for a slot
         result = await coalescing.debit(f"R-alone-{n}", CARD, 100 + n, "repayment")
         assert result.outcome is Outcome.SUCCEEDED and result.core_txn_id
@@ -48,9 +60,9 @@ async def test_a_debit_alone_goes_at_once_in_a_call_of_its_own(
 async def test_concurrent_debits_share_calls_and_each_is_debited_once(
     fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    core = await fakes.core(FAKE_CORE_LATENCY_MS="100")
-    inner = CountingCore(client, core.base_url, 5.0)
-    coalescing = CoalescingCore(inner, in_flight=2, queue_wait_s=3.0)
+    core, inner, coalescing = await _against_fake_core(
+        fakes, client, 100, in_flight=2, queue_wait_s=3.0
+    )
     references = [f"R-many-{n}" for n in range(40)]
     results = await asyncio.gather(
         *(coalescing.debit(ref, CARD, 1000 + n, "repayment") for n, ref in enumerate(references))
@@ -69,9 +81,9 @@ async def test_concurrent_debits_share_calls_and_each_is_debited_once(
 async def test_a_debit_queued_past_its_wait_is_answered_not_sent_and_never_sent(
     fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    core = await fakes.core(FAKE_CORE_LATENCY_MS="400")
-    inner = CountingCore(client, core.base_url, 5.0)
-    coalescing = CoalescingCore(inner, in_flight=1, queue_wait_s=0.1)
+    core, inner, coalescing = await _against_fake_core(
+        fakes, client, 400, in_flight=1, queue_wait_s=0.1
+    )
     sending = asyncio.create_task(coalescing.debit("R-first", CARD, 100, "repayment"))
     await asyncio.sleep(0.05)  # its call is in flight: the next one waits for the slot
     late = await coalescing.debit("R-late", CARD, 100, "repayment")
