@@ -192,7 +192,7 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A repayment waits this long for core's debit before answering `processing`.
     inline_debit_wait_s: float = 3.0
     # Inline debits share core calls beyond this many in flight per engine process
-    # (engine/adapters/core_coalescing.py); 0: each debit its own call.
+    # (engine/relay/core_coalescing.py); 0: each debit its own call.
     inline_debit_in_flight: int = 4
     relay_batch_max: int = 50
     # Repayments' completions (phase B) booked by one statement per shard database

@@ -1,4 +1,4 @@
-"""Inline debits sharing core calls (engine/adapters/core_coalescing.py), against the
+"""Inline debits sharing core calls (engine/relay/core_coalescing.py), against the
 fake core: one debit alone goes at once; many at once go in few batch calls, each
 debited once with its own answer; one queued past its wait is never sent; a core
 that cannot be reached answers every queued debit NOT_SENT."""
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import aiohttp
 
 from engine.adapters.core_bank import CoreBankClient, CoreResult, MoveKind, Outcome, Transfer
-from engine.adapters.core_coalescing import CoalescingCore
+from engine.relay.core_coalescing import CoalescingCore
 from tests import fakes_support
 from tests.fakes_support import FakeProcess, Fakes, records
 

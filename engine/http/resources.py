@@ -17,7 +17,7 @@ from aiohttp import web
 
 from engine.adapters.bureau import BureauClient, FourFactorClient
 from engine.adapters.core_bank import CoreBank, CoreBankClient
-from engine.adapters.core_coalescing import CoalescingCore
+from engine.relay.core_coalescing import CoalescingCore
 from engine.adapters.sms import SmsClient
 from engine.http import keys as app_keys
 from engine.origination.setup import build_origination

@@ -133,7 +133,7 @@ BOOKING_BATCH_FAILED = Counter(
 )
 CORE_DEBIT_BATCH = Histogram(
     "core_debit_batch_size",
-    "Inline debits sent to core by one call (engine.adapters.core_coalescing).",
+    "Inline debits sent to core by one call (engine.relay.core_coalescing).",
     buckets=(1, 2, 4, 8, 16, 32),
 )
 REPAYMENT_BATCH = Histogram(
