@@ -17,10 +17,10 @@ from aiohttp import web
 
 from engine.adapters.bureau import BureauClient, FourFactorClient
 from engine.adapters.core_bank import CoreBank, CoreBankClient
-from engine.relay.core_coalescing import CoalescingCore
 from engine.adapters.sms import SmsClient
 from engine.http import keys as app_keys
 from engine.origination.setup import build_origination
+from engine.relay.core_coalescing import CoalescingCore
 from engine.relay.executor import Relay
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
