@@ -50,9 +50,10 @@ async def _against_fake_core(
 async def test_a_debit_alone_goes_at_once_in_a_call_of_its_own(
     fakes: Fakes, client: aiohttp.ClientSession
 ) -> None:
-    _, inner, coalescing = await _against_fake_core(fakes, client, 1, in_flight=4, queue_wait_s=3.0)
-    for n in range(3):  # one after another: nothing ever waits for a slot
-        result = await coalescing.debit(f"R-alone-{n}", CARD, 100 + n, "repayment")
+    _, inner, coalescing = await _against_fake_core(fakes, client, 1, in_flight=1, queue_wait_s=3.0)
+    for n in range(3):  # one after another: the one slot is free again for each
+        async with asyncio.timeout(5):  # a slot still held after its call would strand it
+            result = await coalescing.debit(f"R-alone-{n}", CARD, 100 + n, "repayment")
         assert result.outcome is Outcome.SUCCEEDED and result.core_txn_id
     assert inner.batches == [1, 1, 1]
 

@@ -27,7 +27,7 @@ import collections
 import datetime as dt
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, cast
 
 import msgspec
 
@@ -72,13 +72,20 @@ class CoalescingCore:
         )
         self._queue.append(waiting)
         if len(self._calls) < self._in_flight:
-            call = asyncio.create_task(self._send_queued())
-            self._calls.add(call)
-            call.add_done_callback(self._calls.discard)
+            self._calls.add(asyncio.create_task(self._send_queued()))
         return await waiting.answer
 
     async def _send_queued(self) -> None:
-        """One call slot: send what is queued, a batch at a time, until nothing is."""
+        """One call slot: send what is queued, a batch at a time, until nothing is. The
+        slot is given back right after the queue is found empty, with no await between
+        (a done callback runs a step later: a debit queued meanwhile found every slot
+        taken and no call left to send it)."""
+        try:
+            await self._drain()
+        finally:
+            self._calls.discard(cast("asyncio.Task[None]", asyncio.current_task()))
+
+    async def _drain(self) -> None:
         while self._queue:
             batch = self._next_batch()
             if not batch:
