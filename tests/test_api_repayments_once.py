@@ -225,6 +225,53 @@ async def test_redis_emptied_before_the_retry(
     await _check_prepaid_3000(settings, api, http, core_knobs, who, first, since)
 
 
+async def test_redis_emptied_while_processing_replays_not_in_progress(
+    api: ApiClient, settings: Settings, http: aiohttp.ClientSession, core_knobs: str,
+    ten_days_on: Borrower, redis_client: aioredis.Redis,
+) -> None:  # fmt: skip
+    """The retry of a repayment still `processing`, after Redis forgot the key, reads
+    its loan held (by itself): the refusal phase A would answer from that read
+    (REPAYMENT_IN_PROGRESS) must give way to the key's durable record, replayed; another
+    key is refused while the loan is held, with nothing written."""
+    who, since, key = ten_days_on, core_clock(), "once-" + secrets.token_hex(8)
+    duplicates = await duplicate_requests(http, core_knobs)
+    await set_knobs(http, core_knobs, latency_ms=2500)  # the inline wait is 1 s
+    first = await api.post("/v1/repayments", _prepay(who, "3000.00"), key=key)
+    assert first.status == 201 and first.json["status"] == "processing", first
+    await redis_client.flushall()
+    again = await api.post("/v1/repayments", _prepay(who, "3000.00"), key=key)
+    assert (again.status, again.json) == (201, first.json), again
+    other = await api.post("/v1/repayments", _prepay(who, "100.00"), key=key + "-other")
+    assert (other.status, other.json["code"]) == (422, "REPAYMENT_IN_PROGRESS"), other
+    assert await _repayment_ids(settings, who.customer_id) == [first.json["repayment_id"]]
+    await set_knobs(http, core_knobs, latency_ms=5)
+    final = await api.settled_repayment(first)
+    await _check_prepaid_3000(settings, api, http, core_knobs, who, final, since)
+    assert await duplicate_requests(http, core_knobs) == duplicates  # nothing sent twice
+
+
+async def test_a_refusal_stores_nothing_and_frees_the_key(
+    api: ApiClient, settings: Settings, http: aiohttp.ClientSession, core_knobs: str,
+    ten_days_on: Borrower,
+) -> None:  # fmt: skip
+    """A request its sizing refuses (answered from phase A's read, without a locked
+    transaction) writes nothing and binds nothing: its key then books the corrected
+    request, once."""
+    who, since, key = ten_days_on, core_clock(), "once-" + secrets.token_hex(8)
+    wrong = {"customer_id": who.customer_id, "debit_from": who.card,
+             "items": [{"loan_id": who.loan_id, "mode": "payoff", "amount": "1.00"}]}  # fmt: skip
+    for _ in range(2):  # the same answer again: nothing of the first was kept
+        refused = await api.post("/v1/repayments", wrong, key=key)
+        assert (refused.status, refused.json["code"]) == (422, "PAYOFF_AMOUNT_MISMATCH"), refused
+    assert await _repayment_ids(settings, who.customer_id) == []
+    async with shard_of(settings, who.customer_id) as conn:
+        stored = "SELECT count(*) FROM idempotency_record WHERE idem_key = $1"
+        assert await conn.fetchval(stored, key) == 0
+    first = await api.post("/v1/repayments", _prepay(who, "3000.00"), key=key)
+    assert first.status == 201 and first.json["status"] == "succeeded", first
+    await _check_prepaid_3000(settings, api, http, core_knobs, who, first, since)
+
+
 async def test_debit_refused_books_nothing_and_frees_the_loan(
     api: ApiClient, settings: Settings, http: aiohttp.ClientSession, core_knobs: str,
     ten_days_on: Borrower,

@@ -41,7 +41,7 @@ import asyncpg
 import msgspec
 
 from engine.contract.codec import encode
-from engine.contract.errors import ApiError, BadRequest, NotFound, Unprocessable
+from engine.contract.errors import BadRequest, NotFound, Unprocessable
 from engine.contract.messages import (
     Allocation,
     RepaymentCreate,
@@ -330,9 +330,10 @@ async def open_at_once(
     meanwhile (`svc.openings`), checks under the loans' locks that nothing it rested on
     changed and writes it all with the durable record. With `lease_s` the debit's
     outbox row is written claimed for the request's inline debit, which finds it in
-    `opened`. Anything this path cannot tell (a refusal, a changed loan, a replayed
-    nonce, a call that failed) is RECHECK: the locked path redoes it and names the
-    refusal."""
+    `opened`. A refusal of the request or of its sizing is raised from the read (the
+    runner replays the key's record first, if any). Anything else this path cannot
+    tell (a customer, card or loan that does not match, a changed loan, a replayed
+    nonce, a call that failed) is RECHECK: the locked path redoes it and names why."""
     card, loan_ids = _checked_request(body)
     customer_id = int(body.customer_id)
     logical = shard_of_id(customer_id)
@@ -374,7 +375,7 @@ async def _prepare_opening(
     lease_s: float | None,
 ) -> tuple[tuple[object, ...], StoredResponse, int, list[asyncpg.Record]] | None:
     """The read, the sizing and `open_repayments`' arguments for one opening (None:
-    the locked path must find out why not)."""
+    the locked path must find out why not). Raises the sizing's refusals."""
     customer_id = int(body.customer_id)
     logical = shard_of_id(customer_id)
     index = cards.card_index(svc.cipher, card)
@@ -396,22 +397,25 @@ async def _prepare_opening(
     ):
         return None
     repayment_id = svc.ids.next_id(logical)
-    try:
-        args, response = opening_args(
-            reference=svc.reference.data,
-            cipher=svc.cipher,
-            channel=channel,
-            body=body,
-            claim=claim,
-            card=card,
-            records=records,
-            loans=loans,
-            today=svc.business_date,
-            ids=(repayment_id, svc.ids.next_id(logical)),
-            lease_s=lease_s,
-        )
-    except ApiError:
-        return None
+    # A refusal of the sizing (ARREARS_FIRST, a payoff amount that is not the quote, a
+    # loan held by another repayment...) is answered from this read: it is one snapshot
+    # of loans this request names, taken while the request ran, so the refusal is as true
+    # as the locked path's would be a moment later, and nothing is written either way.
+    # The idempotency runner still replays the key's durable record if there is one (a
+    # retry of a repayment that went through finds its own loans held or paid).
+    args, response = opening_args(
+        reference=svc.reference.data,
+        cipher=svc.cipher,
+        channel=channel,
+        body=body,
+        claim=claim,
+        card=card,
+        records=records,
+        loans=loans,
+        today=svc.business_date,
+        ids=(repayment_id, svc.ids.next_id(logical)),
+        lease_s=lease_s,
+    )
     return args, response, repayment_id, records
 
 
