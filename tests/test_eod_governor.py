@@ -4,6 +4,7 @@ histogram, the duty cycle it sets from it, and its loop against a live /metrics.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from engine.eod.governor import (
     DUTY_MIN,
+    DUTY_START,
     REQUESTS_MIN,
     REST_MAX_S,
     Governor,
@@ -81,6 +83,10 @@ def test_the_duty_halves_when_slow_and_climbs_back_when_fast() -> None:
     assert next_duty(0.95, 0.01, target, ceiling) == ceiling
     assert next_duty(0.5, 0.07, target, ceiling) == 0.5  # between half and the target
     assert next_duty(0.5, None, target, ceiling) == 0.5  # nothing to go by
+    # Slow start: doubles while fast, halves as soon as slow.
+    assert next_duty(0.1, 0.04, target, ceiling, starting=True) == 0.2
+    assert next_duty(0.8, 0.04, target, ceiling, starting=True) == ceiling
+    assert next_duty(0.4, 0.2, target, ceiling, starting=True) == 0.2
 
 
 class FakeEngine:
@@ -125,15 +131,33 @@ async def _traffic_until(
 async def test_the_governor_yields_to_slow_requests_and_returns(engine: FakeEngine) -> None:
     settings = EodSettings(duty_cycle=0.9, online_p99_ms=100, online_window_s=0.2)
     governor = Governor(settings, f"http://127.0.0.1:{engine.port}/metrics")
-    assert governor.enabled and governor.duty == 0.9
+    assert governor.enabled and governor.duty == DUTY_START  # slow start
     async with governor.running():
-        engine.answer(100, 0.02)  # fast: stays at the ceiling
+        seen: list[float] = []
+        # Fast: doubles every window up to the ceiling, and stays there.
+        await _traffic_until(engine, 0.02, governor, lambda duty: seen.append(duty) or duty == 0.9)
+        assert sorted(set(seen)) == [0.1, 0.2, 0.4, 0.8, 0.9], seen
         await asyncio.sleep(0.6)
         assert governor.duty == 0.9 and governor.rest_after(0.9) == pytest.approx(0.1)
         # Slow: halved, and halved again while it lasts.
         await _traffic_until(engine, 0.4, governor, lambda duty: duty <= 0.225)
         # Fast again (the slow ones now under 1 %): back up by tenths to the ceiling.
         await _traffic_until(engine, 0.02, governor, lambda duty: duty == 0.9)
+
+
+async def test_slow_start_ends_at_the_first_slow_window(engine: FakeEngine) -> None:
+    """Slow from the start: halved (not doubled) and then climbing by tenths, not
+    doubling again; with too few requests to tell, slow start doubles (nothing to slow)."""
+    settings = EodSettings(duty_cycle=1.0, online_p99_ms=100, online_window_s=0.2)
+    governor = Governor(settings, f"http://127.0.0.1:{engine.port}/metrics")
+    async with governor.running():
+        await asyncio.sleep(0.5)  # no requests at all: up from DUTY_START
+        assert governor.duty > DUTY_START
+        await _traffic_until(engine, 0.4, governor, lambda duty: duty <= 0.05)
+        seen: list[float] = []
+        await _traffic_until(engine, 0.02, governor, lambda duty: seen.append(duty) or duty >= 0.35)
+        steps = sorted(set(seen))
+        assert all(round(b - a, 3) <= 0.1 for a, b in itertools.pairwise(steps)), steps
 
 
 async def test_no_target_or_no_engine_leaves_the_ceiling() -> None:
