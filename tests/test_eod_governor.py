@@ -87,6 +87,7 @@ def test_the_duty_halves_when_slow_and_climbs_back_when_fast() -> None:
     assert next_duty(0.1, 0.04, target, ceiling, starting=True) == 0.2
     assert next_duty(0.8, 0.04, target, ceiling, starting=True) == ceiling
     assert next_duty(0.4, 0.2, target, ceiling, starting=True) == 0.2
+    assert next_duty(0.2, None, target, ceiling, starting=True) == 0.4  # none to slow
 
 
 class FakeEngine:

@@ -95,9 +95,10 @@ def p99_between(before: Mapping[float, float], now: Mapping[float, float]) -> fl
 def next_duty(
     duty: float, p99_s: float | None, target_s: float, ceiling: float, *, starting: bool = False
 ) -> float:
-    """One step of the duty cycle: AIMD, or doubling while `starting` (slow start)."""
+    """One step of the duty cycle: AIMD, or doubling while `starting` (slow start, where
+    too few requests to tell count as fast: there is nothing to slow)."""
     if p99_s is None:
-        return duty
+        return min(ceiling, duty * 2) if starting else duty
     if p99_s > target_s:
         return max(DUTY_MIN, duty / 2)
     if p99_s < target_s / 2:
@@ -142,13 +143,10 @@ class Governor:
         p99 = p99_between(before, buckets)
         if p99 is not None:
             metrics.EOD_ONLINE_P99.set(p99)
-        if self._starting:
-            fast = p99 is None or p99 < self._target_s / 2  # too few requests: none to slow
-            duty = next_duty(self.duty, 0.0 if fast else p99, self._target_s, self._ceiling,
-                             starting=True)  # fmt: skip
+        duty = next_duty(self.duty, p99, self._target_s, self._ceiling, starting=self._starting)
+        if self._starting:  # it ends at the ceiling or at the first window that is not fast
+            fast = p99 is None or p99 < self._target_s / 2
             self._starting = fast and duty < self._ceiling
-        else:
-            duty = next_duty(self.duty, p99, self._target_s, self._ceiling)
         self._set(duty, p99)
 
     def _set(self, duty: float, p99: float | None) -> None:
