@@ -124,7 +124,7 @@ async def _relay_backlog() -> int:
     return total
 
 
-async def _quiet_relay() -> None:
+async def quiet_relay() -> None:
     """Wait (at most BACKLOG_WAIT_S) for the relay to finish what a previous run left:
     measured beside it, the p99 "without the day-end" would carry that run's cost."""
     waited = 0.0
@@ -135,7 +135,7 @@ async def _quiet_relay() -> None:
         waited += 5.0
 
 
-async def _loops_until(
+async def loops_until(
     client: Client,
     customers: list[SeededCustomer],
     rates: tuple[float, float],
@@ -166,7 +166,7 @@ async def _loops_until(
 async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
     client = Client(args.base_url)
     try:
-        await _quiet_relay()
+        await quiet_relay()
         say(f"drawdowns and repayments at saturation, {args.seconds} s each")
         draw = await closed_loop(client, drawdown_maker(customers, 32), 32, args.seconds, 2.0)
         pay = await closed_loop(client, repayment_maker(customers, 32), 32, args.seconds, 2.0)
@@ -176,7 +176,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         say(f"open loops: {rates[0]:.0f} drawdowns/s, {rates[1]:.0f} repayments/s, no day-end")
         async with cpu_spent() as online_cpu:
             began = time.perf_counter()
-            before = await _loops_until(client, customers, rates, None, args.seconds)
+            before = await loops_until(client, customers, rates, None, args.seconds)
             online_s = time.perf_counter() - began
         env = dict(os.environ)
         governor_ms = 0.0
@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         async with cpu_spent() as during_cpu:
             returncode, during, _ = await asyncio.gather(
                 wait_eod(),
-                _loops_until(client, customers, rates, done, 10.0),
+                loops_until(client, customers, rates, done, 10.0),
                 backends.follow(done),
             )
         wall_s = time.perf_counter() - started

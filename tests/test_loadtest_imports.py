@@ -4,6 +4,7 @@ merge, once) would otherwise surface only on the day someone measures."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 
@@ -28,3 +29,12 @@ def test_the_benchmarks_are_found() -> None:
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name: str) -> None:
     importlib.import_module(name)
+
+
+def test_online_cost_reads_its_rates_and_refuses_others() -> None:
+    from loadtest.online_cost import rates_arg
+
+    assert rates_arg("40:30,85.5:60") == [(40.0, 30.0), (85.5, 60.0)]
+    for bad in ("85", "85:", "a:b", "0:10", "85:60,"):
+        with pytest.raises(argparse.ArgumentTypeError, match="DRAWDOWNS:REPAYMENTS"):
+            rates_arg(bad)
