@@ -405,6 +405,20 @@ def _scheduler(action: str) -> None:
     subprocess.run([str(ROOT / "ops" / "engine.sh"), action, "eod"], check=False, cwd=ROOT)
 
 
+def day_end_can_start() -> str | None:
+    """Why `python -m engine eod` cannot run here (its own message), or None. Asked before
+    the minutes of load: a day-end refused at its start (say ENGINE_ENV unset, which means
+    prod and wants keys) would otherwise leave a run with nothing to measure."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "eod", "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if done.returncode == 0:
+        return None
+    lines = (done.stderr or done.stdout).strip().splitlines()
+    return lines[-1] if lines else f"exit {done.returncode}"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_eod", description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -430,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     if not customers:
         print("bench_eod: no seeded customers: run `make seed` first", file=sys.stderr)
         return 2
+    if (why := day_end_can_start()) is not None:
+        print(f"bench_eod: the day-end cannot run: {why}", file=sys.stderr)
+        return 2
     _scheduler("stop")
     try:
         result = asyncio.run(run(args, customers))
@@ -437,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         _scheduler("start")
     text = table(result)
     print(text)
+    if result.returncode != 0:  # its figures measure nothing: never on the record
+        print(f"bench_eod: the day-end exited {result.returncode}: not appended", file=sys.stderr)
+        return 1
     if args.append:
         append_to_benchmarks(
             text,
@@ -445,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             title="Day-end while online",
             module="loadtest.bench_eod",
         )
-    return 0 if result.returncode == 0 else 1
+    return 0
 
 
 if __name__ == "__main__":
