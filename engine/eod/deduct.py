@@ -106,7 +106,9 @@ async def before_chunk(conn: asyncpg.Connection, ctx: EodContext) -> None:
     limit = ctx.settings.deduct_in_flight_max
     polls = 0
     while await conn.fetchval(_IN_FLIGHT_SQL, limit) >= limit:
-        if polls % round(IN_FLIGHT_LOG_S / IN_FLIGHT_POLL_S) == 0:
+        # Waiting a moment is how a full-speed deduction is paced (the metric counts it);
+        # only a wait of 30 s, a relay that is down or stuck, is worth a warning.
+        if polls and polls % round(IN_FLIGHT_LOG_S / IN_FLIGHT_POLL_S) == 0:
             log.warning(
                 "auto-deduction waits for the relay",
                 extra={
