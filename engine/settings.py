@@ -33,7 +33,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
     ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
     ENGINE_REPAYMENT_BATCH_MAX (32: repayments completed by one statement; 1: none),
-    ENGINE_RELAY_METRICS_PORT                         see ExternalSettings
+    ENGINE_RELAY_METRICS_PORT, ENGINE_RELAY_NICE      see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
                                                       (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
@@ -41,7 +41,7 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_EOD_SETTLE_S, ENGINE_EOD_POLL_S, ENGINE_EOD_CUTOFF_TIME,
     ENGINE_EOD_METRICS_PORT, ENGINE_EOD_RULES_FILE,
     ENGINE_EOD_SHARDS_AT_ONCE, ENGINE_EOD_DUTY_CYCLE, ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX,
-    ENGINE_EOD_ONLINE_P99_MS, ENGINE_EOD_ONLINE_METRICS_URL  see EodSettings
+    ENGINE_EOD_ONLINE_P99_MS, ENGINE_EOD_ONLINE_METRICS_URL, ENGINE_EOD_NICE  see EodSettings
 
 A TOML file may also give `[[shard_ranges]]` (first, last, shard) to map
 logical shards explicitly, and `[pool]` limits.
@@ -211,8 +211,15 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # never will: the movement failed. Must exceed core's own processing time.
     not_found_final_s: float = 120.0
     relay_metrics_port: int = 9101
+    # CPU priority (nice, 0..19) of the relay and of its PostgreSQL backends where the
+    # server is on this host (engine/runtime/priority.py). Its work is off the answers'
+    # path (a drawdown answers `disbursing`, a repayment debits inline) but not off
+    # the money's: above 0 a busy host hands the card its money later. 0: unchanged.
+    relay_nice: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.relay_nice <= 19:
+            raise ValueError("relay_nice must be 0..19")
         if min(self.core_timeout_s, self.sms_timeout_s, self.inline_debit_wait_s) <= 0:
             raise ValueError("external time-outs must be positive")
         if not 0 <= self.relay_gather_s <= 1:
@@ -301,6 +308,10 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     online_p99_ms: float = 0.0
     online_window_s: float = 2.0
     online_metrics_url: str = ""
+    # CPU priority (nice, 0..19) of the runner and of its PostgreSQL backends where the
+    # server is on this host (engine/runtime/priority.py): online work is served first
+    # and the day-end takes the CPU it leaves. 0: unchanged.
+    nice: int = 19
 
     def __post_init__(self) -> None:
         chunks = (self.accrual_chunk, self.overdue_chunk, self.deduct_chunk, self.prune_chunk)
@@ -316,6 +327,8 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("eod.shards_at_once must be 0..1024 and eod.duty_cycle 0.05..1")
         if not 0 <= self.online_p99_ms <= 60_000 or not 0.2 <= self.online_window_s <= 60:
             raise ValueError("eod.online_p99_ms must be 0..60000 and eod.online_window_s 0.2..60")
+        if not 0 <= self.nice <= 19:
+            raise ValueError("eod.nice must be 0..19")
         hours, _, minutes = self.cutoff_time.partition(":")
         if not (hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
             raise ValueError("eod.cutoff_time must be HH:MM")
@@ -423,11 +436,13 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
     for var, key in (
         ("ENGINE_REPAYMENT_BATCH_MAX", "repayment_batch_max"),
         ("ENGINE_INLINE_DEBIT_IN_FLIGHT", "inline_debit_in_flight"),
+        ("ENGINE_RELAY_NICE", "relay_nice"),
     ):
         if var in environ:
             external[key] = int(environ[var])
     if "ENGINE_RELAY_METRICS_PORT" in environ:
         external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
+
     if external:
         raw["external"] = external
     origination: dict[str, object] = {}
@@ -494,6 +509,7 @@ def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_EOD_METRICS_PORT", "metrics_port"),
         ("ENGINE_EOD_SHARDS_AT_ONCE", "shards_at_once"),
         ("ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX", "deduct_in_flight_max"),
+        ("ENGINE_EOD_NICE", "nice"),
     ):
         if var in environ:
             eod[key] = int(environ[var])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,9 @@ import msgspec
 from sharding.shard_map import PhysicalShard, ShardMap
 
 log = logging.getLogger(__name__)
+
+# Called on each new connection of a pool (asyncpg's `init`), with its shard.
+ConnectionInit = Callable[[PhysicalShard, asyncpg.Connection], Coroutine[Any, Any, None]]
 
 
 class PoolLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -56,6 +59,7 @@ async def create_pool(
     limits: PoolLimits,
     application_name: str,
     server_settings: Mapping[str, str] | None = None,
+    init: Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None = None,
 ) -> asyncpg.Pool:
     pool = asyncpg.create_pool(
         dsn,
@@ -70,6 +74,7 @@ async def create_pool(
         server_settings={"application_name": application_name, "timezone": "Asia/Shanghai"}
         | dict(server_settings or {}),
         reset=_keep_session,
+        init=init,
     )
     await pool
     return pool
@@ -122,19 +127,37 @@ class ShardPools:
         limits: PoolLimits,
         application_name: str,
         server_settings: Mapping[str, str] | None = None,
+        init: ConnectionInit | None = None,
     ) -> None:
         self.shard_map = shard_map
         self.limits = limits
         self._application_name = application_name
         self._server_settings = dict(server_settings or {})
+        self._init = init
         self._pools: dict[str, asyncpg.Pool] = {}
 
     async def open(self) -> None:
         for shard in self.shard_map.physical:
             self._pools[shard.name] = await create_pool(
-                shard.dsn, self.limits, self._application_name, self._server_settings
+                shard.dsn,
+                self.limits,
+                self._application_name,
+                self._server_settings,
+                self._init_for(shard),
             )
         await asyncio.gather(*(self._warm(name) for name in self._pools))
+
+    def _init_for(
+        self, shard: PhysicalShard
+    ) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None:
+        init = self._init
+        if init is None:
+            return None
+
+        async def on_connect(conn: asyncpg.Connection) -> None:
+            await init(shard, conn)
+
+        return on_connect
 
     async def _warm(self, name: str) -> None:
         pool = self._pools[name]

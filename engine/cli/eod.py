@@ -36,13 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    if args.action == "status":
+        return uvloop.run(_status(settings))
+    from engine.runtime.priority import lower_process
+
+    lower_process(settings.eod.nice)  # online work on this host is served first
     if args.action == "schedule":
         from engine.eod.scheduler import run_scheduler
 
         uvloop.run(run_scheduler(settings))
         return 0
-    if args.action == "status":
-        return uvloop.run(_status(settings))
     return uvloop.run(_run(settings, args.date, show=not args.quiet and sys.stderr.isatty()))
 
 

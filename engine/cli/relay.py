@@ -18,9 +18,11 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.relay.main import run_relay
     from engine.runtime.logs import setup_logging
+    from engine.runtime.priority import lower_process
     from engine.settings import load_settings
 
     settings = load_settings()
     setup_logging(settings.log_level)
+    lower_process(settings.external.relay_nice)
     uvloop.run(run_relay(settings))
     return 0

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from engine.runtime.priority import lower_backend
+
 # Any constant shared by every runner ("eod" in ASCII); migrations use another.
 EOD_LOCK_KEY = 0x656F64
 
@@ -22,8 +24,11 @@ class ShardBusy(RuntimeError):
 
 
 @contextlib.asynccontextmanager
-async def shard_lease(dsn: str, application_name: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection holding the shard's lease; the lock goes with the connection."""
+async def shard_lease(
+    dsn: str, application_name: str, nice: int = 0
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection holding the shard's lease; the lock goes with the connection. Its
+    backend runs at `nice` where that can be set (engine.runtime.priority)."""
     conn = await asyncpg.connect(
         dsn,
         timeout=10,
@@ -38,6 +43,7 @@ async def shard_lease(dsn: str, application_name: str) -> AsyncIterator[asyncpg.
     try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EOD_LOCK_KEY):
             raise ShardBusy("another day-end runner is at work on this shard")
+        lower_backend(conn, dsn, nice)
         yield conn
     finally:
         await conn.close()  # releases the lock

@@ -145,7 +145,8 @@ class EodRunner:
             governor=governor,
         )
         try:
-            async with shard_lease(shard.dsn, f"eod:{shard.name}") as conn:
+            lease = shard_lease(shard.dsn, f"eod:{shard.name}", self._settings.eod.nice)
+            async with lease as conn:
                 for step in STEPS:
                     await _run_step(conn, ctx, day, step, on_progress)
         except ShardBusy as exc:

@@ -17,6 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 
 import aiohttp
+import asyncpg
 
 from engine.adapters.bureau import BureauClient
 from engine.adapters.core_bank import CoreBankClient
@@ -26,6 +27,7 @@ from engine.origination.setup import build_origination
 from engine.relay.executor import Relay
 from engine.runtime import gc_tuning
 from engine.runtime.metrics_site import start_metrics_site
+from engine.runtime.priority import lower_backend
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
 from engine.settings import Settings
@@ -35,6 +37,7 @@ from engine.stores.outbox import Claimed
 from engine.stores.redis_wire import RedisWire
 from engine.stores.watch import watch_books, watch_shards
 from sharding.pools import ShardPools
+from sharding.shard_map import PhysicalShard
 
 log = logging.getLogger("engine.relay")
 
@@ -43,11 +46,17 @@ log = logging.getLogger("engine.relay")
 async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
     # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
     # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+    nice = settings.external.relay_nice
+
+    async def lowered(shard: PhysicalShard, conn: asyncpg.Connection) -> None:
+        lower_backend(conn, shard.dsn, nice)
+
     pools = ShardPools(
         settings.shard_map(),
         settings.pool,
         "relay",
         server_settings={"plan_cache_mode": "force_generic_plan"},
+        init=lowered if nice else None,
     )
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     try:
