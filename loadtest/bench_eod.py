@@ -51,7 +51,7 @@ from loadtest.bench_api import (
     say,
 )
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
-from loadtest.cpu_share import cpu_spent, process_cpu_s
+from loadtest.cpu_share import cpu_spent, priorities_of, process_cpu_s
 from loadtest.seed import control_dsn_from_env, shards_from_env
 
 TARGET_MINUTES_20M: Final = 10.0
@@ -87,6 +87,7 @@ class Run:
     online_s: float  # how long they ran
     during_cpu_s: dict[str, float]  # CPU by role while the day-end ran beside them
     backends_cpu_s: float  # CPU of the day-end's own database backends (its shard leases)
+    relay_priority: str  # the relay's nice during the run (ENGINE_RELAY_NICE when started)
 
 
 async def _business_date() -> dt.date:
@@ -221,7 +222,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         client.http.close()
     return Run(
         day, wall_s, returncode, await _steps(day), *before, *during, *after, *rates, governor_ms,
-        online_cpu, online_s, during_cpu, backends.cpu_s(),
+        online_cpu, online_s, during_cpu, backends.cpu_s(), priorities_of("relay"),
     )  # fmt: skip
 
 
@@ -296,6 +297,8 @@ def table(result: Run) -> str:
         "|---|---:|---|",
         f"| business date closed | {result.business_date} (exit {result.returncode}) | |",
         f"| day-end settings from the environment | {pacing or 'the defaults'} | |",
+        f"| the relay's CPU priority (ENGINE_RELAY_NICE of `make up`) | "
+        f"{result.relay_priority} | |",
         f"| governor's online p99 target (--governed) | "
         f"{f'{result.governor_ms:.1f} ms' if result.governor_ms else 'none'} | |",
         f"| loans accrued | {loans:,} | |",

@@ -162,3 +162,20 @@ def per_operation_ms(
     if not ops or not before:
         return {}
     return {role: (after[role] - before[role]) * 1000 / ops for role in ROLES}
+
+
+def priorities_of(role: str) -> str:
+    """The CPU priority of this stack's `role` processes, as "nice N, session M" (the
+    nice of their autogroup, which is what the kernel weighs against other sessions:
+    engine/runtime/priority.py); "none running" if there are none."""
+    seen = set()
+    for pid, (found, _) in _processes().items():
+        if found != role:
+            continue
+        try:
+            nice = os.getpriority(os.PRIO_PROCESS, pid)
+            group = Path(f"/proc/{pid}/autogroup").read_text().rsplit("nice", 1)[1].strip()
+        except (OSError, IndexError):
+            continue
+        seen.add(f"nice {nice}, session {group}")
+    return "; ".join(sorted(seen)) or "none running"
