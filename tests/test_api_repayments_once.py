@@ -189,6 +189,35 @@ async def test_same_key_while_processing_names_the_same_repayment(
     assert await duplicate_requests(http, core_knobs) == duplicates  # nothing sent twice
 
 
+async def test_a_twin_during_the_inline_debit_is_told_to_retry(
+    api: ApiClient, settings: Settings, http: aiohttp.ClientSession, core_knobs: str,
+    ten_days_on: Borrower,
+) -> None:  # fmt: skip
+    """The first request has committed phase A (its record says `processing`) and waits
+    for core's debit inline, holding the key: a twin with the same key is 409
+    IDEMPOTENCY_IN_FLIGHT with Retry-After, not the record's `processing` replayed (a
+    channel would take it for the answer). Once the first is answered, the key replays
+    its final answer; core debited once."""
+    who, since, key = ten_days_on, core_clock(), "once-" + secrets.token_hex(8)
+    duplicates = await duplicate_requests(http, core_knobs)
+    await set_knobs(http, core_knobs, latency_ms=500)  # inside the inline wait of 1 s
+    body = _prepay(who, "3000.00")
+    first = asyncio.ensure_future(api.post("/v1/repayments", body, key=key))
+    # Phase A committed: the debit is with core now.
+    await eventually(lambda: _repayment_ids(settings, who.customer_id), bool, interval_s=0.005)
+    twin = await api.post("/v1/repayments", body, key=key)
+    assert not first.done(), "the twin must come while the first waits for core"
+    assert (twin.status, twin.json.get("code")) == (409, "IDEMPOTENCY_IN_FLIGHT"), twin
+    assert twin.headers.get("Retry-After") == "1", twin.headers
+    answered = await first
+    assert answered.status == 201 and answered.json["status"] == "succeeded", answered
+    replay = await api.post("/v1/repayments", body, key=key)
+    assert (replay.status, replay.headers.get("Idempotent-Replayed")) == (201, "true"), replay
+    assert replay.raw == answered.raw
+    await _check_prepaid_3000(settings, api, http, core_knobs, who, answered, since)
+    assert await duplicate_requests(http, core_knobs) == duplicates  # nothing sent twice
+
+
 async def test_ten_copies_at_once_debit_once(
     api: ApiClient, settings: Settings, http: aiohttp.ClientSession, core_knobs: str,
     ten_days_on: Borrower,

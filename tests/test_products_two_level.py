@@ -15,9 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import pytest
 
+from engine.contract.errors import Unprocessable
+from engine.contract.messages import RepaymentCreate, RepaymentItemCreate
 from engine.security.identity import make_id_number
+from engine.security.pii import PiiCipher
+from engine.services.repayments import open_repayment
 from engine.settings import Settings
+from engine.stores.reference import Channel, load_reference
+from sharding.ids import IdGenerator, shard_of_id
 from tests.api_client import ApiClient, Reply, channel_known
 from tests.conftest import EngineProcess, run_cli
 from tests.origination_helpers import application, apply, born
@@ -196,6 +204,100 @@ async def test_adoption_inside_the_ranges_versions_pause_and_lines_keeping_their
     assert [(v["version"], v["terms"]["status"], v["terms"]["grace_months_max"])
             for v in versions.json["versions"]] == [
         (1, "active", 6), (2, "active", 0), (3, "paused", 0), (4, "active", 0)]  # fmt: skip
+
+
+async def test_prepayment_rules_are_those_of_the_loans_product_version(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """A product allows some prepayment rules (among its template's, its default one of
+    them); a loan prepays by those of the version its line was granted under, whatever
+    later versions allow, on the request's path at once and on the locked one."""
+    tenant, bank = await _new_bank(api, engine, http, ["4201"])
+    template = await _template(api)  # reduce_nearest and reduce_term
+    product = _code("p")
+    adopt = {"product_code": product, "template_code": template, "tenant_id": tenant}
+    for values, code in (
+        ({"prepay_rules": ["reduce_amount"]}, "PRODUCT_VALUE_OUT_OF_RANGE"),  # not the union's
+        ({"prepay_rules": ["reduce_term"]}, "PRODUCT_VALUE_INVALID"),  # default reduce_nearest
+    ):
+        refused = await _op(api, "POST", "/v1/admin/products", adopt | values)
+        assert (refused.status, refused.json["code"]) == (422, code), refused
+    adopted = await _op(api, "POST", "/v1/admin/products", adopt | {
+        "prepay_rules": ["reduce_term"], "prepay_rule_default": "reduce_term"})  # fmt: skip
+    assert adopted.status == 201, adopted
+    assert (adopted.json["prepay_rules"], adopted.json["prepay_rule_default"]) == (
+        ["reduce_term"], "reduce_term")  # fmt: skip
+    customer = await _customer(bank, tenant, "420102")
+    lines: list[str] = []
+
+    async def line_on(version: int) -> bool:
+        reply = await bank.post("/v1/credit-lines", _line_body(customer, product))
+        assert reply.status in (201, 422), reply  # 422: a worker that does not know it yet
+        if reply.status == 201 and reply.json["product_version"] == version:
+            lines.append(reply.json["credit_line_id"])
+            bank.line_customers[lines[-1]] = customer
+            return True
+        return False
+
+    await _eventually(lambda: line_on(1))
+    old_loan = (await bank.disbursed_loan(lines[-1]))["loan_id"]
+    changed = await _op(api, "PATCH", f"/v1/admin/products/{product}",
+                        {"prepay_rules": ["reduce_nearest", "reduce_term"],
+                         "prepay_rule_default": "reduce_nearest"}, tenant=tenant)  # fmt: skip
+    assert changed.status == 200 and changed.json["version"] == 2, changed
+    await _eventually(lambda: line_on(2))
+    new_loan = (await bank.disbursed_loan(lines[-1]))["loan_id"]
+
+    async def prepay(loan: str, **rule: str) -> Reply:
+        item = {"loan_id": loan, "mode": "prepay", "amount": "100.00"} | rule
+        reply = await bank.post("/v1/repayments", {
+            "customer_id": customer, "debit_from": bank.card_of(customer), "items": [item]})  # fmt: skip
+        return await bank.settled_repayment(reply)
+
+    # Version 1's loan: reduce_nearest is not its rule, though version 2 allows it.
+    refused = await prepay(old_loan, prepay_rule="reduce_nearest")
+    assert (refused.status, refused.json["code"]) == (422, "PREPAY_RULE_NOT_ALLOWED"), refused
+    assert "reduce_term" in refused.json["detail"]
+    by_default = await prepay(old_loan)  # version 1's default
+    assert by_default.status == 201 and by_default.json["status"] == "succeeded", by_default
+    assert by_default.json["items"][0]["prepay_rule"] == "reduce_term"
+    on_v2 = await prepay(new_loan, prepay_rule="reduce_nearest")
+    assert on_v2.status == 201 and on_v2.json["status"] == "succeeded", on_v2
+
+    # The locked path (phase A in a transaction) refuses it the same way.
+    crypto = settings.crypto
+    cipher = PiiCipher.from_config(crypto.pii_keys, crypto.pii_key_version, crypto.pii_index_key)
+    control = await asyncpg.create_pool(settings.control_dsn, min_size=1, max_size=1)
+    shard = settings.shard_map().physical_for(shard_of_id(int(customer)))
+    conn = await asyncpg.connect(shard.dsn)
+    try:
+        reference = await load_reference(control, cipher)
+        body = RepaymentCreate(customer, [RepaymentItemCreate(
+            old_loan, "prepay", "100.00", "reduce_nearest")], bank.card_of(customer))  # fmt: skip
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            with pytest.raises(Unprocessable) as locked:
+                await open_repayment(
+                    conn, ids=IdGenerator(126, lambda: True), cipher=cipher,
+                    reference=reference, channel=Channel(bank.channel, tenant, "", True),
+                    body=body, key=_code("k"), today=reference.business_date,
+                )  # fmt: skip
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
+        await control.close()
+    assert locked.value.code == "PREPAY_RULE_NOT_ALLOWED"
+
+    versions = await _op(api, "GET", f"/v1/admin/products/{product}/versions", tenant=tenant)
+    assert [v["terms"]["prepay_rules"] for v in versions.json["versions"]] == [
+        ["reduce_term"], ["reduce_nearest", "reduce_term"]]  # fmt: skip
+
+
+async def test_the_demo_products_allow_every_prepayment_rule(api: ApiClient) -> None:
+    demo = await _op(api, "GET", "/v1/admin/products/demo-credit")
+    assert demo.json["prepay_rules"] == ["reduce_amount", "reduce_nearest", "reduce_term"]
 
 
 async def test_region_rule_at_line_and_drawdown(

@@ -621,6 +621,8 @@ class ProductValues(_Request):
     annual_rate_pct_max: RateStr | None = None
     penalty_multiplier: MultiplierStr | None = None
     prepay_rule_default: PrepayRule | None = None
+    # The rules a prepayment may use, among the template's; the default must be one.
+    prepay_rules: Annotated[list[PrepayRule], Meta(min_length=1)] | None = None
     customer_outstanding_max: AmountStr | None = None
     region_source: RegionSource | None = None
 
@@ -653,6 +655,7 @@ class ProductView(msgspec.Struct):
     annual_rate_pct_max: str
     penalty_multiplier: str
     prepay_rule_default: str
+    prepay_rules: list[str]
     customer_cap_group: str | None
     customer_outstanding_max: str | None
     region_source: str

@@ -31,13 +31,17 @@ class LateLoan(msgspec.Struct, frozen=True):
 
 
 async def freeze_lines(conn: asyncpg.Connection, customer_ids: list[int], rule: str) -> int:
-    """Freeze the customers' active lines for new drawdowns; returns how many."""
+    """Freeze the customers' active lines for new drawdowns; returns how many. The lines
+    are locked in id order, as a repayment's completion locks them."""
     if not customer_ids:
         return 0
     status = await conn.execute(
-        """UPDATE credit_line SET status = 'frozen', frozen_by = 'rule', updated_at = now(),
+        """UPDATE credit_line l SET status = 'frozen', frozen_by = 'rule', updated_at = now(),
                status_reason = $2
-           WHERE customer_id = ANY($1::bigint[]) AND status = 'active'""",
+           FROM (SELECT credit_line_id FROM credit_line
+                 WHERE customer_id = ANY($1::bigint[]) AND status = 'active'
+                 ORDER BY credit_line_id FOR NO KEY UPDATE) x
+           WHERE l.credit_line_id = x.credit_line_id AND l.status = 'active'""",
         sorted(set(customer_ids)),
         f"post-loan rule {rule}",
     )

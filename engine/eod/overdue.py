@@ -5,10 +5,16 @@ the day, days past due and class, and the post-loan rules.
     those with a repayment in progress passed over (its completion books on its own
     date; the next day-end catches their days up)
       ─► ledger.overdue.accrue_overdue(state, day): each day's charges, per loan
-      ─► plans rewritten; one posting per LEGS_MAX − 1 loans:
-         Dr loan_penalty_receivable (each loan) / Cr penalty_income
+      ─► plans rewritten
       ─► loan_risk and class changes; rules: lines frozen, collection cases opened
+      ─► last, one posting per LEGS_MAX − 1 loans:
+         Dr loan_penalty_receivable (each loan) / Cr penalty_income
       ─► checkpoint, same commit
+
+Locks in a repayment's completion's order (engine/services/repayments.py, ledger 0018):
+loans, then lines, then ledger stripes. The customer of a late loan may be repaying
+another on the same line: a chunk holding a stripe while it waited to freeze the line
+would deadlock with that completion, which holds the line and then posts.
 """
 
 from __future__ import annotations
@@ -52,7 +58,6 @@ async def run_chunk(
         records = await conn.fetch(_LOCK_SQL, loan_ids, day)
         loans = [stored_loan(r) for r in records]
         charges = await _book_charges(conn, day, loans)
-        await _post(conn, ctx, day, charges)
         late = [
             collection.LateLoan(
                 loan.row.loan_id,
@@ -66,6 +71,7 @@ async def run_chunk(
             conn, day, [risk.Risk(x.loan_id, x.customer_id, x.days_past_due) for x in late]
         )
         await _apply_rules(conn, ctx, day, late)
+        await _post(conn, ctx, day, charges)  # stripes after the lines (see the top)
         await progress.advance(conn, day, STEP, start=after, last=loan_ids[-1], rows=len(loans))
     return len(loans)
 

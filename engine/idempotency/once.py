@@ -136,10 +136,13 @@ class _Once:
             metrics.IDEMPOTENCY_CONFLICTS.inc()
             raise
         except Conflict:
-            # In flight, or its process died after committing and before caching
-            # the answer: the shard knows which.
+            # The marker is held: the first request is still at work (before its commit,
+            # or in its second phase, e.g. a repayment's inline debit, its record still
+            # pending), or its process died after committing and before caching the
+            # answer. A final record is replayed; a pending one is not the answer yet,
+            # so the twin is told to retry (409, Retry-After) until the marker goes.
             stored = await self.durable()
-            if stored is None:
+            if stored is None or status_of(stored.body) in self.pending_states:
                 metrics.IDEMPOTENCY_CONFLICTS.inc()
                 raise
             return stored
@@ -161,7 +164,8 @@ async def run_once(
     then Redis keeps nothing and a retry reads the durable record, which the
     second phase updates when it completes. A stored answer whose `status` is one of
     `pending_states` is never cached in Redis either, so a retry always sees the
-    shard's latest.
+    shard's latest; while the first request still holds the key, a twin finding such
+    an answer is 409 IDEMPOTENCY_IN_FLIGHT (the first's answer is not known yet).
 
     `at_once`, if given, is tried first: the common case booked in one statement
     and one commit. When it finds the record it is a replay; when it finds that

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import asyncpg
@@ -205,7 +205,8 @@ async def open_repayment(
     await lock_customer(conn, channel, customer_id)
     await cards.require_bound(conn, customer_id, cards.card_index(cipher, card))
     loans = await _locked_loans(conn, channel, customer_id, loan_ids)
-    items = _sized_items(reference, body, loans, today)
+    versions = await _granted_versions(conn, loan_ids) if _prepays(body) else {}
+    items = _sized_items(reference, body, loans, today, versions)
     repayment_id = ids.next_id(shard_of_id(customer_id))
     total_fen = sum(item.amount_fen for item in items)
     await conn.execute(
@@ -267,35 +268,75 @@ def _checked_request(body: RepaymentCreate) -> tuple[str, list[int]]:
     return card, loan_ids
 
 
+def _prepays(body: RepaymentCreate) -> bool:
+    return any(item.mode == "prepay" for item in body.items)
+
+
+async def _granted_versions(conn: asyncpg.Connection, loan_ids: list[int]) -> dict[int, int]:
+    """Each loan's product version: its line's, the one the line was granted under."""
+    rows = await conn.fetch(
+        """SELECT l.loan_id, c.product_version FROM loan l
+           JOIN credit_line c ON c.credit_line_id = l.credit_line_id
+           WHERE l.loan_id = ANY($1::bigint[])""",
+        loan_ids,
+    )
+    return {r["loan_id"]: r["product_version"] for r in rows}
+
+
+def _prepay_rule(
+    reference: ReferenceData, loan: StoredLoan, asked: str | None, versions: Mapping[int, int]
+) -> str:
+    """The channel's rule, else the product's default, both of the version the loan was
+    granted under (`versions`: loan -> version); a rule that version does not allow is
+    refused."""
+    version = versions[loan.row.loan_id]
+    terms = reference.product_terms(loan.row.product_code, version)
+    rule = asked or terms.prepay_rule_default
+    if rule not in terms.prepay_rules:
+        raise Unprocessable(
+            "PREPAY_RULE_NOT_ALLOWED",
+            f"loan {loan.row.loan_id}: product {loan.row.product_code} (version {version}) "
+            f"allows prepayment rules {', '.join(terms.prepay_rules)}, not {rule}",
+        )
+    return rule
+
+
 def _sized_items(
-    reference: ReferenceData, body: RepaymentCreate, loans: dict[int, StoredLoan], today: dt.date
+    reference: ReferenceData,
+    body: RepaymentCreate,
+    loans: dict[int, StoredLoan],
+    today: dt.date,
+    versions: Mapping[int, int],
 ) -> list[Item]:
-    """Every item checked and sized on `today` (raises the refusals)."""
+    """Every item checked and sized on `today` (raises the refusals). `versions`: each
+    loan's granted product version, needed for prepayments only."""
     busy = [str(i) for i, loan in loans.items() if loan.row.pending_repayment_id is not None]
     if busy:
         raise Unprocessable(
             "REPAYMENT_IN_PROGRESS", f"loans {', '.join(busy)} have a repayment in progress"
         )
     results = []
-    products = reference.products
     for request_item in body.items:
         loan = loans[int(request_item.loan_id)]
         rule = None
-        if request_item.mode == "prepay":  # the channel's choice, else the product's rule
-            rule = request_item.prepay_rule or products[loan.row.product_code].prepay_rule_default
+        if request_item.mode == "prepay":
+            rule = _prepay_rule(reference, loan, request_item.prepay_rule, versions)
         item = Item(loan.row.loan_id, request_item.mode, rule, 0)
         results.append(_evaluate(loan, item, _cash(request_item), today))
     return [_sized(r) for r in results]
 
 
 # Phase A's read for `open_at_once`: the customer's tenant, whether the card is bound,
-# and the loans with their plans, row versions and receivables (for phase B's inline
-# completion), in one query and without locks.
+# the loans with their plans, row versions and receivables (for phase B's inline
+# completion), and each loan's granted product version (its prepayment rules), in one
+# query and without locks (a line's version never changes).
 _OPEN_READ_HEAD: Final = LOAN_WITH_PLAN_SQL.replace(
     "SELECT ",
     """SELECT (SELECT tenant_id FROM customer WHERE customer_id = $1) AS c_tenant_id,
        EXISTS (SELECT 1 FROM customer_card WHERE customer_id = $1 AND card_index = $2)
            AS c_card_bound,
+       (SELECT product_version FROM credit_line c WHERE c.credit_line_id = loan.credit_line_id)
+           AS line_product_version,
        """
     + VERSIONS_AND_RECEIVABLES,
     1,
@@ -438,7 +479,13 @@ def opening_args(
     row's): `open_repayments`' arguments for it and the answer to store. The channel's
     path and the day-end's auto-deduction both come here. Raises the refusals the
     locked path would (the caller lets that path name them)."""
-    items = _sized_items(reference, body, loans, today)
+    # The day-end's deduction reads no versions: its items are `due`, never `prepay`.
+    versions = {
+        r["loan_id"]: r["line_product_version"]
+        for r in records
+        if r.get("line_product_version") is not None
+    }
+    items = _sized_items(reference, body, loans, today, versions)
     repayment_id, outbox_id = ids
     customer_id = int(body.customer_id)
     total_fen = sum(item.amount_fen for item in items)

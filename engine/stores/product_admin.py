@@ -230,6 +230,7 @@ def product_view(p: Product, status_reason: str | None = None) -> ProductView:
         annual_rate_pct_max=format_rate_pct(p.annual_rate_pct_max),
         penalty_multiplier=_mult_text(p.penalty_multiplier),
         prepay_rule_default=p.prepay_rule_default,
+        prepay_rules=list(p.prepay_rules),
         customer_cap_group=p.customer_cap_group,
         customer_outstanding_max=None if cap is None else format_fen(cap),
         region_source=p.region_source,
@@ -308,6 +309,15 @@ def apply_values(t: TemplateView, current: Product, values: ProductValues) -> Pr
                 f"({', '.join(t.prepay_rules)})",
             )
         p = msgspec.structs.replace(p, prepay_rule_default=values.prepay_rule_default)
+    if values.prepay_rules is not None:
+        rules_outside = sorted(set(values.prepay_rules) - set(t.prepay_rules))
+        if rules_outside:
+            raise Unprocessable(
+                "PRODUCT_VALUE_OUT_OF_RANGE",
+                f"prepay_rules {', '.join(rules_outside)} are not among the template's "
+                f"({', '.join(t.prepay_rules)})",
+            )
+        p = msgspec.structs.replace(p, prepay_rules=tuple(sorted(set(values.prepay_rules))))
     if values.customer_outstanding_max is not None:
         if t.customer_outstanding_max is None:
             raise Unprocessable(
@@ -325,6 +335,8 @@ def apply_values(t: TemplateView, current: Product, values: ProductValues) -> Pr
         problems.append("term_months_min > term_months_max")
     if p.annual_rate_pct_min > p.annual_rate_pct_max:
         problems.append("annual_rate_pct_min > annual_rate_pct_max")
+    if p.prepay_rule_default not in p.prepay_rules:
+        problems.append(f"prepay_rule_default {p.prepay_rule_default} is not among prepay_rules")
     if problems:
         raise Unprocessable("PRODUCT_VALUE_INVALID", "; ".join(problems))
     return p
@@ -354,13 +366,15 @@ def from_template(t: TemplateView, product_code: str, tenant_id: str) -> Product
         status="active",
         region_source=t.region_source,
         loan_kind=t.loan_kind,
+        prepay_rules=tuple(t.prepay_rules),
     )
 
 
 _PRODUCT_COLUMNS = """tenant_id, name, repayment_methods, term_months_min, term_months_max,
     bullet_term_months_max, grace_months_max, line_limit_max_fen, customer_cap_group,
     customer_outstanding_max_fen, annual_rate_pct_min, annual_rate_pct_max, penalty_multiplier,
-    prepay_rule_default, template_code, version, status, region_source, loan_kind"""
+    prepay_rule_default, template_code, version, status, region_source, loan_kind,
+    prepay_rules"""
 
 
 def _product_args(p: Product) -> tuple[Any, ...]:
@@ -369,7 +383,7 @@ def _product_args(p: Product) -> tuple[Any, ...]:
         p.bullet_term_months_max, p.grace_months_max, p.line_limit_max_fen, p.customer_cap_group,
         p.customer_outstanding_max_fen, p.annual_rate_pct_min, p.annual_rate_pct_max,
         p.penalty_multiplier, p.prepay_rule_default, p.template_code, p.version, p.status,
-        p.region_source, p.loan_kind,
+        p.region_source, p.loan_kind, list(p.prepay_rules),
     )  # fmt: skip
 
 
@@ -420,7 +434,7 @@ async def adopt(
     done = await conn.fetchval(
         f"""INSERT INTO product (product_code, {_PRODUCT_COLUMNS})
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20)
+                    $18, $19, $20, $21)
             ON CONFLICT (product_code) DO NOTHING RETURNING 1""",
         product.product_code,
         *_product_args(product),
@@ -438,8 +452,8 @@ async def _next_version(
     await conn.execute(
         f"""UPDATE product SET ({_PRODUCT_COLUMNS}) =
                 ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20),
-                status_reason = $21, updated_at = now()
+                 $19, $20, $21),
+                status_reason = $22, updated_at = now()
             WHERE product_code = $1""",
         product.product_code,
         *_product_args(product),

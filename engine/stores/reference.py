@@ -29,6 +29,8 @@ CHANNEL_SECRET_CONTEXT = "channel_secret"  # noqa: S105 - a name, not a secret
 # What customers are told of operations no channel made: the day-end's automatic debits
 # (engine.eod.deduct.SYSTEM_CHANNEL) have no row in the channel table.
 SYSTEM_CHANNEL_NAMES = {"eod": "到期自动扣款"}
+# Every prepayment rule (API.md's `prepay_rule`), sorted as products and templates keep them.
+PREPAY_RULES: tuple[str, ...] = ("reduce_amount", "reduce_nearest", "reduce_term")
 
 
 class Product(msgspec.Struct, frozen=True):
@@ -54,6 +56,9 @@ class Product(msgspec.Struct, frozen=True):
     status: str = "active"
     region_source: str = "id_number"
     loan_kind: str = "business"
+    # Control migration 0009: the prepayment rules a repayment may ask for. A version's
+    # terms written before it have none: every rule, as then.
+    prepay_rules: tuple[str, ...] = PREPAY_RULES
 
     @property
     def paused(self) -> bool:
@@ -232,6 +237,7 @@ def product_of_row(row: asyncpg.Record) -> Product:
         status=row["status"],
         region_source=row["region_source"],
         loan_kind=row["loan_kind"],
+        prepay_rules=tuple(row["prepay_rules"]),
     )
 
 
