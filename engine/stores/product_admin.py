@@ -16,6 +16,7 @@ handlers and the CLI report the same refusals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -249,22 +250,25 @@ def _within(field: str, value: Any, lo: Any, hi: Any, shown: tuple[str, str, str
         raise _out_of_range(field, *shown)
 
 
+def _subset(field: str, given: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
+    """`given`, sorted and without repeats, if every one is among the template's."""
+    outside = sorted(set(given) - set(allowed))
+    if outside:
+        raise Unprocessable(
+            "PRODUCT_VALUE_OUT_OF_RANGE",
+            f"{field} {', '.join(outside)} are not among the template's ({', '.join(allowed)})",
+        )
+    return tuple(sorted(set(given)))
+
+
 def apply_values(t: TemplateView, current: Product, values: ProductValues) -> Product:  # noqa: PLR0915
     """`current` with the values given, each checked against the template's range."""
     p = current
     if values.name is not None:
         p = msgspec.structs.replace(p, name=values.name)
     if values.repayment_methods is not None:
-        outside = sorted(set(values.repayment_methods) - set(t.repayment_methods))
-        if outside:
-            raise Unprocessable(
-                "PRODUCT_VALUE_OUT_OF_RANGE",
-                f"repayment_methods {', '.join(outside)} are not among the template's "
-                f"({', '.join(t.repayment_methods)})",
-            )
-        p = msgspec.structs.replace(
-            p, repayment_methods=tuple(sorted(set(values.repayment_methods)))
-        )
+        methods = _subset("repayment_methods", values.repayment_methods, t.repayment_methods)
+        p = msgspec.structs.replace(p, repayment_methods=methods)
     for field in ("term_months_min", "term_months_max"):
         value = getattr(values, field)
         if value is not None:
@@ -310,14 +314,8 @@ def apply_values(t: TemplateView, current: Product, values: ProductValues) -> Pr
             )
         p = msgspec.structs.replace(p, prepay_rule_default=values.prepay_rule_default)
     if values.prepay_rules is not None:
-        rules_outside = sorted(set(values.prepay_rules) - set(t.prepay_rules))
-        if rules_outside:
-            raise Unprocessable(
-                "PRODUCT_VALUE_OUT_OF_RANGE",
-                f"prepay_rules {', '.join(rules_outside)} are not among the template's "
-                f"({', '.join(t.prepay_rules)})",
-            )
-        p = msgspec.structs.replace(p, prepay_rules=tuple(sorted(set(values.prepay_rules))))
+        rules = _subset("prepay_rules", values.prepay_rules, t.prepay_rules)
+        p = msgspec.structs.replace(p, prepay_rules=rules)
     if values.customer_outstanding_max is not None:
         if t.customer_outstanding_max is None:
             raise Unprocessable(
