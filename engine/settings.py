@@ -442,7 +442,6 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
             external[key] = int(environ[var])
     if "ENGINE_RELAY_METRICS_PORT" in environ:
         external["relay_metrics_port"] = int(environ["ENGINE_RELAY_METRICS_PORT"])
-
     if external:
         raw["external"] = external
     origination: dict[str, object] = {}

@@ -174,8 +174,11 @@ def priorities_of(role: str) -> str:
             continue
         try:
             nice = os.getpriority(os.PRIO_PROCESS, pid)
-            group = Path(f"/proc/{pid}/autogroup").read_text().rsplit("nice", 1)[1].strip()
-        except (OSError, IndexError):
+        except OSError:  # gone meanwhile
             continue
+        try:
+            group = Path(f"/proc/{pid}/autogroup").read_text().rsplit("nice", 1)[1].strip()
+        except (OSError, IndexError):  # no autogroups here (disabled, or a cgroup's)
+            group = "-"
         seen.add(f"nice {nice}, session {group}")
     return "; ".join(sorted(seen)) or "none running"

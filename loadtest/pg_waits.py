@@ -26,9 +26,21 @@ _SQL = """SELECT coalesce(nullif(split_part(application_name, ':', 1), ''), back
           FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()"""
 
 
+async def _one_per_server() -> list[asyncpg.Connection]:
+    """A connection to each server of the shards (several shards may share one)."""
+    conns: dict[int, asyncpg.Connection] = {}
+    for shard in shards_from_env(os.environ):
+        conn = await asyncpg.connect(shard.dsn, database="postgres", timeout=10)
+        server = await conn.fetchval("SELECT system_identifier FROM pg_control_system()")
+        if server in conns:
+            await conn.close()
+        else:
+            conns[server] = conn
+    return list(conns.values())
+
+
 async def sample(seconds: float, every_s: float) -> list[tuple[float, str, str, str]]:
-    servers = sorted({shard.dsn.rsplit("/", 1)[0] for shard in shards_from_env(os.environ)})
-    conns = [await asyncpg.connect(f"{base}/postgres", timeout=10) for base in servers]
+    conns = await _one_per_server()
     seen: collections.Counter[tuple[str, str, str]] = collections.Counter()
     samples = 0
     try:

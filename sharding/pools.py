@@ -20,8 +20,8 @@ from sharding.shard_map import PhysicalShard, ShardMap
 
 log = logging.getLogger(__name__)
 
-# Called on each new connection of a pool (asyncpg's `init`), with its shard.
-ConnectionInit = Callable[[PhysicalShard, asyncpg.Connection], Coroutine[Any, Any, None]]
+# Called on each new connection of a pool (asyncpg's `init`).
+ConnectionInit = Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]
 
 
 class PoolLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,7 +59,7 @@ async def create_pool(
     limits: PoolLimits,
     application_name: str,
     server_settings: Mapping[str, str] | None = None,
-    init: Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None = None,
+    init: ConnectionInit | None = None,
 ) -> asyncpg.Pool:
     pool = asyncpg.create_pool(
         dsn,
@@ -143,21 +143,9 @@ class ShardPools:
                 self.limits,
                 self._application_name,
                 self._server_settings,
-                self._init_for(shard),
+                self._init,
             )
         await asyncio.gather(*(self._warm(name) for name in self._pools))
-
-    def _init_for(
-        self, shard: PhysicalShard
-    ) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]] | None:
-        init = self._init
-        if init is None:
-            return None
-
-        async def on_connect(conn: asyncpg.Connection) -> None:
-            await init(shard, conn)
-
-        return on_connect
 
     async def _warm(self, name: str) -> None:
         pool = self._pools[name]

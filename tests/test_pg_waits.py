@@ -15,7 +15,8 @@ async def test_a_sleeping_backend_is_counted_under_its_application(settings: Set
         settings.shards[0].dsn, server_settings={"application_name": "probe:waits"}
     )
     try:
-        sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(1.5)"))
+        # Asleep well past the window, however long the sampler takes to connect.
+        sleeping = asyncio.ensure_future(conn.execute("SELECT pg_sleep(4)"))
         await asyncio.sleep(0.2)
         shares = await sample(0.8, 0.1)
         await sleeping

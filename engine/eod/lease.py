@@ -43,7 +43,7 @@ async def shard_lease(
     try:
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EOD_LOCK_KEY):
             raise ShardBusy("another day-end runner is at work on this shard")
-        lower_backend(conn, dsn, nice)
+        await lower_backend(conn, nice)
         yield conn
     finally:
         await conn.close()  # releases the lock

@@ -37,27 +37,31 @@ from engine.stores.outbox import Claimed
 from engine.stores.redis_wire import RedisWire
 from engine.stores.watch import watch_books, watch_shards
 from sharding.pools import ShardPools
-from sharding.shard_map import PhysicalShard
 
 log = logging.getLogger("engine.relay")
 
 
-@contextlib.asynccontextmanager
-async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
-    # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
-    # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+def relay_pools(settings: Settings) -> ShardPools:
+    """The relay's pools (not opened yet): their backends at `external.relay_nice`."""
     nice = settings.external.relay_nice
 
-    async def lowered(shard: PhysicalShard, conn: asyncpg.Connection) -> None:
-        lower_backend(conn, shard.dsn, nice)
+    async def lowered(conn: asyncpg.Connection) -> None:
+        await lower_backend(conn, nice)
 
-    pools = ShardPools(
+    # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
+    # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+    return ShardPools(
         settings.shard_map(),
         settings.pool,
         "relay",
         server_settings={"plan_cache_mode": "force_generic_plan"},
         init=lowered if nice else None,
     )
+
+
+@contextlib.asynccontextmanager
+async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
+    pools = relay_pools(settings)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     try:
         async with control_plane(settings, "relay") as plane:

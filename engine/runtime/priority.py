@@ -11,10 +11,11 @@ when it leads one, for the kernel weighs sessions before processes), and the
 PostgreSQL backend that serves one of its connections (`lower_backend`: every backend
 is in the postmaster's group, so there nice alone weighs it against the online
 requests' backends). The second works only where it
-can: the server on this host (a loopback or Unix-socket DSN), and a runner allowed to
-renice the server's processes (root, or the server's own user). Anywhere else it is
-skipped with one log line: a remote database needs its own means (cgroups, a resource
-group, a replica), and the day-end's governor still paces it.
+can: a server on this host (as the server itself sees the connection: over a Unix
+socket or a loopback address, not as the DSN spells it), and a runner allowed to
+renice the server's processes (root, CAP_SYS_NICE, or the server's own user).
+Anywhere else it is skipped with one log line: a remote database needs its own means
+(cgroups, a resource group, a replica), and the day-end's governor still paces it.
 """
 
 from __future__ import annotations
@@ -22,34 +23,32 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
 
 NICE_MAX = 19
-_LOCAL_NAMES = frozenset({"", "localhost"})
+_said: set[str] = set()  # what was logged once already: pools open connections all day
 
 
 def lower_process(nice: int, pid: int = 0) -> bool:
     """Make process `pid` (0: this one) at least `nice`; never raises its priority.
-    False if the system would not let us (logged)."""
+    False if the system would not let us (logged once)."""
     if nice <= 0:
         return False
     nice = min(nice, NICE_MAX)
     try:
         if os.getpriority(os.PRIO_PROCESS, pid) < nice:
             os.setpriority(os.PRIO_PROCESS, pid, nice)
-        if pid == 0:
-            _lower_own_autogroup(nice)
-    except OSError as exc:  # not ours to renice, gone, or no autogroup to write
-        log.warning(
-            "could not lower a process's CPU priority",
-            extra={"pid": pid or os.getpid(), "nice": nice, "error": type(exc).__name__},
-        )
+    except OSError as exc:  # not ours to renice, or gone
+        _say_once(f"process:{type(exc).__name__}", "could not lower a process's CPU priority",
+                  pid=pid or os.getpid(), nice=nice, error=type(exc).__name__)  # fmt: skip
         return False
+    if pid == 0:
+        _lower_own_autogroup(nice)
     return True
 
 
@@ -62,8 +61,20 @@ def _lower_own_autogroup(nice: int) -> None:
     if os.getsid(0) != os.getpid():
         return
     current = autogroup_nice(os.getpid())
-    if current is not None and current < nice:
-        Path("/proc/self/autogroup").write_text(str(nice))
+    if current is None or current >= nice:
+        return
+    for attempt in range(2):
+        try:
+            Path("/proc/self/autogroup").write_text(str(nice))
+            return
+        except BlockingIOError:  # the kernel allows one change per 100 ms system-wide
+            if attempt == 0:
+                time.sleep(0.11)
+        except OSError as exc:
+            _say_once("autogroup", "could not lower this session's autogroup",
+                      nice=nice, error=type(exc).__name__)  # fmt: skip
+            return
+    _say_once("autogroup", "could not lower this session's autogroup", nice=nice, error="EAGAIN")
 
 
 def autogroup_nice(pid: int) -> int | None:
@@ -74,36 +85,46 @@ def autogroup_nice(pid: int) -> int | None:
         return None
 
 
-def is_local_dsn(dsn: str) -> bool:
-    """True if the DSN's server is on this host (Unix socket, loopback, localhost)."""
-    parts = urlsplit(dsn)
-    host = parts.hostname or ""
-    if host in _LOCAL_NAMES or host.startswith("/"):
+def on_this_host(server_address: str | None) -> bool:
+    """Is a server on this host, by the address it sees its end of the connection at
+    (`inet_server_addr()`: NULL over a Unix socket)?"""
+    if server_address is None:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(server_address).is_loopback
     except ValueError:
         return False
 
 
-def _is_postgres(pid: int) -> bool:
+def _is_backend(pid: int) -> bool:
+    """A PostgreSQL backend here: a `postgres` process whose parent is one too (the
+    postmaster), not a pooler's or another namespace's process of that number."""
     try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        names = (Path(f"/proc/{p}/comm").read_text().strip() for p in (pid, parent))
+        return all(name == "postgres" for name in names)
+    except (OSError, ValueError, IndexError):
         return False
-    return comm.startswith("postgres")
 
 
-def lower_backend(conn: asyncpg.Connection, dsn: str, nice: int) -> bool:
-    """Lower the PostgreSQL backend serving `conn` to `nice`, if the server is on this
-    host and we may; True if it was lowered."""
+async def lower_backend(conn: asyncpg.Connection, nice: int) -> bool:
+    """Lower the PostgreSQL backend serving `conn` to `nice`, if it runs on this host
+    and we may; True if it was lowered."""
     if nice <= 0:
         return False
-    if not is_local_dsn(dsn):
-        log.info("the database is not on this host: its backend keeps its priority")
+    address = await conn.fetchval("SELECT host(inet_server_addr())")
+    if not on_this_host(address):
+        _say_once("remote", "the database is not on this host: its backends keep their priority")
         return False
     pid = conn.get_server_pid()
-    if not _is_postgres(pid):  # a pooler or another namespace: not ours to touch
-        log.info("no PostgreSQL process of this pid on this host", extra={"pid": pid})
+    if not _is_backend(pid):
+        _say_once("not-backend", "no PostgreSQL backend of this pid on this host", pid=pid)
         return False
     return lower_process(nice, pid)
+
+
+def _say_once(key: str, message: str, **extra: object) -> None:
+    if key not in _said:
+        _said.add(key)
+        log.warning(message, extra=extra)
