@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's own processes in the background, for `make up` / `make down`:
-#   fake-core, fake-sms (loadtest/fakes), engine (HTTP API), relay (outbox),
+#   fake-core, fake-sms (loadtest/fakes), engine (HTTP API), relay (outbox: online
+#   rows), relay-batch (the day-end's outbox rows, at its priority: ledger 0025),
 #   eod (the day-end scheduler).
 #
 #   ops/engine.sh start [NAME...] | stop [NAME...] | status
@@ -18,7 +19,7 @@ export ENGINE_ENV=${ENGINE_ENV:-dev}
 ops_port=${ENGINE_OPS_PORT:-8081}
 ops_host=${ENGINE_OPS_HOST:-127.0.0.1}
 ready_timeout_s=${READY_TIMEOUT_S:-60}
-all=(fake-core fake-sms fake-bureau engine relay eod)
+all=(fake-core fake-sms fake-bureau engine relay relay-batch eod)
 
 command_of() {
   case "$1" in
@@ -26,7 +27,9 @@ command_of() {
     fake-sms) echo "$py -m loadtest.fakes.sms_gateway" ;;
     fake-bureau) echo "$py -m loadtest.fakes.credit_bureau" ;;
     engine) echo "$py -m engine serve" ;;
-    relay) echo "$py -m engine relay" ;;
+    relay) echo "$py -m engine relay --lane online" ;;
+    # The day-end's outbox rows (ledger 0025), at the day-end's CPU priority.
+    relay-batch) echo "env ENGINE_RELAY_METRICS_PORT=${ENGINE_RELAY_BATCH_METRICS_PORT:-9103} ENGINE_RELAY_NICE=${ENGINE_EOD_NICE:-19} $py -m engine relay --lane batch" ;;
     # The scheduled day-end yields to online traffic above the load test's drawdown SLO.
     eod) echo "env ENGINE_EOD_ONLINE_P99_MS=${ENGINE_EOD_ONLINE_P99_MS:-200} $py -m engine eod schedule" ;;
     *) echo "engine.sh: unknown process $1" >&2; exit 2 ;;
@@ -40,6 +43,7 @@ ready_url() {
     fake-bureau) echo "http://127.0.0.1:${FAKE_BUREAU_PORT:-18603}/healthz" ;;
     engine) echo "http://$ops_host:$ops_port/readyz" ;;
     relay) echo "http://127.0.0.1:${ENGINE_RELAY_METRICS_PORT:-9101}/metrics" ;;
+    relay-batch) echo "http://127.0.0.1:${ENGINE_RELAY_BATCH_METRICS_PORT:-9103}/metrics" ;;
     eod) echo "http://127.0.0.1:${ENGINE_EOD_METRICS_PORT:-9102}/healthz" ;;
   esac
 }
@@ -89,5 +93,5 @@ case "$action" in
   start) for n in "${names[@]}"; do start_one "$n"; done ;;
   stop) for ((i=${#names[@]}-1; i>=0; i--)); do stop_one "${names[$i]}"; done ;;
   status) for n in "${names[@]}"; do if running "$n"; then echo "$n up"; else echo "$n down"; fi; done ;;
-  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms fake-bureau engine relay eod]" >&2; exit 2 ;;
+  *) echo "usage: ops/engine.sh start|stop|status [fake-core fake-sms fake-bureau engine relay relay-batch eod]" >&2; exit 2 ;;
 esac

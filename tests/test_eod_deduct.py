@@ -97,6 +97,9 @@ async def test_the_chunk_opens_what_the_locked_path_would(books: Isolated) -> No
             debits = await conn.fetch(
                 "SELECT ref_id, amount_fen FROM outbox WHERE kind = 'debit' ORDER BY ref_id"
             )
+            # For the batch relay, every row the day-end wrote (ledger 0025).
+            lanes = await conn.fetch("SELECT DISTINCT kind, lane FROM outbox")
+            assert {r["lane"] for r in lanes} == {"batch"}, lanes
             assert sorted(tuple(d) for d in debits) == sorted(
                 (r["repayment_id"], r["total_fen"]) for r in rows
             )

@@ -10,6 +10,12 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "relay", help="carry out outbox instructions (core banking, SMS)"
     )
+    parser.add_argument(
+        "--lane",
+        choices=("all", "online", "batch"),
+        default="all",
+        help="which outbox rows: the day-end's (batch), the rest (online), or all (default)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -24,5 +30,5 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging(settings.log_level)
     lower_process(settings.external.relay_nice)
-    uvloop.run(run_relay(settings))
+    uvloop.run(run_relay(settings, args.lane))
     return 0

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from engine.runtime.priority import lower_backend
+from engine.stores.outbox import LANE_SETTING
 
 # Any constant shared by every runner ("eod" in ASCII); migrations use another.
 EOD_LOCK_KEY = 0x656F64
@@ -38,6 +39,8 @@ async def shard_lease(
             # this long, is rolled back and done again (engine.eod.runner).
             "lock_timeout": "5s",
             "statement_timeout": "120s",
+            # Its outbox rows (the day's debits, reminders) go to the batch relay.
+            LANE_SETTING: "batch",
         },
     )
     try:

@@ -85,8 +85,10 @@ class Relay:
         sms: SmsGateway,
         settings: ExternalSettings,
         handlers: dict[str, KindHandler] | None = None,
+        lanes: Sequence[str] = outbox.LANES,
     ) -> None:
         self.pools = pools
+        self.lanes = tuple(lanes)
         self._ids = ids
         self._cipher = cipher
         self._reference = reference
@@ -106,7 +108,10 @@ class Relay:
             try:
                 async with acquire(pool, self.pools.limits.acquire_timeout_s) as conn:
                     rows = await outbox.claim(
-                        conn, self._settings.relay_batch_max, self._settings.relay_lease_s
+                        conn,
+                        self._settings.relay_batch_max,
+                        self._settings.relay_lease_s,
+                        self.lanes,
                     )
             except _DB_ERRORS as exc:
                 log.warning(

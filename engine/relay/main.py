@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import Final
 
 import aiohttp
 import asyncpg
@@ -33,7 +34,7 @@ from engine.services.context import Services
 from engine.settings import Settings
 from engine.stores.control_plane import ControlPlane, control_plane
 from engine.stores.nonce_sweep import sweep_forever
-from engine.stores.outbox import Claimed
+from engine.stores.outbox import LANE_SETTING, LANES, Claimed
 from engine.stores.redis_wire import RedisWire
 from engine.stores.watch import watch_books, watch_shards
 from sharding.pools import ShardPools
@@ -41,9 +42,15 @@ from sharding.pools import ShardPools
 log = logging.getLogger("engine.relay")
 
 
-def relay_pools(settings: Settings) -> ShardPools:
-    """The relay's pools (not opened yet): their backends at `external.relay_nice`."""
+# `python -m engine relay --lane`: which outbox rows it claims (ledger 0025).
+LANE_CHOICES: Final = {"all": LANES, "online": ("online",), "batch": ("batch",)}
+
+
+def relay_pools(settings: Settings, lane: str = "all") -> ShardPools:
+    """The relay's pools (not opened yet): their backends at `external.relay_nice`; a
+    batch relay's rows (its completions' SMS) are written in the batch lane too."""
     nice = settings.external.relay_nice
+    lane_setting = {LANE_SETTING: "batch"} if lane == "batch" else {}
 
     async def lowered(conn: asyncpg.Connection) -> None:
         await lower_backend(conn, nice)
@@ -54,26 +61,30 @@ def relay_pools(settings: Settings) -> ShardPools:
         settings.shard_map(),
         settings.pool,
         "relay",
-        server_settings={"plan_cache_mode": "force_generic_plan"},
+        server_settings={"plan_cache_mode": "force_generic_plan"} | lane_setting,
         init=lowered if nice else None,
     )
 
 
 @contextlib.asynccontextmanager
-async def relay_resources(settings: Settings) -> AsyncIterator[Relay]:
-    pools = relay_pools(settings)
+async def relay_resources(settings: Settings, lane: str = "all") -> AsyncIterator[Relay]:
+    pools = relay_pools(settings, lane)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
     try:
         async with control_plane(settings, "relay") as plane:
             await pools.open()
-            yield _relay(settings, plane, pools, session)
+            yield _relay(settings, plane, pools, session, LANE_CHOICES[lane])
     finally:
         await session.close()
         await pools.close()
 
 
 def _relay(
-    settings: Settings, plane: ControlPlane, pools: ShardPools, session: aiohttp.ClientSession
+    settings: Settings,
+    plane: ControlPlane,
+    pools: ShardPools,
+    session: aiohttp.ClientSession,
+    lanes: tuple[str, ...],
 ) -> Relay:
     external = settings.external
     relay = Relay(
@@ -84,6 +95,7 @@ def _relay(
         core=CoreBankClient(session, external.core_url, external.core_timeout_s),
         sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
         settings=external,
+        lanes=lanes,
     )
     # The bureau step of applications decides with the same services as the API;
     # the Redis client is there for the type only: the relay never touches Redis.
@@ -107,28 +119,18 @@ def _relay(
     return relay
 
 
-async def run_relay(settings: Settings) -> None:
+async def run_relay(settings: Settings, lane: str = "all") -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = await start_metrics_site(settings.external.relay_metrics_port)
     try:
-        async with relay_resources(settings) as relay:
-            security = settings.security
-            sweep = sweep_forever(
-                relay.pools,
-                retention_s=security.nonce_retention_s,
-                interval_s=security.nonce_sweep_s,
-                batch=security.nonce_sweep_batch,
-            )
-            watchers = [
-                asyncio.create_task(watch_books(relay.pools), name="book-watch"),
-                asyncio.create_task(watch_shards(relay.pools), name="shard-watch"),
-                asyncio.create_task(sweep, name="nonce-sweep"),
-            ]
+        async with relay_resources(settings, lane) as relay:
+            # The watchers once, in the relay that carries the online rows.
+            watchers = [] if lane == "batch" else _watchers(settings, relay.pools)
             gc_tuning.settle_after_startup()
-            log.info("relay running", extra={"shards": len(settings.shards)})
+            log.info("relay running", extra={"shards": len(settings.shards), "lane": lane})
             await relay.run(stop)
             for task in watchers:
                 task.cancel()
@@ -136,3 +138,18 @@ async def run_relay(settings: Settings) -> None:
     finally:
         await runner.cleanup()
     log.info("relay stopped")
+
+
+def _watchers(settings: Settings, pools: ShardPools) -> list[asyncio.Task[None]]:
+    security = settings.security
+    sweep = sweep_forever(
+        pools,
+        retention_s=security.nonce_retention_s,
+        interval_s=security.nonce_sweep_s,
+        batch=security.nonce_sweep_batch,
+    )
+    return [
+        asyncio.create_task(watch_books(pools), name="book-watch"),
+        asyncio.create_task(watch_shards(pools), name="shard-watch"),
+        asyncio.create_task(sweep, name="nonce-sweep"),
+    ]

@@ -10,7 +10,8 @@ ledger/migrations/0003_outbox.sql.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -20,6 +21,7 @@ WITH ready AS (
     SELECT outbox_id, state AS prior_state FROM outbox
     WHERE done_at IS NULL AND next_attempt_at <= now()  -- not final (migration 0008)
       AND (lease_until IS NULL OR lease_until < now())
+      AND lane = ANY($3::text[])  -- ledger 0025
     ORDER BY next_attempt_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -124,8 +126,17 @@ async def enqueue_many(conn: asyncpg.Connection, rows: list[Instruction]) -> Non
     )
 
 
-async def claim(conn: asyncpg.Connection, batch_max: int, lease_s: float) -> list[Claimed]:
-    return [_claimed(row) for row in await conn.fetch(_CLAIM_SQL, batch_max, lease_s)]
+# The lanes of ledger 0025: the day-end's rows, and everything else.
+LANES: Final = ("online", "batch")
+# A session writing this start-up parameter writes its outbox rows in that lane.
+LANE_SETTING: Final = "engine.outbox_lane"
+
+
+async def claim(
+    conn: asyncpg.Connection, batch_max: int, lease_s: float, lanes: Sequence[str] = LANES
+) -> list[Claimed]:
+    rows = await conn.fetch(_CLAIM_SQL, batch_max, lease_s, list(lanes))
+    return [_claimed(row) for row in rows]
 
 
 async def claim_one(
