@@ -280,6 +280,9 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Customers: one repayment each, as POST /v1/repayments, all opened by one statement;
     # their loans are locked from that statement to the chunk's commit.
     deduct_chunk: int = 100
+    # Customers per reminder chunk: it only reads loans and queues SMS, so a chunk is
+    # one commit for many customers (each commit waits for a WAL flush).
+    remind_chunk: int = 1000
     # Auto-debits opened and not yet finished by the relay, per shard database: the
     # deduction waits under this before its next chunk (a bounded queue; the relay's
     # debits, completions and SMS are the day-end's cost too, and the governor counts
@@ -314,7 +317,13 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nice: int = 19
 
     def __post_init__(self) -> None:
-        chunks = (self.accrual_chunk, self.overdue_chunk, self.deduct_chunk, self.prune_chunk)
+        chunks = (
+            self.accrual_chunk,
+            self.overdue_chunk,
+            self.deduct_chunk,
+            self.remind_chunk,
+            self.prune_chunk,
+        )
         if not all(1 <= n <= 20_000 for n in chunks):
             raise ValueError("eod chunk sizes must be 1..20000")
         if not 0 <= self.settle_s <= 300 or not 0.1 <= self.poll_s <= 3600:
@@ -509,6 +518,11 @@ def _eod_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_EOD_SHARDS_AT_ONCE", "shards_at_once"),
         ("ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX", "deduct_in_flight_max"),
         ("ENGINE_EOD_NICE", "nice"),
+        ("ENGINE_EOD_ACCRUAL_CHUNK", "accrual_chunk"),
+        ("ENGINE_EOD_OVERDUE_CHUNK", "overdue_chunk"),
+        ("ENGINE_EOD_DEDUCT_CHUNK", "deduct_chunk"),
+        ("ENGINE_EOD_REMIND_CHUNK", "remind_chunk"),
+        ("ENGINE_EOD_PRUNE_CHUNK", "prune_chunk"),
     ):
         if var in environ:
             eod[key] = int(environ[var])

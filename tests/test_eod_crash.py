@@ -26,7 +26,7 @@ DAY = dt.date(2026, 11, 16)
 ONE = dt.timedelta(days=1)
 KILLS = 4
 # Tiny chunks: many commits to land between.
-CONFIG = "[eod]\naccrual_chunk = 4\noverdue_chunk = 2\ndeduct_chunk = 2\nprune_chunk = 2\n"
+CONFIG = "[eod]\naccrual_chunk = 4\noverdue_chunk = 2\ndeduct_chunk = 2\nremind_chunk = 2\nprune_chunk = 2\n"
 
 
 @pytest.fixture

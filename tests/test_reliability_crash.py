@@ -48,7 +48,7 @@ from tests.waiting import eventually
 
 KILLS = scaled(2, 10)
 RNG = random.Random(17)
-EOD_CONFIG = "[eod]\naccrual_chunk = 2\noverdue_chunk = 2\ndeduct_chunk = 2\nprune_chunk = 2\n"
+EOD_CONFIG = "[eod]\naccrual_chunk = 2\noverdue_chunk = 2\ndeduct_chunk = 2\nremind_chunk = 2\nprune_chunk = 2\n"
 
 
 @pytest.fixture(scope="module")

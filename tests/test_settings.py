@@ -75,6 +75,8 @@ def test_shard_dsns_from_environment() -> None:
         ({"ENGINE_BOOKING_BATCH_MAX": "0"}, "booking_batch_max"),
         ({"ENGINE_BOOKING_GATHER_S": "1"}, "booking_gather_s"),
         ({"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "0"}, "deduct_in_flight_max"),
+        ({"ENGINE_EOD_REMIND_CHUNK": "0"}, "chunk sizes"),
+        ({"ENGINE_EOD_ACCRUAL_CHUNK": "20001"}, "chunk sizes"),
         ({"ENGINE_INLINE_DEBIT_IN_FLIGHT": "65"}, "inline_debit_in_flight"),
     ],
 )
@@ -96,6 +98,33 @@ def test_the_auto_debits_in_flight_are_set_from_the_environment() -> None:
     assert load_settings(DEV).eod.deduct_in_flight_max == 100
     settings = load_settings(DEV | {"ENGINE_EOD_DEDUCT_IN_FLIGHT_MAX": "7"})
     assert settings.eod.deduct_in_flight_max == 7
+
+
+def test_the_day_end_chunks_are_set_from_the_environment() -> None:
+    defaults = load_settings(DEV).eod
+    assert (defaults.accrual_chunk, defaults.deduct_chunk, defaults.remind_chunk) == (
+        2000,
+        100,
+        1000,
+    )
+    settings = load_settings(
+        DEV
+        | {
+            "ENGINE_EOD_ACCRUAL_CHUNK": "200",
+            "ENGINE_EOD_OVERDUE_CHUNK": "20",
+            "ENGINE_EOD_DEDUCT_CHUNK": "10",
+            "ENGINE_EOD_REMIND_CHUNK": "50",
+            "ENGINE_EOD_PRUNE_CHUNK": "500",
+        }
+    ).eod
+    chunks = (
+        settings.accrual_chunk,
+        settings.overdue_chunk,
+        settings.deduct_chunk,
+        settings.remind_chunk,
+        settings.prune_chunk,
+    )
+    assert chunks == (200, 20, 10, 50, 500)
 
 
 def test_the_inline_debits_sharing_core_calls_is_set_from_the_environment() -> None:

@@ -38,7 +38,7 @@ def targets(ctx: EodContext, day: dt.date) -> list[dt.date]:
 def chunks(
     conn: asyncpg.Connection, ctx: EodContext, day: dt.date, after: int
 ) -> AsyncIterator[list[int]]:
-    return keys.chunks(conn, CUSTOMERS_SQL, (targets(ctx, day),), after, ctx.settings.deduct_chunk)
+    return keys.chunks(conn, CUSTOMERS_SQL, (targets(ctx, day),), after, ctx.settings.remind_chunk)
 
 
 async def run_chunk(
