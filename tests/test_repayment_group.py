@@ -230,6 +230,42 @@ async def test_completions_read_together_are_booked_in_one_call_as_alone(
     assert len((await _booked(pools, grouped[0]))["legs"]) == len(together["legs"])
 
 
+async def test_one_read_for_many_debits_is_each_ones_own_read(
+    api: ApiClient, pools: ShardPools, plane: ControlPlane
+) -> None:
+    """The relay reads the debits of one core call in one statement (`read_many`) and
+    hands each its part as `known`: the same rows as its own read, booked the same."""
+    customers = await _loans(api, 4)
+    claims = [await _processing(pools, plane, c, f"grp-r-{c[0]}") for c in customers]
+    name = pools.physical_for(shard_of_id(claims[0].customer_id)).name
+    same = [c for c in claims if pools.physical_for(shard_of_id(c.customer_id)).name == name]
+    async with pools.pool(name).acquire() as conn:
+        together = await rc.read_many(conn, [c.ref_id for c in same] + [-1])
+        alone = {c.ref_id: [dict(r) for r in await conn.fetch(rc.READ_SQL, c.ref_id)] for c in same}
+    assert together == alone  # every column, loan by loan; an unknown id is absent
+    assert all(alone.values())
+    batches = rc.RepaymentBatches(pools, gather_s=5.0)
+    bodies = await asyncio.gather(
+        *(
+            rc.complete_at_once(
+                pools,
+                batches=batches,
+                ids=plane.ids,
+                reference=plane.reference.data,
+                claimed=c,
+                outcome="CORE1",
+                known=together[c.ref_id],
+            )
+            for c in same
+        )
+    )
+    assert all(body is not None and b'"status":"succeeded"' in body for body in bodies)
+    for claimed in same:
+        written = await _booked(pools, claimed)
+        assert written["repayment"]["status"] == "succeeded" and written["sms"] == 1
+        assert sum(leg[2] for leg in written["legs"]) == 0
+
+
 @contextlib.asynccontextmanager
 async def _held(pools: ShardPools, claimed: Claimed) -> AsyncIterator[None]:
     """The repayment's loan locked by another transaction meanwhile."""

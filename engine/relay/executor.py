@@ -51,7 +51,7 @@ from engine.services.disbursement import (
     complete_disbursements,
     observe,
 )
-from engine.services.repayment_completion import RepaymentBatches, complete_at_once
+from engine.services.repayment_completion import RepaymentBatches, complete_at_once, read_many
 from engine.services.repayments import complete_repayment
 from engine.settings import ExternalSettings
 from engine.stores import outbox
@@ -180,10 +180,29 @@ class Relay:
                 paid.append(Paid(row, answer.core_txn_id or "", loan))
             else:
                 others.append((row, answer))
+        taken = [r for r, a in others if r.kind == "debit" and a.outcome is Outcome.SUCCEEDED]
+        reads = await self._completion_reads(shard, taken)
         await asyncio.gather(
             self._settle_paid(shard, paid),
-            *(self._guarded(row, self.apply(shard, row, answer)) for row, answer in others),
+            *(
+                self._guarded(row, self.apply(shard, row, answer, reads.get(row.ref_id, ())))
+                for row, answer in others
+            ),
         )
+
+    async def _completion_reads(
+        self, shard: str, debits: list[Claimed]
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Phase B's read of the debits core took, one statement for them all (a day-end
+        sends hundreds at once); a repayment missing from it reads its own, as alone."""
+        if len(debits) < 2:
+            return {}
+        try:
+            async with acquire(self.pools.pool(shard)) as conn:
+                return await read_many(conn, [row.ref_id for row in debits])
+        except _DB_ERRORS as exc:
+            log.warning("completion read failed", extra={"shard": shard, "error": repr(exc)})
+            return {}
 
     async def _texts(self, shard: str, rows: list[Claimed], known: relay_batch.Prefetched) -> None:
         chunks = _chunks(rows, SEND_BATCH_MAX)

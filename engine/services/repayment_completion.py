@@ -77,6 +77,13 @@ READ_SQL: Final = (
     )
     + " WHERE r.repayment_id = $1 ORDER BY loan.loan_id"
 )
+# The same read for several repayments at once (the debits of one core call): one
+# statement instead of one each.
+READ_MANY_SQL: Final = READ_SQL.replace(
+    " WHERE r.repayment_id = $1 ORDER BY loan.loan_id",
+    " WHERE r.repayment_id = ANY($1::bigint[]) ORDER BY r.repayment_id, loan.loan_id",
+)
+assert READ_MANY_SQL != READ_SQL
 
 # One repayment's arguments (`GroupKind.args`): its scalars, then its loans' rows, then
 # its posting's leg columns.
@@ -281,6 +288,17 @@ def prepare(
         legs,
     )
     return Prepared(args, body)
+
+
+async def read_many(
+    conn: asyncpg.Connection, repayment_ids: Sequence[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """Phase B's read of several repayments, by repayment: what `complete_at_once`
+    takes as `known` (its group call checks the row versions all the same)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for record in await conn.fetch(READ_MANY_SQL, list(repayment_ids)):
+        found.setdefault(record["r_repayment_id"], []).append(dict(record))
+    return found
 
 
 async def complete_at_once(
