@@ -3,7 +3,8 @@
     .venv/bin/python -m loadtest.bench_eod [--seconds 20] [--append]
 
     0. wait (up to 5 min) for the relay to finish what a previous run left in the outbox
-    1. drawdowns and repayments at saturation (closed loops, `--seconds` each)
+    1. drawdowns and repayments at saturation (closed loops, `--seconds` each; skipped
+       with `--rates D,R`, which sets step 2's rates: the same load for two runs)
     2. both at once, each at a quarter of its saturated rate (half the machine), open
        loops, `--seconds`, no day-end: the online p99 without it
     3. the same open loops again while `python -m engine eod run` closes the business
@@ -174,12 +175,15 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
     client = Client(args.base_url)
     try:
         await quiet_relay()
-        say(f"drawdowns and repayments at saturation, {args.seconds} s each")
-        draw = await closed_loop(client, drawdown_maker(customers, 32), 32, args.seconds, 2.0)
-        pay = await closed_loop(client, repayment_maker(customers, 32), 32, args.seconds, 2.0)
-        # Half the machine: drawdowns at a quarter of their saturated rate and repayments
-        # at a quarter of theirs, at once (each alone at half would be all of it).
-        rates = (max(draw.per_s / 4, 1.0), max(pay.per_s / 4, 1.0))
+        if args.rates:  # the same online load as another run, for a fair pair
+            rates = args.rates
+        else:
+            say(f"drawdowns and repayments at saturation, {args.seconds} s each")
+            draw = await closed_loop(client, drawdown_maker(customers, 32), 32, args.seconds, 2.0)
+            pay = await closed_loop(client, repayment_maker(customers, 32), 32, args.seconds, 2.0)
+            # Half the machine: drawdowns at a quarter of their saturated rate and
+            # repayments at a quarter of theirs, at once (each alone at half would be all).
+            rates = (max(draw.per_s / 4, 1.0), max(pay.per_s / 4, 1.0))
         say(f"open loops: {rates[0]:.0f} drawdowns/s, {rates[1]:.0f} repayments/s, no day-end")
         async with cpu_spent() as online_cpu:
             began = time.perf_counter()
@@ -422,6 +426,16 @@ def day_end_can_start() -> str | None:
     return lines[-1] if lines else f"exit {done.returncode}"
 
 
+def _rates(text: str) -> tuple[float, float]:
+    try:
+        draw, pay = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected two rates: DRAWDOWNS,REPAYMENTS") from None
+    if not (0 < draw <= 10_000 and 0 < pay <= 10_000):
+        raise argparse.ArgumentTypeError("each rate must be in (0, 10000] per second")
+    return draw, pay
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_eod", description=__doc__)
     parser.add_argument("--seconds", type=float, default=20.0)
@@ -430,6 +444,14 @@ def _parser() -> argparse.ArgumentParser:
         "--base-url", default=f"http://127.0.0.1:{os.environ.get('ENGINE_HTTP_PORT', '8080')}"
     )
     parser.add_argument("--label", default="", help="a line above the table")
+    parser.add_argument(
+        "--rates",
+        type=_rates,
+        default=None,
+        metavar="DRAWDOWNS,REPAYMENTS",
+        help="the open loops' rates per second, instead of a quarter of each saturated "
+        "rate measured first (the saturation varies from run to run: fix it to compare two)",
+    )
     parser.add_argument(
         "--governed",
         type=float,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.bench_eod import day_end_can_start
+from loadtest.bench_eod import _parser, day_end_can_start
 
 
 def test_a_day_end_refused_at_its_start_is_found_before_the_load(
@@ -18,3 +18,12 @@ def test_a_day_end_refused_at_its_start_is_found_before_the_load(
     why = day_end_can_start()
     assert why is not None
     assert "ENGINE_ENV" in why  # the engine's own message, naming what to set
+
+
+def test_fixed_rates_are_two_positive_numbers() -> None:
+    parser = _parser()
+    assert parser.parse_args(["--rates", "150,100.5"]).rates == (150.0, 100.5)
+    assert parser.parse_args([]).rates is None  # a quarter of each saturated rate
+    for bad in ("150", "150,0", "a,b", "1,2,3"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--rates", bad])
