@@ -179,6 +179,41 @@ def _same_but_ids(a: dict[str, Any], b: dict[str, Any]) -> None:
     }
 
 
+async def _complete(
+    pools: ShardPools,
+    plane: ControlPlane,
+    batches: rc.RepaymentBatches,
+    claimed: Claimed,
+    known: list[dict[str, Any]] | None = None,
+) -> bytes | None:
+    """Phase B of one claim through `batches` (core answered CORE1): from `known`
+    when given, else from its own read."""
+    return await rc.complete_at_once(
+        pools,
+        batches=batches,
+        ids=plane.ids,
+        reference=plane.reference.data,
+        claimed=claimed,
+        outcome="CORE1",
+        known=known or (),
+    )
+
+
+async def _complete_together(
+    pools: ShardPools,
+    plane: ControlPlane,
+    batches: rc.RepaymentBatches,
+    claims: list[Claimed],
+    known: dict[int, list[dict[str, Any]]] | None = None,
+) -> list[bytes | None]:
+    """Phase B of every claim at once, each with its part of `known` when given."""
+    return list(
+        await asyncio.gather(
+            *(_complete(pools, plane, batches, c, (known or {}).get(c.ref_id)) for c in claims)
+        )
+    )
+
+
 async def test_completions_read_together_are_booked_in_one_call_as_alone(
     api: ApiClient, pools: ShardPools, plane: ControlPlane
 ) -> None:
@@ -190,19 +225,7 @@ async def test_completions_read_together_are_booked_in_one_call_as_alone(
     # All four on one shard database's lane only if their customers share it: group by it.
     batches = rc.RepaymentBatches(pools, gather_s=5.0)
     calls0, done0 = _batches()
-    bodies = await asyncio.gather(
-        *(
-            rc.complete_at_once(
-                pools,
-                batches=batches,
-                ids=plane.ids,
-                reference=plane.reference.data,
-                claimed=claimed,
-                outcome="CORE1",
-            )
-            for claimed in grouped
-        )
-    )
+    bodies = await _complete_together(pools, plane, batches, grouped)
     calls, done = _batches()
     assert all(body is not None and b'"status":"succeeded"' in body for body in bodies)
     assert done - done0 == 4
@@ -218,14 +241,7 @@ async def test_completions_read_together_are_booked_in_one_call_as_alone(
         _same_but_ids(alone, together)
     # Once only: the same debit answered again books nothing more (the locked path
     # finds the repayment done).
-    again = await rc.complete_at_once(
-        pools,
-        batches=batches,
-        ids=plane.ids,
-        reference=plane.reference.data,
-        claimed=grouped[0],
-        outcome="CORE1",
-    )
+    again = await _complete(pools, plane, batches, grouped[0])
     assert again is None
     assert len((await _booked(pools, grouped[0]))["legs"]) == len(together["legs"])
 
@@ -245,20 +261,7 @@ async def test_one_read_for_many_debits_is_each_ones_own_read(
     assert together == alone  # every column, loan by loan; an unknown id is absent
     assert all(alone.values())
     batches = rc.RepaymentBatches(pools, gather_s=5.0)
-    bodies = await asyncio.gather(
-        *(
-            rc.complete_at_once(
-                pools,
-                batches=batches,
-                ids=plane.ids,
-                reference=plane.reference.data,
-                claimed=c,
-                outcome="CORE1",
-                known=together[c.ref_id],
-            )
-            for c in same
-        )
-    )
+    bodies = await _complete_together(pools, plane, batches, same, together)
     assert all(body is not None and b'"status":"succeeded"' in body for body in bodies)
     for claimed in same:
         written = await _booked(pools, claimed)
@@ -316,14 +319,7 @@ async def test_a_failed_group_call_writes_nothing_and_each_is_then_booked_alone(
         assert written["debit"]["state"] == "sending"
     # Each alone, as the relay then does: booked once.
     for claimed in same:
-        body = await rc.complete_at_once(
-            pools,
-            batches=rc.RepaymentBatches(pools, batch_max=1),
-            ids=plane.ids,
-            reference=plane.reference.data,
-            claimed=claimed,
-            outcome="CORE1",
-        )
+        body = await _complete(pools, plane, rc.RepaymentBatches(pools, batch_max=1), claimed)
         assert body is not None
         written = await _booked(pools, claimed)
         assert written["repayment"]["status"] == "succeeded" and len(written["items"]) == 1
@@ -340,14 +336,7 @@ async def test_a_loan_held_long_does_not_stall_the_others(
 
     async def complete(claimed: Claimed) -> None:
         # The relay's way: at once, else alone under locks.
-        body = await rc.complete_at_once(
-            pools,
-            batches=batches,
-            ids=plane.ids,
-            reference=plane.reference.data,
-            claimed=claimed,
-            outcome="CORE1",
-        )
+        body = await _complete(pools, plane, batches, claimed)
         if body is None:
             await _alone(pools, plane, claimed)
         finished[claimed.ref_id] = loop.time()
