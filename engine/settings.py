@@ -444,6 +444,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
             external[key] = float(environ[var])
     for var, key in (
         ("ENGINE_REPAYMENT_BATCH_MAX", "repayment_batch_max"),
+        ("ENGINE_RELAY_BATCH_MAX", "relay_batch_max"),
         ("ENGINE_INLINE_DEBIT_IN_FLIGHT", "inline_debit_in_flight"),
         ("ENGINE_RELAY_NICE", "relay_nice"),
     ):

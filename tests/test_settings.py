@@ -127,6 +127,13 @@ def test_the_day_end_chunks_are_set_from_the_environment() -> None:
     assert chunks == (200, 20, 10, 50, 500)
 
 
+def test_the_relay_claim_is_set_from_the_environment() -> None:
+    assert load_settings(DEV).external.relay_batch_max == 50
+    assert load_settings(DEV | {"ENGINE_RELAY_BATCH_MAX": "200"}).external.relay_batch_max == 200
+    with pytest.raises(SettingsError, match="relay_batch_max"):
+        load_settings(DEV | {"ENGINE_RELAY_BATCH_MAX": "0"})
+
+
 def test_the_inline_debits_sharing_core_calls_is_set_from_the_environment() -> None:
     assert load_settings(DEV).external.inline_debit_in_flight == 4
     settings = load_settings(DEV | {"ENGINE_INLINE_DEBIT_IN_FLIGHT": "0"})
