@@ -200,9 +200,12 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         say(f"the day-end of {day}, with the same open loops (governor: {governor_ms} ms)")
         done = asyncio.Event()
         started = time.perf_counter()
+        # In a session of its own, as the scheduler of `make up` runs it (under setsid):
+        # it then lowers its session's autogroup, which is what the kernel weighs
+        # against the engines' sessions (engine/runtime/priority.py).
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "engine", "eod", "run", "--date", str(day), "--quiet",
-            cwd=ROOT, env=env,
+            cwd=ROOT, env=env, start_new_session=True,
         )  # fmt: skip
 
         async def wait_eod() -> int:
@@ -211,12 +214,17 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
             return code
 
         backends = EodBackends()
-        async with cpu_spent() as during_cpu:
-            returncode, during, _ = await asyncio.gather(
-                wait_eod(),
-                loops_until(client, customers, rates, done, 10.0),
-                backends.follow(done),
-            )
+        try:
+            async with cpu_spent() as during_cpu:
+                returncode, during, _ = await asyncio.gather(
+                    wait_eod(),
+                    loops_until(client, customers, rates, done, 10.0),
+                    backends.follow(done),
+                )
+        finally:
+            if proc.returncode is None:  # the bench stopped: no day-end left behind it
+                proc.terminate()
+                await proc.wait()
         wall_s = time.perf_counter() - started
         await quiet_relay()
         await _quiet_autovacuum()
