@@ -280,8 +280,8 @@ class EodSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Customers: one repayment each, as POST /v1/repayments, all opened by one statement;
     # their loans are locked from that statement to the chunk's commit.
     deduct_chunk: int = 100
-    # Customers per reminder chunk: it only reads loans and queues SMS, so a chunk is
-    # one commit for many customers (each commit waits for a WAL flush).
+    # Customers per reminder chunk: it only reads loans and queues SMS, so a chunk may
+    # be large (its time is the runner decoding plans: 1,000 measured as fast as 100).
     remind_chunk: int = 1000
     # Auto-debits opened and not yet finished by the relay, per shard database: the
     # deduction waits under this before its next chunk (a bounded queue; the relay's
