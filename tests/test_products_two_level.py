@@ -261,8 +261,18 @@ async def test_prepayment_rules_are_those_of_the_loans_product_version(
     by_default = await prepay(old_loan)  # version 1's default
     assert by_default.status == 201 and by_default.json["status"] == "succeeded", by_default
     assert by_default.json["items"][0]["prepay_rule"] == "reduce_term"
-    on_v2 = await prepay(new_loan, prepay_rule="reduce_nearest")
-    assert on_v2.status == 201 and on_v2.json["status"] == "succeeded", on_v2
+
+    async def prepaid_on_v2() -> bool:
+        # A worker still on version 1's data refuses for a moment; it never applies
+        # version 1's rules to a loan of version 2.
+        reply = await prepay(new_loan, prepay_rule="reduce_nearest")
+        if reply.status == 503:
+            assert reply.json["code"] == "REFERENCE_DATA_BEHIND", reply
+            return False
+        assert reply.status == 201 and reply.json["status"] == "succeeded", reply
+        return True
+
+    await _eventually(prepaid_on_v2)
 
     # The locked path (phase A in a transaction) refuses it the same way.
     crypto = settings.crypto

@@ -206,6 +206,7 @@ async def _book_at_once(
     today: dt.date,
 ) -> tuple[DrawdownView, StoredResponse] | AtOnce:
     """`draw_down_at_once` once the line is read: check, plan, book."""
+    await svc.reference.catch_up(line["product_code"], line["product_version"])
     _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     try:
         draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
@@ -232,6 +233,7 @@ async def draw_down(
     line = await _line_paying(
         conn, channel, int(body.credit_line_id), cards.card_index(svc.cipher, card), lock=True
     )
+    await svc.reference.catch_up(line["product_code"], line["product_version"])
     product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)

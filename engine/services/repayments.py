@@ -444,6 +444,9 @@ async def _prepare_opening(
     # as the locked path's would be a moment later, and nothing is written either way.
     # The idempotency runner still replays the key's durable record if there is one (a
     # retry of a repayment that went through finds its own loans held or paid).
+    for record in records:  # the versions its prepayments' rules come from
+        if record["line_product_version"] is not None:
+            await svc.reference.catch_up(record["product_code"], record["line_product_version"])
     args, response = opening_args(
         reference=svc.reference.data,
         cipher=svc.cipher,

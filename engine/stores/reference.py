@@ -18,6 +18,7 @@ from decimal import Decimal
 import asyncpg
 import msgspec
 
+from engine.contract.errors import ServiceUnavailable
 from engine.security.pii import PiiCipher
 from engine.stores.shards import acquire
 from sharding.pools import PoolLimits
@@ -117,9 +118,31 @@ class ReferenceData(msgspec.Struct, frozen=True):
 
     def product_terms(self, product_code: str, version: int) -> Product:
         """The terms of `version` of the product (the current ones if that version is not
-        kept, as for a product written before versions existed)."""
+        kept, as for a product written before versions existed). A version newer than
+        the current one this data knows means the data is behind the control database
+        (another engine changed the product within the last refresh): 503
+        REFERENCE_DATA_BEHIND, to retry, never another version's terms."""
         kept = self.product_versions.get((product_code, version))
-        return kept if kept is not None else self.products[product_code]
+        if kept is not None:
+            return kept
+        current = self.products[product_code]
+        if self.is_behind(product_code, version):
+            raise ServiceUnavailable(
+                "REFERENCE_DATA_BEHIND",
+                f"product {product_code} version {version} is newer than this engine's "
+                f"reference data (version {current.version}); retry in a moment",
+                headers={"Retry-After": "1"},
+            )
+        return current
+
+    def is_behind(self, product_code: str, version: int) -> bool:
+        """`version` of the product is newer than any this data keeps."""
+        current = self.products.get(product_code)
+        return (
+            current is not None
+            and version > current.version
+            and (product_code, version) not in self.product_versions
+        )
 
     def union_id(self) -> str | None:
         return next((t.tenant_id for t in self.tenant_info.values() if t.is_union), None)
@@ -257,6 +280,7 @@ class ReferenceCache:
         self._refresh_s = refresh_s
         self._refuse_published = refuse_published_secrets  # production: env = prod
         self.current: ReferenceData | None = None
+        self._catching_up = asyncio.Lock()
 
     async def load(self) -> ReferenceData:
         data = await load_reference(self._pool, self._cipher)
@@ -291,6 +315,19 @@ class ReferenceCache:
     def data(self) -> ReferenceData:
         assert self.current is not None, "reference data is loaded at start-up"
         return self.current
+
+    async def catch_up(self, product_code: str, version: int) -> None:
+        """Reload now if `version` of the product is newer than this data knows: another
+        engine changed the product since the last refresh, and a line or loan of the
+        new version is being served here. Without it, `product_terms` answers 503."""
+        if not self.data.is_behind(product_code, version):
+            return
+        async with self._catching_up:  # one reload for the requests that meet it at once
+            if self.data.is_behind(product_code, version):
+                try:
+                    await self.load()
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    log.warning("reference data reload failed", extra={"error": repr(exc)})
 
     async def refresh_forever(self) -> None:
         while True:
