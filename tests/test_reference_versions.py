@@ -69,6 +69,15 @@ def test_a_version_newer_than_the_data_is_refused_not_taken_from_the_current() -
     assert refused.value.status == 503 and refused.value.headers["Retry-After"] == "1"
 
 
+def test_a_product_the_data_does_not_know_is_refused_not_a_key_error() -> None:
+    behind = _data(V1, [V1])
+    assert behind.is_behind("q", 1) and behind.is_behind("p", 2)
+    assert not behind.is_behind("p", 1)
+    with pytest.raises(ServiceUnavailable) as refused:
+        behind.product_terms("q", 1)  # adopted by another engine a moment ago
+    assert refused.value.code == "REFERENCE_DATA_BEHIND"
+
+
 def test_a_product_older_than_versions_uses_its_current_terms() -> None:
     legacy = _data(V2, [])  # written before product versions were kept
     assert legacy.product_terms("p", 1) == V2

@@ -262,8 +262,10 @@ def _check_line(
     """The request against the line (raises the refusals); returns the terms of the
     product's version the line was granted under."""
     reference = svc.reference.data
-    product_rules.check_active(reference.products[line["product_code"]])
+    # The version's terms first: a product this process has not loaded yet is a 503 to
+    # retry (`catch_up` reloads before this), not a KeyError.
     product = reference.product_terms(line["product_code"], line["product_version"])
+    product_rules.check_active(reference.products.get(line["product_code"], product))
     product_rules.check_term(product, body.term_months)
     id_region, residence = line["regions"] or (None, None)
     product_rules.check_region(reference, line["tenant_id"], product, id_region, residence)

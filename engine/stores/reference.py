@@ -125,23 +125,23 @@ class ReferenceData(msgspec.Struct, frozen=True):
         kept = self.product_versions.get((product_code, version))
         if kept is not None:
             return kept
-        current = self.products[product_code]
-        if self.is_behind(product_code, version):
+        current = self.products.get(product_code)
+        if current is None or self.is_behind(product_code, version):
+            known = "not at all" if current is None else f"up to version {current.version}"
             raise ServiceUnavailable(
                 "REFERENCE_DATA_BEHIND",
                 f"product {product_code} version {version} is newer than this engine's "
-                f"reference data (version {current.version}); retry in a moment",
+                f"reference data (it knows the product {known}); retry in a moment",
                 headers={"Retry-After": "1"},
             )
         return current
 
     def is_behind(self, product_code: str, version: int) -> bool:
-        """`version` of the product is newer than any this data keeps."""
+        """The product, or this `version` of it, is newer than this data: a line or loan
+        of it was made by an engine that has loaded it since."""
         current = self.products.get(product_code)
-        return (
-            current is not None
-            and version > current.version
-            and (product_code, version) not in self.product_versions
+        return current is None or (
+            version > current.version and (product_code, version) not in self.product_versions
         )
 
     def union_id(self) -> str | None:
