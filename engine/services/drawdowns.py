@@ -206,8 +206,7 @@ async def _book_at_once(
     today: dt.date,
 ) -> tuple[DrawdownView, StoredResponse] | AtOnce:
     """`draw_down_at_once` once the line is read: check, plan, book."""
-    await svc.reference.catch_up(line["product_code"], line["product_version"])
-    _check_line(svc, line, body, amount_fen=amount_fen, today=today)
+    await _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     try:
         draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
     except Unprocessable:
@@ -233,8 +232,7 @@ async def draw_down(
     line = await _line_paying(
         conn, channel, int(body.credit_line_id), cards.card_index(svc.cipher, card), lock=True
     )
-    await svc.reference.catch_up(line["product_code"], line["product_version"])
-    product = _check_line(svc, line, body, amount_fen=amount_fen, today=today)
+    product = await _check_line(svc, line, body, amount_fen=amount_fen, today=today)
     await _check_customer_cap(conn, channel, product, line["customer_id"], amount_fen)
     draft = _draft(svc, channel, body, line, amount_fen=amount_fen, card=card, today=today)
     no_record = (None, None, None, None, None)  # the caller writes it in this transaction
@@ -256,14 +254,15 @@ async def _line_paying(
     return line
 
 
-def _check_line(
+async def _check_line(
     svc: Services, line: asyncpg.Record, body: DrawdownCreate, *, amount_fen: int, today: dt.date
 ) -> Product:
     """The request against the line (raises the refusals); returns the terms of the
     product's version the line was granted under."""
+    # A version this process has not loaded yet: reloaded first; failing that, the
+    # terms' lookup is a 503 to retry, not a KeyError.
+    await svc.reference.catch_up(line["product_code"], line["product_version"])
     reference = svc.reference.data
-    # The version's terms first: a product this process has not loaded yet is a 503 to
-    # retry (`catch_up` reloads before this), not a KeyError.
     product = reference.product_terms(line["product_code"], line["product_version"])
     product_rules.check_active(reference.products.get(line["product_code"], product))
     product_rules.check_term(product, body.term_months)

@@ -125,8 +125,8 @@ class ReferenceData(msgspec.Struct, frozen=True):
         kept = self.product_versions.get((product_code, version))
         if kept is not None:
             return kept
-        current = self.products.get(product_code)
-        if current is None or self.is_behind(product_code, version):
+        if self.is_behind(product_code, version):
+            current = self.products.get(product_code)
             known = "not at all" if current is None else f"up to version {current.version}"
             raise ServiceUnavailable(
                 "REFERENCE_DATA_BEHIND",
@@ -134,7 +134,7 @@ class ReferenceData(msgspec.Struct, frozen=True):
                 f"reference data (it knows the product {known}); retry in a moment",
                 headers={"Retry-After": "1"},
             )
-        return current
+        return self.products[product_code]
 
     def is_behind(self, product_code: str, version: int) -> bool:
         """The product, or this `version` of it, is newer than this data: a line or loan
