@@ -22,9 +22,14 @@ from sharding.pools import ShardBusyError, ShardPools, ShardUnavailableError, ch
 T = TypeVar("T")
 
 RETRIES_MAX = 3
+# A server going away answers in several ways: a refused or dropped socket, or, from a
+# backend that is still there for a moment, a FATAL of class 57 (a postmaster killed
+# while a connection was being opened sends 57P01 to it).
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
 )
