@@ -1,6 +1,7 @@
 """Redis killed under a live engine: drawdowns go on, retries replay from the shard's
-durable record, concurrent copies of one key still move money once, `/readyz` says
-Redis is down — and when Redis is back the engine uses it again without a restart."""
+durable record, concurrent copies of one key (drawdowns, and repayments) still move
+money once, `/readyz` says Redis is down — and when Redis is back the engine uses it
+again without a restart."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def engine_on_own_redis(fakes: Fakes, own_redis: OwnRedis) -> Iterator[EnginePro
         fakes,
         workers=1,
         extra_env={"ENGINE_REDIS_URL": f"redis://:s3cret@127.0.0.1:{own_redis.port}/0"},
-        relay=False,
+        relay=True,  # pays the drawdowns out (nothing of it rests on Redis)
     )
     try:
         proc.wait_ready()
@@ -71,6 +72,26 @@ async def test_redis_killed_and_back(
     loans = (await api.get(f"/v1/customers/{customer_id}/loans")).json["loans"]
     assert len(loans) == 2
     assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "3000.00"
+
+    # A repayment's twins, Redis still down: the first takes the key in the shard's
+    # durable record; each other copy replays its answer or is told to retry (409), and
+    # the card is debited once.
+    await api.wait_for_loan(first.json["loan_id"])
+    item = {"loan_id": first.json["loan_id"], "mode": "prepay", "amount": "100.00"}
+    repay = {"customer_id": customer_id, "debit_from": card, "items": [item]}
+    twin_key = secrets.token_hex(8)
+    twins = await asyncio.gather(
+        *(api.post("/v1/repayments", repay, key=twin_key) for _ in range(8))
+    )
+    assert {t.status for t in twins} <= {201, 409}, [t.json for t in twins]
+    assert all(t.json["code"] == "IDEMPOTENCY_IN_FLIGHT" for t in twins if t.status == 409)
+    ids = {t.json["repayment_id"] for t in twins if t.status == 201}
+    assert len(ids) == 1, [t.json for t in twins]
+    final = await api.settled_repayment(await api.post("/v1/repayments", repay, key=twin_key))
+    assert final.status == 201 and final.json["repayment_id"] in ids, final
+    assert final.json["status"] == "succeeded", final
+    loan = (await api.get(f"/v1/loans/{first.json['loan_id']}")).json
+    assert loan["outstanding_principal"] == "900.00", loan  # paid down once, not eight times
 
     own_redis.start()  # same port, empty
     deadline = time.monotonic() + 10 * redis_wire.RECONNECT_PAUSE_S + 5
