@@ -75,7 +75,7 @@ async def test_redis_killed_and_back(
 
     # A repayment's twins, Redis still down: the first takes the key in the shard's
     # durable record; each other copy replays its answer or is told to retry (409), and
-    # the card is debited once.
+    # the loan is paid down once.
     await api.wait_for_loan(first.json["loan_id"])
     item = {"loan_id": first.json["loan_id"], "mode": "prepay", "amount": "100.00"}
     repay = {"customer_id": customer_id, "debit_from": card, "items": [item]}
