@@ -10,7 +10,7 @@ import time
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api_client import ApiClient
+from tests.api_client import ApiClient, new_bank_card
 from tests.conftest import EngineProcess, stack_command
 
 DRAWDOWNS = 12
@@ -138,3 +138,48 @@ async def test_drawdowns_on_many_lines_at_once_are_booked_together(
     assert calls < MANY_LINES, "drawdowns read at the same time leave in one call"
     for line_id in lines:
         assert (await api.get(f"/v1/credit-lines/{line_id}")).json["used"] == "1000.00"
+
+
+async def test_a_repayment_shows_its_phases_and_its_core_call(
+    api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    """The SRE's two questions about a slow repayment: which phase, and is it core."""
+    assert engine.relay is not None
+    relay_url = f"http://127.0.0.1:{engine.env['ENGINE_RELAY_METRICS_PORT']}/metrics"
+    card = new_bank_card()
+    customer_id = await api.customer(bank_card=card)
+    line_id = await api.line(customer_id, limit="50000.00")
+    relay_before = await _scrape(http, relay_url)
+    loan = await api.disbursed_loan(line_id, "1000.00", disburse_to=card)
+    relay_after = await _scrape(http, relay_url)
+    paid = sum(
+        _value(relay_after, "core_call_duration_seconds_count", call=call, result="answered")
+        - _value(relay_before, "core_call_duration_seconds_count", call=call, result="answered")
+        for call in ("payment", "payment_batch")
+    )
+    assert paid >= 1  # the relay's call that paid the drawdown out
+    before = await _scrape(http, f"{engine.ops_url}/metrics")
+    item = {"loan_id": loan["loan_id"], "mode": "prepay", "amount": "100.00",
+            "prepay_rule": "reduce_nearest"}  # fmt: skip
+    reply = await api.post(
+        "/v1/repayments",
+        {"customer_id": customer_id, "debit_from": card, "items": [item]},
+    )
+    assert reply.status == 201, reply
+    assert reply.json["status"] == "succeeded"  # completed inline: all three phases ran
+    after = await _scrape(http, f"{engine.ops_url}/metrics")
+
+    def delta(name: str, **labels: str) -> float:
+        return _value(after, name, **labels) - _value(before, name, **labels)
+
+    for phase in ("open", "debit", "complete"):
+        assert delta("repayment_phase_seconds_count", phase=phase) == 1, phase
+        # Phases are parts of the request: none longer than the whole answer took.
+        assert delta("repayment_phase_seconds_sum", phase=phase) <= delta(
+            "http_request_duration_seconds_sum", route="/v1/repayments"
+        )
+    debits = delta("core_call_duration_seconds_count", call="debit", result="answered") + delta(
+        "core_call_duration_seconds_count", call="debit_batch", result="answered"
+    )
+    assert debits == 1
+    assert delta("core_call_duration_seconds_count", result="no_answer") == 0

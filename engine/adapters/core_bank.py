@@ -25,7 +25,8 @@ import csv
 import datetime as dt
 import enum
 import io
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import aiohttp
@@ -112,14 +113,30 @@ def _wire(transfer: Transfer) -> dict[str, str]:
     }
 
 
+# (call, result, seconds) of each HTTP call: the process's metrics (`engine.runtime`
+# sits above the adapters, so it is handed in). result: answered, not_sent, no_answer.
+CallObserver = Callable[[str, str, float], None]
+
+
+def _unobserved(call: str, result: str, seconds: float) -> None:
+    pass
+
+
 class CoreBankClient:
     """The HTTP adapter. `timeout_s` bounds every call, connect included."""
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        timeout_s: float,
+        observe: CallObserver = _unobserved,
+    ) -> None:
         assert timeout_s > 0
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._observe = observe
 
     async def pay(self, reference: str, card: str, amount_fen: int, memo: str) -> CoreResult:
         return await self._move("payment", Transfer(reference, card, amount_fen, memo))
@@ -136,7 +153,7 @@ class CoreBankClient:
         item by item instead, so each item gets its own answer."""
         assert 0 < len(transfers) <= TRANSFER_BATCH_MAX, len(transfers)
         body = {"items": [_wire(transfer) for transfer in transfers]}
-        status, raw, failed = await self._post(_PATHS[kind] + "/batch", body)
+        status, raw, failed = await self._post(f"{kind}_batch", _PATHS[kind] + "/batch", body)
         if failed is not None:
             return [failed] * len(transfers)
         if status in (400, 404, 405, 422):
@@ -157,7 +174,7 @@ class CoreBankClient:
         ]
 
     async def _move(self, kind: MoveKind, transfer: Transfer) -> CoreResult:
-        status, raw, failed = await self._post(_PATHS[kind], _wire(transfer))
+        status, raw, failed = await self._post(kind, _PATHS[kind], _wire(transfer))
         if failed is not None:
             return failed
         if status in (400, 422):
@@ -169,19 +186,29 @@ class CoreBankClient:
         except msgspec.DecodeError:
             return CoreResult(Outcome.UNKNOWN, reason="UNREADABLE_ANSWER")
 
-    async def _post(self, path: str, body: object) -> tuple[int, bytes, CoreResult | None]:
+    async def _post(
+        self, call: str, path: str, body: object
+    ) -> tuple[int, bytes, CoreResult | None]:
         """(status, body, None), or the outcome of a call that got no answer."""
+        started = time.perf_counter()
+        result = "no_answer"
         try:
             async with self._session.post(
                 self._base_url + path, json=body, timeout=self._timeout
             ) as resp:
-                return resp.status, await resp.read(), None
+                answer = resp.status, await resp.read(), None
+                result = "answered"
+                return answer
         except aiohttp.ClientConnectorError as exc:
+            result = "not_sent"
             return 0, b"", CoreResult(Outcome.NOT_SENT, reason=type(exc).__name__)
         except (TimeoutError, aiohttp.ClientError) as exc:
             return 0, b"", CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
+        finally:
+            self._observe(call, result, time.perf_counter() - started)
 
     async def inquire(self, reference: str) -> CoreResult:
+        started = time.perf_counter()
         try:
             async with self._session.get(
                 f"{self._base_url}/core/v1/transactions/{reference}", timeout=self._timeout
@@ -189,7 +216,10 @@ class CoreBankClient:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
+            result = "not_sent" if isinstance(exc, aiohttp.ClientConnectorError) else "no_answer"
+            self._observe("inquiry", result, time.perf_counter() - started)
             return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
+        self._observe("inquiry", "answered", time.perf_counter() - started)
         if status == 404:
             return CoreResult(Outcome.NOT_FOUND)
         if status != 200:

@@ -22,6 +22,7 @@ from engine.http import keys as app_keys
 from engine.origination.setup import build_origination
 from engine.relay.core_coalescing import CoalescingCore
 from engine.relay.executor import Relay
+from engine.runtime import metrics
 from engine.security.pii import PiiCipher
 from engine.services.booking_batch import DrawdownBatches
 from engine.services.context import Services
@@ -162,7 +163,13 @@ async def external_ctx(app: web.Application) -> AsyncIterator[None]:
         cipher=svc.cipher,
         reference=svc.reference,
         core=_inline_core(
-            CoreBankClient(session, external.core_url, external.inline_debit_wait_s), external
+            CoreBankClient(
+                session,
+                external.core_url,
+                external.inline_debit_wait_s,
+                metrics.observe_core_call,
+            ),
+            external,
         ),
         sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
         settings=external,

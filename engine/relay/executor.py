@@ -352,10 +352,15 @@ class Relay:
         if row.kind == "sms":
             await self._texts(shard, [row], known)
             return None
+        started = time.perf_counter()
         result = await self._answer(shard, row, known, time.monotonic())
-        if result is not None:
-            return await self.apply(shard, row, result, completion_read)
-        return None
+        answered = time.perf_counter()
+        metrics.REPAYMENT_PHASE.labels("debit").observe(answered - started)
+        if result is None:
+            return None
+        body = await self.apply(shard, row, result, completion_read)
+        metrics.REPAYMENT_PHASE.labels("complete").observe(time.perf_counter() - answered)
+        return body
 
     async def apply(
         self,

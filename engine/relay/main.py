@@ -26,7 +26,7 @@ from engine.adapters.sms import SmsClient
 from engine.origination.bureau_step import run_bureau_step
 from engine.origination.setup import build_origination
 from engine.relay.executor import Relay
-from engine.runtime import gc_tuning
+from engine.runtime import gc_tuning, metrics
 from engine.runtime.metrics_site import start_metrics_site
 from engine.runtime.priority import lower_backend
 from engine.services.booking_batch import DrawdownBatches
@@ -92,7 +92,9 @@ def _relay(
         ids=plane.ids,
         cipher=plane.cipher,
         reference=plane.reference,
-        core=CoreBankClient(session, external.core_url, external.core_timeout_s),
+        core=CoreBankClient(
+            session, external.core_url, external.core_timeout_s, metrics.observe_core_call
+        ),
         sms=SmsClient(session, external.sms_url, external.sms_timeout_s),
         settings=external,
         lanes=lanes,

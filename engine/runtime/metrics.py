@@ -136,6 +136,29 @@ CORE_DEBIT_BATCH = Histogram(
     "Inline debits sent to core by one call (engine.relay.core_coalescing).",
     buckets=(1, 2, 4, 8, 16, 32),
 )
+CORE_CALL = Histogram(
+    "core_call_duration_seconds",
+    "Time of one HTTP call to core banking (engine.adapters.core_bank), by call and by "
+    "what came of it: answered (any HTTP status), not_sent (no connection), no_answer "
+    "(time-out or a broken connection: an inquiry resolves it).",
+    ["call", "result"],
+    buckets=HTTP_BUCKETS_S,
+)
+REPAYMENT_PHASE = Histogram(
+    "repayment_phase_seconds",
+    "A repayment request's time by phase: open (phase A: the repayment and its debit "
+    "written), debit (core's answer, the wait for a shared core call included), complete "
+    "(phase B: booked with the shard's other completions, or alone under locks).",
+    ["phase"],
+    buckets=QUERY_BUCKETS_S,
+)
+
+
+def observe_core_call(call: str, result: str, seconds: float) -> None:
+    """`CoreBankClient`'s observer (engine.adapters.core_bank): one call's time."""
+    CORE_CALL.labels(call, result).observe(seconds)
+
+
 REPAYMENT_BATCH = Histogram(
     "repayment_completion_batch_size",
     "Repayments completed (phase B) by one statement (engine.services.repayment_completion).",
