@@ -38,3 +38,15 @@ def test_online_cost_reads_its_rates_and_refuses_others() -> None:
     for bad in ("85", "85:", "a:b", "0:10", "85:60,"):
         with pytest.raises(argparse.ArgumentTypeError, match="DRAWDOWNS:REPAYMENTS"):
             rates_arg(bad)
+
+
+def test_bench_api_reads_its_in_flight_counts_and_refuses_others() -> None:
+    from loadtest.bench_api import _counts, _parser
+
+    assert _counts("32,64,128") == (32, 64, 128)
+    assert _counts("8") == (8,)
+    defaults = _parser().parse_args([])
+    assert (defaults.concurrency, defaults.pgbench_clients) == ((32, 64, 128), (4, 8, 16))
+    for bad in ("", "32,", "a", "0", "32,513", "-4"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _counts(bad)
