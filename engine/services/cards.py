@@ -55,11 +55,17 @@ def card_index(cipher: PiiCipher, card: str) -> bytes:
 
 async def require_bound(conn: asyncpg.Connection, customer_id: int, index: bytes) -> None:
     """Refuse (422 CARD_NOT_BOUND) a card that is not bound to the customer."""
-    bound = await conn.fetchval(
-        "SELECT true FROM customer_card WHERE customer_id = $1 AND card_index = $2",
-        customer_id,
-        index,
+    refuse_unbound(
+        await conn.fetchval(
+            "SELECT true FROM customer_card WHERE customer_id = $1 AND card_index = $2",
+            customer_id,
+            index,
+        )
     )
+
+
+def refuse_unbound(bound: bool | None) -> None:
+    """422 CARD_NOT_BOUND unless `bound` (read by `require_bound`, or with the line)."""
     if not bound:
         raise Unprocessable(
             "CARD_NOT_BOUND",

@@ -129,6 +129,11 @@ _STANDING_COLUMNS = """,
      WHERE cu.customer_id = credit_line.customer_id) AS regions"""
 
 
+_CARD_BOUND_COLUMN = """,
+    EXISTS (SELECT 1 FROM customer_card cc
+            WHERE cc.customer_id = credit_line.customer_id AND cc.card_index = $2) AS card_bound"""
+
+
 async def fetch_line(
     conn: asyncpg.Connection,
     channel: Channel,
@@ -136,12 +141,18 @@ async def fetch_line(
     *,
     lock: bool = False,
     standing: bool = False,
+    card_index: bytes | None = None,
 ) -> asyncpg.Record:
     """The line of this channel's tenant (locked if asked), or 404 as if it did not exist;
-    with `standing`, its customer's too (`blacklisted`, `bureau_flag`)."""
+    with `standing`, its customer's too (`blacklisted`, `bureau_flag`); with `card_index`,
+    whether that card is bound to its customer (`card_bound`), in the same round trip."""
     columns = _LINE_COLUMNS + (_STANDING_COLUMNS if standing else "")
+    args: list[object] = [line_id]
+    if card_index is not None:
+        columns += _CARD_BOUND_COLUMN
+        args.append(card_index)
     sql = f"SELECT {columns} FROM credit_line WHERE credit_line_id = $1"
-    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), line_id)
+    row = await conn.fetchrow(sql + (" FOR UPDATE" if lock else ""), *args)
     if row is None or row["tenant_id"] != channel.tenant_id:
         raise NotFound("CREDIT_LINE_NOT_FOUND", f"no credit line {line_id}")
     return row

@@ -168,11 +168,12 @@ async def draw_down_at_once(
     svc: Services, channel: Channel, body: DrawdownCreate, claim: Claim
 ) -> tuple[DrawdownView, StoredResponse] | AtOnce:
     """The common case in two round trips and one commit, outside any transaction:
-    read the line, plan, then book with whatever else reached the shard meanwhile
-    (`booking_batch`): `book_drawdowns` checks under the locks that the read still
-    holds and writes everything with the idempotency record. A refusal found in the
-    read is final (it is the line's committed state); anything the locks find
-    changed is handed back as RECHECK, for `draw_down` to redo."""
+    read the line (with its customer's standing and the card's binding), plan, then
+    book with whatever else reached the shard meanwhile (`booking_batch`):
+    `book_drawdowns` checks under the locks that the read still holds and writes
+    everything with the idempotency record. A refusal found in the read is final (it
+    is the line's committed state); anything the locks find changed is handed back as
+    RECHECK, for `draw_down` to redo."""
     amount_fen, card = _parse(body)
     today = svc.business_date
     line_id = int(body.credit_line_id)
@@ -248,9 +249,9 @@ async def _line_paying(
     conn: asyncpg.Connection, channel: Channel, line_id: int, index: bytes, *, lock: bool = False
 ) -> asyncpg.Record:
     """The line with its customer's standing, if the card to pay is bound to its customer
-    (else CARD_NOT_BOUND)."""
-    line = await fetch_line(conn, channel, line_id, lock=lock, standing=True)
-    await cards.require_bound(conn, line["customer_id"], index)
+    (else CARD_NOT_BOUND): one statement."""
+    line = await fetch_line(conn, channel, line_id, lock=lock, standing=True, card_index=index)
+    cards.refuse_unbound(line["card_bound"])
     return line
 
 
