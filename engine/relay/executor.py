@@ -359,7 +359,8 @@ class Relay:
         if result is None:
             return None
         body = await self.apply(shard, row, result, completion_read)
-        metrics.REPAYMENT_PHASE.labels("complete").observe(time.perf_counter() - answered)
+        if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):  # phase B ran, not a deferral
+            metrics.REPAYMENT_PHASE.labels("complete").observe(time.perf_counter() - answered)
         return body
 
     async def apply(
