@@ -419,9 +419,13 @@ async def test_core_client_batch_outcomes(fakes: Fakes, client: aiohttp.ClientSe
     from engine.adapters.core_bank import CoreBankClient, Outcome, Transfer
 
     core = await fakes.core(FAKE_CORE_TIMEOUT_HANG_S="1", FAKE_CORE_SEED="5")
-    bank = CoreBankClient(client, core.base_url, timeout_s=0.5)
+    calls: list[tuple[str, str, float]] = []  # what the metrics see (the observer)
+    bank = CoreBankClient(
+        client, core.base_url, timeout_s=0.5, observe=lambda *call: calls.append(call)
+    )
     paid = await bank.move_batch("payment", [Transfer(f"cb-{n}", CARD, 100, "m") for n in range(3)])
     assert [r.outcome for r in paid] == [Outcome.SUCCEEDED] * 3
+    assert [c[:2] for c in calls] == [("payment_batch", "answered")]
     # One bad card makes core refuse the batch whole: each item then goes alone and
     # gets its own answer.
     mixed = [Transfer("cb-3", CARD, 100, "m"), Transfer("cb-4", "12", 100, "m")]
@@ -429,6 +433,8 @@ async def test_core_client_batch_outcomes(fakes: Fakes, client: aiohttp.ClientSe
         Outcome.SUCCEEDED,
         Outcome.FAILED,
     ]
+    assert [c[:2] for c in calls[1:]] == [("debit_batch", "answered")] + [("debit", "answered")] * 2
+    del calls[:]
     # An item answered "unavailable" (batch_timeout_mode item), or a time-out of the
     # whole call (mode whole), is an unknown outcome; inquiry tells the truth.
     await set_knobs(client, core, timeout_ratio=1)
@@ -442,10 +448,18 @@ async def test_core_client_batch_outcomes(fakes: Fakes, client: aiohttp.ClientSe
         }
         truths = [await bank.inquire(t.reference) for t in late]
         assert {r.outcome for r in truths} <= {Outcome.SUCCEEDED, Outcome.FAILED}
+        # The whole-call time-out is a call without an answer, timed to the time-out.
+        batch_call = calls[0]
+        assert batch_call[:2] == ("payment_batch", "answered" if mode == "item" else "no_answer")
+        assert mode == "item" or batch_call[2] >= 0.5
+        assert [c[:2] for c in calls[1:]] == [("inquiry", "answered")] * len(late)
+        del calls[:]
     # A core that cannot be reached: nothing was sent.
     await core.stop()
     gone = await bank.move_batch("payment", [Transfer("cb-x", CARD, 100, "m")])
     assert [r.outcome for r in gone] == [Outcome.NOT_SENT]
+    assert (await bank.inquire("cb-x")).outcome is Outcome.UNKNOWN
+    assert [c[:2] for c in calls] == [("payment_batch", "not_sent"), ("inquiry", "not_sent")]
 
 
 BATCH_SEED = "1"  # six new items draw: time-out, ok, time-out, ok, time-out, ok

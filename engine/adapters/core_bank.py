@@ -113,7 +113,7 @@ def _wire(transfer: Transfer) -> dict[str, str]:
     }
 
 
-# (call, result, seconds) of each HTTP call: the process's metrics (`engine.runtime`
+# (call, result, seconds) of each transfer or inquiry call: the process's metrics (`engine.runtime`
 # sits above the adapters, so it is handed in). result: answered, not_sent, no_answer.
 CallObserver = Callable[[str, str, float], None]
 
@@ -209,17 +209,21 @@ class CoreBankClient:
 
     async def inquire(self, reference: str) -> CoreResult:
         started = time.perf_counter()
+        result = "no_answer"
         try:
             async with self._session.get(
                 f"{self._base_url}/core/v1/transactions/{reference}", timeout=self._timeout
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            result = "not_sent" if isinstance(exc, aiohttp.ClientConnectorError) else "no_answer"
-            self._observe("inquiry", result, time.perf_counter() - started)
+                result = "answered"
+        except aiohttp.ClientConnectorError as exc:
+            result = "not_sent"
             return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
-        self._observe("inquiry", "answered", time.perf_counter() - started)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
+        finally:
+            self._observe("inquiry", result, time.perf_counter() - started)
         if status == 404:
             return CoreResult(Outcome.NOT_FOUND)
         if status != 200:

@@ -4,6 +4,7 @@ service, and encode. Authentication runs before them (`engine.http.auth`)."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -154,6 +155,7 @@ async def get_payoff_quote(request: web.Request) -> web.Response:
 
 
 async def create_repayment(request: web.Request) -> web.Response:
+    started = time.perf_counter()
     svc, channel = _svc(request), request[CHANNEL]
     body = decode(request[BODY], RepaymentCreate)
     customer_id = int(body.customer_id)
@@ -168,6 +170,8 @@ async def create_repayment(request: web.Request) -> web.Response:
         return view, customer_id
 
     async def debit() -> bytes | None:
+        # Phase A is everything before the debit: at once or under locks, retries included.
+        metrics.REPAYMENT_PHASE.labels("open").observe(time.perf_counter() - started)
         repayment_id = created[-1]  # the attempt that committed, if a retry ran
         held = opened[-1] if opened and opened[-1].claimed.ref_id == repayment_id else None
         return await debit_inline(

@@ -138,19 +138,20 @@ CORE_DEBIT_BATCH = Histogram(
 )
 CORE_CALL = Histogram(
     "core_call_duration_seconds",
-    "Time of one HTTP call to core banking (engine.adapters.core_bank), by call and by "
-    "what came of it: answered (any HTTP status), not_sent (no connection), no_answer "
-    "(time-out or a broken connection: an inquiry resolves it).",
+    "Time of one transfer or inquiry call to core banking (engine.adapters.core_bank), by "
+    "call and by what came of it: answered (any HTTP status), not_sent (no connection), "
+    "no_answer (time-out or a broken connection: an inquiry resolves it).",
     ["call", "result"],
     buckets=HTTP_BUCKETS_S,
 )
 REPAYMENT_PHASE = Histogram(
     "repayment_phase_seconds",
-    "A repayment request's time by phase: open (phase A: the repayment and its debit "
-    "written), debit (core's answer, the wait for a shared core call included), complete "
-    "(phase B: booked with the shard's other completions, or alone under locks).",
+    "A repayment request's time by phase: open (phase A: from the request's start to its "
+    "debit, the repayment written at once or under locks), debit (core's answer, the wait "
+    "for a shared core call included), complete (phase B: booked with the shard's other "
+    "completions, or alone under locks).",
     ["phase"],
-    buckets=QUERY_BUCKETS_S,
+    buckets=HTTP_BUCKETS_S,  # up to 10 s: a debit may wait 3 s for core
 )
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import time
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -376,7 +375,6 @@ async def open_at_once(
     runner replays the key's record first, if any). Anything else this path cannot
     tell (a customer, card or loan that does not match, a changed loan, a replayed
     nonce, a call that failed) is RECHECK: the locked path redoes it and names why."""
-    started = time.perf_counter()
     card, loan_ids = _checked_request(body)
     customer_id = int(body.customer_id)
     logical = shard_of_id(customer_id)
@@ -402,7 +400,6 @@ async def open_at_once(
         return AtOnce(outcome)
     created.append(repayment_id)
     metrics.REPAYMENT_OPENED.labels("at_once").inc()
-    metrics.REPAYMENT_PHASE.labels("open").observe(time.perf_counter() - started)
     if lease_s is not None and opened is not None:
         opened.append(opening.claimed_debit(args, booked, [dict(r) for r in records]))
     return response
