@@ -216,11 +216,14 @@ def drawdown_maker(customers: list[SeededCustomer], concurrency: int) -> Maker:
 
 
 def repayment_maker(customers: list[SeededCustomer], concurrency: int) -> Maker:
-    """Worker w's n-th repayment prepays 1.00 of a loan of customer (w + n * concurrency)."""
+    """Worker w's n-th repayment prepays 1.00 of a loan of customer (w + n * concurrency),
+    one with no installment due on the seeding's date (a channel shows the customer what
+    is due first; the prepayment would be refused ARREARS_FIRST)."""
 
     def make(worker: int, n: int) -> tuple[str, bytes]:
         customer = customers[(worker + n * concurrency) % len(customers)]
-        loan_id = customer.loan_ids[n % len(customer.loan_ids)]
+        payable = customer.not_due_today()
+        loan_id = payable[n % len(payable)]
         body = {
             "customer_id": customer.customer_id,
             "items": [{"loan_id": loan_id, "mode": "prepay", "amount": PREPAY_AMOUNT}],

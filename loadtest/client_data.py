@@ -13,7 +13,11 @@ Standard library only, no asyncio: the gevent Locust users import this module.
 The seeded file (`python -m loadtest seed` writes it; `seeded_file_path` says where)
 has one line per customer:
 
-    customer_id,credit_line_id,bank_card,loan_ids        loan_ids separated by spaces
+    customer_id,credit_line_id,bank_card,loan_ids,due_today
+
+loan_ids separated by spaces; due_today: those of them with an installment due on the
+seeding's business date (a prepayment of one is refused ARREARS_FIRST until it is
+paid). Files written before that column are read too, with no loan due.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from typing import Final
 
 SEEDED_FILE_ENV: Final = "LOADTEST_SEEDED"
 SEEDED_FILE_DEFAULT: Final = Path(".run/loadtest/seeded.csv")
-SEEDED_HEADER: Final = ("customer_id", "credit_line_id", "bank_card", "loan_ids")
+SEEDED_HEADER: Final = ("customer_id", "credit_line_id", "bank_card", "loan_ids", "due_today")
+_SEEDED_HEADER_BEFORE: Final = SEEDED_HEADER[:4]  # files seeded before the due_today column
 # Load runs keep at most this many seeded customers in memory (a bound, per STYLE.md).
 SEEDED_ROWS_MAX: Final = 2_000_000
 SEEDED_INDEX_MAX: Final = 100_000_000  # seeded_id_number is distinct below this
@@ -135,6 +140,11 @@ class SeededCustomer:
     credit_line_id: str
     bank_card: str
     loan_ids: tuple[str, ...]
+    due_today: tuple[str, ...] = ()  # loans with an installment due on the seeding's date
+
+    def not_due_today(self) -> tuple[str, ...]:
+        """The loans a prepayment is accepted on (all of them if none is left)."""
+        return tuple(n for n in self.loan_ids if n not in self.due_today) or self.loan_ids
 
 
 def seeded_file_path() -> Path:
@@ -152,20 +162,24 @@ def append_seeded(path: Path, customers: Iterable[SeededCustomer]) -> int:
     """Appends customers to the seeded file (the header first if it is new); returns the count."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not path.exists() or path.stat().st_size == 0
+    columns = len(SEEDED_HEADER)
+    if not new_file:  # rows as long as the file's header (an older file has 4 columns)
+        with path.open(newline="", encoding="ascii") as handle:
+            columns = len(next(csv.reader(handle), SEEDED_HEADER))
     count = 0
     with path.open("a", newline="", encoding="ascii") as handle:
         writer = csv.writer(handle)
         if new_file:
             writer.writerow(SEEDED_HEADER)
         for customer in customers:
-            writer.writerow(
-                (
-                    customer.customer_id,
-                    customer.credit_line_id,
-                    customer.bank_card,
-                    " ".join(customer.loan_ids),
-                )
+            row = (
+                customer.customer_id,
+                customer.credit_line_id,
+                customer.bank_card,
+                " ".join(customer.loan_ids),
+                " ".join(customer.due_today),
             )
+            writer.writerow(row[:columns])
             count += 1
     return count
 
@@ -180,16 +194,17 @@ def read_seeded(path: Path, limit: int = SEEDED_ROWS_MAX) -> list[SeededCustomer
     customers: list[SeededCustomer] = []
     with path.open(newline="", encoding="ascii") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
-        if tuple(header or ()) != SEEDED_HEADER:
+        header = tuple(next(reader, []))
+        if header not in (SEEDED_HEADER, _SEEDED_HEADER_BEFORE):
             raise ValueError(f"{path}: header must be {','.join(SEEDED_HEADER)}")
         for row in reader:
             if len(customers) >= limit:
                 break
-            if len(row) != len(SEEDED_HEADER) or row[0] in seen:
+            if len(row) != len(header) or row[0] in seen:
                 continue
             seen.add(row[0])
-            customers.append(SeededCustomer(row[0], row[1], row[2], tuple(row[3].split())))
+            due = tuple(row[4].split()) if len(row) > 4 else ()
+            customers.append(SeededCustomer(row[0], row[1], row[2], tuple(row[3].split()), due))
     if not customers:
         raise ValueError(f"{path}: holds no seeded customer")
     return customers

@@ -88,7 +88,7 @@ from typing import Any, Final, cast
 import asyncpg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from engine.services.loan_store import installment_arrays
+from engine.services.loan_store import PLAN_COLUMNS, installment_arrays
 from ledger.calendar import add_months
 from ledger.chart import Code
 from ledger.overdue import fresh_state
@@ -362,6 +362,9 @@ def _mask(value: str) -> str:
     return value[:3] + "*" * (len(value) - 7) + value[-4:]
 
 
+_DUE_COLUMN: Final = PLAN_COLUMNS.index("due_date")
+
+
 @lru_cache(maxsize=PLAN_CACHE_ENTRIES_MAX)
 def _plan_rows(
     amount_fen: int, months: int, method: str, start: dt.date
@@ -406,6 +409,23 @@ class RowMaker:
         self._aead = AESGCM(DEV_PII_KEY)
         self._amount_steps = max(1, LINE_LIMIT_FEN // 2 // loans // LOAN_AMOUNT_STEP_FEN)
 
+    def terms(self, ids: CustomerIds, loan_no: int) -> tuple[int, str, int, dt.date]:
+        """(principal in fen, method, months, drawdown date) of the customer's loan
+        `loan_no`: every `due_today_every`-th drawn a month back, so that its first
+        monthly installment falls due today."""
+        mixed = scramble(ids.index, 16 + loan_no)
+        amount_fen = LOAN_AMOUNT_STEP_FEN * (1 + mixed % self._amount_steps)
+        method = LOAN_METHODS[(mixed >> 8) % len(LOAN_METHODS)]
+        months = LOAN_TERMS_MONTHS[(mixed >> 12) % len(LOAN_TERMS_MONTHS)]
+        due_today = (ids.index + loan_no) % self.due_today_every == 0
+        return amount_fen, method, months, _start_date(self.today, mixed >> 16, due_today)
+
+    def due_today(self, ids: CustomerIds, loan_no: int) -> bool:
+        """Whether the loan has an installment due today (a loan repaid at maturity
+        drawn a month back has none)."""
+        amount_fen, method, months, start = self.terms(ids, loan_no)
+        return self.today in _plan_rows(amount_fen, months, method, start)[2][_DUE_COLUMN]
+
     def seal(self, plaintext: str, context: str, row: int) -> bytes:
         """engine.security.pii's blob: version || nonce || ciphertext+tag; as AAD the
         context (the column), a NUL and the id of the row that holds it."""
@@ -449,12 +469,7 @@ class RowMaker:
     def _add_loan(self, batch: ShardBatch, ids: CustomerIds, loan_no: int, card: str) -> int:
         """The loan, its plan and its two postings; returns the principal."""
         loan_id, customer_id = ids.loan_ids[loan_no], ids.customer_id
-        mixed = scramble(ids.index, 16 + loan_no)
-        amount_fen = LOAN_AMOUNT_STEP_FEN * (1 + mixed % self._amount_steps)
-        method = LOAN_METHODS[(mixed >> 8) % len(LOAN_METHODS)]
-        months = LOAN_TERMS_MONTHS[(mixed >> 12) % len(LOAN_TERMS_MONTHS)]
-        due_today = (ids.index + loan_no) % self.due_today_every == 0
-        start = _start_date(self.today, mixed >> 16, due_today)
+        amount_fen, method, months, start = self.terms(ids, loan_no)
         payment_fen, maturity, plan = _plan_rows(amount_fen, months, method, start)
         at = dt.datetime.combine(start, dt.time(9, 30), _CHINA)
         batch.tables["loan"].append(
@@ -576,7 +591,7 @@ class ChunkResult:
     customers_new: int
     customers_present: int
     rows: int
-    seeded: list[tuple[str, str, str, str]]
+    seeded: list[tuple[str, str, str, str, str]]  # client_data.SEEDED_HEADER
 
 
 class ChunkSeeder:
@@ -617,13 +632,15 @@ class ChunkSeeder:
                 if b.row_count()
             )
         )
-        seeded = [
-            (s.customer_id, s.credit_line_id, s.bank_card, " ".join(s.loan_ids))
-            for group in groups.values()
-            for s in (ids.seeded() for ids in group)
-        ]
+        seeded = [self._seeded_row(ids) for group in groups.values() for ids in group]
         rows = sum(b.row_count() for b in batches.values())
         return ChunkResult(new, end - first - new, rows, seeded)
+
+    def _seeded_row(self, ids: CustomerIds) -> tuple[str, str, str, str, str]:
+        """The customer's line of the seeded file (client_data.SEEDED_HEADER)."""
+        s = ids.seeded()
+        due = (loan for n, loan in enumerate(s.loan_ids) if self.maker.due_today(ids, n))
+        return (s.customer_id, s.credit_line_id, s.bank_card, " ".join(s.loan_ids), " ".join(due))
 
 
 # --- Worker processes --------------------------------------------------------------------------
