@@ -25,7 +25,8 @@ Every request is signed as API.md says (`loadtest.signing`) and every POST has a
 new Idempotency-Key. A response counts as a success only if it is one of the
 outcomes the task expects: a `due` repayment of a loan with nothing due is
 answered 422 NOTHING_DUE, which is right, so it is a success; any other
-answer is a failure.
+answer is a failure. `due` repayments go to the loans the seeding made due today,
+prepayments to the others (the seeded file's `due_today`).
 
 Shapes (LOADTEST_SHAPE): unset, the -u/-r/-t options drive the run; `step`
 (StepLoad: LOADTEST_STEP_USERS more users every LOADTEST_STEP_S, up to
@@ -212,6 +213,10 @@ class _SignedUser(FastHttpUser):
     def loans(self) -> tuple[str, ...]:
         return self.customer.loan_ids + tuple(self.drawn)
 
+    def prepayable(self) -> tuple[str, ...]:
+        """Loans with nothing due today (a prepayment of another is ARREARS_FIRST)."""
+        return self.customer.not_due_today() + tuple(self.drawn)
+
     def wait_disbursed(self, loan_id: str, started: float) -> Exception | None:
         """Polls the loan; None once disbursed, else what went wrong."""
         delay_s = POLL_FIRST_S
@@ -264,17 +269,20 @@ class ChannelUser(_SignedUser):
 
     @task(2)
     def repay_due(self) -> None:
-        item = {"loan_id": random.choice(self.customer.loan_ids), "mode": "due"}
+        # Those the seeding made due today, as a channel offers them (any: NOTHING_DUE).
+        loans = self.customer.due_today or self.customer.loan_ids
+        item = {"loan_id": random.choice(loans), "mode": "due"}
         self._repay([item], "/v1/repayments [due]")
 
     @task(2)
     def prepay(self) -> None:
-        item = {"loan_id": random.choice(self.loans()), "mode": "prepay", "amount": PREPAY_AMOUNT}
+        loan_id = random.choice(self.prepayable())
+        item = {"loan_id": loan_id, "mode": "prepay", "amount": PREPAY_AMOUNT}
         self._repay([item], "/v1/repayments [prepay]")
 
     @task(1)
     def repay_combined(self) -> None:
-        loans = self.loans()
+        loans = self.prepayable()
         if len(loans) < 2:
             return
         items = [
