@@ -153,7 +153,8 @@ class CoreBankClient:
         item by item instead, so each item gets its own answer."""
         assert 0 < len(transfers) <= TRANSFER_BATCH_MAX, len(transfers)
         body = {"items": [_wire(transfer) for transfer in transfers]}
-        status, raw, failed = await self._post(f"{kind}_batch", _PATHS[kind] + "/batch", body)
+        path = _PATHS[kind] + "/batch"
+        status, raw, failed = await self._send(f"{kind}_batch", "POST", path, body)
         if failed is not None:
             return [failed] * len(transfers)
         if status in (400, 404, 405, 422):
@@ -174,7 +175,7 @@ class CoreBankClient:
         ]
 
     async def _move(self, kind: MoveKind, transfer: Transfer) -> CoreResult:
-        status, raw, failed = await self._post(kind, _PATHS[kind], _wire(transfer))
+        status, raw, failed = await self._send(kind, "POST", _PATHS[kind], _wire(transfer))
         if failed is not None:
             return failed
         if status in (400, 422):
@@ -186,15 +187,16 @@ class CoreBankClient:
         except msgspec.DecodeError:
             return CoreResult(Outcome.UNKNOWN, reason="UNREADABLE_ANSWER")
 
-    async def _post(
-        self, call: str, path: str, body: object
+    async def _send(
+        self, call: str, method: str, path: str, body: object = None
     ) -> tuple[int, bytes, CoreResult | None]:
-        """(status, body, None), or the outcome of a call that got no answer."""
+        """(status, body, None), or the outcome of a call that got no answer; each call
+        timed for the observer."""
         started = time.perf_counter()
         result = "no_answer"
         try:
-            async with self._session.post(
-                self._base_url + path, json=body, timeout=self._timeout
+            async with self._session.request(
+                method, self._base_url + path, json=body, timeout=self._timeout
             ) as resp:
                 answer = resp.status, await resp.read(), None
                 result = "answered"
@@ -208,22 +210,11 @@ class CoreBankClient:
             self._observe(call, result, time.perf_counter() - started)
 
     async def inquire(self, reference: str) -> CoreResult:
-        started = time.perf_counter()
-        result = "no_answer"
-        try:
-            async with self._session.get(
-                f"{self._base_url}/core/v1/transactions/{reference}", timeout=self._timeout
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-                result = "answered"
-        except aiohttp.ClientConnectorError as exc:
-            result = "not_sent"
-            return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return CoreResult(Outcome.UNKNOWN, reason=type(exc).__name__)
-        finally:
-            self._observe("inquiry", result, time.perf_counter() - started)
+        status, raw, failed = await self._send(
+            "inquiry", "GET", f"/core/v1/transactions/{reference}"
+        )
+        if failed is not None:  # no answer, sent or not: the inquiry could not tell
+            return CoreResult(Outcome.UNKNOWN, reason=failed.reason)
         if status == 404:
             return CoreResult(Outcome.NOT_FOUND)
         if status != 200:
