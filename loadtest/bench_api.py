@@ -308,16 +308,23 @@ class Sweep:
         return ", ".join(f"{c}: {rate:,.0f}" for c, rate in self.points.items()) + f" {unit}/s"
 
 
+async def measured_loop(
+    client: Client, make: Maker, concurrency: int, args: argparse.Namespace
+) -> tuple[Tally, dict[str, float]]:
+    """A warm-up, then a closed loop of `--seconds`: its outcomes and each role's CPU
+    per request."""
+    await closed_loop(client, make, concurrency, 0.0, args.warmup_s)  # warm-up only
+    before = cpu_by_role()
+    tally = await closed_loop(client, make, concurrency, args.seconds, 0.0)
+    return tally, per_operation_ms(before, cpu_by_role(), tally.ok)
+
+
 async def sweep(client: Client, make: Callable[[int], Maker], args: argparse.Namespace) -> Sweep:
-    """Steps 2 and 4: a warmed-up closed loop of `--seconds` at each `--concurrency`."""
+    """Steps 2 and 4: a measured loop at each `--concurrency`."""
     points: dict[int, float] = {}
     best: tuple[Tally, int, dict[str, float]] | None = None
     for concurrency in args.concurrency:
-        maker = make(concurrency)
-        await closed_loop(client, maker, concurrency, 0.0, args.warmup_s)  # warm-up only
-        before = cpu_by_role()
-        tally = await closed_loop(client, maker, concurrency, args.seconds, 0.0)
-        cpu = per_operation_ms(before, cpu_by_role(), tally.ok)
+        tally, cpu = await measured_loop(client, make(concurrency), concurrency, args)
         points[concurrency] = tally.per_s
         say(f"{concurrency} in flight: {tally.per_s:,.0f}/s, problems: {tally.problems()}")
         if best is None or tally.per_s > best[0].per_s:
@@ -329,15 +336,11 @@ async def sweep(client: Client, make: Callable[[int], Maker], args: argparse.Nam
 @dataclass(frozen=True)
 class Results:
     tps: float
-    drawdowns: Tally
+    draw_sweep: Sweep  # saturation: its best count's outcomes and CPU per drawdown
     half: Tally
     half_rate_per_s: float
-    repayments: Tally
-    loans_estimate: int
-    cpu_ms_per_drawdown: dict[str, float]  # by role (loadtest.cpu_share), at saturation
-    cpu_ms_per_repayment: dict[str, float]
-    draw_sweep: Sweep
     repay_sweep: Sweep
+    loans_estimate: int
     repay_half: Tally = dataclasses.field(default_factory=Tally)
     repay_half_rate_per_s: float = 0.0
     mixed_draw: Tally = dataclasses.field(default_factory=Tally)
@@ -395,9 +398,8 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         client.http.close()
     loans = await _loans_estimate()
     return Results(
-        0.0, saturated, half, half_rate, repaid, loans, draws.cpu_ms, pays.cpu_ms,
-        draws, pays, repay_half, repay_rate, mixed_draw, mixed_pay,
-    )  # fmt: skip
+        0.0, draws, half, half_rate, pays, loans, repay_half, repay_rate, mixed_draw, mixed_pay
+    )
 
 
 async def mixed_closed_loop(
@@ -438,10 +440,7 @@ async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCust
         for n in range(args.saturation_rounds):
             for concurrency in args.concurrency:
                 make = _makers[args.kind](customers, concurrency)
-                await closed_loop(client, make, concurrency, 0.0, args.warmup_s)  # warm-up
-                before = cpu_by_role()
-                tally = await closed_loop(client, make, concurrency, args.seconds, 0.0)
-                cpu = per_operation_ms(before, cpu_by_role(), tally.ok)
+                tally, cpu = await measured_loop(client, make, concurrency, args)
                 roles = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
                 print(
                     f"round {n + 1}, {concurrency} in flight: {tally.per_s:.0f} {args.kind}s/s, "
@@ -490,7 +489,8 @@ def _ratio(value: float, tps: float) -> str:
 
 
 def table(results: Results, args: argparse.Namespace) -> str:
-    tps, draw, half, repay = results.tps, results.drawdowns, results.half, results.repayments
+    tps, half = results.tps, results.half
+    draw, repay = results.draw_sweep.best, results.repay_sweep.best
     p99 = half.percentile_ms(0.99)
     draw_ok = tps and draw.per_s >= TARGET_DRAWDOWN_RATIO * tps
     rows = [
@@ -539,8 +539,8 @@ def table(results: Results, args: argparse.Namespace) -> str:
             f"{mixed[0].percentile_ms(0.99):.1f} ms | | | |"
         )
     for what, cpu in (
-        ("drawdown", results.cpu_ms_per_drawdown),
-        ("repayment", results.cpu_ms_per_repayment),
+        ("drawdown", results.draw_sweep.cpu_ms),
+        ("repayment", results.repay_sweep.cpu_ms),
     ):
         if cpu:
             parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
