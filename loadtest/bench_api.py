@@ -319,6 +319,27 @@ async def measured_loop(
     return tally, per_operation_ms(before, cpu_by_role(), tally.ok)
 
 
+@dataclass(frozen=True)
+class OpenLoop:
+    """An open loop at a fixed rate: its outcomes and each role's CPU per request."""
+
+    rate_per_s: float = 0.0
+    tally: Tally = field(default_factory=Tally)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+
+    def machine_busy(self) -> float:
+        """The share of this machine's CPUs the whole stack used: at half saturation a
+        request costs more than at saturation (smaller group calls, a wake-up each), so
+        "half the rate" is not half the machine."""
+        return sum(self.cpu_ms.values()) * self.rate_per_s / 1000 / (os.cpu_count() or 1)
+
+
+async def measured_open_loop(client: Client, make: Maker, rate: float, seconds: float) -> OpenLoop:
+    before = cpu_by_role()
+    tally = await open_loop(client, make, rate, seconds)
+    return OpenLoop(rate, tally, per_operation_ms(before, cpu_by_role(), tally.ok))
+
+
 async def sweep(client: Client, make: Callable[[int], Maker], args: argparse.Namespace) -> Sweep:
     """Steps 2 and 4: a measured loop at each `--concurrency`."""
     points: dict[int, float] = {}
@@ -337,12 +358,10 @@ async def sweep(client: Client, make: Callable[[int], Maker], args: argparse.Nam
 class Results:
     tps: float
     draw_sweep: Sweep  # saturation: its best count's outcomes and CPU per drawdown
-    half: Tally
-    half_rate_per_s: float
+    draw_half: OpenLoop
     repay_sweep: Sweep
     loans_estimate: int
-    repay_half: Tally = dataclasses.field(default_factory=Tally)
-    repay_half_rate_per_s: float = 0.0
+    repay_half: OpenLoop = field(default_factory=OpenLoop)
     mixed_draw: Tally = dataclasses.field(default_factory=Tally)
     mixed_pay: Tally = dataclasses.field(default_factory=Tally)
     pgbench: dict[int, float] = dataclasses.field(default_factory=dict)  # clients -> tps
@@ -375,13 +394,15 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         saturated = draws.best
         half_rate = max(saturated.per_s / 2, 1.0)
         say(f"{saturated.per_s:.0f}/s; now open loop at {half_rate:.0f}/s, {args.seconds} s")
-        half = await open_loop(client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds)
-        say(f"p99 {half.percentile_ms(0.99):.1f} ms; now repayments at saturation")
+        half = await measured_open_loop(
+            client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds
+        )
+        say(f"p99 {half.tally.percentile_ms(0.99):.1f} ms; now repayments at saturation")
         pays = await sweep(client, lambda c: repayment_maker(customers, c), args)
         repaid = pays.best
         repay_rate = max(repaid.per_s / 2, 1.0)
         say(f"{repaid.per_s:.0f}/s; now repayments open loop at {repay_rate:.0f}/s")
-        repay_half = await open_loop(
+        repay_half = await measured_open_loop(
             client, repayment_maker(customers[::-1], 1), repay_rate, args.seconds
         )
         in_flight = pays.best_concurrency
@@ -397,9 +418,7 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
     finally:
         client.http.close()
     loans = await _loans_estimate()
-    return Results(
-        0.0, draws, half, half_rate, pays, loans, repay_half, repay_rate, mixed_draw, mixed_pay
-    )
+    return Results(0.0, draws, half, pays, loans, repay_half, mixed_draw, mixed_pay)
 
 
 async def mixed_closed_loop(
@@ -441,11 +460,10 @@ async def saturation_rounds(args: argparse.Namespace, customers: list[SeededCust
             for concurrency in args.concurrency:
                 make = _makers[args.kind](customers, concurrency)
                 tally, cpu = await measured_loop(client, make, concurrency, args)
-                roles = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
                 print(
                     f"round {n + 1}, {concurrency} in flight: {tally.per_s:.0f} {args.kind}s/s, "
                     f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}; "
-                    f"CPU per {args.kind}, ms: {roles}",
+                    f"CPU per {args.kind}, ms: {_roles(cpu)}",
                     flush=True,
                 )
     finally:
@@ -463,15 +481,23 @@ async def open_rounds(args: argparse.Namespace, customers: list[SeededCustomer])
         await closed_loop(client, maker(customers, warm), warm, 0.0, args.warmup_s)  # warm-up only
         for n in range(args.open_rounds):
             sample = customers[n % 2 :: 2][::-1]  # customers the warm-up did not just use
-            tally = await open_loop(client, maker(sample, 1), args.open_rate, args.seconds)
+            run = await measured_open_loop(client, maker(sample, 1), args.open_rate, args.seconds)
+            tally = run.tally
             print(
                 f"window {n + 1}: {args.open_rate:.0f}/s open loop, p50 "
                 f"{tally.percentile_ms(0.5):.1f} ms, p90 {tally.percentile_ms(0.9):.1f} ms, "
-                f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}",
+                f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}; "
+                f"CPU per {args.kind}, ms: {_roles(run.cpu_ms)}; "
+                f"machine {run.machine_busy():.0%} busy",
                 flush=True,
             )
     finally:
         client.http.close()
+
+
+def _roles(cpu: dict[str, float]) -> str:
+    """'postgres 1.03, engine 0.78, ...': each role's CPU per request, in ms."""
+    return ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
 
 
 _makers: Final[dict[str, Callable[[list[SeededCustomer], int], Maker]]] = {
@@ -489,7 +515,7 @@ def _ratio(value: float, tps: float) -> str:
 
 
 def table(results: Results, args: argparse.Namespace) -> str:
-    tps, half = results.tps, results.half
+    tps, half = results.tps, results.draw_half.tally
     draw, repay = results.draw_sweep.best, results.repay_sweep.best
     p99 = half.percentile_ms(0.99)
     draw_ok = tps and draw.per_s >= TARGET_DRAWDOWN_RATIO * tps
@@ -502,7 +528,7 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"{draw.per_s:,.0f} | "
         f"{_ratio(draw.per_s, tps)} | >= {TARGET_DRAWDOWN_RATIO} "
         f"{'met' if draw_ok else 'MISSED'} | {draw.problems()} |",
-        f"| drawdown p50 at half saturation ({results.half_rate_per_s:,.0f}/s open loop) | "
+        f"| drawdown p50 at half saturation ({results.draw_half.rate_per_s:,.0f}/s open loop) | "
         f"{half.percentile_ms(0.5):.1f} ms | | | {half.problems()} |",
         f"| drawdown p99 at half saturation | {p99:.1f} ms | | <= {TARGET_P99_MS:.0f} ms "
         f"{'met' if p99 <= TARGET_P99_MS else 'MISSED'} | |",
@@ -513,17 +539,16 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"{'met' if tps and repay.per_s >= TARGET_REPAYMENT_RATIO * tps else 'MISSED'} | "
         f"{repay.problems()} |",
     ]
-    if results.repay_half.latencies_s:
-        repay_p99 = results.repay_half.percentile_ms(0.99)
+    repay_half = results.repay_half.tally
+    if repay_half.latencies_s:
+        repay_p99 = repay_half.percentile_ms(0.99)
         rows.append(
-            f"| repayment p50 at half saturation | {results.repay_half.percentile_ms(0.5):.1f} ms "
-            "| | | |"
+            f"| repayment p50 at half saturation | {repay_half.percentile_ms(0.5):.1f} ms | | | |"
         )
         rows.append(
-            f"| repayment p99 at half saturation ({results.repay_half_rate_per_s:,.0f}/s open "
+            f"| repayment p99 at half saturation ({results.repay_half.rate_per_s:,.0f}/s open "
             f"loop) | {repay_p99:.1f} ms | | <= {TARGET_P99_MS:.0f} ms "
-            f"{'met' if repay_p99 <= TARGET_P99_MS else 'MISSED'} | "
-            f"{results.repay_half.problems()} |"
+            f"{'met' if repay_p99 <= TARGET_P99_MS else 'MISSED'} | {repay_half.problems()} |"
         )
     mixed = (results.mixed_draw, results.mixed_pay)
     if any(t.latencies_s for t in mixed):
@@ -543,9 +568,15 @@ def table(results: Results, args: argparse.Namespace) -> str:
         ("repayment", results.repay_sweep.cpu_ms),
     ):
         if cpu:
-            parts = ", ".join(f"{role} {ms:.2f}" for role, ms in cpu.items())
             rows.append(
-                f"| CPU per {what} at saturation, ms ({parts}) | {sum(cpu.values()):.2f} ms | | | |"
+                f"| CPU per {what} at saturation, ms ({_roles(cpu)}) | "
+                f"{sum(cpu.values()):.2f} ms | | | |"
+            )
+    for what, run in (("drawdown", results.draw_half), ("repayment", results.repay_half)):
+        if run.cpu_ms:
+            rows.append(
+                f"| CPU per {what} at half saturation, ms ({_roles(run.cpu_ms)}; the machine "
+                f"{run.machine_busy():.0%} busy) | {sum(run.cpu_ms.values()):.2f} ms | | | |"
             )
     return "\n".join(rows)
 

@@ -50,3 +50,27 @@ def test_bench_api_reads_its_in_flight_counts_and_refuses_others() -> None:
     for bad in ("", "32,", "a", "0", "32,513", "-4"):
         with pytest.raises(argparse.ArgumentTypeError):
             _counts(bad)
+
+
+def test_bench_api_table_shows_the_cpu_at_half_saturation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At half saturation a request costs more than at saturation: the table shows both,
+    and how busy the half load keeps the machine (CPU per request x rate / CPUs)."""
+    from loadtest import bench_api
+    from loadtest.bench_api import OpenLoop, Results, Sweep, Tally, table
+
+    monkeypatch.setattr(bench_api.os, "cpu_count", lambda: 2)
+    saturated = Tally(latencies_s=[0.01] * 600, window_s=1.0)
+    half = Tally(latencies_s=[0.005] * 300, window_s=1.0)
+    draws = Sweep({64: 600.0}, saturated, 64, {"postgres": 1.0, "engine": 1.0})
+    pays = Sweep({64: 600.0}, saturated, 64, {})
+    draw_half = OpenLoop(300.0, half, {"postgres": 2.0, "engine": 3.0})
+    assert draw_half.machine_busy() == pytest.approx(0.75)  # 5 ms x 300/s on 2 CPUs
+    results = Results(2000.0, draws, draw_half, pays, 1000)
+    args = bench_api._parser().parse_args([])
+    text = table(results, args)
+    assert "| CPU per drawdown at saturation, ms (postgres 1.00, engine 1.00) | 2.00 ms |" in text
+    assert (
+        "| CPU per drawdown at half saturation, ms (postgres 2.00, engine 3.00; the machine "
+        "75% busy) | 5.00 ms |"
+    ) in text
+    assert "repayment at half saturation" not in text  # not measured: no row
