@@ -60,6 +60,7 @@ import asyncpg
 
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
 from loadtest.cpu_share import cpu_by_role, per_operation_ms
+from loadtest.histogram_scrape import HistogramReading, scrape
 from loadtest.lean_http import HttpError, LeanHttp
 from loadtest.seed import control_dsn_from_env, shards_from_env
 from loadtest.signing import auth_headers
@@ -71,6 +72,8 @@ DRAWDOWN_AMOUNT: Final = "100.00"
 PREPAY_AMOUNT: Final = "1.00"
 REQUEST_TIMEOUT_S: Final = 10.0
 IN_FLIGHT_MAX: Final = 1024  # the open loop never holds more requests than this
+DISBURSED: Final = "disbursement_latency_seconds"  # the relay's: request to core's payment
+MONEY_SETTLE_S: Final = 1.0  # after an open loop, before reading what the relay paid
 TARGET_DRAWDOWN_RATIO: Final = 0.35  # issue 20 (0.25 before it)
 TARGET_P99_MS: Final = 50.0  # issue 20 (100 ms before it)
 TARGET_REPAYMENT_RATIO: Final = 0.25  # issue 20: repayments/s against pgbench tps
@@ -326,6 +329,17 @@ class OpenLoop:
     rate_per_s: float = 0.0
     tally: Tally = field(default_factory=Tally)
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    # Drawdowns: what the relay's histogram of request-to-card times saw meanwhile.
+    money: HistogramReading | None = None
+
+    def money_text(self) -> str:
+        """'mean 98 ms, p99 <= 0.25 s (9,000 paid)', or '' when not read."""
+        if self.money is None or not self.money.count:
+            return ""
+        return (
+            f"mean {self.money.mean_s() * 1000:.0f} ms, p99 <= "
+            f"{self.money.quantile_bound_s(0.99):g} s ({self.money.count:,.0f} paid)"
+        )
 
     def machine_busy(self) -> float:
         """The share of this machine's CPUs the whole stack used: at half saturation a
@@ -334,10 +348,19 @@ class OpenLoop:
         return sum(self.cpu_ms.values()) * self.rate_per_s / 1000 / (os.cpu_count() or 1)
 
 
-async def measured_open_loop(client: Client, make: Maker, rate: float, seconds: float) -> OpenLoop:
+async def measured_open_loop(
+    client: Client, make: Maker, rate: float, seconds: float, *, money_url: str = ""
+) -> OpenLoop:
+    """`open_loop` with each role's CPU per request; with `money_url` (the relay's
+    /metrics) also the request-to-card times of the payments made meanwhile."""
+    money = scrape(money_url, DISBURSED) if money_url else None
     before = cpu_by_role()
     tally = await open_loop(client, make, rate, seconds)
-    return OpenLoop(rate, tally, per_operation_ms(before, cpu_by_role(), tally.ok))
+    cpu = per_operation_ms(before, cpu_by_role(), tally.ok)
+    if money is not None:
+        await asyncio.sleep(MONEY_SETTLE_S)  # the window's last drawdowns being paid
+        money = scrape(money_url, DISBURSED) - money
+    return OpenLoop(rate, tally, cpu, money)
 
 
 async def sweep(client: Client, make: Callable[[int], Maker], args: argparse.Namespace) -> Sweep:
@@ -395,7 +418,11 @@ async def run_api(args: argparse.Namespace, customers: list[SeededCustomer]) -> 
         half_rate = max(saturated.per_s / 2, 1.0)
         say(f"{saturated.per_s:.0f}/s; now open loop at {half_rate:.0f}/s, {args.seconds} s")
         half = await measured_open_loop(
-            client, drawdown_maker(customers[::-1], 1), half_rate, args.seconds
+            client,
+            drawdown_maker(customers[::-1], 1),
+            half_rate,
+            args.seconds,
+            money_url=args.relay_metrics,
         )
         say(f"p99 {half.tally.percentile_ms(0.99):.1f} ms; now repayments at saturation")
         pays = await sweep(client, lambda c: repayment_maker(customers, c), args)
@@ -481,14 +508,18 @@ async def open_rounds(args: argparse.Namespace, customers: list[SeededCustomer])
         await closed_loop(client, maker(customers, warm), warm, 0.0, args.warmup_s)  # warm-up only
         for n in range(args.open_rounds):
             sample = customers[n % 2 :: 2][::-1]  # customers the warm-up did not just use
-            run = await measured_open_loop(client, maker(sample, 1), args.open_rate, args.seconds)
+            money_url = args.relay_metrics if args.kind == "drawdown" else ""
+            run = await measured_open_loop(
+                client, maker(sample, 1), args.open_rate, args.seconds, money_url=money_url
+            )
             tally = run.tally
+            money = f"; money on the card: {run.money_text()}" if run.money_text() else ""
             print(
                 f"window {n + 1}: {args.open_rate:.0f}/s open loop, p50 "
                 f"{tally.percentile_ms(0.5):.1f} ms, p90 {tally.percentile_ms(0.9):.1f} ms, "
                 f"p99 {tally.percentile_ms(0.99):.1f} ms, problems: {tally.problems()}; "
                 f"CPU per {args.kind}, ms: {_roles(run.cpu_ms)}; "
-                f"machine {run.machine_busy():.0%} busy",
+                f"machine {run.machine_busy():.0%} busy{money}",
                 flush=True,
             )
     finally:
@@ -533,6 +564,13 @@ def table(results: Results, args: argparse.Namespace) -> str:
         f"| drawdown p99 at half saturation | {p99:.1f} ms | | <= {TARGET_P99_MS:.0f} ms "
         f"{'met' if p99 <= TARGET_P99_MS else 'MISSED'} | |",
         f"| drawdown p99 at saturation (closed loop) | {draw.percentile_ms(0.99):.1f} ms | | | |",
+    ]
+    if results.draw_half.money_text():
+        rows.append(
+            "| drawdowns' money on the card at half saturation (the relay's "
+            f"{DISBURSED}) | {results.draw_half.money_text()} | | well under 30 s | |"
+        )
+    rows += [
         f"| repayments/s at saturation (prepay {PREPAY_AMOUNT}; best of "
         f"{results.repay_sweep.describe('repayments')}) | "
         f"{repay.per_s:,.0f} | {_ratio(repay.per_s, tps)} | >= {TARGET_REPAYMENT_RATIO} "
@@ -672,6 +710,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("drawdown", "repayment"),
         default="drawdown",
         help="what --saturation-rounds and --open-rate send",
+    )
+    relay_port = os.environ.get("ENGINE_RELAY_METRICS_PORT") or "9101"
+    parser.add_argument(
+        "--relay-metrics",
+        default=f"http://127.0.0.1:{relay_port}/metrics",
+        help="the online relay's /metrics, for the drawdowns' time to the card ('' for none)",
     )
     parser.add_argument("--label", default="", help="a note for the section, e.g. '1M seeded'")
     parser.add_argument("--append", action="store_true", help="append the table to BENCHMARKS.md")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import pkgutil
 
 import pytest
@@ -57,13 +58,15 @@ def test_bench_api_table_shows_the_cpu_at_half_saturation(monkeypatch: pytest.Mo
     and how busy the half load keeps the machine (CPU per request x rate / CPUs)."""
     from loadtest import bench_api
     from loadtest.bench_api import OpenLoop, Results, Sweep, Tally, table
+    from loadtest.histogram_scrape import HistogramReading
 
     monkeypatch.setattr(bench_api.os, "cpu_count", lambda: 2)
     saturated = Tally(latencies_s=[0.01] * 600, window_s=1.0)
     half = Tally(latencies_s=[0.005] * 300, window_s=1.0)
     draws = Sweep({64: 600.0}, saturated, 64, {"postgres": 1.0, "engine": 1.0})
     pays = Sweep({64: 600.0}, saturated, 64, {})
-    draw_half = OpenLoop(300.0, half, {"postgres": 2.0, "engine": 3.0})
+    money = HistogramReading({0.1: 100, 0.25: 290, 0.5: 300, math.inf: 300}, 300, 30.0)
+    draw_half = OpenLoop(300.0, half, {"postgres": 2.0, "engine": 3.0}, money)
     assert draw_half.machine_busy() == pytest.approx(0.75)  # 5 ms x 300/s on 2 CPUs
     results = Results(2000.0, draws, draw_half, pays, 1000)
     args = bench_api._parser().parse_args([])
@@ -72,5 +75,9 @@ def test_bench_api_table_shows_the_cpu_at_half_saturation(monkeypatch: pytest.Mo
     assert (
         "| CPU per drawdown at half saturation, ms (postgres 2.00, engine 3.00; the machine "
         "75% busy) | 5.00 ms |"
+    ) in text
+    assert (
+        "| drawdowns' money on the card at half saturation (the relay's "
+        "disbursement_latency_seconds) | mean 100 ms, p99 <= 0.5 s (300 paid) |"
     ) in text
     assert "repayment at half saturation" not in text  # not measured: no row
