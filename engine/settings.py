@@ -214,8 +214,10 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # CPU priority (nice, 0..19) of the relay and of its PostgreSQL backends where the
     # server is on this host (engine/runtime/priority.py). Its work is off the answers'
     # path (a drawdown answers `disbursing`, a repayment debits inline) but not off
-    # the money's: above 0 a busy host hands the card its money later. 0: unchanged.
-    relay_nice: int = 0
+    # the money's: above 0 a busy host hands the card its money later. At 10, on the
+    # 2-core bench host at half saturation, the drawdown p99 fell by a quarter and the
+    # money took 14 ms longer (BENCHMARKS.md, issue 20, tenth round). 0: unchanged.
+    relay_nice: int = 10
 
     def __post_init__(self) -> None:
         if not 0 <= self.relay_nice <= 19:
