@@ -31,7 +31,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_BOOKING_IN_FLIGHT  2                       group bookings at once per shard database
     ENGINE_CORE_URL, ENGINE_SMS_URL                   core banking and SMS gateway
     ENGINE_CORE_TIMEOUT_S, ENGINE_INLINE_DEBIT_WAIT_S, ENGINE_NOT_FOUND_FINAL_S,
-    ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S,
+    ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S, ENGINE_RELAY_IDLE_POLL_S,
+    ENGINE_RELAY_IDLE_POLL_MAX_S (each empty claim doubles the wait, up to this),
     ENGINE_REPAYMENT_BATCH_MAX (32: repayments completed by one statement; 1: none),
     ENGINE_RELAY_METRICS_PORT, ENGINE_RELAY_NICE      see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
@@ -201,6 +202,10 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     relay_concurrency: int = 32
     relay_lease_s: float = 30.0
     relay_idle_poll_s: float = 0.1
+    # Each empty claim in a row doubles a shard's idle wait, up to this: a relay whose
+    # rows come a few minutes a day (the day-end's batch lane; `make up` gives it 1 s)
+    # need not ask every shard ten times a second. At relay_idle_poll_s: no back-off.
+    relay_idle_poll_max_s: float = 0.1
     # After a batch that was not full, a shard's next claim waits until this long after
     # the last one: a busy shard's rows then go out in fuller batches (fewer calls,
     # less CPU per row) for at most this much more time to the card.
@@ -226,6 +231,8 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("external time-outs must be positive")
         if not 0 <= self.relay_gather_s <= 1:
             raise ValueError("relay_gather_s must be 0..1")
+        if not 0 < self.relay_idle_poll_s <= self.relay_idle_poll_max_s <= 30:
+            raise ValueError("relay_idle_poll_s must be > 0, <= relay_idle_poll_max_s <= 30")
         if not 0 <= self.inline_debit_in_flight <= 64:
             raise ValueError("inline_debit_in_flight must be 0..64")
         if not 1 <= self.repayment_batch_max <= 256:
@@ -441,6 +448,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_NOT_FOUND_FINAL_S", "not_found_final_s"),
         ("ENGINE_RELAY_LEASE_S", "relay_lease_s"),
         ("ENGINE_RELAY_GATHER_S", "relay_gather_s"),
+        ("ENGINE_RELAY_IDLE_POLL_S", "relay_idle_poll_s"),
+        ("ENGINE_RELAY_IDLE_POLL_MAX_S", "relay_idle_poll_max_s"),
     ):
         if var in environ:
             external[key] = float(environ[var])

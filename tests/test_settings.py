@@ -134,6 +134,16 @@ def test_the_relay_claim_is_set_from_the_environment() -> None:
         load_settings(DEV | {"ENGINE_RELAY_BATCH_MAX": "0"})
 
 
+def test_the_relay_idle_back_off_is_set_from_the_environment() -> None:
+    external = load_settings(DEV).external
+    assert external.relay_idle_poll_s == external.relay_idle_poll_max_s == 0.1  # no back-off
+    batch = {"ENGINE_RELAY_IDLE_POLL_MAX_S": "1"}  # what make up gives the batch relay
+    assert load_settings(DEV | batch).external.relay_idle_poll_max_s == 1.0
+    for wrong in ({"ENGINE_RELAY_IDLE_POLL_MAX_S": "0.05"}, {"ENGINE_RELAY_IDLE_POLL_S": "0"}):
+        with pytest.raises(SettingsError, match="relay_idle_poll"):
+            load_settings(DEV | wrong)
+
+
 def test_the_inline_debits_sharing_core_calls_is_set_from_the_environment() -> None:
     assert load_settings(DEV).external.inline_debit_in_flight == 4
     settings = load_settings(DEV | {"ENGINE_INLINE_DEBIT_IN_FLIGHT": "0"})

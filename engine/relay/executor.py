@@ -104,6 +104,7 @@ class Relay:
 
     async def _drain(self, shard: str, stop: asyncio.Event) -> None:
         pool = self.pools.pool(shard)
+        empty = 0  # claims in a row that found nothing
         while not stop.is_set():
             try:
                 async with acquire(pool, self.pools.limits.acquire_timeout_s) as conn:
@@ -125,8 +126,11 @@ class Relay:
                 await _sleep_or_stop(stop, self._settings.relay_backoff_max_s)
                 continue
             if not rows:
-                await _sleep_or_stop(stop, self._settings.relay_idle_poll_s)
+                empty += 1
+                first, most = self._settings.relay_idle_poll_s, self._settings.relay_idle_poll_max_s
+                await _sleep_or_stop(stop, idle_wait_s(empty, first, most))
                 continue
+            empty = 0
             claimed_at = time.monotonic()
             await self._batch(shard, rows, claimed_at)
             if len(rows) < self._settings.relay_batch_max:
@@ -493,6 +497,13 @@ def _backoff_s(attempts: int, cap_s: float) -> float:
     """Capped exponential backoff with jitter, so many rows do not retry in step."""
     base: float = min(cap_s, 0.2 * 2.0 ** min(attempts, 10))
     return base * (0.5 + random.random() / 2)
+
+
+def idle_wait_s(empty_claims: int, first_s: float, max_s: float) -> float:
+    """The wait after the `empty_claims`-th empty claim in a row: `first_s`, doubled by
+    each further one, at most `max_s`. One claim that finds rows starts it over."""
+    doubled: float = first_s * 2.0 ** min(max(empty_claims, 1) - 1, 32)
+    return min(max_s, doubled)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
