@@ -33,6 +33,8 @@ class HistogramReading:
     total_s: float = 0.0
 
     def __sub__(self, earlier: HistogramReading) -> HistogramReading:
+        if self.count < earlier.count:  # the process restarted in between: since then
+            return self
         return HistogramReading(
             {le: n - earlier.buckets.get(le, 0.0) for le, n in self.buckets.items()},
             self.count - earlier.count,

@@ -35,6 +35,8 @@ def test_a_reading_sums_label_sets_and_a_difference_is_what_was_seen_between() -
     assert seen.quantile_bound_s(0.6) == 0.1
     assert seen.quantile_bound_s(0.7) == 0.25
     assert seen.quantile_bound_s(0.99) == 0.5
+    restarted = parse(_text({"a": [0.2]}), NAME)  # its counters began again
+    assert (restarted - after).count == 1
 
 
 def test_nothing_seen_or_no_such_histogram_or_no_process_reads_as_empty() -> None:
