@@ -52,12 +52,13 @@ from loadtest.bench_api import (
     say,
 )
 from loadtest.client_data import SeededCustomer, read_seeded, seeded_file_path
-from loadtest.cpu_share import cpu_spent, priorities_of, process_cpu_s
+from loadtest.cpu_share import command_cpu_s, cpu_spent, priorities_of, process_cpu_s
 from loadtest.seed import control_dsn_from_env, shards_from_env
 
 TARGET_MINUTES_20M: Final = 10.0
 TARGET_P99_RATIO: Final = 2.0
 PROJECTED_LOANS: Final = 20_000_000
+BATCH_RELAY: Final = "engine relay --lane batch"  # the day-end's outbox rows (ledger 0025)
 SEEDED_READ_MAX: Final = 200_000
 
 
@@ -87,7 +88,11 @@ class Run:
     online_cpu_s: dict[str, float]  # CPU by role while only the online loops ran
     online_s: float  # how long they ran
     during_cpu_s: dict[str, float]  # CPU by role while the day-end ran beside them
-    backends_cpu_s: float  # CPU of the day-end's own database backends (its shard leases)
+    # CPU of the day-end's own database backends, by whose they are: its runner's shard
+    # leases (`eod`) and the batch relay's connections (`relay:batch`), and of the
+    # batch relay's process (the day-end's debits, their completions and SMS).
+    backends_cpu_s: dict[str, float]
+    relay_batch_cpu_s: float
     relay_priority: str  # the relay's nice during the run (ENGINE_RELAY_NICE when started)
 
 
@@ -214,6 +219,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
             return code
 
         backends = EodBackends()
+        relay_batch_before = command_cpu_s(BATCH_RELAY)
         try:
             async with cpu_spent() as during_cpu:
                 returncode, during, _ = await asyncio.gather(
@@ -226,6 +232,7 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
                 proc.terminate()
                 await proc.wait()
         wall_s = time.perf_counter() - started
+        relay_batch_s = command_cpu_s(BATCH_RELAY) - relay_batch_before
         await quiet_relay()
         await _quiet_autovacuum()
         say("the same open loops again, after the day-end")
@@ -234,7 +241,8 @@ async def run(args: argparse.Namespace, customers: list[SeededCustomer]) -> Run:
         client.http.close()
     return Run(
         day, wall_s, returncode, await _steps(day), *before, *during, *after, *rates, governor_ms,
-        online_cpu, online_s, during_cpu, backends.cpu_s(), priorities_of("relay"),
+        online_cpu, online_s, during_cpu, backends.cpu_s(), relay_batch_s,
+        priorities_of("relay"),
     )  # fmt: skip
 
 
@@ -346,11 +354,13 @@ def table(result: Run) -> str:
 
 class EodBackends:
     """The CPU of the day-end's database backends: the connection each shard's runner
-    holds its lease on (application_name `eod:<shard>`), found in pg_stat_activity and
-    read from /proc every second until the run ends (same machine only)."""
+    holds its lease on (application_name `eod:<shard>`) and the batch relay's
+    (`relay:batch`), found in pg_stat_activity and read from /proc every second until
+    the run ends (same machine only)."""
 
     def __init__(self) -> None:
-        self._seen: dict[int, float] = {}
+        # pid -> (owner, CPU when first seen, CPU when last seen)
+        self._seen: dict[int, tuple[str, float, float]] = {}
 
     async def follow(self, done: asyncio.Event) -> None:
         # One connection per server for the whole run: a new one every second would
@@ -364,41 +374,55 @@ class EodBackends:
                         if server not in conns:
                             conns[server] = await asyncpg.connect(dsn, timeout=5)
                         pids = await conns[server].fetch(
-                            "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'eod:%'"
+                            """SELECT pid, split_part(application_name, ':', 1) AS owner
+                               FROM pg_stat_activity
+                               WHERE application_name LIKE 'eod:%'
+                                  OR application_name = 'relay:batch'"""
                         )
                     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                         stale = conns.pop(server, None)
                         if stale is not None:
                             stale.terminate()
                         continue
-                    for (pid,) in pids:
+                    for pid, owner in pids:
                         spent = process_cpu_s(pid)
                         if spent is not None:
-                            self._seen[pid] = spent
+                            first = self._seen.get(pid, (owner, spent, spent))[1]
+                            self._seen[pid] = (owner, first, spent)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 1.0)
         finally:
             for conn in conns.values():
                 await conn.close()
 
-    def cpu_s(self) -> float:
-        return sum(self._seen.values())
+    def cpu_s(self) -> dict[str, float]:
+        """Seconds of CPU by owner: "eod" (the runner's backends, opened by the run: all
+        of theirs) and "relay" (the batch relay's, older than the run: what they used
+        since first seen; one opened meanwhile may have used up to a second unseen)."""
+        spent = {"eod": 0.0, "relay": 0.0}
+        for owner, first, last in self._seen.values():
+            spent[owner] += last if owner == "eod" else last - first
+        return spent
 
 
 def _cpu_rows(result: Run, loans: int) -> list[str]:
-    """The day-end's own CPU: its runner process and the database backends of its shard
-    leases (both measured, not inferred), per loan of the book, and the cores that
-    closing 20,000,000 loans in 10 minutes would take at that cost. The relay's work on
-    the auto-debits it opened (phase B, core, SMS) is not in it: that is the repayment
-    path's cost, in the roles' CPU beside it."""
+    """The day-end's own CPU, measured, not inferred: its runner process and its shard
+    leases' backends (accrual, the deduction's openings, the rest), and the batch relay
+    with its backends (the auto-debits' sending, completion and merged SMS: the rows of
+    the day-end's lane, ledger 0025); per loan of the book, and the cores that closing
+    20,000,000 loans in 10 minutes would take at that cost. The fakes' CPU is not in
+    it: core banking and the SMS gateway run elsewhere."""
     if not result.online_cpu_s or not result.during_cpu_s or not loans or not result.online_s:
         return []
 
     def ours(spent: dict[str, float]) -> float:
         return sum(s for role, s in spent.items() if role != "other")
 
-    runner_s, backends_s = result.during_cpu_s["eod"], result.backends_cpu_s
-    per_loan_us = (runner_s + backends_s) / loans * 1e6
+    runner_s = result.during_cpu_s["eod"]
+    runner_backends_s = result.backends_cpu_s.get("eod", 0.0)
+    relay_s, relay_backends_s = result.relay_batch_cpu_s, result.backends_cpu_s.get("relay", 0.0)
+    own_s = runner_s + runner_backends_s + relay_s + relay_backends_s
+    per_loan_us = own_s / loans * 1e6
     cores = PROJECTED_LOANS * per_loan_us / 1e6 / (TARGET_MINUTES_20M * 60)
     roles = ", ".join(
         f"{role} {result.during_cpu_s[role]:,.0f}"
@@ -409,10 +433,15 @@ def _cpu_rows(result: Run, loans: int) -> list[str]:
         f"{ours(result.online_cpu_s) / result.online_s:.2f} / "
         f"{ours(result.during_cpu_s) / result.wall_s:.2f} cores | |",
         f"| CPU by role during the day-end (s) | {roles} | |",
-        f"| the day-end's own CPU: runner / its shard backends | "
-        f"{runner_s:,.0f} s / {backends_s:,.0f} s | |",
-        f"| the day-end's CPU per loan of the book (all steps) | {per_loan_us:,.0f} µs | |",
+        f"| the day-end's own CPU: runner / its shard backends; batch relay / its backends | "
+        f"{runner_s:,.0f} s / {runner_backends_s:,.0f} s; {relay_s:,.0f} s / "
+        f"{relay_backends_s:,.0f} s | |",
+        f"| the day-end's CPU per loan of the book (all steps, its relay's work included) | "
+        f"{per_loan_us:,.0f} µs | |",
         f"| cores to close 20,000,000 loans in 10 min at that cost | {cores:,.1f} | |",
+        f"| cores the online loops left the day-end here | "
+        f"{max(0.0, (os.cpu_count() or 1) - ours(result.online_cpu_s) / result.online_s):.2f}"
+        " | |",
     ]
 
 

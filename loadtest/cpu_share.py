@@ -102,6 +102,23 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def command_cpu_s(fragment: str) -> float:
+    """Seconds of CPU so far of this stack's processes whose command line holds
+    `fragment` (e.g. "relay --lane batch")."""
+    stack = _this_stack()
+    spent = 0.0
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fragment in cmdline and _mine(int(entry.name), cmdline, int(fields[1]), stack):
+            spent += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return spent
+
+
 def _by_role(processes: dict[int, tuple[str, float]]) -> dict[str, float]:
     spent = dict.fromkeys(ROLES, 0.0)
     for role, seconds in processes.values():

@@ -57,10 +57,11 @@ def relay_pools(settings: Settings, lane: str = "all") -> ShardPools:
 
     # The relay's statements are fixed batch shapes (arrays of IDs): planned once per
     # session, not again on every call as PostgreSQL's custom plans for `= ANY($1)` were.
+    # Named by lane in pg_stat_activity (relay:online, relay:batch, relay:all).
     return ShardPools(
         settings.shard_map(),
         settings.pool,
-        "relay",
+        f"relay:{lane}",
         server_settings={"plan_cache_mode": "force_generic_plan"} | lane_setting,
         init=lowered if nice else None,
     )
