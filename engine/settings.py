@@ -34,7 +34,8 @@ refused, so a typo cannot silently fall back to a default.
     ENGINE_RELAY_LEASE_S, ENGINE_RELAY_GATHER_S, ENGINE_RELAY_IDLE_POLL_S,
     ENGINE_RELAY_IDLE_POLL_MAX_S (each empty claim doubles the wait, up to this),
     ENGINE_REPAYMENT_BATCH_MAX (32: repayments completed by one statement; 1: none),
-    ENGINE_RELAY_METRICS_PORT, ENGINE_RELAY_NICE      see ExternalSettings
+    ENGINE_RELAY_METRICS_PORT, ENGINE_RELAY_NICE, ENGINE_RELAY_BACKEND_NICE
+                                                      see ExternalSettings
     ENGINE_PII_KEYS       1:<base64 32 bytes>,2:...   AES-256-GCM keys by version
                                                       (dev and test: the published dev keys)
     ENGINE_PII_KEY_VERSION  the version new ciphertexts use (default: the highest)
@@ -204,8 +205,8 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     relay_idle_poll_s: float = 0.1
     # Each empty claim in a row doubles a shard's idle wait, up to this: a relay whose
     # rows come a few minutes a day (the day-end's batch lane; `make up` gives it 1 s)
-    # need not ask every shard ten times a second. At relay_idle_poll_s: no back-off.
-    relay_idle_poll_max_s: float = 0.1
+    # need not ask every shard ten times a second. None: relay_idle_poll_s (no back-off).
+    relay_idle_poll_max_s: float | None = None
     # After a batch that was not full, a shard's next claim waits until this long after
     # the last one: a busy shard's rows then go out in fuller batches (fewer calls,
     # less CPU per row) for at most this much more time to the card.
@@ -216,22 +217,28 @@ class ExternalSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # never will: the movement failed. Must exceed core's own processing time.
     not_found_final_s: float = 120.0
     relay_metrics_port: int = 9101
-    # CPU priority (nice, 0..19) of the relay and of its PostgreSQL backends where the
-    # server is on this host (engine/runtime/priority.py). Its work is off the answers'
-    # path (a drawdown answers `disbursing`, a repayment debits inline) but not off
-    # the money's: above 0 a busy host hands the card its money later. At 10, on the
-    # 2-core bench host at half saturation, the drawdown p99 fell by a quarter and the
-    # money took 14 ms longer (BENCHMARKS.md, issue 20, tenth round). 0: unchanged.
+    # CPU priority (nice, 0..19) of the relay process (engine/runtime/priority.py). Its
+    # work is off the answers' path (a drawdown answers `disbursing`, a repayment debits
+    # inline) but not off the money's: above 0 a busy host hands the card its money
+    # later. At 10, on the 2-core bench host at half saturation, the drawdown p99 fell
+    # by a quarter and the money took 14 ms longer (BENCHMARKS.md, issue 20, tenth
+    # round). 0: unchanged.
     relay_nice: int = 10
+    # The same for its PostgreSQL backends, where the server is on this host. 0 by
+    # default: they hold the ledger stripes' and the lines' locks that the online group
+    # calls wait for (250 ms, then each item alone), and a lowered lock holder would
+    # make the requests wait on the scheduler. The batch relay of `make up` lowers both.
+    relay_backend_nice: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.relay_nice <= 19:
-            raise ValueError("relay_nice must be 0..19")
+        if not 0 <= self.relay_nice <= 19 or not 0 <= self.relay_backend_nice <= 19:
+            raise ValueError("relay_nice and relay_backend_nice must be 0..19")
         if min(self.core_timeout_s, self.sms_timeout_s, self.inline_debit_wait_s) <= 0:
             raise ValueError("external time-outs must be positive")
         if not 0 <= self.relay_gather_s <= 1:
             raise ValueError("relay_gather_s must be 0..1")
-        if not 0 < self.relay_idle_poll_s <= self.relay_idle_poll_max_s <= 30:
+        first, most = self.relay_idle_poll_s, self.relay_idle_poll_max_s
+        if not 0 < first <= (first if most is None else most) <= 30:
             raise ValueError("relay_idle_poll_s must be > 0, <= relay_idle_poll_max_s <= 30")
         if not 0 <= self.inline_debit_in_flight <= 64:
             raise ValueError("inline_debit_in_flight must be 0..64")
@@ -458,6 +465,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, object]:
         ("ENGINE_RELAY_BATCH_MAX", "relay_batch_max"),
         ("ENGINE_INLINE_DEBIT_IN_FLIGHT", "inline_debit_in_flight"),
         ("ENGINE_RELAY_NICE", "relay_nice"),
+        ("ENGINE_RELAY_BACKEND_NICE", "relay_backend_nice"),
     ):
         if var in environ:
             external[key] = int(environ[var])

@@ -30,7 +30,7 @@ command_of() {
     relay) echo "$py -m engine relay --lane online" ;;
     # The day-end's outbox rows (ledger 0025), at the day-end's CPU priority; idle most
     # of the day, so an idle shard is asked at most once a second, not ten times.
-    relay-batch) echo "env ENGINE_RELAY_METRICS_PORT=${ENGINE_RELAY_BATCH_METRICS_PORT:-9103} ENGINE_RELAY_NICE=${ENGINE_EOD_NICE:-19} ENGINE_RELAY_IDLE_POLL_MAX_S=${ENGINE_RELAY_BATCH_IDLE_POLL_MAX_S:-1} $py -m engine relay --lane batch" ;;
+    relay-batch) echo "env ENGINE_RELAY_METRICS_PORT=${ENGINE_RELAY_BATCH_METRICS_PORT:-9103} ENGINE_RELAY_NICE=${ENGINE_EOD_NICE:-19} ENGINE_RELAY_BACKEND_NICE=${ENGINE_EOD_NICE:-19} ENGINE_RELAY_IDLE_POLL_MAX_S=${ENGINE_RELAY_BATCH_IDLE_POLL_MAX_S:-1} $py -m engine relay --lane batch" ;;
     # The scheduled day-end yields to online traffic above the load test's drawdown SLO.
     eod) echo "env ENGINE_EOD_ONLINE_P99_MS=${ENGINE_EOD_ONLINE_P99_MS:-200} $py -m engine eod schedule" ;;
     *) echo "engine.sh: unknown process $1" >&2; exit 2 ;;

@@ -114,8 +114,10 @@ async def test_the_day_end_lease_runs_at_the_configured_nice(settings: Settings)
 
 @needs_root
 @pytest.mark.parametrize("nice", [9, 0])
-async def test_the_relay_pools_connections_run_at_relay_nice(settings: Settings, nice: int) -> None:
-    external = msgspec.structs.replace(settings.external, relay_nice=nice)
+async def test_the_relay_pools_connections_run_at_relay_backend_nice(
+    settings: Settings, nice: int
+) -> None:
+    external = msgspec.structs.replace(settings.external, relay_backend_nice=nice)
     pools = relay_pools(msgspec.structs.replace(settings, external=external))
     await pools.open()
     try:
@@ -133,3 +135,5 @@ def test_nice_out_of_range_is_refused() -> None:
         EodSettings(nice=-1)
     with pytest.raises(ValueError, match="relay_nice"):
         ExternalSettings(relay_nice=20)
+    with pytest.raises(ValueError, match="relay_backend_nice"):
+        ExternalSettings(relay_backend_nice=-1)

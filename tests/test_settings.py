@@ -136,7 +136,9 @@ def test_the_relay_claim_is_set_from_the_environment() -> None:
 
 def test_the_relay_idle_back_off_is_set_from_the_environment() -> None:
     external = load_settings(DEV).external
-    assert external.relay_idle_poll_s == external.relay_idle_poll_max_s == 0.1  # no back-off
+    assert (external.relay_idle_poll_s, external.relay_idle_poll_max_s) == (0.1, None)  # none
+    slower = load_settings(DEV | {"ENGINE_RELAY_IDLE_POLL_S": "2"}).external  # no maximum set
+    assert (slower.relay_idle_poll_s, slower.relay_idle_poll_max_s) == (2.0, None)
     batch = {"ENGINE_RELAY_IDLE_POLL_MAX_S": "1"}  # what make up gives the batch relay
     assert load_settings(DEV | batch).external.relay_idle_poll_max_s == 1.0
     for wrong in ({"ENGINE_RELAY_IDLE_POLL_MAX_S": "0.05"}, {"ENGINE_RELAY_IDLE_POLL_S": "0"}):

@@ -127,7 +127,8 @@ class Relay:
                 continue
             if not rows:
                 empty += 1
-                first, most = self._settings.relay_idle_poll_s, self._settings.relay_idle_poll_max_s
+                first = self._settings.relay_idle_poll_s
+                most = self._settings.relay_idle_poll_max_s or first
                 await _sleep_or_stop(stop, idle_wait_s(empty, first, most))
                 continue
             empty = 0

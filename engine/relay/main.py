@@ -47,9 +47,9 @@ LANE_CHOICES: Final = {"all": LANES, "online": ("online",), "batch": ("batch",)}
 
 
 def relay_pools(settings: Settings, lane: str = "all") -> ShardPools:
-    """The relay's pools (not opened yet): their backends at `external.relay_nice`; a
-    batch relay's rows (its completions' SMS) are written in the batch lane too."""
-    nice = settings.external.relay_nice
+    """The relay's pools (not opened yet): their backends at `external.relay_backend_nice`;
+    a batch relay's rows (its completions' SMS) are written in the batch lane too."""
+    nice = settings.external.relay_backend_nice
     lane_setting = {LANE_SETTING: "batch"} if lane == "batch" else {}
 
     async def lowered(conn: asyncpg.Connection) -> None:
