@@ -115,6 +115,10 @@ async def test_a_loan_from_missed_debit_to_cure(
     assert viewed["days_past_due"] == 4  # the business date is the fourth day late now
     assert viewed["classification"] == "special_mention"
     assert viewed["classification_since"] == str(due + ONE)
+    listed = (await api.get(f"/v1/customers/{customer}/loans")).json["loans"]
+    assert [(v["loan_id"], v["classification"], v["classification_since"]) for v in listed] == [
+        (loan_id, "special_mention", str(due + ONE))
+    ]  # the customer's list shows the day-end's class too
     assert Decimal(viewed["penalty_accrued"]) > 0
     quote = (await api.get(f"/v1/loans/{loan_id}/payoff-quote")).json
     assert Decimal(quote["penalty"]) >= Decimal(viewed["penalty_accrued"])
@@ -234,3 +238,39 @@ async def test_online_traffic_flows_while_the_day_end_runs(
     allowed = {(201, None), (422, "ARREARS_FIRST"), (422, "REPAYMENT_IN_PROGRESS")}
     assert statuses <= allowed, statuses
     assert await books.problems() == []
+
+
+async def test_a_case_no_officer_took_shows_in_every_officers_queue(
+    books: Isolated, api: ApiClient
+) -> None:
+    """A branch and bank without officers open the case `unassigned`: each officer of
+    the bank sees it beside their own, and not another officer's."""
+    import asyncpg
+
+    from sharding.ids import shard_of_id
+
+    card = new_bank_card()
+    customer = await api.customer(bank_card=card)
+    line = await api.line(customer)
+    loans = [(await api.disbursed_loan(line, "300.00", disburse_to=card))["loan_id"]
+             for _ in range(2)]  # fmt: skip
+    shard = books.settings.shard_map().physical_for(shard_of_id(int(customer)))
+    conn = await asyncpg.connect(shard.dsn)
+    try:
+        for loan_id, officer in zip(loans, ("unassigned", "officer-b"), strict=True):
+            await conn.execute(
+                """INSERT INTO collection_case (loan_id, customer_id, tenant_id, branch_code,
+                       officer_id, opened_on, dpd_at_open)
+                   SELECT loan_id, customer_id, tenant_id, '001', $2, $3, 31
+                   FROM loan WHERE loan_id = $1""",
+                int(loan_id), officer, DAY,
+            )  # fmt: skip
+    finally:
+        await conn.close()
+    queue = await api.get("/v1/collection-queue?officer=officer-a", headers=OPERATOR, sign=False)
+    assert queue.status == 200, queue
+    assert [(c["loan_id"], c["officer_id"]) for c in queue.json["cases"]] == [
+        (loans[0], "unassigned")
+    ]
+    everyone = await api.get("/v1/collection-queue", headers=OPERATOR, sign=False)
+    assert sorted(c["loan_id"] for c in everyone.json["cases"]) == sorted(loans)

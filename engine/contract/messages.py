@@ -186,6 +186,24 @@ class NextDue(msgspec.Struct):
     amount: str
 
 
+DaysPastDue = Annotated[
+    int,
+    Meta(
+        ge=0,
+        description="days past due on the business date: since the oldest installment "
+        "still unpaid after its due date (0: none)",
+    ),
+]
+ClassificationStr = Annotated[
+    str,
+    Meta(
+        description="five-category class (MONEY.md): normal 正常, special_mention 关注, "
+        "substandard 次级, doubtful 可疑, loss 损失; the day-end's where it classified "
+        "the loan, else the floor its days past due give"
+    ),
+]
+
+
 class LoanView(msgspec.Struct):
     loan_id: str
     receipt_no: str
@@ -200,8 +218,8 @@ class LoanView(msgspec.Struct):
     term_months: int
     start_date: dt.date
     maturity_date: dt.date
-    days_past_due: int
-    classification: str
+    days_past_due: DaysPastDue
+    classification: ClassificationStr
     next_due: NextDue | None
     disburse_to_masked: str
     requested_at: dt.datetime
@@ -209,8 +227,14 @@ class LoanView(msgspec.Struct):
     failure_reason: str | None = None
     # The day-end's record: the class it gave the loan and since when (None: never late),
     # and the penalty and compound interest booked and unpaid.
-    classification_since: dt.date | None = None
-    penalty_accrued: str = "0.00"
+    classification_since: Annotated[
+        dt.date | None,
+        Meta(description="the business date the day-end put the loan in its class"),
+    ] = None
+    penalty_accrued: Annotated[
+        str,
+        Meta(description="penalty and compound interest the day-ends booked, unpaid (yuan)"),
+    ] = "0.00"
 
 
 class ScheduleView(msgspec.Struct):
@@ -360,9 +384,9 @@ class CollectionCaseView(msgspec.Struct):
     officer_id: str
     status: Literal["open", "closed"]
     opened_on: dt.date
-    dpd_at_open: int
-    days_past_due: int
-    classification: str
+    dpd_at_open: Annotated[int, Meta(description="days past due when the rule opened it")]
+    days_past_due: DaysPastDue
+    classification: ClassificationStr
     receipt_no: str
     outstanding_principal: str
     closed_on: dt.date | None = None

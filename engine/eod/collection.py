@@ -160,16 +160,18 @@ def case_view(row: asyncpg.Record) -> CollectionCaseView:
 async def open_cases_of(
     conn: asyncpg.Connection, officer_id: str | None, limit: int, tenant_id: str | None = None
 ) -> list[CollectionCaseView]:
-    """One shard's open cases, the latest first by DPD (of one officer, or all; of one
-    member bank, or of every one when `tenant_id` is None)."""
+    """One shard's open cases, the latest first by DPD (of one officer and the bank's
+    unassigned ones, or all; of one member bank, or of every one when `tenant_id` is
+    None)."""
     rows = await conn.fetch(
         _CASE_SQL
-        + """ WHERE c.status = 'open' AND ($1::text IS NULL OR c.officer_id = $1)
+        + """ WHERE c.status = 'open' AND ($1::text IS NULL OR c.officer_id IN ($1, $4))
                 AND ($3::text IS NULL OR c.tenant_id = $3)
               ORDER BY coalesce(r.days_past_due, 0) DESC, c.loan_id LIMIT $2""",
         officer_id,
         limit,
         tenant_id,
+        UNASSIGNED,
     )
     return [case_view(row) for row in rows]
 

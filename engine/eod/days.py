@@ -53,11 +53,16 @@ def calendar_today(cutoff: dt.time, now: dt.datetime | None = None) -> dt.date:
     return shifted.date()
 
 
-def dates_to_close(calendar: Calendar, requested: dt.date | None, today: dt.date) -> list[dt.date]:
+def dates_to_close(
+    calendar: Calendar, requested: dt.date | None, today: dt.date, *, ended_only: bool = True
+) -> list[dt.date]:
     """The dates to close, oldest first, for `eod run [--date requested]`.
 
     Without a date: every open date, then every business date that has ended by the
-    wall clock (`today` is the date now running), at most CATCH_UP_DAYS_MAX."""
+    wall clock (`today` is the date now running), at most CATCH_UP_DAYS_MAX. A date
+    asked for that the clock has not ended is refused (`ended_only`, production): an
+    early close would date the rest of the day's traffic the next day. Dev and test
+    move their dates by hand and may close any date that has begun."""
     if requested is None:
         wanted = list(calendar.open_dates)
         day = calendar.business_date
@@ -68,6 +73,11 @@ def dates_to_close(calendar: Calendar, requested: dt.date | None, today: dt.date
     if requested > calendar.business_date:
         raise DayRefused(
             f"{requested} has not begun: the business date is {calendar.business_date}"
+        )
+    if ended_only and requested >= today and requested not in calendar.open_dates:
+        raise DayRefused(
+            f"{requested} has not ended: it closes after its cut-off, on the next calendar "
+            "day (Asia/Shanghai); the scheduler closes it then"
         )
     if calendar.last_finished is not None and requested < calendar.last_finished:
         raise DayRefused(
@@ -83,6 +93,24 @@ def dates_to_close(calendar: Calendar, requested: dt.date | None, today: dt.date
             "or `eod run` to close every open date in order)"
         )
     return [requested]
+
+
+def shard_lag_days(calendar: Calendar, ended: dt.date, finished_oldest_open: bool) -> int:
+    """How many business dates that have ended by the wall clock (through `ended`) a
+    shard has not closed: 0 on time, 1 while last night's run is under way or has
+    just failed, more when it has been failing or not running since. Counted against
+    the clock, not the business date: a run stops at the first date it cannot close,
+    so a shard down for a week holds the business date too (and would look one day
+    behind). `finished_oldest_open`: the shard closed the oldest open date (the others
+    did not)."""
+    if finished_oldest_open and calendar.open_dates:
+        last = calendar.open_dates[0]
+    elif calendar.last_finished is not None:
+        last = calendar.last_finished
+    else:  # nothing closed yet: the dates before the first business date need nothing
+        first = calendar.open_dates[0] if calendar.open_dates else calendar.business_date
+        last = first - ONE_DAY
+    return max(0, (ended - last).days)
 
 
 async def cut_over(conn: asyncpg.Connection, day: dt.date, settle_s: float) -> float:

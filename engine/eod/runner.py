@@ -88,7 +88,12 @@ class EodRunner:
         """Close `requested` (or every date due to close); stops at the first date a
         shard could not finish. Raises DayRefused for a date that cannot be closed."""
         cutoff = dt.time.fromisoformat(self._settings.eod.cutoff_time)
-        todo = days.dates_to_close(await self.calendar(), requested, days.calendar_today(cutoff))
+        todo = days.dates_to_close(
+            await self.calendar(),
+            requested,
+            days.calendar_today(cutoff),
+            ended_only=self._settings.env == "prod",
+        )
         outcomes = []
         for day in todo:
             outcome = await self.run_day(day, on_progress)

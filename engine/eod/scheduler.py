@@ -4,15 +4,19 @@ Every `poll_s` it asks the runner to close what is due: the business date once t
 wall clock has passed its cut-off (Asia/Shanghai), and any open date a shard did not
 finish (a shard that was down resumes when it is back). Several schedulers may run:
 each shard's lease lets one work on it at a time. It serves `/metrics` on
-`eod.metrics_port`, with `eod_lag_days` per shard from each poll.
+`eod.metrics_port`, with `eod_lag_days` per shard, counted against the wall clock
+(`days.shard_lag_days`) every `poll_s` by a loop of its own: a run that waits (for a
+relay that is down, say) does not hold the gauge at what it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 from engine.eod import days
 from engine.eod.runner import FINAL_STEP, EodRunner, describe
@@ -34,14 +38,27 @@ async def run_scheduler(settings: Settings) -> None:
         async with eod_runner(settings, "eod-scheduler") as runner:
             gc_tuning.settle_after_startup()
             log.info("day-end scheduler running", extra={"cutoff": settings.eod.cutoff_time})
-            while not stop.is_set():
-                await _poll(runner)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.eod.poll_s):
-                        await stop.wait()
+            cutoff = dt.time.fromisoformat(settings.eod.cutoff_time)
+            poll_s = settings.eod.poll_s
+            lag = asyncio.create_task(_every(poll_s, stop, lambda: _report_lag(runner, cutoff)))
+            try:
+                await _every(poll_s, stop, lambda: _poll(runner))
+            finally:
+                lag.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await lag
     finally:
         await site.cleanup()
     log.info("day-end scheduler stopped")
+
+
+async def _every(period_s: float, stop: asyncio.Event, job: Callable[[], Awaitable[None]]) -> None:
+    """`job()` now and then every `period_s` (from its end) until `stop`."""
+    while not stop.is_set():
+        await job()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(period_s):
+                await stop.wait()
 
 
 async def _poll(runner: EodRunner) -> None:
@@ -49,24 +66,19 @@ async def _poll(runner: EodRunner) -> None:
         outcomes = await runner.run(None)
         for line in describe(outcomes):
             log.info("day-end", extra={"outcome": line})
-        await _report_lag(runner)
     except days.DayRefused as exc:
         log.warning("day-end refused", extra={"reason": str(exc)})
     except Exception:  # a bug or the control database: logged, tried again next poll
         log.exception("day-end poll failed")
 
 
-async def _report_lag(runner: EodRunner) -> None:
-    calendar = await runner.calendar()
-    ended = calendar.business_date - days.ONE_DAY  # the last date that has ended
-    for shard, steps in (await runner.shard_progress()).items():
-        if isinstance(steps, str):  # unreachable: its lag is what the oldest open date says
-            oldest = calendar.open_dates[0] if calendar.open_dates else ended
-            metrics.EOD_LAG_DAYS.labels(shard).set((ended - oldest).days + 1)
-            continue
-        last = calendar.last_finished
-        done = steps.get(FINAL_STEP)
-        if done is not None and done.finished and calendar.open_dates:
-            last = calendar.open_dates[0]  # this shard finished the open date
-        lag = 0 if last is None else max(0, (ended - last).days)
-        metrics.EOD_LAG_DAYS.labels(shard).set(lag)
+async def _report_lag(runner: EodRunner, cutoff: dt.time) -> None:
+    try:
+        calendar = await runner.calendar()
+        ended = days.calendar_today(cutoff) - days.ONE_DAY  # the last date the clock ended
+        for shard, steps in (await runner.shard_progress()).items():
+            done = None if isinstance(steps, str) else steps.get(FINAL_STEP)  # str: unreachable
+            finished = done is not None and done.finished
+            metrics.EOD_LAG_DAYS.labels(shard).set(days.shard_lag_days(calendar, ended, finished))
+    except Exception:  # the control database: the gauge keeps its value, the next try may do
+        log.exception("day-end lag not measured")

@@ -131,7 +131,16 @@ async def customer_loans(
         customer_id,
         LOANS_PER_CUSTOMER_MAX,
     )
-    loans = [loan_view(stored_loan(r), today) for r in records]
+    # The day-end's class of each, as GET /v1/loans/{id} shows it (one read for all).
+    risks = {
+        r["loan_id"]: r
+        for r in await conn.fetch(
+            """SELECT loan_id, classification, classified_on FROM loan_risk
+               WHERE loan_id = ANY($1::bigint[])""",
+            [r["loan_id"] for r in records],
+        )
+    }
+    loans = [loan_view(stored_loan(r), today, risks.get(r["loan_id"])) for r in records]
     return LoanList(customer_id=str(customer_id), loans=loans)
 
 
