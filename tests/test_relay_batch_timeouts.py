@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import aiohttp
 import asyncpg
@@ -15,7 +16,7 @@ import pytest
 
 from engine.settings import Settings
 from ledger.store import trial_balance
-from tests.api_client import ApiClient
+from tests.api_client import ApiClient, new_bank_card
 from tests.conftest import EngineProcess
 from tests.test_disbursement import _duplicates, _knobs, _records, _settle
 
@@ -62,6 +63,64 @@ async def test_a_batch_with_a_timed_out_item_settles_every_loan_once(
         loans = [r.json["loan_id"] for r in replies if r.json["credit_line_id"] == line_id]
         expected = sum(amounts[i] for i in loans if statuses[int(i)] == "disbursed")
         assert int(line["used"].replace(".", "")) == expected
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            assert (await trial_balance(conn, deep=True)).balanced
+        finally:
+            await conn.close()
+
+
+@pytest.mark.parametrize("mode", ["item", "whole"])
+async def test_debits_sharing_a_core_call_with_a_timed_out_one_settle_each_repayment_once(
+    mode: str,
+    api: ApiClient,
+    engine: EngineProcess,
+    http: aiohttp.ClientSession,
+    settings: Settings,
+    core_reset: None,
+) -> None:
+    """Repayments at once: their inline debits share core calls (CoalescingCore), and
+    one item of a call draws a time-out that outlasts the inline wait (1 s here). `item`: core
+    answers the rest at once, so only the timed-out debits answer `processing`; `whole`:
+    it withholds the call's answer, every debit of it answers `processing`. Either way
+    the relay resolves each unclear debit by inquiry, never by a second debit, and each
+    repayment ends as core booked it."""
+    core = engine.fakes.core
+    loans = []
+    for _ in range(12):
+        card = new_bank_card()
+        customer = await api.customer(bank_card=card)
+        line = await api.line(customer, limit="100000.00")
+        loan = await api.disbursed_loan(line, "2000.00", disburse_to=card)
+        loans.append((customer, card, loan["loan_id"]))
+    duplicates_before = await _duplicates(http, core)
+    await _knobs(http, core, timeout_ratio=0.2, fail_ratio=0.1, timeout_hang_s=4,
+                 batch_timeout_mode=mode)  # fmt: skip
+    replies = await asyncio.gather(*(
+        api.post("/v1/repayments", {
+            "customer_id": customer, "debit_from": card,
+            "items": [{"loan_id": loan_id, "mode": "prepay", "amount": "100.00"}]})
+        for customer, card, loan_id in loans))  # fmt: skip
+    assert all(r.status == 201 for r in replies), replies[:3]
+    at_once = {r.json["repayment_id"]: r.json["status"] for r in replies}
+    final = {r.json["repayment_id"]: (await api.settled_repayment(r)).json["status"]
+             for r in replies}  # fmt: skip
+    assert set(final.values()) <= {"succeeded", "failed"}, final
+    records = {r["reference"]: r for r in await _records(http, core, "/fake/records")}
+    mine = {repayment_id: records[f"R{repayment_id}"] for repayment_id in final}
+    assert any(r.get("timed_out") for r in mine.values()), "no debit drew a time-out"
+    for repayment_id, status in final.items():
+        assert (mine[repayment_id]["status"] == "succeeded") == (status == "succeeded")
+    if mode == "item":  # core answered the rest of each call: only the timed-out wait
+        for repayment_id, status in at_once.items():
+            if status == "processing":
+                assert mine[repayment_id].get("timed_out"), (repayment_id, mine[repayment_id])
+    assert await _duplicates(http, core) == duplicates_before  # nothing sent twice
+    for (_, _, loan_id), reply in zip(loans, replies, strict=True):
+        viewed = (await api.get(f"/v1/loans/{loan_id}")).json
+        paid = final[reply.json["repayment_id"]] == "succeeded"
+        assert Decimal(viewed["outstanding_principal"]) == Decimal("1900.00" if paid else "2000.00")
     for shard in settings.shards:
         conn = await asyncpg.connect(shard.dsn)
         try:
