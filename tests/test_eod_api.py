@@ -274,3 +274,45 @@ async def test_a_case_no_officer_took_shows_in_every_officers_queue(
     ]
     everyone = await api.get("/v1/collection-queue", headers=OPERATOR, sign=False)
     assert sorted(c["loan_id"] for c in everyone.json["cases"]) == sorted(loans)
+
+
+async def test_an_operators_lift_of_a_rules_freeze_holds_until_the_cure(
+    books: Isolated, api: ApiClient, own_engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    """The rule freezes a late customer's lines at every day-end; an operator who lifts
+    it while the customer is still late (a plan agreed with the officer) keeps it lifted
+    the next night. The cure ends the waiver, so a later delinquency freezes again."""
+    card = new_bank_card()
+    customer = await api.customer(bank_card=card)
+    line = await api.line(customer)
+    loan = await api.disbursed_loan(line, "1200.00", term_months=3, disburse_to=card,
+                                    repayment_method="equal_principal")  # fmt: skip
+    loan_id, due = loan["loan_id"], dt.date.fromisoformat(loan["plan"]["first_due_date"])
+    await _day_end(books, DAY, own_engine, loan_id)
+    assert books.cli("-m", "engine", "clock", "set", str(due)).returncode == 0
+    await _core(http, own_engine, fail_ratio=1.0)
+    await _day_end(books, due, own_engine, loan_id)
+    await _until(debit_failed_again(books, 1))
+    await _day_end(books, due + ONE, own_engine, loan_id)  # a day late: the rule freezes
+    await _until(debit_failed_again(books, 2))
+    frozen = (await api.get(f"/v1/credit-lines/{line}")).json
+    assert (frozen["status"], frozen["frozen_by"]) == ("frozen", "rule")
+
+    lifted = await api.post(f"/v1/operator/credit-lines/{line}/unfreeze",
+                            {"reason": "plan agreed"}, headers=OPERATOR, sign=False)  # fmt: skip
+    assert (lifted.status, lifted.json["status"]) == (200, "active"), lifted
+    await _day_end(books, due + 2 * ONE, own_engine, loan_id)  # still late
+    await _until(debit_failed_again(books, 3))
+    assert (await api.get(f"/v1/loans/{loan_id}")).json["days_past_due"] == 3  # on due + 3
+    kept = (await api.get(f"/v1/credit-lines/{line}")).json
+    assert (kept["status"], kept["frozen_by"]) == ("active", None)  # the lift held
+    assert await books_rows(books, "SELECT rule_freeze_waived FROM credit_line") == [(True,)]
+
+    await _core(http, own_engine, fail_ratio=0.0)
+    paid = await api.settled_repayment(await api.post("/v1/repayments", {
+        "customer_id": customer, "debit_from": card,
+        "items": [{"loan_id": loan_id, "mode": "due"}]}))  # fmt: skip
+    assert (paid.status, paid.json["status"]) == (201, "succeeded"), paid
+    await _day_end(books, due + 3 * ONE, own_engine, loan_id)  # cured: the waiver ends
+    assert (await api.get(f"/v1/loans/{loan_id}")).json["days_past_due"] == 0
+    assert await books_rows(books, "SELECT rule_freeze_waived FROM credit_line") == [(False,)]

@@ -31,8 +31,9 @@ class LateLoan(msgspec.Struct, frozen=True):
 
 
 async def freeze_lines(conn: asyncpg.Connection, customer_ids: list[int], rule: str) -> int:
-    """Freeze the customers' active lines for new drawdowns; returns how many. The lines
-    are locked in id order, as a repayment's completion locks them."""
+    """Freeze the customers' active lines for new drawdowns, but those an operator lifted
+    the freeze of (waived until the cure); returns how many. The lines are locked in id
+    order, as a repayment's completion locks them."""
     if not customer_ids:
         return 0
     status = await conn.execute(
@@ -40,10 +41,30 @@ async def freeze_lines(conn: asyncpg.Connection, customer_ids: list[int], rule: 
                status_reason = $2
            FROM (SELECT credit_line_id FROM credit_line
                  WHERE customer_id = ANY($1::bigint[]) AND status = 'active'
+                   AND NOT rule_freeze_waived
                  ORDER BY credit_line_id FOR NO KEY UPDATE) x
-           WHERE l.credit_line_id = x.credit_line_id AND l.status = 'active'""",
+           WHERE l.credit_line_id = x.credit_line_id AND l.status = 'active'
+             AND NOT l.rule_freeze_waived""",
         sorted(set(customer_ids)),
         f"post-loan rule {rule}",
+    )
+    return int(status.split()[-1])
+
+
+async def end_waivers(conn: asyncpg.Connection, customer_ids: list[int]) -> int:
+    """End the freeze rule's waiver on the lines of those customers none of whose loans
+    is late any more (after `risk.cure`, in its transaction); returns how many lines."""
+    if not customer_ids:
+        return 0
+    status = await conn.execute(
+        """UPDATE credit_line l SET rule_freeze_waived = false, updated_at = now()
+           FROM (SELECT credit_line_id FROM credit_line c
+                 WHERE c.customer_id = ANY($1::bigint[]) AND c.rule_freeze_waived
+                   AND NOT EXISTS (SELECT 1 FROM loan_risk r
+                                   WHERE r.customer_id = c.customer_id AND r.days_past_due > 0)
+                 ORDER BY credit_line_id FOR NO KEY UPDATE) x
+           WHERE l.credit_line_id = x.credit_line_id""",
+        sorted(set(customer_ids)),
     )
     return int(status.split()[-1])
 

@@ -69,9 +69,11 @@ CURE_SQL = """SELECT r.loan_id FROM loan_risk r
               ORDER BY r.loan_id LIMIT $3"""
 
 
-async def cure(conn: asyncpg.Connection, day: dt.date, loan_ids: list[int]) -> list[int]:
+async def cure(
+    conn: asyncpg.Connection, day: dt.date, loan_ids: list[int]
+) -> list[tuple[int, int]]:
     """Loans of `loan_ids` no longer late on `day` (paid up, or settled): DPD 0, class
-    normal (the change recorded); returns them."""
+    normal (the change recorded); returns them, each with its customer."""
     rows = await conn.fetch(
         """WITH cured AS (
                UPDATE loan_risk r SET days_past_due = 0, as_of = $2,
@@ -90,8 +92,8 @@ async def cure(conn: asyncpg.Connection, day: dt.date, loan_ids: list[int]) -> l
                SELECT loan_id, customer_id, $2, before, 'normal', 0 FROM cured
                ON CONFLICT (loan_id, business_date) DO UPDATE
                SET to_class = 'normal', days_past_due = 0)
-           SELECT loan_id FROM cured""",
+           SELECT loan_id, customer_id FROM cured""",
         loan_ids,
         day,
     )
-    return [int(r[0]) for r in rows]
+    return [(int(r[0]), int(r[1])) for r in rows]

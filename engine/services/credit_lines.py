@@ -168,7 +168,9 @@ async def set_line_status(
     by: str = "channel",
 ) -> CreditLineView:
     """Freeze or unfreeze a line. A freeze by a post-loan rule or an operator is lifted
-    only by an operator: a channel asking gets `CREDIT_LINE_FROZEN_BY_BANK`."""
+    only by an operator: a channel asking gets `CREDIT_LINE_FROZEN_BY_BANK`. An
+    operator's unfreeze also waives the freeze rule for the line until the customer's
+    loans are cured (the day-end's `cure` ends it), an operator's freeze ends it."""
     assert status in ("active", "frozen") and by in ("channel", "operator"), (status, by)
     line = await fetch_line(conn, channel, line_id, lock=True)
     if by == "channel" and line["frozen_by"] in ("rule", "operator"):
@@ -179,7 +181,9 @@ async def set_line_status(
         )
     row = await conn.fetchrow(
         f"""UPDATE credit_line SET status = $2, status_reason = $3, updated_at = now(),
-                frozen_by = CASE WHEN $2 = 'frozen' THEN $4 END
+                frozen_by = CASE WHEN $2 = 'frozen' THEN $4 END,
+                rule_freeze_waived = CASE WHEN $4 = 'operator' THEN $2 = 'active'
+                                          ELSE rule_freeze_waived END
             WHERE credit_line_id = $1 RETURNING {_LINE_COLUMNS}""",
         line_id,
         status,
