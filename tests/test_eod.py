@@ -149,6 +149,10 @@ async def test_a_shard_down_leaves_the_day_open_and_resumes_when_back(
         by_shard = {s.shard: s for s in outcome.shards}
         assert by_shard["shard_0"].finished and not by_shard["shard_1"].finished
         assert await books.business_date() == DAY + ONE  # online traffic has moved on
+        status = books.cli("-m", "engine", "eod", "status")  # names the shard that is down
+        assert status.returncode == 1, status  # 1: a shard needs attention
+        assert "shard_1: unreachable" in status.stdout, status.stdout
+        assert "shard_0: overdue" in status.stdout
         await admin.execute(f"ALTER DATABASE {down} ALLOW_CONNECTIONS true")
     finally:
         await admin.execute(f"ALTER DATABASE {down} ALLOW_CONNECTIONS true")
