@@ -15,6 +15,7 @@ import aiohttp
 import asyncpg
 
 from engine.settings import Settings
+from ledger.store import trial_balance
 from sharding.ids import shard_of_id
 from tests.api_client import ApiClient
 from tests.waiting import eventually
@@ -196,3 +197,16 @@ __all__ = [
     "set_knobs",
     "shard_of",
 ]
+
+
+async def unbalanced_shards(settings: Settings) -> list[str]:
+    """The shards whose trial balance (deep: every account against its legs) is off."""
+    off = []
+    for shard in settings.shards:
+        conn = await asyncpg.connect(shard.dsn)
+        try:
+            if not (await trial_balance(conn, deep=True)).balanced:
+                off.append(shard.name)
+        finally:
+            await conn.close()
+    return off

@@ -22,7 +22,14 @@ from sharding.ids import shard_of_id
 from tests.api_client import ApiClient, new_bank_card
 from tests.conftest import EngineProcess, ServiceProcess, free_port
 from tests.fault_proxy import FaultProxy
-from tests.money_checks import core_clock, debits_at_core, loan_books, postings_of, shard_of
+from tests.money_checks import (
+    core_clock,
+    debits_at_core,
+    loan_books,
+    postings_of,
+    shard_of,
+    unbalanced_shards,
+)
 from tests.waiting import eventually
 
 SHANGHAI_TODAY = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=8)).date()
@@ -121,12 +128,7 @@ async def test_failures_and_timeouts_under_concurrent_drawdowns(
             int(amounts[str(i)].replace(".", "")) for i, s in mine.items() if s == "disbursed"
         )
         assert int(line["used"].replace(".", "")) == expected
-    for shard in settings.shards:
-        conn = await asyncpg.connect(shard.dsn)
-        try:
-            assert (await trial_balance(conn, deep=True)).balanced
-        finally:
-            await conn.close()
+    assert await unbalanced_shards(settings) == []
     # Reconciliation: core's file and the ledger agree on every movement of this test.
     report = await reconcile(
         CoreBankClient(http, core.base_url, 10), [s.dsn for s in settings.shards], SHANGHAI_TODAY

@@ -89,23 +89,30 @@ async def _day_end(books: Isolated, day: dt.date, engine: EngineProcess, probe_l
     assert seen, f"the engine did not take up {day + ONE}"
 
 
-async def test_a_loan_from_missed_debit_to_cure(
-    books: Isolated, api: ApiClient, own_engine: EngineProcess, http: aiohttp.ClientSession
-) -> None:
+async def _missed_first_debit(
+    books: Isolated, api: ApiClient, engine: EngineProcess, http: aiohttp.ClientSession
+) -> tuple[str, str, str, str, dt.date]:
+    """A customer, card, line and loan whose first installment's auto-debit core
+    refused (core left refusing): up to the day before the first due date in one jump
+    (the day-end of DAY accrues from the drawdown), then the due date's day-end."""
     card = new_bank_card()
     customer = await api.customer(bank_card=card)
     line = await api.line(customer)
     loan = await api.disbursed_loan(line, "1200.00", term_months=3, disburse_to=card,
                                     repayment_method="equal_principal")  # fmt: skip
     loan_id, due = loan["loan_id"], dt.date.fromisoformat(loan["plan"]["first_due_date"])
-    # Up to the day before the first due date in one jump (the day-end of DAY accrues
-    # from the drawdown), then the due date's day-end: it debits the card; core refuses.
-    await _day_end(books, DAY, own_engine, loan_id)
+    await _day_end(books, DAY, engine, loan_id)
     assert books.cli("-m", "engine", "clock", "set", str(due)).returncode == 0
-    await _core(http, own_engine, fail_ratio=1.0)
-    await _day_end(books, due, own_engine, loan_id)
-
+    await _core(http, engine, fail_ratio=1.0)
+    await _day_end(books, due, engine, loan_id)
     await _until(debit_failed_again(books, 1))
+    return customer, card, line, loan_id, due
+
+
+async def test_a_loan_from_missed_debit_to_cure(
+    books: Isolated, api: ApiClient, own_engine: EngineProcess, http: aiohttp.ClientSession
+) -> None:
+    customer, card, line, loan_id, due = await _missed_first_debit(books, api, own_engine, http)
     for n in range(1, 4):
         await _day_end(books, due + n * ONE, own_engine, loan_id)
         await _until(debit_failed_again(books, n + 1))
@@ -282,17 +289,7 @@ async def test_an_operators_lift_of_a_rules_freeze_holds_until_the_cure(
     """The rule freezes a late customer's lines at every day-end; an operator who lifts
     it while the customer is still late (a plan agreed with the officer) keeps it lifted
     the next night. The cure ends the waiver, so a later delinquency freezes again."""
-    card = new_bank_card()
-    customer = await api.customer(bank_card=card)
-    line = await api.line(customer)
-    loan = await api.disbursed_loan(line, "1200.00", term_months=3, disburse_to=card,
-                                    repayment_method="equal_principal")  # fmt: skip
-    loan_id, due = loan["loan_id"], dt.date.fromisoformat(loan["plan"]["first_due_date"])
-    await _day_end(books, DAY, own_engine, loan_id)
-    assert books.cli("-m", "engine", "clock", "set", str(due)).returncode == 0
-    await _core(http, own_engine, fail_ratio=1.0)
-    await _day_end(books, due, own_engine, loan_id)
-    await _until(debit_failed_again(books, 1))
+    customer, card, line, loan_id, due = await _missed_first_debit(books, api, own_engine, http)
     await _day_end(books, due + ONE, own_engine, loan_id)  # a day late: the rule freezes
     await _until(debit_failed_again(books, 2))
     frozen = (await api.get(f"/v1/credit-lines/{line}")).json

@@ -11,13 +11,12 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import aiohttp
-import asyncpg
 import pytest
 
 from engine.settings import Settings
-from ledger.store import trial_balance
 from tests.api_client import ApiClient, new_bank_card
 from tests.conftest import EngineProcess
+from tests.money_checks import unbalanced_shards
 from tests.test_disbursement import _duplicates, _knobs, _records, _settle
 
 
@@ -63,12 +62,7 @@ async def test_a_batch_with_a_timed_out_item_settles_every_loan_once(
         loans = [r.json["loan_id"] for r in replies if r.json["credit_line_id"] == line_id]
         expected = sum(amounts[i] for i in loans if statuses[int(i)] == "disbursed")
         assert int(line["used"].replace(".", "")) == expected
-    for shard in settings.shards:
-        conn = await asyncpg.connect(shard.dsn)
-        try:
-            assert (await trial_balance(conn, deep=True)).balanced
-        finally:
-            await conn.close()
+    assert await unbalanced_shards(settings) == []
 
 
 @pytest.mark.parametrize("mode", ["item", "whole"])
@@ -121,9 +115,4 @@ async def test_debits_sharing_a_core_call_with_a_timed_out_one_settle_each_repay
         viewed = (await api.get(f"/v1/loans/{loan_id}")).json
         paid = final[reply.json["repayment_id"]] == "succeeded"
         assert Decimal(viewed["outstanding_principal"]) == Decimal("1900.00" if paid else "2000.00")
-    for shard in settings.shards:
-        conn = await asyncpg.connect(shard.dsn)
-        try:
-            assert (await trial_balance(conn, deep=True)).balanced
-        finally:
-            await conn.close()
+    assert await unbalanced_shards(settings) == []
