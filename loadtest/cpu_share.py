@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 ROLES = ("postgres", "engine", "relay", "eod", "fakes", "redis", "client", "other")
@@ -69,13 +69,17 @@ def _role(pid: int, cmdline: str, stat: str) -> str:
     return "other"
 
 
-def _processes() -> dict[int, tuple[str, float]]:
-    """Every process now: its role (or "other") and its seconds of user and system CPU."""
-    found: dict[int, tuple[str, float]] = {}
+def _parse_stat(stat: str) -> tuple[int, float]:
+    """(ppid, seconds of user and system CPU) from a /proc/<pid>/stat line."""
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime, stime
+
+
+def _scan() -> Iterator[tuple[int, int, str, str, float]]:
+    """Every process now: pid, ppid, command line, stat line, seconds of CPU."""
     proc = Path("/proc")
     if not proc.is_dir():
-        return found
-    stack = _this_stack()
+        return
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -84,12 +88,17 @@ def _processes() -> dict[int, tuple[str, float]]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # the process ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime
-        pid, ppid = int(entry.name), int(fields[1])
-        role = _role(pid, cmdline, stat) if _mine(pid, cmdline, ppid, stack) else "other"
-        found[pid] = (role, ticks / _TICKS_PER_S)
-    return found
+        ppid, spent = _parse_stat(stat)
+        yield int(entry.name), ppid, cmdline, stat, spent
+
+
+def _processes() -> dict[int, tuple[str, float]]:
+    """Every process now: its role (or "other") and its seconds of user and system CPU."""
+    stack = _this_stack()
+    return {
+        pid: (_role(pid, cmdline, stat) if _mine(pid, cmdline, ppid, stack) else "other", spent)
+        for pid, ppid, cmdline, stat, spent in _scan()
+    }
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -98,25 +107,18 @@ def process_cpu_s(pid: int) -> float | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+    return _parse_stat(stat)[1]
 
 
 def command_cpu_s(fragment: str) -> float:
     """Seconds of CPU so far of this stack's processes whose command line holds
     `fragment` (e.g. "relay --lane batch")."""
     stack = _this_stack()
-    spent = 0.0
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (entry / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fragment in cmdline and _mine(int(entry.name), cmdline, int(fields[1]), stack):
-            spent += (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
-    return spent
+    return sum(
+        spent
+        for pid, ppid, cmdline, _, spent in _scan()
+        if fragment in cmdline and _mine(pid, cmdline, ppid, stack)
+    )
 
 
 def _by_role(processes: dict[int, tuple[str, float]]) -> dict[str, float]:
